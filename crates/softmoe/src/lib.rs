@@ -1,1 +1,46 @@
-//! placeholder
+//! Soft Mixture-of-Experts layers for [candle](https://github.com/huggingface/candle).
+//!
+//! * **Soft MoE** (Puigcerver et al., "From Sparse to Soft Mixtures of
+//!   Experts", arXiv 2308.00951) with the router of the reference
+//!   implementation (google-research/vmoe `SoftRouter`): every slot is a
+//!   softmax-weighted average of all tokens (eq. 2), every expert processes its
+//!   slots, and every output token a softmax-weighted average of all slot
+//!   outputs (eq. 4). No token dropping, fully differentiable.
+//! * **La-SoftMoE** (Zou et al., "La-SoftMoE CLIP for Unified Physical-Digital
+//!   Face Attack Detection", arXiv 2408.12793): the combine softmax replaced by
+//!   linear attention over the routing logits and instance norm (eq. 7,
+//!   Algorithm 2). The paper's open choices are [`LinearAttentionConfig`]
+//!   fields; `docs/la-softmoe.md` in the repository explains the defaults.
+//!
+//! Every operation has a backward pass (candle's fused softmax/layer-norm
+//! kernels, which record no gradient, are not used), and the expert hidden
+//! activation is a fused multi-threaded CPU kernel with its own backward.
+//!
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod combine;
+mod config;
+mod error;
+mod experts;
+mod ops;
+mod router;
+mod soft_moe;
+
+pub use config::{
+    Activation, Combine, CombineOutput, ExpertInit, FeatureMap, InstanceNormAxis,
+    LinearAttentionConfig, QkvProjection, SoftMoeConfig,
+};
+pub use error::{Error, Result};
+pub use experts::Experts;
+pub use soft_moe::{SoftMoe, SoftMoeOutput};
+
+/// Dtype of trainable parameters: F64 when the builder asks for it (gradient
+/// checks), else F32 master copies even under a half-precision builder, since
+/// small optimizer steps round away in bf16/f16.
+pub(crate) fn param_dtype(vb: &candle_nn::VarBuilder) -> candle_core::DType {
+    match vb.dtype() {
+        candle_core::DType::F64 => candle_core::DType::F64,
+        _ => candle_core::DType::F32,
+    }
+}

@@ -1,0 +1,324 @@
+//! Configuration of a Soft MoE / La-SoftMoE layer: plain data with serde, so a
+//! layer is described by a JSON/TOML file rather than by code.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Activation between the two linears of every expert MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Exact (erf) GELU, `x * Φ(x)`, as ViT / `torch.nn.GELU()`.
+    #[default]
+    Gelu,
+    /// CLIP's approximation `x * sigmoid(1.702 x)`: use it when experts are
+    /// initialised from a CLIP MLP.
+    QuickGelu,
+}
+
+/// How the expert MLP weights are initialised when they are not loaded from a
+/// checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpertInit {
+    /// `torch.nn.Linear`'s default: weights and biases uniform in
+    /// `±1/sqrt(fan_in)`. Every expert starts different.
+    #[default]
+    TorchLinear,
+    /// `fc1` as [`ExpertInit::TorchLinear`], `fc2` weight and bias zero: the layer
+    /// outputs exactly zero at step 0, so adding it to a pretrained network
+    /// leaves that network's outputs unchanged until training moves `fc2`.
+    ZeroOutput,
+    /// Plain (untruncated) normal with the given standard deviation for the weights
+    /// (ViT uses 0.02 with a truncated normal), zero biases.
+    Normal {
+        /// Standard deviation of the weights.
+        std: f64,
+    },
+}
+
+/// The map from routing logits to combine weights (paper eq. 4 vs eq. 7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Combine {
+    /// Soft MoE (Puigcerver et al., eq. 4): softmax over all `e·s` slots for
+    /// every token.
+    Softmax,
+    /// La-SoftMoE (paper eq. 7, Algorithm 2 lines 6-8): linear attention over the
+    /// logits followed by instance norm. See `docs/la-softmoe.md`.
+    LinearAttention(LinearAttentionConfig),
+}
+
+/// Where the query, key and value of the La-SoftMoE linear attention come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QkvProjection {
+    /// `Q = K = V = logits`: Algorithm 2 line 7 calls `LinearAttention(C)` with
+    /// the logits alone and names no projection. No parameters.
+    #[default]
+    Identity,
+    /// Learned residual projections over the slot axis (`m = e·s`):
+    /// `Q = L + L W_qᵀ + b_q` (likewise K, V) with `combine.{q,k,v}_proj.weight`
+    /// `(m, m)` and `.bias` `(m)` initialised to zero, so step 0 equals
+    /// [`QkvProjection::Identity`].
+    Linear,
+}
+
+/// The positive feature map φ of linear attention (paper eq. 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureMap {
+    /// `elu(x) + 1`, the map of Katharopoulos et al. [16], whom the paper cites.
+    #[default]
+    EluPlusOne,
+    /// `relu(x)`: cheaper, but a token whose logits are all negative gets a zero
+    /// query and so only the denominator's epsilon.
+    Relu,
+}
+
+/// Which axis the La-SoftMoE instance norm normalises over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceNormAxis {
+    /// `InstanceNorm1d` applied to the `(batch, tokens, slots)` matrix as it
+    /// stands: channels are tokens, each token's weights are normalised over
+    /// its `m` slots. The literal reading of Algorithm 2 line 8.
+    #[default]
+    PerToken,
+    /// Channels are slots: each slot's weights are normalised over the tokens
+    /// (one reading of "slot-wise" instance norm).
+    PerSlot,
+}
+
+/// Map applied to the instance-normalised weights before they combine slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CombineOutput {
+    /// Use the normalised weights as they are (Algorithm 2): signed weights
+    /// that sum to zero per token under [`InstanceNormAxis::PerToken`].
+    #[default]
+    Normalized,
+    /// `sigmoid` of the normalised weights: each weight in (0, 1), the range the
+    /// caption of the paper's Figure 3 claims for the instance norm's output.
+    Sigmoid,
+    /// Softmax over the slots of the normalised weights: non-negative and
+    /// summing to one per token, like Soft MoE's combine.
+    Softmax,
+}
+
+/// Options of the La-SoftMoE combine (paper section 3, eq. 6-7, Algorithm 2).
+///
+/// The paper leaves these choices open; defaults follow Algorithm 2 literally
+/// and `docs/la-softmoe.md` gives the reasons.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LinearAttentionConfig {
+    /// Source of Q, K and V.
+    pub projection: QkvProjection,
+    /// φ in `φ(Q) (φ(K)ᵀ V)`.
+    pub feature_map: FeatureMap,
+    /// `Some(eps)`: divide by `φ(Q)·Σ_j φ(K_j) + eps` as Katharopoulos et al.
+    /// (eps 1e-6 in their reference code); `None`: the unnormalised eq. 6.
+    pub normalizer_eps: Option<f64>,
+    /// Instance-norm axis.
+    pub norm_axis: InstanceNormAxis,
+    /// Learnable per-channel scale and shift (`combine.norm.{weight,bias}`).
+    /// Only with [`InstanceNormAxis::PerSlot`], whose channel count (slots) is
+    /// fixed by the layer; per-token channels would tie the layer to one
+    /// sequence length.
+    pub norm_affine: bool,
+    /// Epsilon added to the variance (PyTorch's `InstanceNorm1d` default 1e-5).
+    pub norm_eps: f64,
+    /// Map applied after the instance norm.
+    pub output: CombineOutput,
+}
+
+impl Default for LinearAttentionConfig {
+    fn default() -> Self {
+        Self {
+            projection: QkvProjection::Identity,
+            feature_map: FeatureMap::EluPlusOne,
+            normalizer_eps: Some(1e-6),
+            norm_axis: InstanceNormAxis::PerToken,
+            norm_affine: false,
+            norm_eps: 1e-5,
+            output: CombineOutput::Normalized,
+        }
+    }
+}
+
+/// Configuration of a [`crate::SoftMoe`] layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SoftMoeConfig {
+    /// Token dimension `d` of input and output.
+    pub dim: usize,
+    /// Number of experts `e`.
+    pub num_experts: usize,
+    /// Slots per expert `s`; the layer has `m = e·s` slots.
+    pub slots_per_expert: usize,
+    /// Hidden width of every expert MLP.
+    pub expert_hidden_dim: usize,
+    /// Expert activation.
+    pub activation: Activation,
+    /// vmoe's router normalisation: L2-normalise tokens and slot vectors
+    /// (`x * rsqrt(Σx² + 1e-6)`) and multiply the logits by a learnable scalar
+    /// `scale` (init 1). Off: raw dot products, as Algorithm 2 and fkodom.
+    pub normalize: bool,
+    /// Combine-weight map: Soft MoE or La-SoftMoE.
+    pub combine: Combine,
+    /// Expert initialisation.
+    #[serde(default)]
+    pub expert_init: ExpertInit,
+}
+
+impl SoftMoeConfig {
+    /// Soft MoE (Puigcerver et al.) with vmoe's normalised router, GELU experts
+    /// of width `4·dim`.
+    pub fn soft_moe(dim: usize, num_experts: usize, slots_per_expert: usize) -> Self {
+        Self {
+            dim,
+            num_experts,
+            slots_per_expert,
+            expert_hidden_dim: 4 * dim,
+            activation: Activation::Gelu,
+            normalize: true,
+            combine: Combine::Softmax,
+            expert_init: ExpertInit::TorchLinear,
+        }
+    }
+
+    /// La-SoftMoE (paper Algorithm 2) with the default [`LinearAttentionConfig`].
+    pub fn la_soft_moe(dim: usize, num_experts: usize, slots_per_expert: usize) -> Self {
+        Self {
+            combine: Combine::LinearAttention(LinearAttentionConfig::default()),
+            ..Self::soft_moe(dim, num_experts, slots_per_expert)
+        }
+    }
+
+    /// The paper's layer for CLIP ViT-B/16: d = 768, 4 experts × 49 slots
+    /// (196 slots for 197 tokens).
+    pub fn paper_vit_b16() -> Self {
+        Self::la_soft_moe(768, 4, 49)
+    }
+
+    /// Total number of slots `m = e·s`.
+    pub fn num_slots(&self) -> usize {
+        self.num_experts * self.slots_per_expert
+    }
+
+    /// Checks the configuration, naming the first field at fault.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("dim", self.dim),
+            ("num_experts", self.num_experts),
+            ("slots_per_expert", self.slots_per_expert),
+            ("expert_hidden_dim", self.expert_hidden_dim),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(Error::InvalidConfig {
+                    field,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if let ExpertInit::Normal { std } = self.expert_init {
+            if !(std.is_finite() && std > 0.0) {
+                return Err(Error::InvalidConfig {
+                    field: "expert_init.std",
+                    reason: format!("must be finite and positive, got {std}"),
+                });
+            }
+        }
+        if let Combine::LinearAttention(la) = &self.combine {
+            if let Some(eps) = la.normalizer_eps {
+                if !(eps.is_finite() && eps >= 0.0) {
+                    return Err(Error::InvalidConfig {
+                        field: "combine.normalizer_eps",
+                        reason: format!("must be finite and non-negative, got {eps}"),
+                    });
+                }
+            }
+            if !(la.norm_eps.is_finite() && la.norm_eps > 0.0) {
+                return Err(Error::InvalidConfig {
+                    field: "combine.norm_eps",
+                    reason: format!("must be finite and positive, got {}", la.norm_eps),
+                });
+            }
+            if la.norm_affine && la.norm_axis == InstanceNormAxis::PerToken {
+                return Err(Error::InvalidConfig {
+                    field: "combine.norm_affine",
+                    reason: "an affine instance norm needs norm_axis = per_slot: per-token \
+                             channels would fix the number of tokens"
+                        .into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_match_the_issue_defaults() {
+        let cfg = SoftMoeConfig::soft_moe(768, 4, 49);
+        assert_eq!(cfg.expert_hidden_dim, 3072);
+        assert_eq!(cfg.activation, Activation::Gelu);
+        assert!(cfg.normalize);
+        assert_eq!(cfg.combine, Combine::Softmax);
+        assert_eq!(cfg.num_slots(), 196);
+        let la = SoftMoeConfig::la_soft_moe(768, 4, 49);
+        assert!(matches!(la.combine, Combine::LinearAttention(_)));
+        assert_eq!(la.expert_hidden_dim, 3072);
+        assert_eq!(SoftMoeConfig::paper_vit_b16(), la);
+    }
+
+    #[test]
+    fn serde_names_are_stable() {
+        let json = serde_json::to_string(&Activation::QuickGelu).unwrap();
+        assert_eq!(json, "\"quick_gelu\"");
+        let json = serde_json::to_string(&Activation::Gelu).unwrap();
+        assert_eq!(json, "\"gelu\"");
+        let cfg: SoftMoeConfig = serde_json::from_str(
+            r#"{"dim": 8, "num_experts": 2, "slots_per_expert": 3, "expert_hidden_dim": 16,
+                "activation": "quick_gelu", "normalize": false,
+                "combine": {"linear_attention": {"norm_axis": "per_slot", "norm_affine": true}}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.activation, Activation::QuickGelu);
+        assert_eq!(cfg.expert_init, ExpertInit::TorchLinear);
+        let Combine::LinearAttention(la) = &cfg.combine else {
+            panic!("expected linear attention, got {:?}", cfg.combine)
+        };
+        assert_eq!(la.norm_axis, InstanceNormAxis::PerSlot);
+        assert_eq!(la.feature_map, FeatureMap::EluPlusOne);
+        assert_eq!(la.normalizer_eps, Some(1e-6));
+        let back: SoftMoeConfig =
+            serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut cfg = SoftMoeConfig::soft_moe(8, 0, 2);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("num_experts"), "{err}");
+        cfg.num_experts = 2;
+        cfg.slots_per_expert = 0;
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("slots_per_expert"));
+        let mut la = SoftMoeConfig::la_soft_moe(8, 2, 2);
+        if let Combine::LinearAttention(c) = &mut la.combine {
+            c.norm_affine = true;
+        }
+        let err = la.validate().unwrap_err().to_string();
+        assert!(err.contains("norm_affine"), "{err}");
+    }
+}

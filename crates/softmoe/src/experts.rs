@@ -1,0 +1,79 @@
+//! The expert MLPs, all experts in one batched matmul per linear.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::config::{Activation, ExpertInit, SoftMoeConfig};
+use crate::ops::bias_activation;
+
+/// `e` two-layer MLPs `fc2(act(fc1(x)))` stored stacked:
+/// `fc1.weight (e, hidden, dim)`, `fc1.bias (e, hidden)`,
+/// `fc2.weight (e, dim, hidden)`, `fc2.bias (e, dim)`, i.e. `torch.nn.Linear`
+/// layouts with a leading expert axis.
+///
+/// Public so that a dense MLP (one expert over all tokens) shares exactly
+/// these kernels, e.g. as the baseline in the benchmarks.
+#[derive(Debug, Clone)]
+pub struct Experts {
+    fc1_weight: Tensor,
+    fc1_bias: Tensor,
+    fc2_weight: Tensor,
+    fc2_bias: Tensor,
+    activation: Activation,
+}
+
+fn linear_inits(init: ExpertInit, fan_in: usize, zero: bool) -> (Init, Init) {
+    if zero {
+        return (Init::Const(0.0), Init::Const(0.0));
+    }
+    match init {
+        ExpertInit::TorchLinear | ExpertInit::ZeroOutput => {
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let uniform = Init::Uniform {
+                lo: -bound,
+                up: bound,
+            };
+            (uniform, uniform)
+        }
+        ExpertInit::Normal { std } => (
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+            Init::Const(0.0),
+        ),
+    }
+}
+
+impl Experts {
+    /// Builds the experts of `cfg` under `vb` (names `fc1.*`, `fc2.*`).
+    pub fn new(cfg: &SoftMoeConfig, vb: VarBuilder) -> Result<Self> {
+        let (e, d, h) = (cfg.num_experts, cfg.dim, cfg.expert_hidden_dim);
+        let dtype = crate::param_dtype(&vb);
+        let (w1, b1) = linear_inits(cfg.expert_init, d, false);
+        let zero_out = cfg.expert_init == ExpertInit::ZeroOutput;
+        let (w2, b2) = linear_inits(cfg.expert_init, h, zero_out);
+        let fc1 = vb.pp("fc1");
+        let fc2 = vb.pp("fc2");
+        Ok(Self {
+            fc1_weight: fc1.get_with_hints_dtype((e, h, d), "weight", w1, dtype)?,
+            fc1_bias: fc1.get_with_hints_dtype((e, h), "bias", b1, dtype)?,
+            fc2_weight: fc2.get_with_hints_dtype((e, d, h), "weight", w2, dtype)?,
+            fc2_bias: fc2.get_with_hints_dtype((e, d), "bias", b2, dtype)?,
+            activation: cfg.activation,
+        })
+    }
+
+    /// Applies expert `i` to row block `i`: `(e, rows, dim) -> (e, rows, dim)`.
+    /// Weights (F32 master copies) are cast to the input's dtype.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        // (e, r, d) x (e, d, h) -> (e, r, h)
+        let hidden = x.matmul(&self.fc1_weight.to_dtype(dtype)?.transpose(1, 2)?)?;
+        let hidden = bias_activation(&hidden, &self.fc1_bias.to_dtype(dtype)?, self.activation)?;
+        // (e, r, h) x (e, h, d) -> (e, r, d)
+        hidden
+            .matmul(&self.fc2_weight.to_dtype(dtype)?.transpose(1, 2)?)?
+            .broadcast_add(&self.fc2_bias.to_dtype(dtype)?.unsqueeze(1)?)
+    }
+}
