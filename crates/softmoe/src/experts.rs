@@ -4,7 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::{Activation, ExpertInit, SoftMoeConfig};
-use crate::ops::bias_activation;
+use crate::ops::expert_linear;
 
 /// `e` two-layer MLPs `fc2(act(fc1(x)))` stored stacked:
 /// `fc1.weight (e, hidden, dim)`, `fc1.bias (e, hidden)`,
@@ -68,12 +68,18 @@ impl Experts {
     /// Weights (F32 master copies) are cast to the input's dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        // (e, r, d) x (e, d, h) -> (e, r, h)
-        let hidden = x.matmul(&self.fc1_weight.to_dtype(dtype)?.transpose(1, 2)?)?;
-        let hidden = bias_activation(&hidden, &self.fc1_bias.to_dtype(dtype)?, self.activation)?;
-        // (e, r, h) x (e, h, d) -> (e, r, d)
-        hidden
-            .matmul(&self.fc2_weight.to_dtype(dtype)?.transpose(1, 2)?)?
-            .broadcast_add(&self.fc2_bias.to_dtype(dtype)?.unsqueeze(1)?)
+        let cast = |t: &Tensor| t.to_dtype(dtype);
+        let hidden = expert_linear(
+            x,
+            &cast(&self.fc1_weight)?,
+            &cast(&self.fc1_bias)?,
+            Some(self.activation),
+        )?;
+        expert_linear(
+            &hidden,
+            &cast(&self.fc2_weight)?,
+            &cast(&self.fc2_bias)?,
+            None,
+        )
     }
 }

@@ -1,6 +1,7 @@
 //! Fused CPU kernels with their backward passes.
 
-mod bias_activation;
+mod activation;
+mod expert_linear;
 mod fast_math;
 
-pub(crate) use bias_activation::bias_activation;
+pub(crate) use expert_linear::expert_linear;

@@ -1,0 +1,109 @@
+//! Element-wise expert activations and their derivatives, as multi-threaded
+//! loops over flat buffers (f32 through the vectorisable approximations of
+//! [`super::fast_math`], f64 through libm-accurate formulas for gradient
+//! checks).
+
+use rayon::prelude::*;
+
+use super::fast_math::{erf_f32, exp_f32};
+use crate::config::Activation;
+
+/// Elements handed to one rayon task: large enough to amortise scheduling.
+const CHUNK: usize = 16 * 1024;
+
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+const QUICK_GELU_ALPHA: f64 = 1.702;
+
+/// Scalar maths of the activations.
+pub(crate) trait ActivationFloat:
+    Copy + Send + Sync + Default + std::ops::Mul<Output = Self>
+{
+    /// `act(x)`.
+    fn activate(self, act: Activation) -> Self;
+    /// `act'(x)`.
+    fn derivative(self, act: Activation) -> Self;
+}
+
+impl ActivationFloat for f32 {
+    #[inline(always)]
+    fn activate(self, act: Activation) -> f32 {
+        match act {
+            Activation::Gelu => {
+                0.5 * self * (1.0 + erf_f32(self * std::f32::consts::FRAC_1_SQRT_2))
+            }
+            Activation::QuickGelu => self / (1.0 + exp_f32(-(QUICK_GELU_ALPHA as f32) * self)),
+        }
+    }
+
+    #[inline(always)]
+    fn derivative(self, act: Activation) -> f32 {
+        match act {
+            // Φ(x) + x φ(x)
+            Activation::Gelu => {
+                0.5 * (1.0 + erf_f32(self * std::f32::consts::FRAC_1_SQRT_2))
+                    + self * (FRAC_1_SQRT_2PI as f32) * exp_f32(-0.5 * self * self)
+            }
+            // s + a x s (1 - s), s = sigmoid(a x)
+            Activation::QuickGelu => {
+                let alpha = QUICK_GELU_ALPHA as f32;
+                let s = 1.0 / (1.0 + exp_f32(-alpha * self));
+                s + alpha * self * s * (1.0 - s)
+            }
+        }
+    }
+}
+
+impl ActivationFloat for f64 {
+    fn activate(self, act: Activation) -> f64 {
+        match act {
+            Activation::Gelu => {
+                0.5 * self
+                    * (1.0 + candle_core::cpu::erf::erf_f64(self * std::f64::consts::FRAC_1_SQRT_2))
+            }
+            Activation::QuickGelu => self / (1.0 + (-QUICK_GELU_ALPHA * self).exp()),
+        }
+    }
+
+    fn derivative(self, act: Activation) -> f64 {
+        match act {
+            Activation::Gelu => {
+                0.5 * (1.0 + candle_core::cpu::erf::erf_f64(self * std::f64::consts::FRAC_1_SQRT_2))
+                    + self * FRAC_1_SQRT_2PI * (-0.5 * self * self).exp()
+            }
+            Activation::QuickGelu => {
+                let s = 1.0 / (1.0 + (-QUICK_GELU_ALPHA * self).exp());
+                s + QUICK_GELU_ALPHA * self * s * (1.0 - s)
+            }
+        }
+    }
+}
+
+/// `out[i] = act(pre[i])`.
+pub(crate) fn activate<T: ActivationFloat>(pre: &[T], act: Activation) -> Vec<T> {
+    let mut out = vec![T::default(); pre.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(pre.par_chunks(CHUNK))
+        .for_each(|(o, p)| {
+            for (o, &p) in o.iter_mut().zip(p) {
+                *o = p.activate(act);
+            }
+        });
+    out
+}
+
+/// `out[i] = grad[i] · act'(pre[i])`.
+pub(crate) fn activation_grad<T: ActivationFloat>(
+    pre: &[T],
+    grad: &[T],
+    act: Activation,
+) -> Vec<T> {
+    let mut out = vec![T::default(); pre.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(pre.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
+        .for_each(|(o, (p, g))| {
+            for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
+                *o = g * p.derivative(act);
+            }
+        });
+    out
+}

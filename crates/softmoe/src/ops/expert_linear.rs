@@ -1,0 +1,293 @@
+//! `act(x Wᵀ + b)` for all experts at once, as one autograd node on CPU.
+//!
+//! Written with candle's generic ops this layer is a transpose of `W`, a
+//! batched matmul, a broadcast add and an activation: four graph nodes, and
+//! candle's backward allocates a zero tensor and adds into it for every node
+//! it visits (the `W` transposes alone are 2 x 9.4 M floats at the paper's
+//! shape). This op computes the same values with candle's own matmul kernel,
+//! adds the bias and applies the activation in one multi-threaded pass, keeps
+//! the pre-activation for its backward (PyTorch's `save_for_backward`), and
+//! returns the input, weight and bias gradients directly. Other devices and
+//! dtypes take the composite path, which candle differentiates itself.
+
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType,
+};
+use rayon::prelude::*;
+
+use super::activation::{activate, activation_grad, ActivationFloat};
+use crate::config::Activation;
+
+/// `act(x Wᵀ + b)` for `x (e, rows, in)`, `weight (e, out, in)`, `bias (e, out)`:
+/// expert `i` applies its own linear to row block `i`. `act = None` is a plain
+/// batched linear.
+pub(crate) fn expert_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    act: Option<Activation>,
+) -> Result<Tensor> {
+    let fused = x.device().is_cpu()
+        && x.dtype() == weight.dtype()
+        && x.dtype() == bias.dtype()
+        && matches!(x.dtype(), DType::F32 | DType::F64);
+    if fused {
+        let tracked = x.track_op() || weight.track_op() || bias.track_op();
+        let op = ExpertLinear {
+            act,
+            save_pre_activation: tracked,
+            pre_activation: Mutex::new(None),
+        };
+        return x.apply_op3(weight, &bias.contiguous()?, op);
+    }
+    let pre = x
+        .matmul(&weight.transpose(1, 2)?)?
+        .broadcast_add(&bias.unsqueeze(1)?)?;
+    match act {
+        None => Ok(pre),
+        Some(Activation::Gelu) => pre.gelu_erf(),
+        Some(Activation::QuickGelu) => &pre * candle_nn::ops::sigmoid(&(&pre * 1.702)?)?,
+    }
+}
+
+struct ExpertLinear {
+    act: Option<Activation>,
+    /// Whether a backward pass can follow (some input tracks gradients).
+    save_pre_activation: bool,
+    /// `x Wᵀ + b`, kept for the activation's derivative in `bwd`.
+    pre_activation: Mutex<Option<Tensor>>,
+}
+
+fn contiguous_slice<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: bias is not contiguous"),
+    }
+}
+
+impl ExpertLinear {
+    const NAME: &'static str = "softmoe-expert-linear";
+
+    /// Adds the bias to `pre` in place, then applies the activation.
+    fn finish<T>(
+        &self,
+        mut pre: Vec<T>,
+        bias: &[T],
+        (e, rows, out): (usize, usize, usize),
+    ) -> Result<Vec<T>>
+    where
+        T: ActivationFloat + WithDType + std::ops::AddAssign,
+    {
+        pre.par_chunks_mut(out)
+            .enumerate()
+            .with_min_len(16)
+            .for_each(|(row, values)| {
+                let group = row / rows;
+                for (v, &b) in values.iter_mut().zip(&bias[group * out..(group + 1) * out]) {
+                    *v += b;
+                }
+            });
+        let Some(act) = self.act else { return Ok(pre) };
+        let activated = activate(&pre, act);
+        if self.save_pre_activation {
+            let saved = Tensor::from_vec(pre, (e, rows, out), &Device::Cpu)?;
+            *self.lock_saved()? = Some(saved);
+        }
+        Ok(activated)
+    }
+
+    fn lock_saved(&self) -> Result<std::sync::MutexGuard<'_, Option<Tensor>>> {
+        self.pre_activation.lock().map_err(|_| {
+            candle_core::Error::msg(format!("{}: saved activation lock poisoned", Self::NAME))
+        })
+    }
+}
+
+impl CustomOp3 for ExpertLinear {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (e, rows, inner) = l1.shape().dims3()?;
+        let (we, out, win) = l2.shape().dims3()?;
+        if we != e || win != inner || l3.shape().dims() != [e, out] {
+            candle_core::bail!(
+                "{}: input {:?}, weight {:?} and bias {:?} do not fit (e, rows, in), (e, out, in), (e, out)",
+                Self::NAME,
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            )
+        }
+        // (e, rows, in) x (e, in, out): the transposed weight is a strided view.
+        let pre = s1.matmul(s2, (e, rows, out, inner), l1, &l2.transpose(1, 2)?)?;
+        let dims = (e, rows, out);
+        let storage = match (pre, s3) {
+            (CpuStorage::F32(pre), CpuStorage::F32(b)) => {
+                CpuStorage::F32(self.finish(pre, contiguous_slice(b, l3, Self::NAME)?, dims)?)
+            }
+            (CpuStorage::F64(pre), CpuStorage::F64(b)) => {
+                CpuStorage::F64(self.finish(pre, contiguous_slice(b, l3, Self::NAME)?, dims)?)
+            }
+            _ => candle_core::bail!("{}: needs F32 or F64 tensors of one dtype", Self::NAME),
+        };
+        Ok((storage, Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad_res = grad_res.contiguous()?;
+        let grad_pre = match self.act {
+            None => grad_res,
+            Some(act) => {
+                let pre = self.lock_saved()?.clone().ok_or_else(|| {
+                    candle_core::Error::msg(format!(
+                        "{}: backward without a saved forward",
+                        Self::NAME
+                    ))
+                })?;
+                pre.apply_op2_no_bwd(&grad_res, &ActivationGrad(act))?
+            }
+        };
+        let (x, weight) = (x.detach(), weight.detach());
+        let grad_x = grad_pre.matmul(&weight)?; // (e, rows, out) x (e, out, in)
+        let grad_weight = grad_pre.transpose(1, 2)?.matmul(&x)?; // (e, out, rows) x (e, rows, in)
+        let grad_bias = grad_pre.sum(1)?;
+        Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
+    }
+}
+
+/// `grad · act'(pre)` for two contiguous tensors of one shape.
+struct ActivationGrad(Activation);
+
+impl CustomOp2 for ActivationGrad {
+    fn name(&self) -> &'static str {
+        "softmoe-activation-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("{}: inputs must be contiguous", self.name())
+        };
+        if l1.shape() != l2.shape() {
+            candle_core::bail!(
+                "{}: shapes {:?} and {:?} differ",
+                self.name(),
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        let storage = match (s1, s2) {
+            (CpuStorage::F32(p), CpuStorage::F32(g)) => {
+                CpuStorage::F32(activation_grad(&p[a0..a1], &g[b0..b1], self.0))
+            }
+            (CpuStorage::F64(p), CpuStorage::F64(g)) => {
+                CpuStorage::F64(activation_grad(&p[a0..a1], &g[b0..b1], self.0))
+            }
+            _ => candle_core::bail!("{}: needs two F32 or two F64 tensors", self.name()),
+        };
+        Ok((storage, l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    /// The fused op and candle's composite ops agree, forward and backward.
+    fn check(act: Option<Activation>, dtype: DType, tol: f64) -> Result<()> {
+        let dev = Device::Cpu;
+        let randn = |shape: (usize, usize, usize), std: f32| -> Result<Var> {
+            Var::from_tensor(&Tensor::randn(0f32, std, shape, &dev)?.to_dtype(dtype)?)
+        };
+        let x = randn((3, 5, 4), 1.0)?;
+        let w = randn((3, 6, 4), 0.7)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 6), &dev)?.to_dtype(dtype)?)?;
+        let loss_weight = Tensor::randn(0f32, 1.0, (3, 5, 6), &dev)?.to_dtype(dtype)?;
+
+        let fused = expert_linear(x.as_tensor(), w.as_tensor(), b.as_tensor(), act)?;
+        let pre = x
+            .matmul(&w.transpose(1, 2)?)?
+            .broadcast_add(&b.unsqueeze(1)?)?;
+        let reference = match act {
+            None => pre,
+            Some(Activation::Gelu) => pre.gelu_erf()?,
+            Some(Activation::QuickGelu) => (&pre * candle_nn::ops::sigmoid(&(&pre * 1.702)?)?)?,
+        };
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f64> {
+            (a - b)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()
+        };
+        let diff = max_diff(&fused, &reference)?;
+        assert!(diff < tol, "{act:?} {dtype:?}: forward differs by {diff}");
+
+        let grads_fused = (fused * &loss_weight)?.sum_all()?.backward()?;
+        let grads_ref = (reference * &loss_weight)?.sum_all()?.backward()?;
+        for (name, var) in [("x", &x), ("weight", &w), ("bias", &b)] {
+            let got = grads_fused.get(var).expect("fused gradient");
+            let want = grads_ref.get(var).expect("reference gradient");
+            let diff = max_diff(got, want)?;
+            assert!(
+                diff < tol * 10.0,
+                "{act:?} {dtype:?}: gradient of {name} differs by {diff}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_matches_composite_f32() -> Result<()> {
+        for act in [None, Some(Activation::Gelu), Some(Activation::QuickGelu)] {
+            check(act, DType::F32, 1e-5)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_matches_composite_f64() -> Result<()> {
+        // candle's own GELU backward rounds 1/sqrt(2π) to 0.398942, hence 1e-6.
+        check(Some(Activation::Gelu), DType::F64, 1e-6)?;
+        check(Some(Activation::QuickGelu), DType::F64, 1e-12)?;
+        check(None, DType::F64, 1e-12)
+    }
+
+    #[test]
+    fn mismatched_shapes_are_an_error() -> Result<()> {
+        let x = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu)?;
+        let w = Tensor::zeros((2, 5, 4), DType::F32, &Device::Cpu)?;
+        let b = Tensor::zeros((2, 6), DType::F32, &Device::Cpu)?;
+        let err = expert_linear(&x, &w, &b, None).unwrap_err().to_string();
+        assert!(err.contains("do not fit"), "{err}");
+        Ok(())
+    }
+}
