@@ -69,7 +69,7 @@ pub enum QkvProjection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum FeatureMap {
-    /// `elu(x) + 1`, the map of Katharopoulos et al. [16], whom the paper cites.
+    /// `elu(x) + 1`, the map of Katharopoulos et al. (the paper's reference 16).
     #[default]
     EluPlusOne,
     /// `relu(x)`: cheaper, but a token whose logits are all negative gets a zero

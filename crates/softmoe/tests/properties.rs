@@ -297,8 +297,7 @@ fn wrong_weight_shape_in_a_checkpoint_names_the_tensor() -> Result<()> {
     );
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
     let err = SoftMoe::new(&cfg, vb.pp("moe"))
-        .err()
-        .expect("wrong shape accepted")
+        .expect_err("wrong shape accepted")
         .to_string();
     assert!(err.contains("moe.experts.fc1.weight"), "{err}");
     assert!(err.contains("shape mismatch"), "{err}");
