@@ -1,8 +1,11 @@
-//! `uniattack`: training and evaluation of La-SoftMoE CLIP face attack detectors.
+//! `uniattack`: unified physical-digital face attack detection with
+//! La-SoftMoE CLIP (Zou et al., arXiv 2408.12793), on candle.
 //!
-//! This root package composes the workspace crates ([`softmoe`], [`clip_moe`],
-//! [`fas_data`], [`fas_metrics`]). The training and evaluation pipeline is not
-//! written yet; see the repository README for what each crate provides today.
+//! This root package composes the workspace crates and re-exports them:
+//! [`softmoe`] (Soft MoE and La-SoftMoE layers), [`clip_moe`] (CLIP with MoE
+//! branches), [`fas_data`] (datasets and loading) and [`fas_metrics`] (the
+//! field's metrics). Training and evaluation will live here; until then the
+//! examples and tests exercise the layers through these re-exports.
 
 pub use clip_moe;
 pub use fas_data;
