@@ -14,7 +14,8 @@ use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, WithDType,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
+    WithDType,
 };
 use rayon::prelude::*;
 
@@ -170,8 +171,46 @@ impl CustomOp3 for ExpertLinear {
         let (x, weight) = (x.detach(), weight.detach());
         let grad_x = grad_pre.matmul(&weight)?; // (e, rows, out) x (e, out, in)
         let grad_weight = grad_pre.transpose(1, 2)?.matmul(&x)?; // (e, out, rows) x (e, rows, in)
-        let grad_bias = grad_pre.sum(1)?;
+        let grad_bias = grad_pre.apply_op1_no_bwd(&SumRows)?;
         Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
+    }
+}
+
+/// `(e, rows, n) -> (e, n)`: the bias gradient. candle's `sum(1)` walks the
+/// middle axis with strides; summing whole rows is one vectorised pass.
+struct SumRows;
+
+fn sum_rows<T: WithDType + std::ops::AddAssign>(
+    data: &[T],
+    (e, rows, n): (usize, usize, usize),
+) -> Vec<T> {
+    let mut out = vec![T::zero(); e * n];
+    out.par_chunks_mut(n).enumerate().for_each(|(group, acc)| {
+        for row in data[group * rows * n..(group + 1) * rows * n].chunks_exact(n) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+    });
+    out
+}
+
+impl CustomOp1 for SumRows {
+    fn name(&self) -> &'static str {
+        "softmoe-sum-rows"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = layout.shape().dims3()?;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("{}: input must be contiguous", self.name())
+        };
+        let storage = match storage {
+            CpuStorage::F32(v) => CpuStorage::F32(sum_rows(&v[start..end], dims)),
+            CpuStorage::F64(v) => CpuStorage::F64(sum_rows(&v[start..end], dims)),
+            _ => candle_core::bail!("{}: needs an F32 or F64 tensor", self.name()),
+        };
+        Ok((storage, Shape::from((dims.0, dims.2))))
     }
 }
 
