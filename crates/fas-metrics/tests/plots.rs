@@ -1,0 +1,73 @@
+//! PNG output of the `plot` feature: ROC, DET and score histograms are valid,
+//! non-empty 800x600 PNG files. Their content was checked by eye when written.
+#![cfg(feature = "plot")]
+
+use fas_metrics::{read_score_file, Polarity, ScoreSet};
+
+const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+
+/// Writes all three plots for the committed test score file (generator:
+/// scripts/fas_metrics/gen_fixtures.py) into a temporary directory.
+#[test]
+fn writes_valid_pngs() {
+    let scores = read_score_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/scores/test_crlf.txt"
+    ))
+    .unwrap();
+    let set = ScoreSet::from_samples(&scores, Polarity::HigherIsBonafide).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let written = fas_metrics::plot::write_all(&set, &dir.path().join("plots")).unwrap();
+    assert_eq!(written.len(), 3);
+    for path in written {
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            bytes.len() > 1000,
+            "{} is {} bytes",
+            path.display(),
+            bytes.len()
+        );
+        assert_eq!(bytes[..8], PNG_SIGNATURE, "{}", path.display());
+        // IHDR: width and height, big-endian, at bytes 16..24.
+        assert_eq!(
+            bytes[16..24],
+            [0, 0, 3, 32, 0, 0, 2, 88],
+            "{} is 800x600",
+            path.display()
+        );
+    }
+}
+
+/// The command line's `--plot-dir` writes the three PNGs after the report
+/// and lists them on the log stream, keeping stdout for the report.
+#[test]
+fn cli_plot_dir_writes_pngs() {
+    let test = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/scores/test_crlf.txt"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let plots = dir.path().join("plots");
+    let args = [
+        "--test".into(),
+        test.into(),
+        "--higher".into(),
+        "bonafide".into(),
+        "--json".into(),
+        "--plot-dir".into(),
+        plots.clone().into_os_string(),
+    ];
+    let (mut out, mut log) = (Vec::new(), Vec::new());
+    fas_metrics::cli::run(args, &mut out, &mut log).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out).expect("stdout is only JSON");
+    assert!(report["acer"].is_number());
+    let log = String::from_utf8(log).unwrap();
+    for name in ["roc.png", "det.png", "scores.png"] {
+        let path = plots.join(name);
+        assert!(path.is_file(), "{}", path.display());
+        assert!(
+            log.contains(&format!("wrote {}\n", path.display())),
+            "{log}"
+        );
+    }
+}
