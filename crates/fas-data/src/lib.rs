@@ -1,6 +1,57 @@
-//! Face anti-spoofing datasets (UniAttackData, JFSFDB, generic lists), CLIP
-//! preprocessing, augmentation, a batch loader and a synthetic unified-attack
-//! generator.
+//! Face anti-spoofing data: dataset readers (UniAttackData in its three
+//! published forms, JFSFDB, generic lists, image folders), CLIP's exact image
+//! transform, seedable augmentation, a multi-threaded batch loader, and a
+//! synthetic unified-attack generator for demos and tests.
 //!
-//! Not implemented yet: this crate is reserved for the data pipeline (issue
-//! "fas-data"). It knows nothing of models.
+//! Everything between files on disk and a `(batch, 3, 224, 224)` tensor; it
+//! knows nothing of models. Every reader states its label convention
+//! ([`LabelConvention`]): published FAS code uses both "1 = live" and
+//! "1 = fake", so none is guessed.
+//!
+//! ```
+//! use fas_data::{read_list, synth, ListFormat, ListOptions, Loader, LoaderConfig};
+//! use fas_data::protocol::uniattack::{protocol_list_path, Modality, Protocol, Split};
+//!
+//! # fn main() -> fas_data::Result<()> {
+//! let root = tempfile::tempdir().map_err(|reason| fas_data::Error::Io {
+//!     path: std::env::temp_dir(),
+//!     reason,
+//! })?;
+//! // A tiny synthetic UniAttackData tree (6 subjects, 64 px images).
+//! synth::write_dataset(root.path(), &synth::SynthConfig { subjects: 6, image_size: 64, ..Default::default() })?;
+//! let list = protocol_list_path(root.path(), Protocol::P1, Modality::Image, Split::Train);
+//! let listing = read_list(&list, root.path(), &ListFormat::UniattackProtocol, &ListOptions::default())?;
+//!
+//! let config = LoaderConfig { batch_size: 4, ..LoaderConfig::training(42) };
+//! let loader = Loader::new(listing.samples, config)?;
+//! for batch in loader.epoch(0) {
+//!     let batch = batch?;
+//!     assert_eq!(batch.images.dims(), &[4, 3, 224, 224]);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod augment;
+mod error;
+pub mod image_io;
+mod label;
+pub mod loader;
+pub mod preprocess;
+pub mod protocol;
+mod resample;
+mod sample;
+pub mod synth;
+pub mod video;
+
+pub use augment::{AugmentConfig, ColorJitter, RandomResizedCrop};
+pub use error::{Error, Problem, Result};
+pub use label::{attack_hint_from_path, AttackKind, Category, Label, LabelConvention};
+pub use loader::{Balance, Batch, Epoch, Loader, LoaderConfig};
+pub use preprocess::{ClipTransform, Normalization};
+pub use protocol::folder::read_folder;
+pub use protocol::{
+    read_list, BadInputPolicy, FileCheck, ListFormat, ListOptions, ListSpec, Listing, VideoIdRule,
+};
+pub use sample::{Media, Sample};
+pub use video::{FrameNames, FrameSelection};

@@ -1,0 +1,198 @@
+//! Reading images from disk, with errors that say which file and why.
+
+use crate::error::{Error, Result};
+use crate::sample::{Media, Sample};
+use crate::video::list_frames;
+use image::DynamicImage;
+use std::path::Path;
+
+/// File extensions treated as images when scanning folders (case-insensitive):
+/// the formats the decoder is built with.
+const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// True when `path` has an image extension.
+pub fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// Reads and decodes one image (JPEG or PNG; the format comes from the bytes,
+/// not the extension).
+///
+/// The JPEG decoder is lenient and would return a half-grey picture for a
+/// file cut short; like PIL (without `LOAD_TRUNCATED_IMAGES`) we reject JPEGs
+/// whose scans do not reach the end-of-image marker. Data after that marker
+/// (camera trailers) is ignored, as PIL ignores it.
+pub fn load_image(path: &Path) -> Result<DynamicImage> {
+    read_and_decode(path).map_err(|message| Error::Image {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Reads and decodes `path`; the error is a message without the path.
+fn read_and_decode(path: &Path) -> std::result::Result<DynamicImage, String> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "file not found".to_string(),
+        _ => format!("cannot read: {e}"),
+    })?;
+    decode_image(&bytes)
+}
+
+/// Decodes image bytes; the error is a message for [`Error::Image`].
+pub fn decode_image(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
+    if bytes.is_empty() {
+        return Err("empty file".to_string());
+    }
+    if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_reaches_eoi(bytes) {
+        return Err("truncated JPEG (the data ends before the end-of-image marker)".to_string());
+    }
+    image::load_from_memory(bytes).map_err(|e| format!("cannot decode: {e}"))
+}
+
+/// Walks the JPEG marker segments after SOI, skipping each scan's
+/// entropy-coded data (where `FF 00` is a stuffed byte and `FF D0`-`FF D7`
+/// are restart markers), and reports whether the end-of-image marker is
+/// reached before the data runs out. Bytes after it are not looked at.
+fn jpeg_reaches_eoi(bytes: &[u8]) -> bool {
+    let mut i = 2;
+    loop {
+        // Markers are `FF xx`, possibly preceded by fill bytes `FF`; like
+        // libjpeg, skip stray bytes between segments.
+        let Some(offset) = bytes
+            .get(i..)
+            .and_then(|b| b.iter().position(|&v| v == 0xFF))
+        else {
+            return false;
+        };
+        i += offset;
+        while bytes.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&marker) = bytes.get(i) else {
+            return false;
+        };
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            // Standalone markers without a length.
+            0x00 | 0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(length) = bytes
+            .get(i..i + 2)
+            .map(|l| usize::from(l[0]) << 8 | usize::from(l[1]))
+        else {
+            return false;
+        };
+        i += length;
+        if marker == 0xDA {
+            // Entropy-coded data runs to the next marker that is neither a
+            // stuffed zero nor a restart marker.
+            loop {
+                let Some(offset) = bytes
+                    .get(i..)
+                    .and_then(|b| b.iter().position(|&v| v == 0xFF))
+                else {
+                    return false;
+                };
+                i += offset;
+                match bytes.get(i + 1) {
+                    None => return false,
+                    Some(0x00 | 0xD0..=0xD7) => i += 2,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// Checks one sample: the file (or a frame directory with at least one
+/// frame) exists, and with `decode` every image decodes.
+fn check_sample(sample: &Sample, decode: bool) -> std::result::Result<(), String> {
+    let images = match sample.media {
+        Media::Image => vec![sample.path.clone()],
+        Media::FrameDir(names) => list_frames(&sample.path, names).map_err(|e| e.to_string())?,
+    };
+    for image in images {
+        if !decode {
+            if !image.is_file() {
+                return Err("file not found".to_string());
+            }
+            continue;
+        }
+        read_and_decode(&image).map_err(|m| {
+            if image == sample.path {
+                m
+            } else {
+                format!("frame {}: {m}", image.display())
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks every sample, in parallel over the available cores; verdicts in sample order.
+pub(crate) fn check_samples(
+    samples: &[Sample],
+    decode: bool,
+) -> Vec<std::result::Result<(), String>> {
+    let threads = if decode {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        1
+    };
+    let chunk = samples.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = samples
+            .chunks(chunk)
+            .map(|part| {
+                let handle = scope.spawn(move || {
+                    part.iter()
+                        .map(|s| check_sample(s, decode))
+                        .collect::<Vec<_>>()
+                });
+                (part.len(), handle)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|(len, handle)| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| vec![Err("the image decoder panicked".to_string()); len])
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_decodable_formats_are_images() {
+        assert!(is_image_file(Path::new("a/B.JPG")));
+        assert!(is_image_file(Path::new("a.png")));
+        assert!(!is_image_file(Path::new("a.bmp")));
+        assert!(!is_image_file(Path::new("a.webp")));
+    }
+
+    #[test]
+    fn eoi_is_found_past_stuffed_bytes_and_restart_markers_only() {
+        // SOI, an APP segment holding FF D9, SOS, entropy data with a stuffed
+        // FF 00 and a restart marker, EOI, then a trailer.
+        let head = [0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x04, 0xFF, 0xD9];
+        let scan = [
+            0xFF, 0xDA, 0x00, 0x02, 0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56,
+        ];
+        let whole: Vec<u8> = [&head[..], &scan, &[0xFF, 0xD9], b"trailer"].concat();
+        assert!(jpeg_reaches_eoi(&whole));
+        let cut: Vec<u8> = [&head[..], &scan].concat();
+        assert!(
+            !jpeg_reaches_eoi(&cut),
+            "the FF D9 inside the APP segment does not count"
+        );
+    }
+}

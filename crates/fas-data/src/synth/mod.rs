@@ -1,0 +1,192 @@
+//! Synthetic unified-attack data: the demo and test data when no real
+//! dataset is present (UniAttackData is distributed on request only).
+//!
+//! Deterministic from a seed and ID-consistent like UniAttackData: each
+//! subject has a procedurally drawn face ([`face`]); its live frames, its
+//! physical attacks (print indoor/outdoor, replay) and its digital attacks
+//! (adversarial perturbations, a swap of another subject's face onto it) are
+//! all made from that same face ([`attacks`]). [`write_dataset`] writes JPEGs
+//! in the UniAttackData layout with protocol lists for P1, P2.1 and P2.2, so
+//! the real readers run on it unchanged. See `docs/synthetic-data.md`.
+
+pub mod attacks;
+pub mod canvas;
+pub mod face;
+mod writer;
+
+pub use writer::{contact_sheet, write_dataset, SynthSummary};
+
+use crate::error::{Error, Result};
+use crate::label::{AttackKind, Label};
+use crate::preprocess::MAX_SIZE;
+use attacks::{PrintSetting, ADVERSARIAL_METHODS, EDITING_METHODS};
+use face::{render, Capture, Identity};
+use image::RgbImage;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// Generator settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SynthConfig {
+    /// Seed of everything; default 0.
+    pub seed: u64,
+    /// Number of subjects (at least 5, so every split has one); default 15.
+    pub subjects: usize,
+    /// Image side in pixels; default 128 (tests), 224 for demos.
+    pub image_size: u32,
+    /// Live frames per subject (one recording); default 2.
+    pub live_frames: usize,
+    /// JPEG quality of written images; default 92.
+    pub jpeg_quality: u8,
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            subjects: 15,
+            image_size: 128,
+            live_frames: 2,
+            jpeg_quality: 92,
+        }
+    }
+}
+
+impl SynthConfig {
+    /// Rejects fewer than 5 subjects, images outside 32 to
+    /// [`crate::preprocess::MAX_SIZE`] pixels and live frame counts outside 1 to 8.
+    pub fn validate(&self) -> Result<()> {
+        if self.subjects < 5
+            || self.image_size < 32
+            || self.image_size > MAX_SIZE
+            || self.live_frames == 0
+            || self.live_frames > LIVE_FRAMES.len()
+        {
+            return Err(Error::Config(format!(
+                "synthetic data needs at least 5 subjects, images of 32 to {MAX_SIZE} px and 1 to {} live frames, got {} subjects, {} px, {} frames",
+                LIVE_FRAMES.len(),
+                self.subjects,
+                self.image_size,
+                self.live_frames
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Frame names of UniAttackData's live recordings.
+const LIVE_FRAMES: [&str; 8] = [
+    "0012", "0057", "0070", "0092", "0107", "0123", "0129", "0145",
+];
+
+/// Regions and identity prefixes of UniAttackData.
+const REGIONS: [(&str, &str); 3] = [
+    ("africa", "AF"),
+    ("central-asia", "CA"),
+    ("east-asia", "EA"),
+];
+
+/// One generated image with its label and its path below the data root.
+#[derive(Debug, Clone)]
+pub struct SynthImage {
+    /// Path relative to the data root, as the protocol lists write it.
+    pub entry: String,
+    /// Ground truth (with attack kind and method).
+    pub label: Label,
+    /// The picture.
+    pub image: RgbImage,
+}
+
+/// Which split a subject belongs to: 2 of every 5 subjects train, 1 dev, 2 test.
+pub fn subject_split(index: usize) -> crate::protocol::uniattack::Split {
+    use crate::protocol::uniattack::Split;
+    match index % 5 {
+        0 | 1 => Split::Train,
+        2 => Split::Dev,
+        _ => Split::Test,
+    }
+}
+
+fn subject_id(index: usize) -> (&'static str, String) {
+    let (region, prefix) = REGIONS[index % REGIONS.len()];
+    (region, format!("{prefix}-{:03}", index + 1))
+}
+
+fn subject_rng(seed: u64, index: usize, purpose: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(((index as u64) << 8) | purpose);
+    rng
+}
+
+/// Everything about subject `index`: identity and base capture.
+fn subject(config: &SynthConfig, index: usize) -> (Identity, Capture) {
+    let mut rng = subject_rng(config.seed, index, 0);
+    (Identity::random(&mut rng), Capture::random(&mut rng))
+}
+
+/// The donor of subject `index`'s face swaps: another subject, fixed by the seed.
+fn donor_of(config: &SynthConfig, index: usize) -> usize {
+    let offset = 1 + (subject_rng(config.seed, index, 1).random_range(0..config.subjects - 1));
+    (index + offset) % config.subjects
+}
+
+/// Renders every image of subject `index`: live frames, print (indoor,
+/// outdoor), replay, one image per adversarial method and per editing method.
+pub fn subject_images(config: &SynthConfig, index: usize) -> Result<Vec<SynthImage>> {
+    config.validate()?;
+    let size = config.image_size as usize;
+    let (identity, capture) = subject(config, index);
+    let (region, id) = subject_id(index);
+    let mut rng = subject_rng(config.seed, index, 2);
+    let mut images = Vec::new();
+    let live_dir = format!("UniAttackData/Data/live/{region}/{id}/real.rssdk/color");
+    let mut frame_capture = capture.clone();
+    let mut first_live = None;
+    for frame in LIVE_FRAMES.iter().take(config.live_frames) {
+        let canvas = render(&identity, &frame_capture, size);
+        images.push(SynthImage {
+            entry: format!("{live_dir}/{frame}.jpg"),
+            label: Label::BonaFide,
+            image: canvas.to_rgb8(),
+        });
+        first_live.get_or_insert(canvas);
+        frame_capture = frame_capture.next_frame(&mut rng);
+    }
+    let live = first_live.unwrap_or_else(|| render(&identity, &capture, size));
+    for (setting, folder) in [
+        (PrintSetting::Indoor, "cloth-indoor"),
+        (PrintSetting::Outdoor, "cloth-outdoor"),
+    ] {
+        images.push(SynthImage {
+            entry: format!("UniAttackData/Data/spoof/{region}/{id}/{folder}/color/0070.jpg"),
+            label: Label::Attack(AttackKind::Print),
+            image: attacks::print(&live, setting, &mut rng).to_rgb8(),
+        });
+    }
+    images.push(SynthImage {
+        entry: format!("UniAttackData/Data/spoof/{region}/{id}/screen-rs/color/0070.jpg"),
+        label: Label::Attack(AttackKind::Replay),
+        image: attacks::replay(&live, &mut rng).to_rgb8(),
+    });
+    for (m, method) in ADVERSARIAL_METHODS.iter().enumerate() {
+        images.push(SynthImage {
+            entry: format!("UniAttackData/Data/adv-attacks/{method}/{method}_{region}-{size}x{size}/{id}/0057.jpg"),
+            label: Label::Attack(AttackKind::Adversarial { method: Some(method.to_string()) }),
+            image: attacks::adversarial(&live, m, &mut rng).to_rgb8(),
+        });
+    }
+    let donor_index = donor_of(config, index);
+    let (donor, _) = subject(config, donor_index);
+    let (_, donor_id) = subject_id(donor_index);
+    for (m, method) in EDITING_METHODS.iter().enumerate() {
+        images.push(SynthImage {
+            entry: format!("UniAttackData/Data/{method}/{region}/{id}-To-{donor_id}/0001.jpg"),
+            label: Label::Attack(AttackKind::Editing {
+                method: Some(method.to_string()),
+            }),
+            image: attacks::editing(&live, &capture, &donor, &identity, m, &mut rng).to_rgb8(),
+        });
+    }
+    Ok(images)
+}

@@ -1,0 +1,174 @@
+//! Writing a synthetic dataset to disk in UniAttackData's layout.
+
+use super::{subject_images, subject_split, SynthConfig, SynthImage};
+use crate::error::{Error, Result};
+use crate::label::{Category, Label};
+use crate::protocol::uniattack::{protocol_list_path, Modality, Protocol, Split};
+use image::codecs::jpeg::JpegEncoder;
+use image::RgbImage;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+/// One subject's written images: (entry, label).
+type Listed = Vec<(String, Label)>;
+
+/// What [`write_dataset`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SynthSummary {
+    /// Images written.
+    pub images: usize,
+    /// Lines per written protocol file (file name -> lines).
+    pub lists: BTreeMap<String, usize>,
+}
+
+/// The detailed UniAttackData label of a category (0 live, 1 physical, 2 adversarial, 3 editing).
+fn detailed_label(label: &Label) -> u8 {
+    match label.category() {
+        Category::Live => 0,
+        Category::Physical => 1,
+        Category::Adversarial => 2,
+        Category::Editing | Category::Unknown => 3,
+    }
+}
+
+/// Whether `category` belongs in `split` of `protocol`: P1 has everything
+/// everywhere; P2.1 (unseen physical) trains on live + digital and tests on
+/// live + physical; P2.2 (unseen digital) the reverse.
+fn in_protocol(protocol: Protocol, split: Split, category: Category) -> bool {
+    let digital = matches!(category, Category::Adversarial | Category::Editing);
+    match (protocol, split) {
+        (_, _) if category == Category::Live => true,
+        (Protocol::P2_1, Split::Test) | (Protocol::P2_2, Split::Train | Split::Dev) => {
+            category == Category::Physical
+        }
+        (Protocol::P2_1, _) | (Protocol::P2_2, Split::Test) => digital,
+        _ => true,
+    }
+}
+
+/// Generates the dataset under `root`: `root/UniAttackData/Data/...` JPEGs and
+/// `root/UniAttackData/protocol/UniAttackData@{p1,p2.1,p2.2}_image_{train,dev,test}.txt`.
+/// Subjects are rendered on all cores; the output is byte-identical for a
+/// given configuration whatever the thread timing.
+pub fn write_dataset(root: &Path, config: &SynthConfig) -> Result<SynthSummary> {
+    config.validate()?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(config.subjects.max(1));
+    let per_subject: Vec<(usize, Result<Listed>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t..config.subjects)
+                        .step_by(threads)
+                        .map(|index| (index, write_subject(root, config, index)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for handle in handles {
+            let done = handle.join().unwrap_or_else(|_| {
+                vec![(
+                    usize::MAX,
+                    Err(Error::Worker("synthetic generator thread panicked".into())),
+                )]
+            });
+            results.extend(done);
+        }
+        // Subject order, whatever order the threads finished in.
+        results.sort_by_key(|(index, _)| *index);
+        results
+    });
+    let mut entries: Vec<(usize, String, Label)> = Vec::new();
+    for (index, subject) in per_subject {
+        entries.extend(
+            subject?
+                .into_iter()
+                .map(|(entry, label)| (index, entry, label)),
+        );
+    }
+    let mut summary = SynthSummary {
+        images: entries.len(),
+        lists: BTreeMap::new(),
+    };
+    for protocol in [Protocol::P1, Protocol::P2_1, Protocol::P2_2] {
+        for split in Split::ALL {
+            let path = protocol_list_path(root, protocol, Modality::Image, split);
+            let mut text = String::new();
+            for (index, entry, label) in &entries {
+                if subject_split(*index) == split && in_protocol(protocol, split, label.category())
+                {
+                    text.push_str(&format!("{entry} {}\n", detailed_label(label)));
+                }
+            }
+            summary.lists.insert(
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                text.lines().count(),
+            );
+            write_file(&path, text.as_bytes())?;
+        }
+    }
+    Ok(summary)
+}
+
+fn write_subject(root: &Path, config: &SynthConfig, index: usize) -> Result<Listed> {
+    let images = subject_images(config, index)?;
+    let mut listed = Vec::with_capacity(images.len());
+    for SynthImage {
+        entry,
+        label,
+        image,
+    } in images
+    {
+        let mut bytes = Vec::new();
+        JpegEncoder::new_with_quality(&mut bytes, config.jpeg_quality)
+            .encode_image(&image)
+            .map_err(|e| Error::Write {
+                path: root.join(&entry),
+                reason: std::io::Error::other(e.to_string()),
+            })?;
+        write_file(&root.join(&entry), &bytes)?;
+        listed.push((entry, label));
+    }
+    Ok(listed)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |reason| Error::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    std::fs::File::create(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(io)
+}
+
+/// A grid of the first `subjects` subjects, one row each: live frames, print
+/// indoor, print outdoor, replay, the adversarial images and the face swaps.
+pub fn contact_sheet(config: &SynthConfig, subjects: usize) -> Result<RgbImage> {
+    let rows: Vec<Vec<SynthImage>> = (0..subjects.min(config.subjects))
+        .map(|i| subject_images(config, i))
+        .collect::<Result<_>>()?;
+    let columns = rows.first().map_or(0, Vec::len) as u32;
+    let side = config.image_size;
+    let gap = 4;
+    let mut sheet = RgbImage::from_pixel(
+        columns * (side + gap) + gap,
+        rows.len() as u32 * (side + gap) + gap,
+        image::Rgb([255, 255, 255]),
+    );
+    for (r, row) in rows.iter().enumerate() {
+        for (c, cell) in row.iter().enumerate() {
+            let (x0, y0) = (gap + c as u32 * (side + gap), gap + r as u32 * (side + gap));
+            image::imageops::overlay(&mut sheet, &cell.image, i64::from(x0), i64::from(y0));
+        }
+    }
+    Ok(sheet)
+}

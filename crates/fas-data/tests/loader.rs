@@ -1,0 +1,269 @@
+//! Loader: deterministic order and pixels for a seed regardless of worker
+//! count, per-epoch shuffling, drop-last, balancing, video frames, bad images.
+
+use fas_data::{
+    AttackKind, BadInputPolicy, Balance, ClipTransform, Error, FrameNames, FrameSelection, Label,
+    Loader, LoaderConfig, Media, Sample,
+};
+use std::path::Path;
+
+fn sample(root: &Path, name: &str, label: Label, media: Media) -> Sample {
+    Sample {
+        path: root.join(name),
+        entry: name.to_string(),
+        label: Some(label),
+        media,
+        video_id: name.to_string(),
+        origin: (root.join("list.txt"), 1),
+    }
+}
+
+/// 10 images (3 live, 7 attacks) of different sizes and colours.
+fn dataset(root: &Path) -> Vec<Sample> {
+    (0..10)
+        .map(|i| {
+            let name = format!("img{i}.jpg");
+            let (w, h) = (40 + 7 * i, 60 - 2 * i);
+            image::RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([(x * 5) as u8, (y * 3 + i * 20) as u8, (i * 25) as u8])
+            })
+            .save(root.join(&name))
+            .unwrap();
+            let label = if i < 3 {
+                Label::BonaFide
+            } else {
+                Label::Attack(AttackKind::Print)
+            };
+            sample(root, &name, label, Media::Image)
+        })
+        .collect()
+}
+
+fn config(workers: usize) -> LoaderConfig {
+    LoaderConfig {
+        batch_size: 4,
+        workers,
+        transform: ClipTransform {
+            size: 32,
+            ..Default::default()
+        },
+        ..LoaderConfig::training(7)
+    }
+}
+
+fn run(loader: &Loader, epoch: u64) -> Vec<(Vec<String>, Vec<f32>)> {
+    loader
+        .epoch(epoch)
+        .map(|b| {
+            let b = b.unwrap();
+            (
+                b.entries.clone(),
+                b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn same_seed_same_batches_with_any_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = dataset(dir.path());
+    let one = Loader::new(samples.clone(), config(1)).unwrap();
+    let three = Loader::new(
+        samples.clone(),
+        LoaderConfig {
+            prefetch: 1,
+            ..config(3)
+        },
+    )
+    .unwrap();
+    let a = run(&one, 0);
+    assert_eq!(a, run(&three, 0));
+    assert_eq!(a.len(), 2, "10 samples, batch 4, drop_last");
+    assert_ne!(a, run(&one, 1), "each epoch is reshuffled and re-augmented");
+    let other_seed = Loader::new(
+        samples,
+        LoaderConfig {
+            seed: 8,
+            ..config(2)
+        },
+    )
+    .unwrap();
+    assert_ne!(a, run(&other_seed, 0));
+}
+
+#[test]
+fn evaluation_keeps_order_and_last_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = dataset(dir.path());
+    let config = LoaderConfig {
+        batch_size: 4,
+        transform: ClipTransform {
+            size: 32,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let loader = Loader::new(samples, config).unwrap();
+    assert_eq!(loader.batches_per_epoch(), 3);
+    let batches: Vec<_> = loader.epoch(0).map(Result::unwrap).collect();
+    assert_eq!(batches[2].images.dims(), &[2, 3, 32, 32]);
+    let names: Vec<String> = batches.iter().flat_map(|b| b.entries.clone()).collect();
+    assert_eq!(
+        names,
+        (0..10).map(|i| format!("img{i}.jpg")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        batches[0]
+            .attack_targets()
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap(),
+        [0, 0, 0, 1]
+    );
+}
+
+#[test]
+fn balancing_oversamples_the_minority() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = dataset(dir.path());
+    let config = LoaderConfig {
+        balance: Balance::LiveAttack,
+        batch_size: 14,
+        drop_last: false,
+        ..config(2)
+    };
+    let loader = Loader::new(samples, config).unwrap();
+    let batch = loader.epoch(0).next().unwrap().unwrap();
+    let live = batch
+        .labels
+        .iter()
+        .filter(|l| **l == Some(Label::BonaFide))
+        .count();
+    assert_eq!((live, batch.len()), (7, 14));
+}
+
+/// The balanced order lists one class after the other; without shuffling
+/// every batch would hold a single class, so the combination is refused.
+#[test]
+fn balancing_without_shuffle_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LoaderConfig {
+        balance: Balance::LiveAttack,
+        shuffle: false,
+        ..config(1)
+    };
+    let err = Loader::new(dataset(dir.path()), config).unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert!(err.to_string().contains("needs shuffle"), "{err}");
+}
+
+#[test]
+fn absurd_image_size_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LoaderConfig {
+        transform: ClipTransform {
+            size: 100_000,
+            ..Default::default()
+        },
+        ..config(1)
+    };
+    let err = Loader::new(dataset(dir.path()), config).unwrap_err();
+    assert!(err.to_string().contains("1 to 4096"), "{err}");
+}
+
+#[test]
+fn frame_directories_expand_or_draw_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("video");
+    std::fs::create_dir_all(&video).unwrap();
+    for f in 0..5 {
+        image::RgbImage::from_pixel(30, 30, image::Rgb([f * 50, 0, 0]))
+            .save(video.join(format!("{f:04}.jpg")))
+            .unwrap();
+    }
+    let samples = vec![sample(
+        dir.path(),
+        "video",
+        Label::BonaFide,
+        Media::FrameDir(FrameNames::AnyImage),
+    )];
+    let eval = LoaderConfig {
+        transform: ClipTransform {
+            size: 16,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let loader = Loader::new(samples.clone(), eval.clone()).unwrap();
+    let batch = loader.epoch(0).next().unwrap().unwrap();
+    assert_eq!(
+        batch.paths,
+        [video.join("0000.jpg"), video.join("0004.jpg")]
+    );
+    assert_eq!(batch.ids, ["video", "video"]);
+    let random = LoaderConfig {
+        frames: FrameSelection::Random,
+        shuffle: true,
+        ..eval
+    };
+    let loader = Loader::new(samples, random).unwrap();
+    let drawn: std::collections::BTreeSet<_> = (0..12)
+        .map(|e| loader.epoch(e).next().unwrap().unwrap().paths[0].clone())
+        .collect();
+    assert!(drawn.len() > 1, "random frames vary across epochs");
+}
+
+#[test]
+fn bad_images_fail_or_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut samples = dataset(dir.path());
+    std::fs::write(dir.path().join("bad.jpg"), b"not a jpeg").unwrap();
+    samples.insert(
+        1,
+        sample(dir.path(), "bad.jpg", Label::BonaFide, Media::Image),
+    );
+    let base = LoaderConfig {
+        batch_size: 4,
+        transform: ClipTransform {
+            size: 16,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let failing = Loader::new(samples.clone(), base.clone()).unwrap();
+    let results: Vec<_> = failing.epoch(0).collect();
+    assert!(results[0]
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("bad.jpg"));
+    assert!(results[1].is_ok(), "later batches still come");
+    let skipping = Loader::new(
+        samples,
+        LoaderConfig {
+            on_bad_image: BadInputPolicy::Skip,
+            ..base
+        },
+    )
+    .unwrap();
+    let first = skipping.epoch(0).next().unwrap().unwrap();
+    assert_eq!(first.len(), 3);
+    assert_eq!(first.skipped.len(), 1);
+}
+
+#[test]
+fn dropping_an_epoch_early_stops_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let loader = Loader::new(
+        dataset(dir.path()),
+        LoaderConfig {
+            batch_size: 1,
+            ..config(2)
+        },
+    )
+    .unwrap();
+    let mut epoch = loader.epoch(0);
+    assert!(epoch.next().is_some());
+    drop(epoch);
+}

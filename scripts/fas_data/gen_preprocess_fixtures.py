@@ -1,0 +1,185 @@
+"""Generate the CLIP preprocessing parity fixtures of crates/fas-data.
+
+Writes small synthetic input images (PNG, lossless so decoding is not a
+variable; plus one JPEG, where it is) and the outputs of OpenAI CLIP's own
+transform (clip/clip.py `_transform`, rebuilt here from torchvision) to
+crates/fas-data/tests/fixtures/preprocess/:
+
+  <name>.png                 input image (RGB, L, RGBA or LA; various sizes;
+                             rgba_224x260 needs no resize at S = 224, and has
+                             colour under alpha 0)
+  face_200x160_q90.jpg       a face-like JPEG saved by Pillow at quality 90
+                             with 4:2:0 chroma subsampling (PIL's default),
+                             decoded by PIL (libjpeg-turbo) for its expected
+                             outputs; the Rust decoder differs slightly
+  <name>.expected<S>.png     Resize(S, BICUBIC) + CenterCrop(S) + convert("RGB"),
+                             the uint8 image ToTensor receives (S = 224 and 64)
+  normalized32.safetensors   for one input, tensor <name>: ToTensor +
+                             Normalize(CLIP mean/std) at S = 32, float32
+                             (3, 32, 32); and <name>.imagenet with ImageNet
+                             mean/std (normalisation is plain arithmetic, so
+                             one input suffices)
+  manifest.json              input names, sizes, modes and package versions
+
+Run (from the repository root):
+
+    python3 -m venv /tmp/venv-data
+    /tmp/venv-data/bin/pip install pillow numpy safetensors torch torchvision
+    /tmp/venv-data/bin/python scripts/fas_data/gen_preprocess_fixtures.py
+
+Generated with Python 3.11.7, Pillow 13.0.0, numpy 2.4.6, torch 2.15.0,
+torchvision 0.29.2, safetensors 0.8.0 (versions are also written to the
+manifest). The Rust code under test is never used to produce expected values.
+"""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import PIL
+import safetensors
+import safetensors.numpy
+import torch
+import torchvision
+from PIL import Image
+from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+
+OUT = pathlib.Path(__file__).resolve().parents[2] / "crates" / "fas-data" / "tests" / "fixtures" / "preprocess"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SIZES_U8 = (224, 64)
+SIZE_F32 = 32
+# The input whose normalised float output is stored too.
+NORMALIZED = "gradient_112x112"
+JPEG_NAME = "face_200x160_q90"
+
+
+def _convert_image_to_rgb(image):
+    return image.convert("RGB")
+
+
+def clip_resize_crop(size):
+    """clip.py `_transform` up to (and including) the RGB conversion."""
+    return Compose([Resize(size, interpolation=InterpolationMode.BICUBIC), CenterCrop(size), _convert_image_to_rgb])
+
+
+def clip_transform(size, mean, std):
+    """clip.py `_transform(n_px)` (with a choice of normalisation)."""
+    return Compose([clip_resize_crop(size), ToTensor(), Normalize(mean, std)])
+
+
+def coords(w, h):
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    return x / max(w - 1, 1), y / max(h - 1, 1)
+
+
+def gradient(w, h, rng):
+    x, y = coords(w, h)
+    r = 255 * x
+    g = 255 * y
+    b = 127.5 + 127.5 * np.sin(12 * x + 7 * y)
+    return np.stack([r, g, b], -1)
+
+
+def noise(w, h, rng):
+    return rng.integers(0, 256, size=(h, w, 3)).astype(np.float64)
+
+
+def checker_rings(w, h, rng):
+    x, y = coords(w, h)
+    checker = ((np.floor(x * w / 7) + np.floor(y * h / 5)) % 2) * 255
+    rings = 127.5 + 127.5 * np.cos(60 * np.hypot(x - 0.4, y - 0.6))
+    return np.stack([checker, rings, 255 - checker * 0.5], -1)
+
+
+def face_like(w, h, rng):
+    """Smooth shapes with hard edges and a little noise, like a face crop."""
+    x, y = coords(w, h)
+    img = np.stack([60 + 80 * y, 90 + 40 * x, 140 - 50 * y], -1)
+    face = ((x - 0.5) / 0.28) ** 2 + ((y - 0.5) / 0.38) ** 2 < 1
+    img[face] = [205, 160, 130]
+    for ex in (0.4, 0.6):
+        eye = ((x - ex) / 0.04) ** 2 + ((y - 0.42) / 0.025) ** 2 < 1
+        img[eye] = [30, 30, 40]
+    mouth = (np.abs(y - 0.66) < 0.012) & (np.abs(x - 0.5) < 0.08)
+    img[mouth] = [150, 40, 50]
+    # Fine deterministic texture (compresses better than noise, still tests rounding).
+    return img + 6 * np.sin(900 * x * y)[..., None]
+
+
+def to_u8(a):
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def make_inputs(rng):
+    """(name, PIL image) for every fixture input."""
+    images = []
+    images.append(("gradient_112x112", Image.fromarray(to_u8(gradient(112, 112, rng)), "RGB")))
+    images.append(("noise_150x100", Image.fromarray(to_u8(noise(150, 100, rng)), "RGB")))
+    images.append(("checker_97x250", Image.fromarray(to_u8(checker_rings(97, 250, rng)), "RGB")))
+    images.append(("tall_224x301", Image.fromarray(to_u8(checker_rings(224, 301, rng)), "RGB")))
+    images.append(("upscale_40x23", Image.fromarray(to_u8(noise(40, 23, rng)), "RGB")))
+    grey = to_u8(gradient(150, 120, rng)[..., 0] * 0.5 + noise(150, 120, rng)[..., 1] * 0.5)
+    images.append(("grey_150x120", Image.fromarray(grey, "L")))
+    rgba = np.concatenate([to_u8(checker_rings(130, 180, rng)), to_u8(gradient(130, 180, rng)[..., :1])], -1)
+    rgba[:20, :20, 3] = 0
+    images.append(("rgba_130x180", Image.fromarray(rgba, "RGBA")))
+    la = np.stack([to_u8(noise(90, 60, rng)[..., 0]), to_u8(gradient(90, 60, rng)[..., 1])], -1)
+    images.append(("la_90x60", Image.fromarray(la, "LA")))
+    # No resize at S = 224 (PIL returns the image untouched, convert drops
+    # alpha); alpha 0 over coloured pixels in a band and a corner.
+    rgba224 = np.concatenate([to_u8(gradient(224, 260, rng)), to_u8(checker_rings(224, 260, rng)[..., 1:2])], -1)
+    rgba224[100:140, :, 3] = 0
+    rgba224[:30, :50, 3] = 0
+    images.append(("rgba_224x260", Image.fromarray(rgba224, "RGBA")))
+    return images
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(20240617)
+    tensors = {}
+    manifest = {
+        "generator": "scripts/fas_data/gen_preprocess_fixtures.py",
+        "versions": {
+            "python": sys.version.split()[0],
+            "pillow": PIL.__version__,
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "safetensors": safetensors.__version__,
+        },
+        "inputs": [],
+    }
+    for stale in list(OUT.glob("*.png")) + list(OUT.glob("*.jpg")) + list(OUT.glob("*.safetensors")):
+        stale.unlink()
+    inputs = [(name, image, f"{name}.png") for name, image in make_inputs(rng)]
+    face = Image.fromarray(to_u8(face_like(200, 160, rng)), "RGB")
+    inputs.append((JPEG_NAME, face, f"{JPEG_NAME}.jpg"))
+    for name, image, file_name in inputs:
+        if file_name.endswith(".jpg"):
+            # Pillow's default subsampling at quality 90 is 4:2:0; say so explicitly.
+            image.save(OUT / file_name, quality=90, subsampling=2)
+        else:
+            image.save(OUT / file_name, optimize=True)
+        reloaded = Image.open(OUT / file_name)
+        assert reloaded.mode == image.mode, (name, reloaded.mode, image.mode)
+        for size in SIZES_U8:
+            clip_resize_crop(size)(reloaded).save(OUT / f"{name}.expected{size}.png", optimize=True)
+        if name == NORMALIZED:
+            tensors[name] = clip_transform(SIZE_F32, CLIP_MEAN, CLIP_STD)(reloaded).numpy().astype(np.float32)
+            imagenet = clip_transform(SIZE_F32, IMAGENET_MEAN, IMAGENET_STD)(reloaded)
+            tensors[f"{name}.imagenet"] = imagenet.numpy().astype(np.float32)
+        manifest["inputs"].append(
+            {"file": file_name, "mode": image.mode, "width": image.width, "height": image.height}
+        )
+    safetensors.numpy.save_file(tensors, str(OUT / f"normalized{SIZE_F32}.safetensors"))
+    (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"wrote {len(manifest['inputs'])} fixtures to {OUT}")
+
+
+if __name__ == "__main__":
+    main()
