@@ -6,7 +6,8 @@ use candle_nn::{Init, VarBuilder};
 use crate::config::{Activation, ExpertInit, SoftMoeConfig};
 use crate::ops::expert_linear;
 
-/// `e` two-layer MLPs `fc2(act(fc1(x)))` stored stacked:
+/// `e` two-layer MLPs `fc2(act(fc1(x)))` (the experts of eq. 3, each applied
+/// to its own slots), stored stacked:
 /// `fc1.weight (e, hidden, dim)`, `fc1.bias (e, hidden)`,
 /// `fc2.weight (e, dim, hidden)`, `fc2.bias (e, dim)`, i.e. `torch.nn.Linear`
 /// layouts with a leading expert axis.

@@ -57,7 +57,12 @@ impl SoftMoe {
         &self.cfg
     }
 
-    /// Forward pass returning the routing weights as well.
+    /// Forward pass returning the routing weights as well: logits `X Φ`,
+    /// dispatch (eq. 2), slots `Dᵀ X`, experts (eq. 3), combine (eq. 4 for
+    /// Soft MoE, eq. 7 for La-SoftMoE) and `Y = C Ỹ`.
+    ///
+    /// Errors with [`Error::InputShape`] unless `xs` is `(batch, tokens, dim)`
+    /// with non-zero batch and tokens.
     pub fn forward_with_weights(&self, xs: &Tensor) -> Result<SoftMoeOutput> {
         let (b, n, d) = match xs.dims() {
             &[b, n, d] if d == self.cfg.dim && b > 0 && n > 0 => (b, n, d),
