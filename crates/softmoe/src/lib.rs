@@ -19,6 +19,9 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+// Only its `x86-v4` feature is wanted: AVX-512 matmul kernels for candle.
+use gemm as _;
+
 mod combine;
 mod config;
 mod error;

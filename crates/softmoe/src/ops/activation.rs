@@ -78,17 +78,59 @@ impl ActivationFloat for f64 {
     }
 }
 
-/// `out[i] = act(pre[i])`.
-pub(crate) fn activate<T: ActivationFloat>(pre: &[T], act: Activation) -> Vec<T> {
-    let mut out = vec![T::default(); pre.len()];
+/// Writes `f(a[i], b[i])` to `out[i]`; `#[inline(always)]` so each caller
+/// below compiles it (and the inlined activation maths) for its own SIMD width.
+#[inline(always)]
+fn zip_map<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], b: &[T], f: &F) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = f(x, y);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn zip_map_avx512<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], b: &[T], f: &F) {
+    zip_map(out, a, b, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn zip_map_avx2<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], b: &[T], f: &F) {
+    zip_map(out, a, b, f)
+}
+
+/// `out[i] = f(a[i], b[i])` on all cores, with the widest SIMD the CPU has
+/// (checked at run time: the default x86-64 target only assumes SSE2).
+fn par_zip_map<T: ActivationFloat>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::default(); a.len()];
     out.par_chunks_mut(CHUNK)
-        .zip(pre.par_chunks(CHUNK))
-        .for_each(|(o, p)| {
-            for (o, &p) in o.iter_mut().zip(p) {
-                *o = p.activate(act);
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports the features the function enables.
+                    return unsafe { zip_map_avx512(o, a, b, &f) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { zip_map_avx2(o, a, b, &f) };
+                }
             }
+            zip_map(o, a, b, &f)
         });
     out
+}
+
+/// `out[i] = act(pre[i])`.
+pub(crate) fn activate<T: ActivationFloat>(pre: &[T], act: Activation) -> Vec<T> {
+    // One monomorphised loop per activation: no branch inside the loop.
+    match act {
+        Activation::Gelu => par_zip_map(pre, pre, |p, _| p.activate(Activation::Gelu)),
+        Activation::QuickGelu => par_zip_map(pre, pre, |p, _| p.activate(Activation::QuickGelu)),
+    }
 }
 
 /// `out[i] = grad[i] · act'(pre[i])`.
@@ -97,13 +139,10 @@ pub(crate) fn activation_grad<T: ActivationFloat>(
     grad: &[T],
     act: Activation,
 ) -> Vec<T> {
-    let mut out = vec![T::default(); pre.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(pre.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
-        .for_each(|(o, (p, g))| {
-            for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
-                *o = g * p.derivative(act);
-            }
-        });
-    out
+    match act {
+        Activation::Gelu => par_zip_map(pre, grad, |p, g| g * p.derivative(Activation::Gelu)),
+        Activation::QuickGelu => {
+            par_zip_map(pre, grad, |p, g| g * p.derivative(Activation::QuickGelu))
+        }
+    }
 }
