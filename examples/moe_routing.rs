@@ -38,6 +38,10 @@ fn main() -> Result<()> {
             mean_of(&out.output.sqr()?)?.sqrt(),
         );
     }
-    println!("(uniform dispatch would be 1/197 = {:.4}; uniform combine 1/196 = {:.4})", 1.0 / 197.0, 1.0 / 196.0);
+    println!(
+        "(uniform dispatch would be 1/197 = {:.4}; uniform combine 1/196 = {:.4})",
+        1.0 / 197.0,
+        1.0 / 196.0
+    );
     Ok(())
 }

@@ -13,10 +13,17 @@ fn train(cfg: &SoftMoeConfig) -> Result<(f32, f32)> {
     let varmap = VarMap::new();
     let moe = SoftMoe::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
     let teacher_vars = VarMap::new();
-    let teacher = SoftMoe::new(cfg, VarBuilder::from_varmap(&teacher_vars, DType::F32, &device))?;
+    let teacher = SoftMoe::new(
+        cfg,
+        VarBuilder::from_varmap(&teacher_vars, DType::F32, &device),
+    )?;
     let x = Tensor::randn(0f32, 1.0, (4, 10, 16), &device)?;
     let target = teacher.forward(&x)?.detach();
-    let params = ParamsAdamW { lr: 1e-2, weight_decay: 0.0, ..Default::default() };
+    let params = ParamsAdamW {
+        lr: 1e-2,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
     let mut opt = AdamW::new(varmap.all_vars(), params)?;
     let mut first = None;
     let mut last = 0.0;
@@ -31,9 +38,16 @@ fn train(cfg: &SoftMoeConfig) -> Result<(f32, f32)> {
 
 #[test]
 fn both_variants_approach_a_teacher_layer() -> Result<()> {
-    for cfg in [SoftMoeConfig::soft_moe(16, 2, 5), SoftMoeConfig::la_soft_moe(16, 2, 5)] {
+    for cfg in [
+        SoftMoeConfig::soft_moe(16, 2, 5),
+        SoftMoeConfig::la_soft_moe(16, 2, 5),
+    ] {
         let (first, last) = train(&cfg)?;
-        assert!(last < 0.5 * first, "{:?}: loss {first} -> {last}", cfg.combine);
+        assert!(
+            last < 0.5 * first,
+            "{:?}: loss {first} -> {last}",
+            cfg.combine
+        );
     }
     Ok(())
 }

@@ -1,0 +1,120 @@
+//! Zero-shot image-text matching with a CLIP (or fine-tuned CLIP-MoE) model.
+//!
+//! ```text
+//! cargo run --release -p clip-moe --example zero_shot -- \
+//!     --model DIR_OR_HUB_ID --image a.png [--image b.jpg ...] \
+//!     --text "a photo of a cat" [--text ...] [--json]
+//! ```
+//!
+//! `--model` is a directory holding `config.json`, `model.safetensors` and
+//! `tokenizer.json`, or a hub id (default `openai/clip-vit-base-patch16`;
+//! `HF_HOME`, `HF_ENDPOINT` and `HF_HUB_OFFLINE=1` are honoured). Images go
+//! through CLIP's own transform (`fas-data`'s `ClipTransform`) at the
+//! config's image size. Prints the softmax over the texts for every image,
+//! or with `--json` one object: `image_embeds`, `text_embeds` (L2-normalised,
+//! one row per input, in input order), `logits_per_image` (images x texts,
+//! scaled by the model's logit scale) and `probs` (softmax over texts).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clip_moe::hub::{resolve, HubOptions, DEFAULT_MODEL_ID};
+use clip_moe::{load_model, ClipConfig, ClipTokenizer};
+use fas_data::image_io::load_image;
+use fas_data::ClipTransform;
+
+struct Args {
+    model: String,
+    images: Vec<PathBuf>,
+    texts: Vec<String>,
+    json: bool,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        model: DEFAULT_MODEL_ID.to_string(),
+        images: Vec::new(),
+        texts: Vec::new(),
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => args.model = value()?,
+            "--image" => args.images.push(PathBuf::from(value()?)),
+            "--text" => args.texts.push(value()?),
+            "--json" => args.json = true,
+            other => bail!(
+                "unknown argument {other}; usage: zero_shot --model DIR_OR_HUB_ID --image FILE \
+                 [--image FILE ...] --text TEXT [--text TEXT ...] [--json]"
+            ),
+        }
+    }
+    if args.images.is_empty() || args.texts.is_empty() {
+        bail!("give at least one --image and one --text");
+    }
+    Ok(args)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let device = Device::Cpu;
+    let files = resolve(&args.model, &HubOptions::from_env())?;
+    let cfg = ClipConfig::from_file(&files.config)?;
+    let model = load_model(&cfg, &files.weights, &device, true)?.model;
+    let tokenizer =
+        ClipTokenizer::from_file(&files.tokenizer, cfg.text_config.max_position_embeddings)?;
+
+    let transform = ClipTransform {
+        size: cfg.vision_config.image_size as u32,
+        ..ClipTransform::default()
+    };
+    let pixels = args
+        .images
+        .iter()
+        .map(|path| Ok(transform.to_tensor(&load_image(path)?)?))
+        .collect::<Result<Vec<Tensor>>>()?;
+    let pixels = Tensor::stack(&pixels, 0)?.to_device(&device)?;
+    let text = tokenizer.encode(&args.texts, &device)?;
+
+    let out = model.forward(&pixels, &text)?;
+    let probs = candle_nn::ops::softmax(&out.logits_per_image, 1)?;
+    let probs_rows = probs.to_vec2::<f32>()?;
+
+    if args.json {
+        let json = serde_json::json!({
+            "image_embeds": out.image_embeds.to_vec2::<f32>()?,
+            "text_embeds": out.text_embeds.to_vec2::<f32>()?,
+            "logits_per_image": out.logits_per_image.to_vec2::<f32>()?,
+            "probs": probs_rows,
+        });
+        println!("{json}");
+        return Ok(());
+    }
+    let width = args
+        .texts
+        .iter()
+        .map(|t| t.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    print!("{:<24}", "image \\ text");
+    for t in &args.texts {
+        print!("  {t:>width$}");
+    }
+    println!();
+    for (path, row) in args.images.iter().zip(&probs_rows) {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        print!("{name:<24}");
+        for p in row {
+            print!("  {p:>width$.4}");
+        }
+        println!();
+    }
+    Ok(())
+}

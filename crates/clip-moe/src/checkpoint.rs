@@ -1,0 +1,274 @@
+//! Loading pretrained weights into a `VarMap`, saving and reloading
+//! fine-tuned ones.
+//!
+//! `VarMap::load` errors when any variable is missing from the file, so a
+//! published CLIP checkpoint cannot fill a model with new MoE parameters that
+//! way. Here the model is built first (every parameter a fresh `Var`), then
+//! each variable the safetensors file holds is set by name after its shape is
+//! checked; the [`LoadReport`] lists what was loaded, kept fresh, missing or
+//! unexpected. Saving writes safetensors atomically (a temporary file, then a
+//! rename), either every variable or only the trainable delta.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::config::ClipConfig;
+use crate::error::{Error, Result};
+use crate::model::ClipModel;
+
+/// Name of a model directory's configuration file.
+pub const CONFIG_FILE: &str = "config.json";
+/// Name of a model directory's full weights.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Name of a fine-tuned directory's trainable delta (see
+/// [`WeightSelection::Delta`]).
+pub const DELTA_FILE: &str = "delta.safetensors";
+
+/// What a load did, by tensor name (each list sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Model parameters set from the file.
+    pub loaded: Vec<String>,
+    /// MoE parameters (`*.moe.*`) absent from the file: kept as initialised.
+    /// Expected when a pretrained CLIP is patched with MoE.
+    pub fresh: Vec<String>,
+    /// Other model parameters absent from the file, kept as initialised.
+    pub missing: Vec<String>,
+    /// File tensors the model has no parameter for.
+    pub unexpected: Vec<String>,
+    /// File tensors that are buffers, not parameters (`*.position_ids`, saved
+    /// by older transformers versions), skipped.
+    pub ignored: Vec<String>,
+}
+
+impl LoadReport {
+    /// Whether every model parameter came from the file and every file tensor
+    /// was used (buffers aside).
+    pub fn is_exact(&self) -> bool {
+        self.fresh.is_empty() && self.missing.is_empty() && self.unexpected.is_empty()
+    }
+}
+
+/// Whether `name` is a parameter of a MoE branch.
+pub fn is_moe_parameter(name: &str) -> bool {
+    name.contains(".moe.")
+}
+
+fn is_buffer(name: &str) -> bool {
+    name.ends_with(".position_ids")
+}
+
+/// Sets every variable of `varmap` that `path` (safetensors) holds.
+///
+/// A tensor whose shape differs from the variable's is always an error
+/// naming it (the checkpoint does not belong to this configuration); nothing
+/// is modified then. With `strict`, any missing (MoE included) or unexpected
+/// tensor is an error too: use it for exact checkpoints. Tensors are
+/// converted to each variable's dtype.
+pub fn load_weights(varmap: &VarMap, path: impl AsRef<Path>, strict: bool) -> Result<LoadReport> {
+    let path = path.as_ref();
+    if !path.is_file() {
+        return Err(Error::Io {
+            action: "reading",
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    // SAFETY: the file is memory-mapped read-only; it must not be modified
+    // while this function runs, as for every memory-mapped checkpoint.
+    let file = unsafe { MmapedSafetensors::new(path)? };
+    let in_file: BTreeMap<String, Vec<usize>> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec()))
+        .collect();
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Candle(candle_core::Error::Msg("VarMap lock poisoned".into())))?;
+    let mut report = LoadReport::default();
+    for (name, var) in sorted(&vars) {
+        match in_file.get(name) {
+            Some(found) if found.as_slice() != var.dims() => {
+                return Err(Error::ShapeMismatch {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    expected: var.dims().to_vec(),
+                    found: found.clone(),
+                })
+            }
+            Some(_) => report.loaded.push(name.clone()),
+            None if is_moe_parameter(name) => report.fresh.push(name.clone()),
+            None => report.missing.push(name.clone()),
+        }
+    }
+    for name in in_file.keys().filter(|name| !vars.contains_key(*name)) {
+        if is_buffer(name) {
+            report.ignored.push(name.clone());
+        } else {
+            report.unexpected.push(name.clone());
+        }
+    }
+    if strict && !report.is_exact() {
+        let mut missing = report.missing.clone();
+        missing.extend(report.fresh.iter().cloned());
+        missing.sort();
+        return Err(Error::StrictLoad {
+            path: path.to_path_buf(),
+            missing,
+            unexpected: report.unexpected,
+        });
+    }
+    for name in &report.loaded {
+        let var = &vars[name];
+        let tensor = file.load(name, var.device())?.to_dtype(var.dtype())?;
+        var.set(&tensor)?;
+    }
+    Ok(report)
+}
+
+/// A model built from a configuration and filled from a checkpoint.
+pub struct LoadedModel {
+    /// The model.
+    pub model: ClipModel,
+    /// Its parameters, every one a trainable `Var`.
+    pub varmap: VarMap,
+    /// What the load did.
+    pub report: LoadReport,
+}
+
+/// Builds `cfg`'s model in a fresh F32 `VarMap` on `device` and loads
+/// `weights` into it ([`load_weights`]): pretrained CLIP tensors are set by
+/// name, MoE parameters the file lacks stay freshly initialised.
+pub fn load_model(
+    cfg: &ClipConfig,
+    weights: impl AsRef<Path>,
+    device: &Device,
+    strict: bool,
+) -> Result<LoadedModel> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device);
+    let model = ClipModel::new(cfg, vb)?;
+    let report = load_weights(&varmap, weights, strict)?;
+    Ok(LoadedModel {
+        model,
+        varmap,
+        report,
+    })
+}
+
+/// Which variables to save, or to hand to an optimiser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightSelection {
+    /// Every variable.
+    All,
+    /// The MoE parameters plus every variable whose name starts with one of
+    /// `extra_prefixes` (e.g. `"vision_model.post_layernorm."`,
+    /// `"logit_scale"`): the part of a fine-tuned model that differs from the
+    /// pretrained checkpoint when the rest is frozen.
+    Delta {
+        /// Further trainable name prefixes.
+        extra_prefixes: Vec<String>,
+    },
+}
+
+impl WeightSelection {
+    /// Whether the variable `name` is selected.
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            WeightSelection::All => true,
+            WeightSelection::Delta { extra_prefixes } => {
+                is_moe_parameter(name) || extra_prefixes.iter().any(|p| name.starts_with(p))
+            }
+        }
+    }
+}
+
+/// The selected variables, sorted by name (e.g. for an optimiser).
+pub fn select_vars(varmap: &VarMap, selection: &WeightSelection) -> Vec<(String, Var)> {
+    let vars = match varmap.data().lock() {
+        Ok(vars) => vars,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    sorted(&vars)
+        .filter(|(name, _)| selection.contains(name))
+        .map(|(name, var)| (name.clone(), var.clone()))
+        .collect()
+}
+
+/// Writes the selected variables to `path` as safetensors, atomically.
+pub fn save_weights(
+    varmap: &VarMap,
+    path: impl AsRef<Path>,
+    selection: &WeightSelection,
+) -> Result<()> {
+    let tensors: HashMap<String, Tensor> = select_vars(varmap, selection)
+        .into_iter()
+        .map(|(name, var)| (name, var.as_tensor().clone()))
+        .collect();
+    write_atomically(path.as_ref(), |tmp| {
+        Ok(candle_core::safetensors::save(&tensors, tmp)?)
+    })
+}
+
+/// Saves a model directory: `config.json` (with the MoE placement) and
+/// `model.safetensors` ([`WeightSelection::All`]) or `delta.safetensors`
+/// ([`WeightSelection::Delta`]; reload it over the pretrained checkpoint with
+/// [`load_weights`]). Returns the weights file written.
+pub fn save_checkpoint(
+    varmap: &VarMap,
+    cfg: &ClipConfig,
+    dir: impl AsRef<Path>,
+    selection: &WeightSelection,
+) -> Result<PathBuf> {
+    let dir = dir.as_ref();
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        action: "creating",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    cfg.save(dir.join(CONFIG_FILE))?;
+    let weights = dir.join(match selection {
+        WeightSelection::All => WEIGHTS_FILE,
+        WeightSelection::Delta { .. } => DELTA_FILE,
+    });
+    save_weights(varmap, &weights, selection)?;
+    Ok(weights)
+}
+
+/// Runs `write` on a temporary file beside `path`, then renames it to
+/// `path`, so readers never see a partial file. The temporary file is removed
+/// on failure.
+pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let file_name = path.file_name().ok_or_else(|| Error::Io {
+        action: "writing",
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let result = write(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+            action: "renaming into",
+            path: path.to_path_buf(),
+            source,
+        })
+    });
+    if result.is_err() {
+        // Best effort: the write error is what the caller needs to see.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn sorted(vars: &HashMap<String, Var>) -> impl Iterator<Item = (&String, &Var)> {
+    let mut entries: Vec<_> = vars.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    entries.into_iter()
+}

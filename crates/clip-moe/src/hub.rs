@@ -1,0 +1,185 @@
+//! Finding a model's files: a local directory, the Hugging Face cache, or
+//! the hub (hf-hub's blocking API).
+//!
+//! A model argument that is an existing directory is used as is: it must
+//! hold `config.json`, `model.safetensors` and `tokenizer.json`. Anything
+//! else is a hub repository id. Each file is looked for at every revision of
+//! [`HubOptions::revisions`] in turn (`main`, then `refs/pr/4`, the pull
+//! request that added safetensors weights to `openai/clip-vit-base-patch16`,
+//! as candle-based projects use), first in the cache, then, unless offline,
+//! downloaded. `HF_HOME` (cache) and `HF_ENDPOINT` are honoured, and
+//! `HF_HUB_OFFLINE=1` switches to the cache only, as in Python.
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+
+use crate::checkpoint::{CONFIG_FILE, WEIGHTS_FILE};
+use crate::error::{Error, Result};
+
+/// The paper's backbone.
+pub const DEFAULT_MODEL_ID: &str = "openai/clip-vit-base-patch16";
+/// Name of a model directory's tokenizer.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// The three files a model needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFiles {
+    /// `config.json`.
+    pub config: PathBuf,
+    /// `model.safetensors`.
+    pub weights: PathBuf,
+    /// `tokenizer.json`.
+    pub tokenizer: PathBuf,
+}
+
+impl ModelFiles {
+    /// The files of a local model directory; an error names the first one
+    /// absent.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let file = |name: &str| {
+            let path = dir.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(Error::Hub(format!(
+                    "model directory {} has no {name}: it needs {CONFIG_FILE}, {WEIGHTS_FILE} and \
+                     {TOKENIZER_FILE}",
+                    dir.display()
+                )))
+            }
+        };
+        Ok(Self {
+            config: file(CONFIG_FILE)?,
+            weights: file(WEIGHTS_FILE)?,
+            tokenizer: file(TOKENIZER_FILE)?,
+        })
+    }
+}
+
+/// Where and how to look for hub files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubOptions {
+    /// Use the cache only, never the network.
+    pub offline: bool,
+    /// The hub cache (`.../hub`, holding `models--owner--name`); `None`:
+    /// `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+    pub cache_dir: Option<PathBuf>,
+    /// Hub URL; `None`: `$HF_ENDPOINT`, else `https://huggingface.co`.
+    pub endpoint: Option<String>,
+    /// Revisions to try, in order, for every file.
+    pub revisions: Vec<String>,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self {
+            offline: false,
+            cache_dir: None,
+            endpoint: None,
+            revisions: vec!["main".into(), "refs/pr/4".into()],
+        }
+    }
+}
+
+impl HubOptions {
+    /// Defaults, offline when `HF_HUB_OFFLINE` is `1`, `true` or `yes`.
+    pub fn from_env() -> Self {
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+            .unwrap_or(false);
+        Self {
+            offline,
+            ..Self::default()
+        }
+    }
+}
+
+/// The files of `model`: a local directory, else a hub id (see the module
+/// docs).
+pub fn resolve(model: &str, options: &HubOptions) -> Result<ModelFiles> {
+    if Path::new(model).is_dir() {
+        return ModelFiles::from_dir(model);
+    }
+    // Hub ids are `owner/name`; anything else was meant as a directory.
+    if model.starts_with(['/', '.', '~']) || model.matches('/').count() > 1 {
+        return Err(Error::Hub(format!(
+            "model directory {model} does not exist (a hub id looks like owner/name)"
+        )));
+    }
+    let cache = match &options.cache_dir {
+        Some(dir) => Cache::new(dir.clone()),
+        None => Cache::from_env(),
+    };
+    let fetch = |file: &str| -> Result<PathBuf> {
+        if options.offline {
+            fetch_cached(&cache, model, file, options)
+        } else {
+            fetch_online(&cache, model, file, options)
+        }
+    };
+    Ok(ModelFiles {
+        config: fetch(CONFIG_FILE)?,
+        weights: fetch(WEIGHTS_FILE)?,
+        tokenizer: fetch(TOKENIZER_FILE)?,
+    })
+}
+
+fn repo(model: &str, revision: &str) -> Repo {
+    Repo::with_revision(model.to_string(), RepoType::Model, revision.to_string())
+}
+
+fn fetch_cached(cache: &Cache, model: &str, file: &str, options: &HubOptions) -> Result<PathBuf> {
+    options
+        .revisions
+        .iter()
+        .find_map(|rev| cache.repo(repo(model, rev)).get(file))
+        .ok_or_else(|| {
+            Error::Hub(format!(
+                "offline: {file} of {model} is not in the Hugging Face cache {} (revisions {}). \
+                 {}",
+                cache.path().display(),
+                options.revisions.join(", "),
+                how_to_download(model)
+            ))
+        })
+}
+
+fn fetch_online(cache: &Cache, model: &str, file: &str, options: &HubOptions) -> Result<PathBuf> {
+    let mut builder = ApiBuilder::from_cache(cache.clone()).with_progress(false);
+    let endpoint = options
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("HF_ENDPOINT").ok());
+    if let Some(endpoint) = &endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    let api = builder
+        .build()
+        .map_err(|e| Error::Hub(format!("cannot set up the Hugging Face hub client: {e}")))?;
+    let mut failures = Vec::new();
+    for rev in &options.revisions {
+        match api.repo(repo(model, rev)).get(file) {
+            Ok(path) => return Ok(path),
+            Err(e) => failures.push(format!("{rev}: {e}")),
+        }
+    }
+    Err(Error::Hub(format!(
+        "could not fetch {file} of {model} from {} ({}). {}",
+        endpoint.as_deref().unwrap_or("https://huggingface.co"),
+        failures.join("; "),
+        how_to_download(model)
+    )))
+}
+
+fn how_to_download(model: &str) -> String {
+    format!(
+        "On a machine with network access, download {CONFIG_FILE}, {WEIGHTS_FILE} and \
+         {TOKENIZER_FILE} (e.g. `huggingface-cli download {model} {CONFIG_FILE} {WEIGHTS_FILE} \
+         {TOKENIZER_FILE} --local-dir DIR`, adding `--revision refs/pr/4` if main lacks the \
+         safetensors file), then pass DIR as the model, or copy a Hugging Face cache that holds \
+         them, point HF_HOME at it and set HF_HUB_OFFLINE=1."
+    )
+}

@@ -1,0 +1,398 @@
+//! Fused, multi-threaded CPU kernels with their backward passes for the
+//! element-wise hot spots of a CLIP block: LayerNorm, quick GELU on the MLP
+//! hidden states and the attention softmax.
+//!
+//! candle's composite versions make one pass (and one allocation) per
+//! primitive op, single-threaded; at ViT-B/16 shapes they cost as much as a
+//! quarter of the forward pass (docs/benchmarks.md). candle's own fused
+//! `softmax_last_dim` and `layer_norm` record no gradient, so they cannot be
+//! used for training. Here each op is one `CustomOp1` whose backward is one fused
+//! `CustomOp2`; on other devices or dtypes the composite path runs, so
+//! results agree everywhere (checked by the unit tests below).
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+};
+use rayon::prelude::*;
+
+/// Elements per parallel task of the element-wise kernels.
+const CHUNK: usize = 1 << 14;
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = match storage {
+        CpuStorage::F32(data) => data,
+        _ => candle_core::bail!("{op}: expected an f32 tensor"),
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: expected a contiguous tensor"),
+    }
+}
+
+fn fused_path(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+/// `x * sigmoid(1.702 x)`.
+pub(crate) fn quick_gelu(xs: &Tensor) -> Result<Tensor> {
+    if fused_path(xs) {
+        xs.contiguous()?.apply_op1(QuickGelu)
+    } else {
+        xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+struct QuickGelu;
+
+impl CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "clip-quick-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = contiguous_f32(storage, layout, self.name())?;
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK))
+            .for_each(|(out, xs)| {
+                for (o, &x) in out.iter_mut().zip(xs) {
+                    *o = x * sigmoid(1.702 * x);
+                }
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad_res.contiguous()?,
+            &QuickGeluBackward,
+        )?))
+    }
+}
+
+/// `grad * d/dx [x sigmoid(1.702 x)] = grad * (s + 1.702 x s (1 - s))`.
+struct QuickGeluBackward;
+
+impl CustomOp2 for QuickGeluBackward {
+    fn name(&self) -> &'static str {
+        "clip-quick-gelu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        g_storage: &CpuStorage,
+        g_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = contiguous_f32(x_storage, x_layout, self.name())?;
+        let grads = contiguous_f32(g_storage, g_layout, self.name())?;
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK).zip(grads.par_chunks(CHUNK)))
+            .for_each(|(out, (xs, grads))| {
+                for ((o, &x), &g) in out.iter_mut().zip(xs).zip(grads) {
+                    let s = sigmoid(1.702 * x);
+                    *o = g * (s + 1.702 * x * s * (1.0 - s));
+                }
+            });
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension.
+pub(crate) fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if fused_path(xs) {
+        xs.contiguous()?.apply_op1(SoftmaxLastDim)
+    } else {
+        candle_nn::ops::softmax(xs, D::Minus1)
+    }
+}
+
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "clip-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = contiguous_f32(storage, layout, self.name())?;
+        let n = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(n)
+            .zip(xs.par_chunks(n))
+            .for_each(|(out, row)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (o, &x) in out.iter_mut().zip(row) {
+                    *o = (x - max).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                out.iter_mut().for_each(|o| *o *= inv);
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(
+            &grad_res.contiguous()?,
+            &SoftmaxBackward,
+        )?))
+    }
+}
+
+/// Per row: `y * (g - Σ g·y)`.
+struct SoftmaxBackward;
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "clip-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        y_storage: &CpuStorage,
+        y_layout: &Layout,
+        g_storage: &CpuStorage,
+        g_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let ys = contiguous_f32(y_storage, y_layout, self.name())?;
+        let grads = contiguous_f32(g_storage, g_layout, self.name())?;
+        let n = y_layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; ys.len()];
+        out.par_chunks_mut(n)
+            .zip(ys.par_chunks(n).zip(grads.par_chunks(n)))
+            .for_each(|(out, (ys, grads))| {
+                let dot: f32 = ys.iter().zip(grads).map(|(y, g)| y * g).sum();
+                for ((o, &y), &g) in out.iter_mut().zip(ys).zip(grads) {
+                    *o = y * (g - dot);
+                }
+            });
+        Ok((CpuStorage::F32(out), y_layout.shape().clone()))
+    }
+}
+
+/// LayerNorm over the last dimension with affine `weight` and `bias`
+/// (`torch.nn.LayerNorm`); statistics in F32.
+pub(crate) fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    if fused_path(xs) && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        xs.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            LayerNorm { eps },
+        )
+    } else {
+        candle_nn::ops::layer_norm_slow(xs, weight, bias, eps)
+    }
+}
+
+/// Per row: mean and `1 / sqrt(var + eps)`.
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "clip-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        w_storage: &CpuStorage,
+        w_layout: &Layout,
+        b_storage: &CpuStorage,
+        b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = contiguous_f32(x_storage, x_layout, self.name())?;
+        let weight = contiguous_f32(w_storage, w_layout, self.name())?;
+        let bias = contiguous_f32(b_storage, b_layout, self.name())?;
+        let n = weight.len().max(1);
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(n)
+            .zip(xs.par_chunks(n))
+            .for_each(|(out, row)| {
+                let (mean, rstd) = row_stats(row, self.eps);
+                for (((o, &x), &w), &b) in out.iter_mut().zip(row).zip(weight).zip(bias) {
+                    *o = (x - mean) * rstd * w + b;
+                }
+            });
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = weight.elem_count();
+        let grad = grad_res.contiguous()?;
+        let grad_x = xs.apply_op3_no_bwd(weight, &grad, &LayerNormBackward { eps: self.eps })?;
+        let rows = grad.elem_count() / d.max(1);
+        let grad_rows = grad.reshape((rows, d))?;
+        let normalized = xs.apply_op1_no_bwd(&Standardize { eps: self.eps })?;
+        let grad_weight = (grad_rows.clone() * normalized.reshape((rows, d))?)?.sum(0)?;
+        let grad_bias = grad_rows.sum(0)?;
+        Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
+    }
+}
+
+/// `(x - mean) / sqrt(var + eps)` per row, for the weight gradient.
+struct Standardize {
+    eps: f32,
+}
+
+impl CustomOp1 for Standardize {
+    fn name(&self) -> &'static str {
+        "clip-standardize"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = contiguous_f32(storage, layout, self.name())?;
+        let n = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(n)
+            .zip(xs.par_chunks(n))
+            .for_each(|(out, row)| {
+                let (mean, rstd) = row_stats(row, self.eps);
+                for (o, &x) in out.iter_mut().zip(row) {
+                    *o = (x - mean) * rstd;
+                }
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// Input gradient per row, with `gw = grad * weight` and `x̂` the
+/// standardised row: `rstd * (gw - mean(gw) - x̂ * mean(gw * x̂))`.
+struct LayerNormBackward {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "clip-layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        w_storage: &CpuStorage,
+        w_layout: &Layout,
+        g_storage: &CpuStorage,
+        g_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = contiguous_f32(x_storage, x_layout, self.name())?;
+        let weight = contiguous_f32(w_storage, w_layout, self.name())?;
+        let grads = contiguous_f32(g_storage, g_layout, self.name())?;
+        let n = weight.len().max(1);
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(n)
+            .zip(xs.par_chunks(n).zip(grads.par_chunks(n)))
+            .for_each(|(out, (row, grad))| {
+                let (mean, rstd) = row_stats(row, self.eps);
+                let (mut sum_gw, mut sum_gw_xhat) = (0f32, 0f32);
+                for ((&x, &g), &w) in row.iter().zip(grad).zip(weight) {
+                    let gw = g * w;
+                    sum_gw += gw;
+                    sum_gw_xhat += gw * (x - mean) * rstd;
+                }
+                let (mean_gw, mean_gw_xhat) = (sum_gw / n as f32, sum_gw_xhat / n as f32);
+                for (((o, &x), &g), &w) in out.iter_mut().zip(row).zip(grad).zip(weight) {
+                    let xhat = (x - mean) * rstd;
+                    *o = rstd * (g * w - mean_gw - xhat * mean_gw_xhat);
+                }
+            });
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .expect("difference")
+    }
+
+    /// Value and input gradient of `op` under a random linear loss.
+    fn value_and_grad(
+        op: impl Fn(&Tensor) -> Result<Tensor>,
+        x: &Var,
+        w: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let y = op(x.as_tensor())?;
+        let grads = (&y * w)?.sum_all()?.backward()?;
+        let g = grads.get(x.as_tensor()).expect("input gradient").clone();
+        Ok((y, g))
+    }
+
+    #[test]
+    fn fused_ops_match_composites() -> Result<()> {
+        let dev = Device::Cpu;
+        // Rows longer than a chunk and a non-contiguous input.
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 3.0, (3, 40000), &dev)?))?;
+        let w = Tensor::randn(0f32, 1.0, (3, 40000), &dev)?;
+        let composite = |xs: &Tensor| xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?;
+        let (y0, g0) = value_and_grad(composite, &x, &w)?;
+        let (y1, g1) = value_and_grad(quick_gelu, &x, &w)?;
+        assert!(max_diff(&y0, &y1) < 1e-5);
+        assert!(max_diff(&g0, &g1) < 1e-5);
+
+        let x = Var::from_tensor(&Tensor::randn(0f32, 4.0, (2, 5, 7), &dev)?)?;
+        let w = Tensor::randn(0f32, 1.0, (2, 7, 5), &dev)?;
+        let on_transpose =
+            |f: fn(&Tensor) -> Result<Tensor>| move |xs: &Tensor| f(&xs.transpose(1, 2)?);
+        let composite = |xs: &Tensor| candle_nn::ops::softmax(xs, D::Minus1);
+        let (y0, g0) = value_and_grad(on_transpose(composite), &x, &w)?;
+        let (y1, g1) = value_and_grad(on_transpose(softmax_last_dim), &x, &w)?;
+        assert!(max_diff(&y0, &y1) < 1e-6);
+        assert!(max_diff(&g0, &g1) < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn fused_layer_norm_matches_composite() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (2, 9, 48), &dev)? + 0.5)?)?;
+        let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 48, &dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 48, &dev)?)?;
+        let loss_w = Tensor::randn(0f32, 1.0, (2, 9, 48), &dev)?;
+        let run = |f: fn(&Tensor, &Tensor, &Tensor, f32) -> Result<Tensor>| -> Result<Vec<Tensor>> {
+            let y = f(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)?;
+            let grads = (&y * &loss_w)?.sum_all()?.backward()?;
+            let mut out = vec![y];
+            for v in [&x, &w, &b] {
+                out.push(grads.get(v.as_tensor()).expect("gradient").clone());
+            }
+            Ok(out)
+        };
+        let composite = run(candle_nn::ops::layer_norm_slow)?;
+        let fused = run(layer_norm)?;
+        for (a, b) in composite.iter().zip(&fused) {
+            assert!(max_diff(a, b) < 1e-4, "{}", max_diff(a, b));
+        }
+        Ok(())
+    }
+}

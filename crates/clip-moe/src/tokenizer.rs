@@ -1,0 +1,101 @@
+//! CLIP's byte-level BPE tokenizer from a `tokenizer.json` (the `tokenizers`
+//! crate with its pure-Rust regex engine), padded and truncated to the
+//! model's context length.
+//!
+//! Rows are padded with `<|endoftext|>`, as transformers' `CLIPTokenizer`
+//! pads; the text tower pools at the first end-of-text token (see
+//! [`crate::TextInput`]), so padding never moves the pooled position.
+//! Truncation keeps the closing `<|endoftext|>`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::error::{Error, Result};
+use crate::text::TextInput;
+
+/// CLIP's end-of-text token.
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+/// A CLIP tokenizer producing fixed-length rows.
+#[derive(Debug, Clone)]
+pub struct ClipTokenizer {
+    tokenizer: Tokenizer,
+    end_of_text_id: u32,
+    context_length: usize,
+    path: PathBuf,
+}
+
+impl ClipTokenizer {
+    /// Loads `tokenizer.json` and sets padding and truncation to
+    /// `context_length` tokens (the text config's `max_position_embeddings`).
+    pub fn from_file(path: impl AsRef<Path>, context_length: usize) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let fail = |message: String| Error::Tokenizer {
+            path: path.clone(),
+            message,
+        };
+        let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| fail(e.to_string()))?;
+        let end_of_text_id = tokenizer.token_to_id(END_OF_TEXT).ok_or_else(|| {
+            fail(format!(
+                "has no `{END_OF_TEXT}` token: not a CLIP tokenizer"
+            ))
+        })?;
+        if context_length < 2 {
+            return Err(fail(format!(
+                "context length {context_length} leaves no room for the start and end tokens"
+            )));
+        }
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: context_length,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| fail(e.to_string()))?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::Fixed(context_length),
+            pad_id: end_of_text_id,
+            pad_token: END_OF_TEXT.to_string(),
+            ..PaddingParams::default()
+        }));
+        Ok(Self {
+            tokenizer,
+            end_of_text_id,
+            context_length,
+            path,
+        })
+    }
+
+    /// The id of `<|endoftext|>`.
+    pub fn end_of_text_id(&self) -> u32 {
+        self.end_of_text_id
+    }
+
+    /// Tokens per row.
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// Token ids of each text: `<|startoftext|> ... <|endoftext|>`, padded
+    /// with `<|endoftext|>` or truncated to the context length.
+    pub fn encode_ids<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
+        let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        let encodings =
+            self.tokenizer
+                .encode_batch(inputs, true)
+                .map_err(|e| Error::Tokenizer {
+                    path: self.path.clone(),
+                    message: e.to_string(),
+                })?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// Tokenises a batch for the text tower.
+    pub fn encode<S: AsRef<str>>(&self, texts: &[S], device: &Device) -> Result<TextInput> {
+        if texts.is_empty() {
+            return Err(Error::invalid_input("texts", "no text to encode"));
+        }
+        TextInput::new(&self.encode_ids(texts)?, self.end_of_text_id, device)
+    }
+}

@@ -1,0 +1,313 @@
+//! Training-path behaviour: MoE patching at step 0, gradients to every
+//! parameter, checkpoint loading errors, save/reload round trips.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Optimizer, VarBuilder, VarMap, SGD};
+use clip_moe::loss::clip_loss;
+use clip_moe::{
+    load_model, load_weights, save_checkpoint, select_vars, ClipConfig, ClipModel, Error,
+    MoeConfig, MoeLayers, WeightSelection,
+};
+use common::{expected, fixture_config, fixture_dir, fixture_text, max_abs_diff};
+use softmoe::ExpertInit;
+
+fn weights() -> std::path::PathBuf {
+    fixture_dir().join("model.safetensors")
+}
+
+#[test]
+fn patched_model_equals_pretrained_at_step_zero() -> anyhow::Result<()> {
+    let plain = load_model(&fixture_config(), weights(), &Device::Cpu, true)?;
+    let want = expected();
+    let pixels = &want["pixel_values"];
+    let text = fixture_text(&fixture_config());
+    let reference = plain.model.forward(pixels, &text)?;
+    for moe in [MoeConfig::la_soft_moe(), MoeConfig::soft_moe()] {
+        let cfg = fixture_config().with_moe(MoeConfig {
+            slots_per_expert: 3,
+            ..moe
+        });
+        let patched = load_model(&cfg, weights(), &Device::Cpu, false)?;
+        let report = &patched.report;
+        assert!(
+            report.missing.is_empty() && report.unexpected.is_empty(),
+            "{report:?}"
+        );
+        assert!(report
+            .fresh
+            .contains(&"vision_model.encoder.layers.1.moe.experts.fc2.weight".to_string()));
+        let out = patched.model.forward(pixels, &text)?;
+        let diff = max_abs_diff(&out.logits_per_image, &reference.logits_per_image);
+        assert_eq!(diff, 0.0, "{:?}: logits moved by {diff}", cfg.moe.kind);
+        let diff = max_abs_diff(&out.image_embeds, &reference.image_embeds);
+        assert_eq!(diff, 0.0);
+    }
+    Ok(())
+}
+
+/// Loss over `n` images and `n` texts (eq. 1) of a model built from scratch.
+fn square_loss(model: &ClipModel) -> anyhow::Result<Tensor> {
+    let want = expected();
+    let pixels = Tensor::cat(
+        &[&want["pixel_values"], &(&want["pixel_values"] * -0.5)?],
+        0,
+    )?;
+    let cfg = model.config();
+    let text = fixture_text(cfg);
+    let ids = common::id_rows(text.input_ids());
+    let rows = vec![
+        ids[0].clone(),
+        ids[1].clone(),
+        ids[2].clone(),
+        ids[1].clone(),
+    ];
+    let text = clip_moe::TextInput::new(&rows, cfg.text_config.end_of_text_id(), &Device::Cpu)?;
+    let out = model.forward(&pixels, &text)?;
+    Ok(clip_loss(&out.logits_per_image)?)
+}
+
+fn zero_gradients(varmap: &VarMap, loss: &Tensor) -> anyhow::Result<Vec<String>> {
+    let grads = loss.backward()?;
+    let mut zero = Vec::new();
+    for (name, var) in select_vars(varmap, &WeightSelection::All) {
+        let norm = match grads.get(var.as_tensor()) {
+            Some(g) => g.abs()?.sum_all()?.to_scalar::<f32>()?,
+            None => 0.0,
+        };
+        if !(norm > 0.0 && norm.is_finite()) {
+            zero.push(name);
+        }
+    }
+    Ok(zero)
+}
+
+#[test]
+fn every_parameter_gets_a_gradient() -> anyhow::Result<()> {
+    for moe in [MoeConfig::la_soft_moe(), MoeConfig::soft_moe()] {
+        let cfg = ClipConfig::tiny().with_moe(MoeConfig {
+            slots_per_expert: 3,
+            expert_init: ExpertInit::TorchLinear,
+            ..moe
+        });
+        let varmap = VarMap::new();
+        let model = ClipModel::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )?;
+        let names: Vec<String> = select_vars(&varmap, &WeightSelection::All)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        for must in [
+            "vision_model.embeddings.class_embedding",
+            "logit_scale",
+            "vision_model.pre_layrnorm.weight",
+            "vision_model.encoder.layers.0.moe.phi",
+            "text_model.final_layer_norm.bias",
+        ] {
+            assert!(names.iter().any(|n| n == must), "{must} is not a Var");
+        }
+        let zero = zero_gradients(&varmap, &square_loss(&model)?)?;
+        assert!(
+            zero.is_empty(),
+            "{:?}: no gradient for {zero:?}",
+            cfg.moe.kind
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn zero_output_init_trains_after_one_step() -> anyhow::Result<()> {
+    // At step 0 only the experts' output layer sees a gradient (its input is
+    // live, its output weights are zero); after one step every MoE parameter
+    // does.
+    let cfg = ClipConfig::tiny().with_moe(MoeConfig {
+        slots_per_expert: 3,
+        layers: MoeLayers::Last(1),
+        ..MoeConfig::la_soft_moe()
+    });
+    let varmap = VarMap::new();
+    let model = ClipModel::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )?;
+    let zero = zero_gradients(&varmap, &square_loss(&model)?)?;
+    assert!(
+        zero.iter()
+            .all(|n| n.contains(".moe.") && !n.contains("fc2")),
+        "{zero:?}"
+    );
+    assert!(zero.iter().any(|n| n.ends_with("moe.phi")), "{zero:?}");
+    let mut sgd = SGD::new(varmap.all_vars(), 0.1)?;
+    sgd.backward_step(&square_loss(&model)?)?;
+    let zero = zero_gradients(&varmap, &square_loss(&model)?)?;
+    assert!(zero.is_empty(), "{zero:?}");
+    Ok(())
+}
+
+fn fixture_tensors() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(weights(), &Device::Cpu).expect("fixture weights")
+}
+
+#[test]
+fn wrong_shape_names_the_tensor() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut tensors = fixture_tensors();
+    tensors.insert(
+        "vision_model.post_layernorm.weight".into(),
+        Tensor::ones(31, DType::F32, &Device::Cpu)?,
+    );
+    let path = dir.path().join("bad.safetensors");
+    candle_core::safetensors::save(&tensors, &path)?;
+    for strict in [true, false] {
+        let err = match load_model(&fixture_config(), &path, &Device::Cpu, strict) {
+            Ok(_) => panic!("a mis-shaped tensor loaded"),
+            Err(err) => err,
+        };
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("vision_model.post_layernorm.weight") && msg.contains("31"),
+            "{msg}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn strict_mode_rejects_missing_and_unexpected() -> anyhow::Result<()> {
+    let cfg = fixture_config().with_moe(MoeConfig {
+        slots_per_expert: 3,
+        ..MoeConfig::soft_moe()
+    });
+    let err = load_model(&cfg, weights(), &Device::Cpu, true)
+        .err()
+        .expect("strict error");
+    assert!(err.to_string().contains(".moe."), "{err}");
+
+    let dir = tempfile::tempdir()?;
+    let mut tensors = fixture_tensors();
+    tensors.remove("text_projection.weight");
+    tensors.insert(
+        "extra.weight".into(),
+        Tensor::ones(2, DType::F32, &Device::Cpu)?,
+    );
+    // A buffer older transformers versions saved: skipped, never unexpected.
+    tensors.insert(
+        "text_model.embeddings.position_ids".into(),
+        Tensor::arange(0i64, 16, &Device::Cpu)?.unsqueeze(0)?,
+    );
+    let path = dir.path().join("partial.safetensors");
+    candle_core::safetensors::save(&tensors, &path)?;
+    let err = load_model(&fixture_config(), &path, &Device::Cpu, true)
+        .err()
+        .expect("strict");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("text_projection.weight") && msg.contains("extra.weight"),
+        "{msg}"
+    );
+    let lenient = load_model(&fixture_config(), &path, &Device::Cpu, false)?;
+    assert_eq!(
+        lenient.report.missing,
+        vec!["text_projection.weight".to_string()]
+    );
+    assert_eq!(lenient.report.unexpected, vec!["extra.weight".to_string()]);
+    assert_eq!(
+        lenient.report.ignored,
+        vec!["text_model.embeddings.position_ids".to_string()]
+    );
+    Ok(())
+}
+
+/// Moves every variable a little, as training would.
+fn perturb(varmap: &VarMap) -> anyhow::Result<()> {
+    for (_, var) in select_vars(varmap, &WeightSelection::All) {
+        let t = var.as_tensor();
+        var.set(&(t + Tensor::randn(0f32, 0.01, t.shape(), t.device())?)?)?;
+    }
+    Ok(())
+}
+
+fn logits(model: &ClipModel) -> anyhow::Result<Tensor> {
+    let want = expected();
+    Ok(model
+        .forward(&want["pixel_values"], &fixture_text(model.config()))?
+        .logits_per_image)
+}
+
+#[test]
+fn full_and_delta_checkpoints_round_trip() -> anyhow::Result<()> {
+    let cfg = fixture_config().with_moe(MoeConfig {
+        slots_per_expert: 3,
+        layers: MoeLayers::List(vec![1]),
+        ..MoeConfig::la_soft_moe()
+    });
+    let tuned = load_model(&cfg, weights(), &Device::Cpu, false)?;
+    perturb(&tuned.varmap)?;
+    let want = logits(&tuned.model)?;
+    let dir = tempfile::tempdir()?;
+
+    let full = save_checkpoint(
+        &tuned.varmap,
+        &cfg,
+        dir.path().join("full"),
+        &WeightSelection::All,
+    )?;
+    let saved_cfg = ClipConfig::from_file(dir.path().join("full/config.json"))?;
+    assert_eq!(saved_cfg, cfg);
+    let reloaded = load_model(&saved_cfg, &full, &Device::Cpu, true)?;
+    assert_eq!(max_abs_diff(&logits(&reloaded.model)?, &want), 0.0);
+
+    // Delta: MoE + the post-layernorm; reloaded over the pretrained weights it
+    // reproduces the tuned model only where the delta holds everything that
+    // moved, so train just those here.
+    let selection = WeightSelection::Delta {
+        extra_prefixes: vec!["vision_model.post_layernorm.".into()],
+    };
+    let partial = load_model(&cfg, weights(), &Device::Cpu, false)?;
+    for (_, var) in select_vars(&partial.varmap, &selection) {
+        let t = var.as_tensor();
+        var.set(&(t + 0.01)?)?;
+    }
+    let want = logits(&partial.model)?;
+    let delta = save_checkpoint(&partial.varmap, &cfg, dir.path().join("delta"), &selection)?;
+    let saved: HashMap<String, Tensor> = candle_core::safetensors::load(&delta, &Device::Cpu)?;
+    assert!(saved
+        .keys()
+        .all(|k| k.contains(".moe.") || k.starts_with("vision_model.post_layernorm.")));
+    assert!(saved.contains_key("vision_model.encoder.layers.1.moe.phi"));
+    let base = load_model(&cfg, weights(), &Device::Cpu, false)?;
+    let report = load_weights(&base.varmap, &delta, false)?;
+    assert!(report.unexpected.is_empty());
+    assert_eq!(max_abs_diff(&logits(&base.model)?, &want), 0.0);
+    Ok(())
+}
+
+#[test]
+fn trainable_selection_for_an_optimizer() -> anyhow::Result<()> {
+    let cfg = ClipConfig::tiny().with_moe(MoeConfig {
+        slots_per_expert: 3,
+        ..MoeConfig::soft_moe()
+    });
+    let varmap = VarMap::new();
+    ClipModel::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )?;
+    let selection = WeightSelection::Delta {
+        extra_prefixes: vec!["logit_scale".into()],
+    };
+    let vars: Vec<Var> = select_vars(&varmap, &selection)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    // phi, scale and 4 expert tensors in each of 2 blocks, plus logit_scale.
+    assert_eq!(vars.len(), 2 * 6 + 1);
+    Ok(())
+}
