@@ -76,8 +76,9 @@ impl SoftMoe {
         let (e, s) = (self.cfg.num_experts, self.cfg.slots_per_expert);
         let dtype = xs.dtype();
 
-        let logits = self.router.logits(&xs.to_dtype(self.router.dtype())?)?; // (b, n, m)
-                                                                              // eq. 2: each slot is a convex combination of the tokens.
+        // (b, n, m), in the router's dtype.
+        let logits = self.router.logits(&xs.to_dtype(self.router.dtype())?)?;
+        // eq. 2: each slot is a convex combination of the tokens.
         let dispatch = candle_nn::ops::softmax(&logits, 1)?;
         let combine = self.combine.forward(&logits)?;
 
