@@ -249,11 +249,24 @@ pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
     })?;
+    // Unique per process and per call: two saves of the same path (threads,
+    // or a save while another is under way) must not share a temporary file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    tmp_name.push(format!(".tmp-{}-{call}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
     let result = write(&tmp).and_then(|()| {
+        // Flush the data to disk before the rename makes it visible, so a
+        // crash cannot leave the final name pointing at a partial file.
+        std::fs::File::open(&tmp)
+            .and_then(|file| file.sync_all())
+            .map_err(|source| Error::Io {
+                action: "syncing",
+                path: tmp.clone(),
+                source,
+            })?;
         std::fs::rename(&tmp, path).map_err(|source| Error::Io {
             action: "renaming into",
             path: path.to_path_buf(),
@@ -271,4 +284,41 @@ fn sorted(vars: &HashMap<String, Var>) -> impl Iterator<Item = (&String, &Var)> 
     let mut entries: Vec<_> = vars.iter().collect();
     entries.sort_by(|a, b| a.0.cmp(b.0));
     entries.into_iter()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_text(text: &'static str) -> impl FnOnce(&Path) -> Result<()> {
+        move |tmp| {
+            std::fs::write(tmp, text).map_err(|source| Error::Io {
+                action: "writing",
+                path: tmp.to_path_buf(),
+                source,
+            })
+        }
+    }
+
+    #[test]
+    fn overlapping_saves_of_one_path_do_not_share_a_temporary_file() -> Result<()> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("model.safetensors");
+        // A second save of the same path completes while the first is
+        // between its write and its rename (as with two threads).
+        write_atomically(&path, |tmp| {
+            write_text("first")(tmp)?;
+            write_atomically(&path, write_text("second"))?;
+            assert_eq!(std::fs::read_to_string(&path).expect("second"), "second");
+            Ok(())
+        })?;
+        assert_eq!(std::fs::read_to_string(&path).expect("first"), "first");
+        // Nothing but the target is left in the directory.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("listing")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("model.safetensors")]);
+        Ok(())
+    }
 }

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{PaddingParams, PaddingStrategy, PostProcessor, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
 use crate::text::TextInput;
@@ -42,9 +42,16 @@ impl ClipTokenizer {
                 "has no `{END_OF_TEXT}` token: not a CLIP tokenizer"
             ))
         })?;
-        if context_length < 2 {
+        // The post-processor's special tokens must fit: `tokenizers`
+        // subtracts their count from the truncation length unchecked.
+        let added = tokenizer
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        if context_length < added.max(2) {
             return Err(fail(format!(
-                "context length {context_length} leaves no room for the start and end tokens"
+                "context length {context_length} leaves no room for the {} special tokens \
+                 (start and end) every row gets",
+                added.max(2)
             )));
         }
         tokenizer

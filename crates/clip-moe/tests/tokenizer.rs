@@ -73,3 +73,35 @@ fn errors_name_the_file() {
     let err = ClipTokenizer::from_file(fixture_dir().join("config.json"), 16).unwrap_err();
     assert!(err.to_string().contains("config.json"), "{err}");
 }
+
+#[test]
+fn context_shorter_than_the_special_tokens_is_an_error() -> anyhow::Result<()> {
+    // A post-processor adding three special tokens, with room for two:
+    // `tokenizers` would subtract 3 from 2 unchecked.
+    let text = std::fs::read_to_string(fixture_dir().join("tokenizer.json"))?;
+    let mut json: Value = serde_json::from_str(&text)?;
+    let special = |id: &str| serde_json::json!({"SpecialToken": {"id": id, "type_id": 0}});
+    let seq = |id: &str| serde_json::json!({"Sequence": {"id": id, "type_id": 0}});
+    let (bos, eos) = ("<|startoftext|>", "<|endoftext|>");
+    json["post_processor"] = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [special(bos), special(bos), seq("A"), special(eos)],
+        "pair": [special(bos), special(bos), seq("A"), seq("B"), special(eos)],
+        "special_tokens": {
+            bos: {"id": bos, "ids": [599], "tokens": [bos]},
+            eos: {"id": eos, "ids": [600], "tokens": [eos]},
+        },
+    });
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, serde_json::to_string(&json)?)?;
+    let err = ClipTokenizer::from_file(&path, 2).unwrap_err();
+    assert!(err.to_string().contains("context length 2"), "{err}");
+    // With room for them, rows carry all three.
+    let tokenizer = ClipTokenizer::from_file(&path, 4)?;
+    let rows = tokenizer.encode_ids(&["a photo of a cat"])?;
+    assert_eq!(rows[0].len(), 4);
+    assert_eq!(rows[0][..2], [599, 599]);
+    assert_eq!(rows[0][3], 600);
+    Ok(())
+}
