@@ -10,7 +10,7 @@
 //! Algorithm 1 abbreviates it. Blocks without a branch are plain CLIP blocks.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use softmoe::{SoftMoe, SoftMoeConfig};
 
 use crate::attention::Attention;
@@ -18,11 +18,40 @@ use crate::config::{EncoderConfig, HiddenAct};
 use crate::layer_norm::LayerNorm;
 use crate::moe_placement::MoeConfig;
 
+/// Weight `(out, in)` and bias `(out)` of a `torch.nn.Linear`, initialised as
+/// `candle_nn::linear` does when not loaded.
+#[derive(Debug, Clone)]
+struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        Ok(Self {
+            weight: vb.get_with_hints(
+                (out_dim, in_dim),
+                "weight",
+                candle_nn::init::DEFAULT_KAIMING_NORMAL,
+            )?,
+            bias: vb.get_with_hints(
+                out_dim,
+                "bias",
+                candle_nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )?,
+        })
+    }
+}
+
 /// `fc2(act(fc1(x)))`.
 #[derive(Debug, Clone)]
 struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     act: HiddenAct,
 }
 
@@ -30,22 +59,20 @@ impl Mlp {
     fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
         let (d, h) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            fc1: candle_nn::linear(d, h, vb.pp("fc1"))?,
-            fc2: candle_nn::linear(h, d, vb.pp("fc2"))?,
+            fc1: Dense::new(d, h, vb.pp("fc1"))?,
+            fc2: Dense::new(h, d, vb.pp("fc2"))?,
             act: cfg.hidden_act,
         })
     }
 }
 
 impl Module for Mlp {
+    /// softmoe's fused linear: bias and activation in the matmul's output
+    /// pass, one autograd node per layer (the experts' own kernel).
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = xs.dims3()?;
-        let hidden = self.fc1.forward(&xs.reshape((b * n, d))?)?;
-        let hidden = match self.act {
-            HiddenAct::QuickGelu => crate::ops::quick_gelu(&hidden)?,
-            HiddenAct::Gelu => hidden.gelu_erf()?,
-        };
-        self.fc2.forward(&hidden)?.reshape((b, n, d))
+        let (fc1, fc2) = (&self.fc1, &self.fc2);
+        let hidden = softmoe::linear(xs, &fc1.weight, &fc1.bias, Some(self.act.to_softmoe()))?;
+        softmoe::linear(&hidden, &fc2.weight, &fc2.bias, None)
     }
 }
 

@@ -54,6 +54,37 @@ pub(crate) fn expert_linear(
     }
 }
 
+/// `act(x Wᵀ + b)` for one dense linear layer in `torch.nn.Linear` layout:
+/// `x (..., in)`, `weight (out, in)`, `bias (out)`, result `(..., out)`.
+///
+/// The same fused op as the experts use (one autograd node on CPU, bias and
+/// activation applied in the matmul's output pass), for MLPs outside a MoE,
+/// e.g. the CLIP block MLP that the MoE branch sits beside.
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    act: Option<Activation>,
+) -> Result<Tensor> {
+    let (out, inner) = weight.dims2()?;
+    let mut dims = x.dims().to_vec();
+    match dims.last_mut() {
+        Some(last) if *last == inner => *last = out,
+        _ => candle_core::bail!(
+            "softmoe::linear: input {:?} does not end in the weight's input size {inner}",
+            x.shape()
+        ),
+    }
+    let rows = x.elem_count() / inner.max(1);
+    let y = expert_linear(
+        &x.reshape((1, rows, inner))?,
+        &weight.unsqueeze(0)?,
+        &bias.unsqueeze(0)?,
+        act,
+    )?;
+    y.reshape(dims)
+}
+
 struct ExpertLinear {
     act: Option<Activation>,
     /// Whether a backward pass can follow (some input tracks gradients).
@@ -318,6 +349,27 @@ mod tests {
         check(Some(Activation::Gelu), DType::F64, 1e-6)?;
         check(Some(Activation::QuickGelu), DType::F64, 1e-12)?;
         check(None, DType::F64, 1e-12)
+    }
+
+    #[test]
+    fn dense_linear_matches_candle_nn_linear() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev)?;
+        let w = Tensor::randn(0f32, 0.5, (6, 4), &dev)?;
+        let b = Tensor::randn(0f32, 0.5, 6, &dev)?;
+        let want =
+            candle_nn::Module::forward(&candle_nn::Linear::new(w.clone(), Some(b.clone())), &x)?;
+        let got = linear(&x, &w, &b, None)?;
+        assert_eq!(got.dims(), &[2, 5, 6]);
+        let diff = (got - want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{diff}");
+        let err = linear(&x, &w.t()?, &b, None).unwrap_err().to_string();
+        assert!(err.contains("input size"), "{err}");
+        Ok(())
     }
 
     #[test]
