@@ -15,37 +15,9 @@ use softmoe::{SoftMoe, SoftMoeConfig};
 
 use crate::attention::Attention;
 use crate::config::{EncoderConfig, HiddenAct};
+use crate::dense::Dense;
 use crate::layer_norm::LayerNorm;
 use crate::moe_placement::MoeConfig;
-
-/// Weight `(out, in)` and bias `(out)` of a `torch.nn.Linear`, initialised as
-/// `candle_nn::linear` does when not loaded.
-#[derive(Debug, Clone)]
-struct Dense {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Dense {
-    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        let bound = 1.0 / (in_dim as f64).sqrt();
-        Ok(Self {
-            weight: vb.get_with_hints(
-                (out_dim, in_dim),
-                "weight",
-                candle_nn::init::DEFAULT_KAIMING_NORMAL,
-            )?,
-            bias: vb.get_with_hints(
-                out_dim,
-                "bias",
-                candle_nn::Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-            )?,
-        })
-    }
-}
 
 /// `fc2(act(fc1(x)))`.
 #[derive(Debug, Clone)]
@@ -70,9 +42,8 @@ impl Module for Mlp {
     /// softmoe's fused linear: bias and activation in the matmul's output
     /// pass, one autograd node per layer (the experts' own kernel).
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (fc1, fc2) = (&self.fc1, &self.fc2);
-        let hidden = softmoe::linear(xs, &fc1.weight, &fc1.bias, Some(self.act.to_softmoe()))?;
-        softmoe::linear(&hidden, &fc2.weight, &fc2.bias, None)
+        let hidden = self.fc1.forward(xs, Some(self.act.to_softmoe()))?;
+        self.fc2.forward(&hidden, None)
     }
 }
 
@@ -101,10 +72,10 @@ impl EncoderLayer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, causal: bool) -> Result<Tensor> {
         let attended = self
             .self_attn
-            .forward(&self.layer_norm1.forward(xs)?, mask)?;
+            .forward(&self.layer_norm1.forward(xs)?, causal)?;
         let xs = (xs + attended)?;
         let normed = self.layer_norm2.forward(&xs)?;
         let xs = (&xs + self.mlp.forward(&normed)?)?;
@@ -135,9 +106,10 @@ impl Encoder {
         Ok(Self { layers })
     }
 
-    pub fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// `causal`: token `i` attends only to tokens `j <= i` (the text tower).
+    pub fn forward(&self, xs: &Tensor, causal: bool) -> Result<Tensor> {
         self.layers
             .iter()
-            .try_fold(xs.clone(), |xs, layer| layer.forward(&xs, mask))
+            .try_fold(xs.clone(), |xs, layer| layer.forward(&xs, causal))
     }
 }

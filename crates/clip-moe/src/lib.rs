@@ -45,15 +45,17 @@
 mod attention;
 pub mod checkpoint;
 mod config;
+mod dense;
 mod embeddings;
 mod encoder;
 mod error;
+mod fused_attention;
 pub mod hub;
 mod layer_norm;
+mod layer_norm_op;
 pub mod loss;
 mod model;
 mod moe_placement;
-mod ops;
 mod prompts;
 mod text;
 mod tokenizer;

@@ -138,8 +138,7 @@ impl TextTransformer {
         }
         let device = text.input_ids.device();
         let tokens = self.embeddings.forward(&text.input_ids)?;
-        let mask = causal_mask(len, device)?;
-        let tokens = self.encoder.forward(&tokens, Some(&mask))?;
+        let tokens = self.encoder.forward(&tokens, true)?;
         let d = tokens.dim(2)?;
         let rows: Vec<u32> = text
             .eos_positions
@@ -158,13 +157,4 @@ impl TextTransformer {
     pub fn config(&self) -> &ClipTextConfig {
         &self.cfg
     }
-}
-
-/// `(len, len)` additive mask: 0 on and below the diagonal, the most negative
-/// F32 above (transformers uses `finfo.min`), so token `i` attends to `j <= i`.
-fn causal_mask(len: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..len)
-        .flat_map(|i| (0..len).map(move |j| if j > i { f32::MIN } else { 0.0 }))
-        .collect();
-    Ok(Tensor::from_vec(mask, (len, len), device)?)
 }

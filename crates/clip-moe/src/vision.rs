@@ -58,7 +58,7 @@ impl VisionTransformer {
         }
         let tokens = self.embeddings.forward(pixel_values)?;
         let tokens = self.pre_layrnorm.forward(&tokens)?;
-        let tokens = self.encoder.forward(&tokens, None)?;
+        let tokens = self.encoder.forward(&tokens, false)?;
         let class_token = tokens.narrow(1, 0, 1)?.squeeze(1)?;
         Ok(self.post_layernorm.forward(&class_token)?)
     }

@@ -9,6 +9,7 @@ use crate::config::{
     Combine, CombineOutput, FeatureMap, InstanceNormAxis, LinearAttentionConfig, QkvProjection,
     SoftMoeConfig,
 };
+use crate::ops::matmul;
 
 /// The combine map of a layer.
 #[derive(Debug, Clone)]
@@ -58,9 +59,7 @@ impl SlotProjection {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, m) = x.dims3()?;
-        let delta = x
-            .reshape((b * n, m))?
-            .matmul(&self.weight.t()?)?
+        let delta = matmul(&x.reshape((b * n, m))?, &self.weight.t()?)?
             .broadcast_add(&self.bias)?
             .reshape((b, n, m))?;
         x + delta
@@ -115,8 +114,8 @@ impl LinearAttentionCombine {
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let (q, k) = (self.feature_map(q)?, self.feature_map(k)?);
         // (b, m, n) x (b, n, m) -> (b, m, m): cost O(n m²), linear in tokens.
-        let kv = k.transpose(1, 2)?.matmul(v)?;
-        let num = q.matmul(&kv)?;
+        let kv = matmul(&k.transpose(1, 2)?, v)?;
+        let num = matmul(&q, &kv)?;
         match self.cfg.normalizer_eps {
             None => Ok(num),
             Some(eps) => {

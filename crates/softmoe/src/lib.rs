@@ -19,9 +19,6 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
-// Only its `x86-v4` feature is wanted: AVX-512 matmul kernels for candle.
-use gemm as _;
-
 mod combine;
 mod config;
 mod error;
@@ -36,7 +33,7 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use experts::Experts;
-pub use ops::linear;
+pub use ops::{gemm, linear, matmul};
 pub use soft_moe::{SoftMoe, SoftMoeOutput};
 
 /// Dtype of trainable parameters: F64 when the builder asks for it (gradient

@@ -5,6 +5,7 @@ use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::SoftMoeConfig;
+use crate::ops::matmul;
 
 /// vmoe `normalize(x, axis)`: `x * rsqrt(Σ x² + 1e-6)`, epsilon inside the root.
 pub(crate) const L2_EPS: f64 = 1e-6;
@@ -66,8 +67,6 @@ impl Router {
             None => (x.clone(), self.phi.clone()),
         };
         // (b·n, d) x (d, m) -> (b, n, m)
-        x.reshape((b * n, d))?
-            .matmul(&phi.t()?)?
-            .reshape((b, n, ()))
+        matmul(&x.reshape((b * n, d))?, &phi.t()?)?.reshape((b, n, ()))
     }
 }

@@ -8,6 +8,7 @@ use crate::combine::CombineWeights;
 use crate::config::SoftMoeConfig;
 use crate::error::{Error, Result};
 use crate::experts::Experts;
+use crate::ops::matmul;
 use crate::router::Router;
 
 /// A Soft MoE layer: `(batch, tokens, dim) -> (batch, tokens, dim)`.
@@ -83,7 +84,7 @@ impl SoftMoe {
         let combine = self.combine.forward(&logits)?;
 
         // Slots from the raw tokens: (b, m, n) x (b, n, d) -> (b, m, d).
-        let slots = dispatch.to_dtype(dtype)?.transpose(1, 2)?.matmul(xs)?;
+        let slots = matmul(&dispatch.to_dtype(dtype)?.transpose(1, 2)?, xs)?;
         // Expert-major rows: (b, e, s, d) -> (e, b·s, d), one matmul per linear.
         let expert_in = slots
             .reshape((b, e, s, d))?
@@ -97,7 +98,7 @@ impl SoftMoe {
             .contiguous()?
             .reshape((b, e * s, d))?;
         // eq. 4 / eq. 7: (b, n, m) x (b, m, d) -> (b, n, d).
-        let output = combine.to_dtype(dtype)?.matmul(&slot_out)?;
+        let output = matmul(&combine.to_dtype(dtype)?, &slot_out)?;
 
         Ok(SoftMoeOutput {
             output,

@@ -4,15 +4,14 @@
 //! batched matmul, a broadcast add and an activation: four graph nodes, and
 //! candle's backward allocates a zero tensor and adds into it for every node
 //! it visits (the `W` transposes alone are 2 x 9.4 M floats at the paper's
-//! shape). This op computes the same values with candle's own matmul kernel,
-//! adds the bias and applies the activation in one multi-threaded pass, keeps
+//! shape). This op computes the same values with `gemm.rs`'s products (heads
+//! of work split by expert and column block), adds the bias and applies the activation in one multi-threaded pass, keeps
 //! the pre-activation for its backward (PyTorch's `save_for_backward`), and
 //! returns the input, weight and bias gradients directly. Other devices and
 //! dtypes take the composite path, which candle differentiates itself.
 
 use std::sync::Mutex;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
     WithDType,
@@ -20,6 +19,8 @@ use candle_core::{
 use rayon::prelude::*;
 
 use super::activation::{activate, activation_grad, ActivationFloat};
+use super::gemm::{batched_matmul, Strided};
+use super::matmul::matmul;
 use crate::config::Activation;
 
 /// `act(x Wᵀ + b)` for `x (e, rows, in)`, `weight (e, out, in)`, `bias (e, out)`:
@@ -164,13 +165,26 @@ impl CustomOp3 for ExpertLinear {
             )
         }
         // (e, rows, in) x (e, in, out): the transposed weight is a strided view.
-        let pre = s1.matmul(s2, (e, rows, out, inner), l1, &l2.transpose(1, 2)?)?;
         let dims = (e, rows, out);
-        let storage = match (pre, s3) {
-            (CpuStorage::F32(pre), CpuStorage::F32(b)) => {
+        let storage = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                let pre = batched_matmul(
+                    e,
+                    (rows, out, inner),
+                    Strided::from_layout(x, l1)?,
+                    Strided::from_layout(w, l2)?.t(),
+                    1.0,
+                )?;
                 CpuStorage::F32(self.finish(pre, contiguous_slice(b, l3, Self::NAME)?, dims)?)
             }
-            (CpuStorage::F64(pre), CpuStorage::F64(b)) => {
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                let pre = batched_matmul(
+                    e,
+                    (rows, out, inner),
+                    Strided::from_layout(x, l1)?,
+                    Strided::from_layout(w, l2)?.t(),
+                    1.0,
+                )?;
                 CpuStorage::F64(self.finish(pre, contiguous_slice(b, l3, Self::NAME)?, dims)?)
             }
             _ => candle_core::bail!("{}: needs F32 or F64 tensors of one dtype", Self::NAME),
@@ -200,8 +214,8 @@ impl CustomOp3 for ExpertLinear {
             }
         };
         let (x, weight) = (x.detach(), weight.detach());
-        let grad_x = grad_pre.matmul(&weight)?; // (e, rows, out) x (e, out, in)
-        let grad_weight = grad_pre.transpose(1, 2)?.matmul(&x)?; // (e, out, rows) x (e, rows, in)
+        let grad_x = matmul(&grad_pre, &weight)?; // (e, rows, out) x (e, out, in)
+        let grad_weight = matmul(&grad_pre.transpose(1, 2)?, &x)?; // (e, out, rows) x (e, rows, in)
         let grad_bias = grad_pre.apply_op1_no_bwd(&SumRows)?;
         Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
     }

@@ -1,18 +1,15 @@
-//! Fused, multi-threaded CPU kernels with their backward passes for the
-//! element-wise hot spots of a CLIP block: LayerNorm and the attention
-//! softmax. (The MLP's bias + quick GELU is fused into `softmoe::linear`.)
+//! A fused, multi-threaded CPU LayerNorm with its backward pass. (The MLP's
+//! bias + quick GELU is fused into `softmoe::linear`, the attention softmax
+//! into `fused_attention`.)
 //!
 //! candle's composite versions make one pass (and one allocation) per
 //! primitive op, single-threaded; at ViT-B/16 shapes they cost as much as a
 //! quarter of the forward pass (docs/benchmarks.md). candle's own fused
-//! `softmax_last_dim` and `layer_norm` record no gradient, so they cannot be
-//! used for training. Here each op is one `CustomOp1` whose backward is one fused
-//! `CustomOp2`; on other devices or dtypes the composite path runs, so
+//! `layer_norm` records no gradient, so it cannot be used for training.
+//! Here the op is one `CustomOp3` whose backward is one fused op per output; on other devices or dtypes the composite path runs, so
 //! results agree everywhere (checked by the unit tests below).
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -28,80 +25,6 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Res
 
 fn fused_path(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32
-}
-
-/// Softmax over the last dimension.
-pub(crate) fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    if fused_path(xs) {
-        xs.contiguous()?.apply_op1(SoftmaxLastDim)
-    } else {
-        candle_nn::ops::softmax(xs, D::Minus1)
-    }
-}
-
-struct SoftmaxLastDim;
-
-impl CustomOp1 for SoftmaxLastDim {
-    fn name(&self) -> &'static str {
-        "clip-softmax-last-dim"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let xs = contiguous_f32(storage, layout, self.name())?;
-        let n = layout.shape().dims().last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0f32; xs.len()];
-        out.par_chunks_mut(n)
-            .zip(xs.par_chunks(n))
-            .for_each(|(out, row)| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (o, &x) in out.iter_mut().zip(row) {
-                    *o = (x - max).exp();
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
-                out.iter_mut().for_each(|o| *o *= inv);
-            });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(
-            &grad_res.contiguous()?,
-            &SoftmaxBackward,
-        )?))
-    }
-}
-
-/// Per row: `y * (g - Σ g·y)`.
-struct SoftmaxBackward;
-
-impl CustomOp2 for SoftmaxBackward {
-    fn name(&self) -> &'static str {
-        "clip-softmax-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        y_storage: &CpuStorage,
-        y_layout: &Layout,
-        g_storage: &CpuStorage,
-        g_layout: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let ys = contiguous_f32(y_storage, y_layout, self.name())?;
-        let grads = contiguous_f32(g_storage, g_layout, self.name())?;
-        let n = y_layout.shape().dims().last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0f32; ys.len()];
-        out.par_chunks_mut(n)
-            .zip(ys.par_chunks(n).zip(grads.par_chunks(n)))
-            .for_each(|(out, (ys, grads))| {
-                let dot: f32 = ys.iter().zip(grads).map(|(y, g)| y * g).sum();
-                for ((o, &y), &g) in out.iter_mut().zip(ys).zip(grads) {
-                    *o = y * (g - dot);
-                }
-            });
-        Ok((CpuStorage::F32(out), y_layout.shape().clone()))
-    }
 }
 
 /// LayerNorm over the last dimension with affine `weight` and `bias`
@@ -260,34 +183,6 @@ mod tests {
         (a - b)
             .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
             .expect("difference")
-    }
-
-    /// Value and input gradient of `op` under a random linear loss.
-    fn value_and_grad(
-        op: impl Fn(&Tensor) -> Result<Tensor>,
-        x: &Var,
-        w: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
-        let y = op(x.as_tensor())?;
-        let grads = (&y * w)?.sum_all()?.backward()?;
-        let g = grads.get(x.as_tensor()).expect("input gradient").clone();
-        Ok((y, g))
-    }
-
-    #[test]
-    fn fused_softmax_matches_composite() -> Result<()> {
-        let dev = Device::Cpu;
-        // A non-contiguous input.
-        let x = Var::from_tensor(&Tensor::randn(0f32, 4.0, (2, 5, 7), &dev)?)?;
-        let w = Tensor::randn(0f32, 1.0, (2, 7, 5), &dev)?;
-        let on_transpose =
-            |f: fn(&Tensor) -> Result<Tensor>| move |xs: &Tensor| f(&xs.transpose(1, 2)?);
-        let composite = |xs: &Tensor| candle_nn::ops::softmax(xs, D::Minus1);
-        let (y0, g0) = value_and_grad(on_transpose(composite), &x, &w)?;
-        let (y1, g1) = value_and_grad(on_transpose(softmax_last_dim), &x, &w)?;
-        assert!(max_diff(&y0, &y1) < 1e-6);
-        assert!(max_diff(&g0, &g1) < 1e-6);
-        Ok(())
     }
 
     #[test]

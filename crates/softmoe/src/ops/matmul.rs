@@ -1,0 +1,173 @@
+//! A differentiable batched matmul on CPU with `gemm.rs`'s work split.
+//!
+//! Same values as candle's `matmul`; on CPU in F32/F64 the product and both
+//! gradient products (`dA = dC Bᵀ`, `dB = Aᵀ dC`, read through transposed
+//! strides, no copies) run as (batch entry, column block) tasks of
+//! single-threaded `gemm` calls. Other devices and dtypes use candle's.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+
+use super::gemm::{batched_matmul, Strided};
+
+/// `a · b` for `(batch, m, k) x (batch, k, n)` or `(m, k) x (k, n)`; any
+/// strides. Differentiable.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let fast = a.device().is_cpu()
+        && a.dtype() == b.dtype()
+        && matches!(a.dtype(), DType::F32 | DType::F64)
+        && a.rank() == b.rank()
+        && matches!(a.rank(), 2 | 3);
+    if fast {
+        a.apply_op2(b, Matmul)
+    } else {
+        a.matmul(b)
+    }
+}
+
+struct Matmul;
+
+impl Matmul {
+    /// `(batch, m, n, k)` of a product; batch 1 for rank 2.
+    fn dims(l1: &Layout, l2: &Layout) -> Result<(usize, usize, usize, usize)> {
+        let (b1, m, k1, b2, k2, n) = match (l1.shape().dims(), l2.shape().dims()) {
+            (&[m, k1], &[k2, n]) => (1, m, k1, 1, k2, n),
+            (&[b1, m, k1], &[b2, k2, n]) => (b1, m, k1, b2, k2, n),
+            (a, b) => candle_core::bail!("softmoe matmul: cannot multiply {a:?} by {b:?}"),
+        };
+        if b1 != b2 || k1 != k2 {
+            candle_core::bail!(
+                "softmoe matmul: cannot multiply {:?} by {:?}",
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        Ok((b1, m, n, k1))
+    }
+
+    fn run<T: WithDType>(
+        a: &[T],
+        l1: &Layout,
+        b: &[T],
+        l2: &Layout,
+        (batch, m, n, k): (usize, usize, usize, usize),
+    ) -> Result<Vec<T>> {
+        let lhs = Strided::from_layout(a, l1)?;
+        let rhs = Strided::from_layout(b, l2)?;
+        batched_matmul(batch, (m, n, k), lhs, rhs, T::one())
+    }
+}
+
+impl CustomOp2 for Matmul {
+    fn name(&self) -> &'static str {
+        "softmoe-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = Self::dims(l1, l2)?;
+        let (batch, m, n, _) = dims;
+        let storage = match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                CpuStorage::F32(Self::run(a, l1, b, l2, dims)?)
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                CpuStorage::F64(Self::run(a, l1, b, l2, dims)?)
+            }
+            _ => candle_core::bail!(
+                "softmoe matmul: needs two F32 or two F64 tensors, got {:?} and {:?}",
+                s1.dtype(),
+                s2.dtype()
+            ),
+        };
+        let shape = if l1.shape().rank() == 2 {
+            Shape::from((m, n))
+        } else {
+            Shape::from((batch, m, n))
+        };
+        Ok((storage, shape))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (a, b) = (a.detach(), b.detach());
+        let last = grad.rank() - 1;
+        let grad_a = grad.apply_op2_no_bwd(&b.transpose(last - 1, last)?, &Matmul)?;
+        let grad_b = a
+            .transpose(last - 1, last)?
+            .apply_op2_no_bwd(grad, &Matmul)?;
+        Ok((Some(grad_a), Some(grad_b)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+        (a - b)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()
+    }
+
+    /// Values and both gradients equal candle's matmul, on transposed
+    /// (strided) views, for rank 3 and rank 2.
+    #[test]
+    fn matches_candle_matmul_with_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        for dtype in [DType::F32, DType::F64] {
+            let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 6, 5), &dev)?.to_dtype(dtype)?)?;
+            let b =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 40, 6), &dev)?.to_dtype(dtype)?)?;
+            let w = Tensor::randn(0f32, 1.0, (3, 5, 40), &dev)?.to_dtype(dtype)?;
+            // (3, 5, 6) x (3, 6, 40), both transposed views.
+            let (at, bt) = (a.transpose(1, 2)?, b.transpose(1, 2)?);
+            let got = matmul(&at, &bt)?;
+            let want = at.matmul(&bt)?;
+            assert!(max_diff(&got, &want)? < 1e-5);
+            let g1 = (got * &w)?.sum_all()?.backward()?;
+            let g2 = (want * &w)?.sum_all()?.backward()?;
+            for v in [&a, &b] {
+                let (x, y) = (g1.get(v).expect("grad"), g2.get(v).expect("grad"));
+                assert!(max_diff(x, y)? < 1e-5, "{dtype:?}");
+                assert!(
+                    y.abs()?
+                        .sum_all()?
+                        .to_dtype(DType::F64)?
+                        .to_scalar::<f64>()?
+                        > 1e-3
+                );
+            }
+            let a2 = a.get(0)?;
+            let b2 = b.get(1)?.t()?;
+            // (5, 6) x (6, 40), both strided.
+            let got = matmul(&a2.t()?, &b2)?;
+            assert_eq!(got.dims(), &[5, 40]);
+            assert!(max_diff(&got, &a2.t()?.matmul(&b2)?)? < 1e-5);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn mismatched_shapes_are_an_error() -> Result<()> {
+        let a = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu)?;
+        let b = Tensor::zeros((2, 5, 4), DType::F32, &Device::Cpu)?;
+        let err = matmul(&a, &b).unwrap_err().to_string();
+        assert!(err.contains("cannot multiply"), "{err}");
+        Ok(())
+    }
+}
