@@ -2,14 +2,14 @@
 //! La-SoftMoE's linear attention + instance norm (eq. 7, Algorithm 2 lines
 //! 6-8). All shapes are `(batch, tokens n, slots m)`.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::{
     Combine, CombineOutput, FeatureMap, InstanceNormAxis, LinearAttentionConfig, QkvProjection,
     SoftMoeConfig,
 };
-use crate::ops::matmul;
+use crate::ops::{matmul, softmax, standardize};
 
 /// The combine map of a layer.
 #[derive(Debug, Clone)]
@@ -32,7 +32,7 @@ impl CombineWeights {
     pub(crate) fn forward(&self, logits: &Tensor) -> Result<Tensor> {
         match self {
             // eq. 4: softmax over all e·s slots of each token.
-            Self::Softmax => candle_nn::ops::softmax(logits, D::Minus1),
+            Self::Softmax => softmax(logits, 2),
             Self::LinearAttention(la) => la.forward(logits),
         }
     }
@@ -112,15 +112,24 @@ impl LinearAttentionCombine {
     /// Linear attention along the token axis (eq. 6, Katharopoulos et al.):
     /// `V'_i = φ(Q_i) Σ_j φ(K_j)ᵀ V_j / (φ(Q_i) · Σ_j φ(K_j) + eps)`.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let (q, k) = (self.feature_map(q)?, self.feature_map(k)?);
+        // Q and K are one tensor without projections: map it once.
+        let shared = q.id() == k.id();
+        let q_mapped = self.feature_map(q)?;
+        let k = if shared {
+            q_mapped.clone()
+        } else {
+            self.feature_map(k)?
+        };
+        let q = q_mapped;
         // (b, m, n) x (b, n, m) -> (b, m, m): cost O(n m²), linear in tokens.
         let kv = matmul(&k.transpose(1, 2)?, v)?;
         let num = matmul(&q, &kv)?;
         match self.cfg.normalizer_eps {
             None => Ok(num),
             Some(eps) => {
-                let k_sum = k.sum_keepdim(1)?; // (b, 1, m)
-                let den = (q.broadcast_mul(&k_sum)?.sum_keepdim(D::Minus1)? + eps)?; // (b, n, 1)
+                // φ(Q_i) · Σ_j φ(K_j) as a product: (b, n, m) x (b, m, 1) -> (b, n, 1).
+                let k_sum = k.sum_keepdim(1)?.transpose(1, 2)?;
+                let den = (matmul(&q, &k_sum)? + eps)?;
                 num.broadcast_div(&den)
             }
         }
@@ -133,9 +142,7 @@ impl LinearAttentionCombine {
             InstanceNormAxis::PerToken => 2,
             InstanceNormAxis::PerSlot => 1,
         };
-        let centred = x.broadcast_sub(&x.mean_keepdim(axis)?)?;
-        let var = centred.sqr()?.mean_keepdim(axis)?;
-        let normed = centred.broadcast_div(&(var + self.cfg.norm_eps)?.sqrt()?)?;
+        let normed = standardize(x, axis, self.cfg.norm_eps)?;
         match &self.norm_affine {
             // Per-slot channels: weight and bias indexed by slot.
             Some((weight, bias)) => normed.broadcast_mul(weight)?.broadcast_add(bias),
@@ -156,7 +163,7 @@ impl LinearAttentionCombine {
         match self.cfg.output {
             CombineOutput::Normalized => Ok(normed),
             CombineOutput::Sigmoid => candle_nn::ops::sigmoid(&normed),
-            CombineOutput::Softmax => candle_nn::ops::softmax(&normed, D::Minus1),
+            CombineOutput::Softmax => softmax(&normed, 2),
         }
     }
 }

@@ -4,7 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::{Activation, ExpertInit, SoftMoeConfig};
-use crate::ops::expert_linear;
+use crate::ops::{expert_linear_ordered, RowOrder};
 
 /// `e` two-layer MLPs `fc2(act(fc1(x)))` (the experts of eq. 3, each applied
 /// to its own slots), stored stacked:
@@ -68,19 +68,38 @@ impl Experts {
     /// Applies expert `i` to row block `i`: `(e, rows, dim) -> (e, rows, dim)`.
     /// Weights (F32 master copies) are cast to the input's dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_ordered(x, RowOrder::ExpertMajor, RowOrder::ExpertMajor)
+    }
+
+    /// The experts on slots as the layer holds them, `(batch, e·s, dim) ->
+    /// (batch, e·s, dim)`: expert `i` takes slots `[i·s, (i+1)·s)` of every
+    /// batch entry. The same values as [`Experts::forward`] on the
+    /// expert-major rearrangement, without the rearrangement's graph nodes.
+    pub fn forward_slots(&self, slots: &Tensor) -> Result<Tensor> {
+        let order = RowOrder::BatchMajor {
+            batch: slots.dim(0)?,
+        };
+        self.forward_ordered(slots, order, order)
+    }
+
+    fn forward_ordered(&self, x: &Tensor, input: RowOrder, output: RowOrder) -> Result<Tensor> {
         let dtype = x.dtype();
         let cast = |t: &Tensor| t.to_dtype(dtype);
-        let hidden = expert_linear(
+        let hidden = expert_linear_ordered(
             x,
             &cast(&self.fc1_weight)?,
             &cast(&self.fc1_bias)?,
             Some(self.activation),
+            input,
+            RowOrder::ExpertMajor,
         )?;
-        expert_linear(
+        expert_linear_ordered(
             &hidden,
             &cast(&self.fc2_weight)?,
             &cast(&self.fc2_bias)?,
             None,
+            RowOrder::ExpertMajor,
+            output,
         )
     }
 }

@@ -1,7 +1,7 @@
 //! Routing logits `X Φ` (paper eq. 2 and 4, Algorithm 2 line 4) with vmoe's
 //! optional normalisation.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::SoftMoeConfig;
@@ -21,10 +21,7 @@ pub(crate) struct Router {
 
 /// L2-normalises the last axis, vmoe style.
 pub(crate) fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let inv_norm = (x.sqr()?.sum_keepdim(D::Minus1)? + L2_EPS)?
-        .sqrt()?
-        .recip()?;
-    x.broadcast_mul(&inv_norm)
+    crate::ops::l2_normalize(x, L2_EPS)
 }
 
 impl Router {

@@ -8,7 +8,7 @@ use crate::combine::CombineWeights;
 use crate::config::SoftMoeConfig;
 use crate::error::{Error, Result};
 use crate::experts::Experts;
-use crate::ops::matmul;
+use crate::ops::{matmul, softmax};
 use crate::router::Router;
 
 /// A Soft MoE layer: `(batch, tokens, dim) -> (batch, tokens, dim)`.
@@ -65,7 +65,7 @@ impl SoftMoe {
     /// Errors with [`Error::InputShape`] unless `xs` is `(batch, tokens, dim)`
     /// with non-zero batch and tokens.
     pub fn forward_with_weights(&self, xs: &Tensor) -> Result<SoftMoeOutput> {
-        let (b, n, d) = match xs.dims() {
+        let (b, n, _) = match xs.dims() {
             &[b, n, d] if d == self.cfg.dim && b > 0 && n > 0 => (b, n, d),
             dims => {
                 return Err(Error::InputShape {
@@ -80,23 +80,14 @@ impl SoftMoe {
         // (b, n, m), in the router's dtype.
         let logits = self.router.logits(&xs.to_dtype(self.router.dtype())?)?;
         // eq. 2: each slot is a convex combination of the tokens.
-        let dispatch = candle_nn::ops::softmax(&logits, 1)?;
+        let dispatch = softmax(&logits, 1)?;
         let combine = self.combine.forward(&logits)?;
 
         // Slots from the raw tokens: (b, m, n) x (b, n, d) -> (b, m, d).
         let slots = matmul(&dispatch.to_dtype(dtype)?.transpose(1, 2)?, xs)?;
-        // Expert-major rows: (b, e, s, d) -> (e, b·s, d), one matmul per linear.
-        let expert_in = slots
-            .reshape((b, e, s, d))?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((e, b * s, d))?;
-        let expert_out = self.experts.forward(&expert_in)?;
-        let slot_out = expert_out
-            .reshape((e, b, s, d))?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((b, e * s, d))?;
+        // Expert i takes slots [i·s, (i+1)·s) of every batch entry: one
+        // matmul per linear over its b·s rows (the reordering is inside).
+        let slot_out = self.experts.forward_slots(&slots)?;
         // eq. 4 / eq. 7: (b, n, m) x (b, m, d) -> (b, n, d).
         let output = matmul(&combine.to_dtype(dtype)?, &slot_out)?;
 

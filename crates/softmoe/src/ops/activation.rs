@@ -124,6 +124,53 @@ fn par_zip_map<T: ActivationFloat>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Syn
     out
 }
 
+fn map_in_place<T: Copy, F: Fn(T) -> T>(values: &mut [T], f: &F) {
+    for v in values.iter_mut() {
+        *v = f(*v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn map_in_place_avx512<T: Copy, F: Fn(T) -> T>(values: &mut [T], f: &F) {
+    map_in_place(values, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn map_in_place_avx2<T: Copy, F: Fn(T) -> T>(values: &mut [T], f: &F) {
+    map_in_place(values, f)
+}
+
+/// `values[i] = f(values[i])` on all cores, SIMD dispatched as above.
+fn par_map_in_place<T: ActivationFloat>(values: &mut [T], f: impl Fn(T) -> T + Sync) {
+    values.par_chunks_mut(CHUNK).for_each(|chunk| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports the features the function enables.
+                return unsafe { map_in_place_avx512(chunk, &f) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: as above.
+                return unsafe { map_in_place_avx2(chunk, &f) };
+            }
+        }
+        map_in_place(chunk, &f)
+    });
+}
+
+/// `values[i] = act(values[i])`, for inference where the pre-activation is
+/// not kept: no second buffer.
+pub(crate) fn activate_in_place<T: ActivationFloat>(values: &mut [T], act: Activation) {
+    match act {
+        Activation::Gelu => par_map_in_place(values, |p| p.activate(Activation::Gelu)),
+        Activation::QuickGelu => par_map_in_place(values, |p| p.activate(Activation::QuickGelu)),
+    }
+}
+
 /// `out[i] = act(pre[i])`.
 pub(crate) fn activate<T: ActivationFloat>(pre: &[T], act: Activation) -> Vec<T> {
     // One monomorphised loop per activation: no branch inside the loop.

@@ -18,10 +18,26 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use super::activation::{activate, activation_grad, ActivationFloat};
-use super::gemm::{batched_matmul, Strided};
+use super::activation::{activate, activate_in_place, activation_grad, ActivationFloat};
+use super::gemm::{batched_linear, Strided};
 use super::matmul::matmul;
 use crate::config::Activation;
+
+/// How the rows of a `(·, rows, width)` activation are grouped.
+///
+/// The experts compute on expert-major rows `(e, b·s, width)`: one matmul per
+/// expert. The slots arrive batch-major, `(b, e·s, width)`. Converting inside
+/// the op, rather than with reshape + transpose + copy + reshape around it,
+/// leaves one autograd node instead of five; candle's backward allocates and
+/// adds a gradient buffer for every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowOrder {
+    /// `(e, rows, width)`: expert `i`'s rows are block `i`.
+    ExpertMajor,
+    /// `(batch, e·s, width)`: expert `i`'s rows are `[i·s, (i+1)·s)` of every
+    /// batch entry.
+    BatchMajor { batch: usize },
+}
 
 /// `act(x Wᵀ + b)` for `x (e, rows, in)`, `weight (e, out, in)`, `bias (e, out)`:
 /// expert `i` applies its own linear to row block `i`. `act = None` is a plain
@@ -32,6 +48,27 @@ pub(crate) fn expert_linear(
     bias: &Tensor,
     act: Option<Activation>,
 ) -> Result<Tensor> {
+    expert_linear_ordered(
+        x,
+        weight,
+        bias,
+        act,
+        RowOrder::ExpertMajor,
+        RowOrder::ExpertMajor,
+    )
+}
+
+/// [`expert_linear`] with the input and output rows in the given orders; an
+/// expert-major result has shape `(e, rows, out)`, a batch-major one
+/// `(batch, e·s, out)`.
+pub(crate) fn expert_linear_ordered(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    act: Option<Activation>,
+    input: RowOrder,
+    output: RowOrder,
+) -> Result<Tensor> {
     let fused = x.device().is_cpu()
         && x.dtype() == weight.dtype()
         && x.dtype() == bias.dtype()
@@ -40,19 +77,74 @@ pub(crate) fn expert_linear(
         let tracked = x.track_op() || weight.track_op() || bias.track_op();
         let op = ExpertLinear {
             act,
+            input,
+            output,
             save_pre_activation: tracked,
             pre_activation: Mutex::new(None),
         };
+        let x = match input {
+            RowOrder::ExpertMajor => x.clone(),
+            RowOrder::BatchMajor { .. } => x.contiguous()?,
+        };
         return x.apply_op3(weight, &bias.contiguous()?, op);
     }
+    let e = weight.dim(0)?;
+    let x = reorder(x, input, RowOrder::ExpertMajor, e)?;
     let pre = x
         .matmul(&weight.transpose(1, 2)?)?
         .broadcast_add(&bias.unsqueeze(1)?)?;
-    match act {
-        None => Ok(pre),
-        Some(Activation::Gelu) => pre.gelu_erf(),
-        Some(Activation::QuickGelu) => &pre * candle_nn::ops::sigmoid(&(&pre * 1.702)?)?,
+    let y = match act {
+        None => pre,
+        Some(Activation::Gelu) => pre.gelu_erf()?,
+        Some(Activation::QuickGelu) => (&pre * candle_nn::ops::sigmoid(&(&pre * 1.702)?)?)?,
+    };
+    reorder(&y, RowOrder::ExpertMajor, output, e)
+}
+
+/// Converts `t` between row orders with candle ops (a copy when they
+/// differ); `e` is the number of experts.
+fn reorder(t: &Tensor, from: RowOrder, to: RowOrder, e: usize) -> Result<Tensor> {
+    let (d0, d1, w) = t.dims3()?;
+    match (from, to) {
+        (RowOrder::ExpertMajor, RowOrder::BatchMajor { batch }) => {
+            let s = d1 / batch.max(1);
+            t.reshape((e, batch, s * w))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((batch, e * s, w))
+        }
+        (RowOrder::BatchMajor { batch }, RowOrder::ExpertMajor) => {
+            let s = d1 / e.max(1);
+            t.reshape((d0, e, s * w))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((e, batch * s, w))
+        }
+        _ => Ok(t.clone()),
     }
+}
+
+/// `(p, q, block) -> (q, p, block)` for a contiguous buffer: the row-order
+/// conversion, one parallel pass.
+fn swap_outer<T: Copy + Send + Sync>(data: &[T], (p, q, block): (usize, usize, usize)) -> Vec<T> {
+    let len = p * q * block;
+    let mut out = Vec::with_capacity(len);
+    if block > 0 {
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(idx, dst)| {
+                let (j, i) = (idx / p, idx % p);
+                let src = &data[(i * q + j) * block..(i * q + j + 1) * block];
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    d.write(v);
+                }
+            });
+    }
+    // SAFETY: the `p·q` blocks of `block` elements above cover all `len`
+    // elements, each written once.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// `act(x Wᵀ + b)` for one dense linear layer in `torch.nn.Linear` layout:
@@ -88,6 +180,10 @@ pub fn linear(
 
 struct ExpertLinear {
     act: Option<Activation>,
+    /// Row order of the input `x`.
+    input: RowOrder,
+    /// Row order of the result.
+    output: RowOrder,
     /// Whether a backward pass can follow (some input tracks gradients).
     save_pre_activation: bool,
     /// `x Wᵀ + b`, kept for the activation's derivative in `bwd`.
@@ -97,39 +193,62 @@ struct ExpertLinear {
 fn contiguous_slice<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: bias is not contiguous"),
+        None => candle_core::bail!("{op}: expected a contiguous tensor"),
     }
 }
 
 impl ExpertLinear {
     const NAME: &'static str = "softmoe-expert-linear";
 
-    /// Adds the bias to `pre` in place, then applies the activation.
-    fn finish<T>(
-        &self,
-        mut pre: Vec<T>,
-        bias: &[T],
-        (e, rows, out): (usize, usize, usize),
-    ) -> Result<Vec<T>>
+    /// Applies the activation to `x Wᵀ + b`, keeping the pre-activation for
+    /// the backward pass when one can follow.
+    fn finish<T>(&self, mut pre: Vec<T>, (e, rows, out): (usize, usize, usize)) -> Result<Vec<T>>
     where
-        T: ActivationFloat + WithDType + std::ops::AddAssign,
+        T: ActivationFloat + WithDType,
     {
-        pre.par_chunks_mut(out)
-            .enumerate()
-            .with_min_len(16)
-            .for_each(|(row, values)| {
-                let group = row / rows;
-                for (v, &b) in values.iter_mut().zip(&bias[group * out..(group + 1) * out]) {
-                    *v += b;
-                }
-            });
         let Some(act) = self.act else { return Ok(pre) };
+        if !self.save_pre_activation {
+            activate_in_place(&mut pre, act);
+            return Ok(pre);
+        }
         let activated = activate(&pre, act);
         if self.save_pre_activation {
             let saved = Tensor::from_vec(pre, (e, rows, out), &Device::Cpu)?;
             *self.lock_saved()? = Some(saved);
         }
         Ok(activated)
+    }
+
+    /// The forward on slices: reorders the input rows if needed, runs the
+    /// product with its bias, the activation, and reorders the result.
+    fn forward_typed<T>(
+        &self,
+        (x, xl): (&[T], &Layout),
+        (w, wl): (&[T], &Layout),
+        (b, bl): (&[T], &Layout),
+        (e, rows, out): (usize, usize, usize),
+        inner: usize,
+    ) -> Result<Vec<T>>
+    where
+        T: ActivationFloat + WithDType,
+    {
+        let gathered;
+        let x = match self.input {
+            RowOrder::ExpertMajor => Strided::from_layout(x, xl)?,
+            RowOrder::BatchMajor { batch } => {
+                let x = contiguous_slice(x, xl, Self::NAME)?;
+                gathered = swap_outer(x, (batch, e, rows / batch.max(1) * inner));
+                Strided::row_major(&gathered, rows, inner)
+            }
+        };
+        let w = Strided::from_layout(w, wl)?.t();
+        let bias = contiguous_slice(b, bl, Self::NAME)?;
+        let pre = batched_linear(e, (rows, out, inner), x, w, bias)?;
+        let y = self.finish(pre, (e, rows, out))?;
+        Ok(match self.output {
+            RowOrder::ExpertMajor => y,
+            RowOrder::BatchMajor { batch } => swap_outer(&y, (e, batch, rows / batch.max(1) * out)),
+        })
     }
 
     fn lock_saved(&self) -> Result<std::sync::MutexGuard<'_, Option<Tensor>>> {
@@ -153,8 +272,20 @@ impl CustomOp3 for ExpertLinear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (e, rows, inner) = l1.shape().dims3()?;
         let (we, out, win) = l2.shape().dims3()?;
+        let (e, rows, inner) = match (self.input, l1.shape().dims3()?) {
+            (RowOrder::ExpertMajor, dims) => dims,
+            (RowOrder::BatchMajor { batch }, (b, es, inner))
+                if b == batch && we > 0 && es % we == 0 =>
+            {
+                (we, b * (es / we), inner)
+            }
+            (RowOrder::BatchMajor { batch }, _) => candle_core::bail!(
+                "{}: a batch-major input must be ({batch}, e·s, in) with e = {we}, got {:?}",
+                Self::NAME,
+                l1.shape()
+            ),
+        };
         if we != e || win != inner || l3.shape().dims() != [e, out] {
             candle_core::bail!(
                 "{}: input {:?}, weight {:?} and bias {:?} do not fit (e, rows, in), (e, out, in), (e, out)",
@@ -164,32 +295,21 @@ impl CustomOp3 for ExpertLinear {
                 l3.shape()
             )
         }
-        // (e, rows, in) x (e, in, out): the transposed weight is a strided view.
         let dims = (e, rows, out);
         let storage = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                let pre = batched_matmul(
-                    e,
-                    (rows, out, inner),
-                    Strided::from_layout(x, l1)?,
-                    Strided::from_layout(w, l2)?.t(),
-                    1.0,
-                )?;
-                CpuStorage::F32(self.finish(pre, contiguous_slice(b, l3, Self::NAME)?, dims)?)
+                CpuStorage::F32(self.forward_typed((x, l1), (w, l2), (b, l3), dims, inner)?)
             }
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                let pre = batched_matmul(
-                    e,
-                    (rows, out, inner),
-                    Strided::from_layout(x, l1)?,
-                    Strided::from_layout(w, l2)?.t(),
-                    1.0,
-                )?;
-                CpuStorage::F64(self.finish(pre, contiguous_slice(b, l3, Self::NAME)?, dims)?)
+                CpuStorage::F64(self.forward_typed((x, l1), (w, l2), (b, l3), dims, inner)?)
             }
             _ => candle_core::bail!("{}: needs F32 or F64 tensors of one dtype", Self::NAME),
         };
-        Ok((storage, Shape::from(dims)))
+        let shape = match self.output {
+            RowOrder::ExpertMajor => Shape::from(dims),
+            RowOrder::BatchMajor { batch } => Shape::from((batch, rows / batch.max(1) * e, out)),
+        };
+        Ok((storage, shape))
     }
 
     fn bwd(
@@ -200,7 +320,13 @@ impl CustomOp3 for ExpertLinear {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad_res = grad_res.contiguous()?;
+        let e = weight.dim(0)?;
+        let grad_res = reorder(
+            &grad_res.contiguous()?,
+            self.output,
+            RowOrder::ExpertMajor,
+            e,
+        )?;
         let grad_pre = match self.act {
             None => grad_res,
             Some(act) => {
@@ -213,8 +339,10 @@ impl CustomOp3 for ExpertLinear {
                 pre.apply_op2_no_bwd(&grad_res, &ActivationGrad(act))?
             }
         };
-        let (x, weight) = (x.detach(), weight.detach());
+        let x = reorder(&x.detach(), self.input, RowOrder::ExpertMajor, e)?;
+        let weight = weight.detach();
         let grad_x = matmul(&grad_pre, &weight)?; // (e, rows, out) x (e, out, in)
+        let grad_x = reorder(&grad_x, RowOrder::ExpertMajor, self.input, e)?;
         let grad_weight = matmul(&grad_pre.transpose(1, 2)?, &x)?; // (e, out, rows) x (e, rows, in)
         let grad_bias = grad_pre.apply_op1_no_bwd(&SumRows)?;
         Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
@@ -363,6 +491,63 @@ mod tests {
         check(Some(Activation::Gelu), DType::F64, 1e-6)?;
         check(Some(Activation::QuickGelu), DType::F64, 1e-12)?;
         check(None, DType::F64, 1e-12)
+    }
+
+    /// Batch-major input and output give the expert-major results
+    /// rearranged, values and all gradients (F64, exact up to rounding).
+    #[test]
+    fn batch_major_rows_match_rearranged_expert_major_rows() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, e, s, d, h) = (3, 2, 4, 5, 6);
+        let var = |shape: &[usize]| -> Result<Var> {
+            Var::from_tensor(&Tensor::randn(0f64, 1.0, shape, &dev)?)
+        };
+        let (x, w, bias) = (var(&[b, e * s, d])?, var(&[e, h, d])?, var(&[e, h])?);
+        let loss_w = Tensor::randn(0f64, 1.0, (b, e * s, h), &dev)?;
+        let order = RowOrder::BatchMajor { batch: b };
+        let act = Some(Activation::QuickGelu);
+        let fused = expert_linear_ordered(&x, &w, &bias, act, order, order)?;
+        let manual = {
+            let xe = reorder(&x, order, RowOrder::ExpertMajor, e)?;
+            let y = expert_linear(&xe, &w, &bias, act)?;
+            reorder(&y, RowOrder::ExpertMajor, order, e)?
+        };
+        assert_eq!(fused.dims(), &[b, e * s, h]);
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f64> {
+            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
+        };
+        assert!(diff(&fused, &manual)? < 1e-12);
+        let g1 = (fused * &loss_w)?.sum_all()?.backward()?;
+        let g2 = (manual * &loss_w)?.sum_all()?.backward()?;
+        for v in [&x, &w, &bias] {
+            assert!(diff(g1.get(v).expect("grad"), g2.get(v).expect("grad"))? < 1e-12);
+        }
+        // A batch that does not divide the rows is an error.
+        let bad = RowOrder::BatchMajor { batch: 2 };
+        let err = expert_linear_ordered(&x, &w, &bias, act, bad, bad).unwrap_err();
+        assert!(err.to_string().contains("batch-major input"), "{err}");
+        Ok(())
+    }
+
+    /// Untracked inputs take the in-place activation path; tracked ones keep
+    /// the pre-activation. Both give the same values.
+    #[test]
+    fn inference_path_matches_training_path() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 7, 5), &dev)?;
+        let w = Tensor::randn(0f32, 0.7, (2, 9, 5), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, (2, 9), &dev)?;
+        for act in [Activation::Gelu, Activation::QuickGelu] {
+            let plain = expert_linear(&x, &w, &b, Some(act))?;
+            let tracked = expert_linear(Var::from_tensor(&x)?.as_tensor(), &w, &b, Some(act))?;
+            let diff = (plain - tracked)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0, "{act:?}");
+        }
+        Ok(())
     }
 
     #[test]

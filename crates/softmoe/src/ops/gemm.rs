@@ -119,16 +119,56 @@ impl<T> DstPtr<T> {
 /// `(batch, m, n)` buffer. `lhs` holds `(m, k)` matrices, `rhs` `(k, n)`.
 pub fn batched_matmul<T: WithDType>(
     batch: usize,
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     lhs: Strided<'_, T>,
     rhs: Strided<'_, T>,
     beta: T,
 ) -> Result<Vec<T>> {
+    product(batch, dims, lhs, rhs, beta, None)
+}
+
+/// `lhs_b · rhs_b + bias_b` (the bias row added to every row) for every
+/// batch entry `b`; `bias` is `(batch, n)`, contiguous. The bias is written
+/// into each output block just before `gemm` accumulates onto it, so the
+/// output is touched once rather than zeroed, written and re-read.
+pub fn batched_linear<T: WithDType>(
+    batch: usize,
+    dims: (usize, usize, usize),
+    lhs: Strided<'_, T>,
+    rhs: Strided<'_, T>,
+    bias: &[T],
+) -> Result<Vec<T>> {
+    if bias.len() != batch * dims.1 {
+        candle_core::bail!(
+            "softmoe gemm: bias of {} elements for {batch} matrices of {} columns",
+            bias.len(),
+            dims.1
+        )
+    }
+    product(batch, dims, lhs, rhs, T::one(), Some(bias))
+}
+
+fn product<T: WithDType>(
+    batch: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: Strided<'_, T>,
+    rhs: Strided<'_, T>,
+    beta: T,
+    bias: Option<&[T]>,
+) -> Result<Vec<T>> {
     check_dtype::<T>()?;
     lhs.check((batch, m, k), "lhs")?;
     rhs.check((batch, k, n), "rhs")?;
-    let mut dst = vec![T::zero(); batch * m * n];
-    if dst.is_empty() {
+    let len = batch * m * n;
+    if len == 0 || k == 0 {
+        // An empty sum: zeros, or the bias rows.
+        let mut dst = vec![T::zero(); len];
+        if let Some(bias) = bias {
+            for (row, out) in dst.chunks_exact_mut(n).enumerate() {
+                let b = row / m;
+                out.copy_from_slice(&bias[b * n..(b + 1) * n]);
+            }
+        }
         return Ok(dst);
     }
     // Enough column blocks that every thread has work even for one matrix;
@@ -137,22 +177,32 @@ pub fn batched_matmul<T: WithDType>(
     let blocks_per_matrix = threads.div_ceil(batch).max(1);
     let block = n.div_ceil(blocks_per_matrix).next_multiple_of(16).min(n);
     let blocks = n.div_ceil(block);
+    let mut dst: Vec<T> = Vec::with_capacity(len);
     let dst_ptr = DstPtr(dst.as_mut_ptr());
     (0..batch * blocks).into_par_iter().for_each(|task| {
         let (b, j0) = (task / blocks, (task % blocks) * block);
         let cols = block.min(n - j0);
-        // SAFETY: `check` bounds every lhs/rhs element read above; the
-        // destination block (b, 0..m, j0..j0+cols) is inside the
-        // `batch * m * n` buffer and no other task writes it.
+        // SAFETY: `check` bounds every lhs/rhs element read. The block
+        // (b, 0..m, j0..j0+cols) lies inside the `len`-element allocation
+        // and no other task touches it. With a bias, every element of the
+        // block is written before gemm reads it (`read_dst`); without one,
+        // gemm writes every element and reads none.
         unsafe {
+            let block_ptr = dst_ptr.get().add(b * m * n + j0);
+            if let Some(bias) = bias {
+                let row = bias.as_ptr().add(b * n + j0);
+                for i in 0..m {
+                    std::ptr::copy_nonoverlapping(row, block_ptr.add(i * n), cols);
+                }
+            }
             gemm::gemm(
                 m,
                 cols,
                 k,
-                dst_ptr.get().add(b * m * n + j0),
+                block_ptr,
                 1,
                 n as isize,
-                false,
+                bias.is_some(),
                 lhs.data.as_ptr().add(lhs.offset + b * lhs.batch_stride),
                 lhs.col_stride as isize,
                 lhs.row_stride as isize,
@@ -161,7 +211,7 @@ pub fn batched_matmul<T: WithDType>(
                     .add(rhs.offset + b * rhs.batch_stride + j0 * rhs.col_stride),
                 rhs.col_stride as isize,
                 rhs.row_stride as isize,
-                T::zero(),
+                T::one(),
                 beta,
                 false,
                 false,
@@ -170,6 +220,9 @@ pub fn batched_matmul<T: WithDType>(
             )
         }
     });
+    // SAFETY: the tasks above partition the `len` elements into blocks and
+    // each task initialised its whole block (see above).
+    unsafe { dst.set_len(len) };
     Ok(dst)
 }
 
@@ -280,6 +333,28 @@ mod tests {
         for (g, w) in got.iter().zip(&want) {
             assert!((g - 0.5 * w).abs() < 1e-12, "{g} vs {}", 0.5 * w);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn batched_linear_adds_each_batch_entrys_bias() -> Result<()> {
+        let (batch, m, n, k) = (2, 3, 40, 5);
+        let a = values(batch * m * k);
+        let w = values(batch * k * n);
+        let bias: Vec<f64> = (0..batch * n).map(|i| i as f64 * 0.5 - 3.0).collect();
+        let (lhs, rhs) = (Strided::row_major(&a, m, k), Strided::row_major(&w, k, n));
+        let got = batched_linear(batch, (m, n, k), lhs, rhs, &bias)?;
+        let want = naive(batch, (m, n, k), lhs, rhs);
+        for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+            let (b, j) = (idx / (m * n), idx % n);
+            assert!((g - (w + bias[b * n + j])).abs() < 1e-12, "element {idx}");
+        }
+        // k = 0: only the bias.
+        let got = batched_linear(batch, (m, n, 0), lhs, rhs, &bias)?;
+        assert_eq!(&got[..n], &bias[..n]);
+        assert_eq!(&got[(2 * m - 1) * n..], &bias[n..]);
+        let err = batched_linear(batch, (m, n, k), lhs, rhs, &bias[1..]).unwrap_err();
+        assert!(err.to_string().contains("bias of 79 elements"), "{err}");
         Ok(())
     }
 

@@ -7,7 +7,9 @@ mod expert_linear;
 mod fast_math;
 pub mod gemm;
 mod matmul;
+mod routing;
 
-pub(crate) use expert_linear::expert_linear;
 pub use expert_linear::linear;
+pub(crate) use expert_linear::{expert_linear_ordered, RowOrder};
 pub use matmul::matmul;
+pub(crate) use routing::{l2_normalize, softmax, standardize};
