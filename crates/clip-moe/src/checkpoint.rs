@@ -6,7 +6,8 @@
 //! way. Here the model is built first (every parameter a fresh `Var`), then
 //! each variable the safetensors file holds is set by name after its shape is
 //! checked; the [`LoadReport`] lists what was loaded, kept fresh, missing or
-//! unexpected. Saving writes safetensors atomically (a temporary file, then a
+//! unexpected. PyTorch `pytorch_model.bin` state dicts (zip + pickle) load
+//! the same way through candle's pickle reader. Saving writes safetensors atomically (a temporary file, then a
 //! rename), either every variable or only the trainable delta.
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +25,9 @@ use crate::model::ClipModel;
 pub const CONFIG_FILE: &str = "config.json";
 /// Name of a model directory's full weights.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// PyTorch's pickled state dict, which older hub repositories hold instead
+/// of [`WEIGHTS_FILE`]; read when that is absent.
+pub const LEGACY_WEIGHTS_FILE: &str = "pytorch_model.bin";
 /// Name of a fine-tuned directory's trainable delta (see
 /// [`WeightSelection::Delta`]).
 pub const DELTA_FILE: &str = "delta.safetensors";
@@ -62,7 +66,65 @@ fn is_buffer(name: &str) -> bool {
     name.ends_with(".position_ids")
 }
 
-/// Sets every variable of `varmap` that `path` (safetensors) holds.
+/// A checkpoint file opened for reading by tensor name.
+enum WeightsFile {
+    Safetensors(MmapedSafetensors),
+    Pickle(candle_core::pickle::PthTensors),
+}
+
+impl WeightsFile {
+    /// Safetensors, or a PyTorch pickle for `.bin`, `.pt` and `.pth` files.
+    fn open(path: &Path) -> Result<Self> {
+        let pickle = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("bin" | "pt" | "pth")
+        );
+        let context = |e: candle_core::Error| Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        if pickle {
+            Ok(Self::Pickle(
+                candle_core::pickle::PthTensors::new(path, None).map_err(context)?,
+            ))
+        } else {
+            // SAFETY: the file is memory-mapped read-only; it must not be
+            // modified while it is read, as for every memory-mapped checkpoint.
+            Ok(Self::Safetensors(
+                unsafe { MmapedSafetensors::new(path) }.map_err(context)?,
+            ))
+        }
+    }
+
+    /// Every tensor's name and shape.
+    fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        match self {
+            Self::Safetensors(file) => file
+                .tensors()
+                .into_iter()
+                .map(|(name, view)| (name, view.shape().to_vec()))
+                .collect(),
+            Self::Pickle(file) => file
+                .tensor_infos()
+                .iter()
+                .map(|(name, info)| (name.clone(), info.layout.shape().dims().to_vec()))
+                .collect(),
+        }
+    }
+
+    fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Safetensors(file) => file.load(name, device),
+            Self::Pickle(file) => file
+                .get(name)?
+                .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))?
+                .to_device(device),
+        }
+    }
+}
+
+/// Sets every variable of `varmap` that `path` holds: safetensors, or a
+/// PyTorch pickle (`pytorch_model.bin`, `.pt`, `.pth`).
 ///
 /// A tensor whose shape differs from the variable's is always an error
 /// naming it (the checkpoint does not belong to this configuration); nothing
@@ -78,14 +140,8 @@ pub fn load_weights(varmap: &VarMap, path: impl AsRef<Path>, strict: bool) -> Re
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         });
     }
-    // SAFETY: the file is memory-mapped read-only; it must not be modified
-    // while this function runs, as for every memory-mapped checkpoint.
-    let file = unsafe { MmapedSafetensors::new(path)? };
-    let in_file: BTreeMap<String, Vec<usize>> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.shape().to_vec()))
-        .collect();
+    let file = WeightsFile::open(path)?;
+    let in_file = file.shapes();
     let vars = varmap
         .data()
         .lock()
@@ -125,7 +181,13 @@ pub fn load_weights(varmap: &VarMap, path: impl AsRef<Path>, strict: bool) -> Re
     }
     for name in &report.loaded {
         let var = &vars[name];
-        let tensor = file.load(name, var.device())?.to_dtype(var.dtype())?;
+        let tensor = file
+            .load(name, var.device())
+            .and_then(|t| t.to_dtype(var.dtype()))
+            .map_err(|e| Error::Checkpoint {
+                path: path.to_path_buf(),
+                message: format!("tensor {name}: {e}"),
+            })?;
         var.set(&tensor)?;
     }
     Ok(report)

@@ -54,6 +54,15 @@ pub enum Error {
         /// Shape stored in the file.
         found: Vec<usize>,
     },
+    /// A checkpoint file could not be opened or one of its tensors read
+    /// (not safetensors, a corrupt pickle, an unsupported dtype, ...).
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What went wrong, with the tensor's name where there is one.
+        message: String,
+    },
     /// Strict loading found missing or unexpected tensors.
     #[error(
         "checkpoint {path} does not match the model exactly: {} missing ({}), {} unexpected ({})",

@@ -2,12 +2,14 @@
 //! the hub (hf-hub's blocking API).
 //!
 //! A model argument that is an existing directory is used as is: it must
-//! hold `config.json`, `model.safetensors` and `tokenizer.json`. Anything
-//! else is a hub repository id. Each file is looked for at every revision of
+//! hold `config.json`, the weights (`model.safetensors`, or else PyTorch's
+//! `pytorch_model.bin`) and `tokenizer.json`. Anything else is a hub
+//! repository id. Each file is looked for at every revision of
 //! [`HubOptions::revisions`] in turn (`main`, then `refs/pr/4`, the pull
 //! request that added safetensors weights to `openai/clip-vit-base-patch16`,
 //! as candle-based projects use), first in the cache, then, unless offline,
-//! downloaded. `HF_HOME` (cache) and `HF_ENDPOINT` are honoured, and
+//! downloaded; when no revision has `model.safetensors`, `pytorch_model.bin`
+//! is looked for the same way. `HF_HOME` (cache) and `HF_ENDPOINT` are honoured, and
 //! `HF_HUB_OFFLINE=1` switches to the cache only, as in Python.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
-use crate::checkpoint::{CONFIG_FILE, WEIGHTS_FILE};
+use crate::checkpoint::{CONFIG_FILE, LEGACY_WEIGHTS_FILE, WEIGHTS_FILE};
 use crate::error::{Error, Result};
 
 /// The paper's backbone.
@@ -28,7 +30,7 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub struct ModelFiles {
     /// `config.json`.
     pub config: PathBuf,
-    /// `model.safetensors`.
+    /// `model.safetensors`, or `pytorch_model.bin` where only that exists.
     pub weights: PathBuf,
     /// `tokenizer.json`.
     pub tokenizer: PathBuf,
@@ -36,25 +38,27 @@ pub struct ModelFiles {
 
 impl ModelFiles {
     /// The files of a local model directory; an error names the first one
-    /// absent.
+    /// absent. The weights are `model.safetensors`, else `pytorch_model.bin`.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        let file = |name: &str| {
-            let path = dir.join(name);
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(Error::Hub(format!(
-                    "model directory {} has no {name}: it needs {CONFIG_FILE}, {WEIGHTS_FILE} and \
-                     {TOKENIZER_FILE}",
-                    dir.display()
-                )))
-            }
+        let file = |names: &[&str]| {
+            names
+                .iter()
+                .map(|name| dir.join(name))
+                .find(|path| path.is_file())
+                .ok_or_else(|| {
+                    Error::Hub(format!(
+                        "model directory {} has no {}: it needs {CONFIG_FILE}, {WEIGHTS_FILE} \
+                         (or {LEGACY_WEIGHTS_FILE}) and {TOKENIZER_FILE}",
+                        dir.display(),
+                        names.join(" nor ")
+                    ))
+                })
         };
         Ok(Self {
-            config: file(CONFIG_FILE)?,
-            weights: file(WEIGHTS_FILE)?,
-            tokenizer: file(TOKENIZER_FILE)?,
+            config: file(&[CONFIG_FILE])?,
+            weights: file(&[WEIGHTS_FILE, LEGACY_WEIGHTS_FILE])?,
+            tokenizer: file(&[TOKENIZER_FILE])?,
         })
     }
 }
@@ -120,9 +124,15 @@ pub fn resolve(model: &str, options: &HubOptions) -> Result<ModelFiles> {
             fetch_online(&cache, model, file, options)
         }
     };
+    let config = fetch(CONFIG_FILE)?;
+    // Safetensors at any revision first; the pickle only when none has it.
+    let weights = match fetch(WEIGHTS_FILE) {
+        Ok(path) => path,
+        Err(first) => fetch(LEGACY_WEIGHTS_FILE).map_err(|_| first)?,
+    };
     Ok(ModelFiles {
-        config: fetch(CONFIG_FILE)?,
-        weights: fetch(WEIGHTS_FILE)?,
+        config,
+        weights,
         tokenizer: fetch(TOKENIZER_FILE)?,
     })
 }
