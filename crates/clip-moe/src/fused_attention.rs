@@ -11,11 +11,12 @@
 //! - The heads are read and written in place inside the `(batch, tokens,
 //!   dim)` rows of the projections (strided `gemm` operands): no
 //!   reshape + transpose + copy of Q, K, V and the context, forward or back.
-//! - Softmax probabilities below `f32::MIN_POSITIVE` are flushed to zero.
-//!   Sharp attention makes many probabilities subnormal, and x86 arithmetic
-//!   on subnormals is slow: at random-weight ViT-B/16 shapes 5 % of the
-//!   probabilities are subnormal and `P V` ran 10x slower for it. The flushed
-//!   values are below 1.2e-38, so results move by less than that times |V|.
+//! - The softmax is `softmoe::rows::softmax_rows`: a vectorised `exp`, and
+//!   probabilities below `f32::MIN_POSITIVE` flushed to zero. Sharp
+//!   attention makes many probabilities subnormal, and x86 arithmetic on
+//!   subnormals is slow: at random-weight ViT-B/16 shapes 5 % of them were
+//!   subnormal and `P V` ran 10x slower for it. The flushed values are below
+//!   1.2e-38, so results move by less than that times |V|.
 //!
 //! The causal mask is the text tower's (`j > i` hidden), applied by giving
 //! those positions probability zero, which is what adding `f32::MIN` to the
@@ -26,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use softmoe::gemm::{matmul_into, Strided};
+use softmoe::rows::softmax_rows;
 
 /// One attention call's geometry.
 #[derive(Debug, Clone, Copy)]
@@ -50,27 +52,6 @@ fn view(data: &[f32], offset: usize, row_stride: usize, col_stride: usize) -> St
         batch_stride: 0,
         row_stride,
         col_stride,
-    }
-}
-
-/// In-place softmax of each `len`-wide row; row `i` keeps only its first
-/// `i + 1` entries when `causal`. Subnormal results are flushed to zero.
-fn softmax_rows(scores: &mut [f32], len: usize, causal: bool) {
-    for (i, row) in scores.chunks_exact_mut(len).enumerate() {
-        let visible = if causal { i + 1 } else { len };
-        let (row, hidden) = row.split_at_mut(visible);
-        hidden.fill(0.0);
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for s in row.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        for s in row.iter_mut() {
-            let p = *s * inv;
-            *s = if p < f32::MIN_POSITIVE { 0.0 } else { p };
-        }
     }
 }
 
@@ -203,25 +184,34 @@ impl CustomOp3 for FusedAttention {
         let v = cpu_storage_slice(vs, vl, "v")?;
         let (n, hd, d) = (dims.tokens, dims.head_dim, dims.dim());
         let pairs = dims.batch * dims.heads;
-        let mut probs = vec![0f32; pairs * n * n];
+        // Training keeps every head's probabilities for the backward pass;
+        // inference uses one cache-resident scratch block per head.
+        let mut probs = vec![0f32; if self.save_probs { pairs * n * n } else { 0 }];
         let mut context = vec![0f32; pairs * n * hd];
-        probs
-            .par_chunks_mut(n * n)
-            .zip(context.par_chunks_mut(n * hd))
-            .enumerate()
-            .try_for_each(|(pair, (p, ctx))| -> Result<()> {
-                let (b, h) = (pair / dims.heads, pair % dims.heads);
-                let base = b * n * d + h * hd;
-                // P = softmax(scale · Q Kᵀ): Kᵀ is K read column-wise.
-                let (q, k) = (view(q, base, d, 1), view(k, base, 1, d));
-                matmul_into((n, n, hd), p, n, q, k, self.scale)?;
-                softmax_rows(p, n, self.causal);
-                // context = P V
-                let (p, v) = (view(p, 0, n, 1), view(v, base, d, 1));
-                matmul_into((n, hd, n), ctx, hd, p, v, 1.0)
-            })?;
+        let head = |pair: usize, p: &mut [f32], ctx: &mut [f32]| -> Result<()> {
+            let (b, h) = (pair / dims.heads, pair % dims.heads);
+            let base = b * n * d + h * hd;
+            // P = softmax(scale · Q Kᵀ): Kᵀ is K read column-wise.
+            let (q, k) = (view(q, base, d, 1), view(k, base, 1, d));
+            matmul_into((n, n, hd), p, n, q, k, self.scale)?;
+            let causal = self.causal;
+            softmax_rows(p, n, |i| if causal { i + 1 } else { n });
+            // context = P V
+            let (p, v) = (view(p, 0, n, 1), view(v, base, d, 1));
+            matmul_into((n, hd, n), ctx, hd, p, v, 1.0)
+        };
         if self.save_probs {
+            probs
+                .par_chunks_mut(n * n)
+                .zip(context.par_chunks_mut(n * hd))
+                .enumerate()
+                .try_for_each(|(pair, (p, ctx))| head(pair, p, ctx))?;
             *self.lock_probs()? = Some(Arc::new(probs));
+        } else {
+            context
+                .par_chunks_mut(n * hd)
+                .enumerate()
+                .try_for_each(|(pair, ctx)| head(pair, &mut vec![0f32; n * n], ctx))?;
         }
         Ok((
             CpuStorage::F32(merge_heads(&context, dims)),
@@ -384,6 +374,14 @@ mod tests {
         let reference = composite(&q, &k, &v, heads, scale, causal)?;
         let diff = max_diff(&fused, &reference)?;
         assert!(diff < 1e-5, "causal {causal}: forward differs by {diff}");
+        // Untracked inputs take the inference path (no saved probabilities).
+        let (qd, kd, vd) = (
+            q.as_tensor().detach(),
+            k.as_tensor().detach(),
+            v.as_tensor().detach(),
+        );
+        let inference = fused_attention(&qd, &kd, &vd, heads, scale as f32, causal)?;
+        assert_eq!(max_diff(&inference, &fused)?, 0.0, "inference path differs");
 
         let got = (fused * &w)?.sum_all()?.backward()?;
         let want = (reference * &w)?.sum_all()?.backward()?;
@@ -408,16 +406,6 @@ mod tests {
     #[test]
     fn causal_mask_matches_additive_mask() -> Result<()> {
         check(true)
-    }
-
-    #[test]
-    fn subnormal_probabilities_are_flushed() {
-        // Row maximum 0, other entries -100: exp(-100) = 3.7e-44 is subnormal.
-        let mut row = vec![0.0f32, -100.0, -1.0];
-        softmax_rows(&mut row, 3, false);
-        assert_eq!(row[1], 0.0);
-        assert!((row[0] + row[2] - 1.0).abs() < 1e-6);
-        assert!(row[2] > 0.2);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Fused CPU kernels with their backward passes. Public: [`linear`] (a dense
-//! layer on the experts' kernel), [`matmul`] (differentiable batched matmul)
-//! and the [`gemm`] helpers they are built on, for other crates' kernels.
+//! layer on the experts' kernel), [`matmul`] (differentiable batched matmul),
+//! and for other crates' kernels the [`gemm`] helpers they are built on and
+//! the vectorised row softmax of [`rows`].
 
 mod activation;
 mod expert_linear;
@@ -8,6 +9,7 @@ mod fast_math;
 pub mod gemm;
 mod matmul;
 mod routing;
+pub mod rows;
 
 pub use expert_linear::linear;
 pub(crate) use expert_linear::{expert_linear_ordered, RowOrder};
