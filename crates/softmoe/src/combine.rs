@@ -58,10 +58,8 @@ impl SlotProjection {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, m) = x.dims3()?;
-        let delta = matmul(&x.reshape((b * n, m))?, &self.weight.t()?)?
-            .broadcast_add(&self.bias)?
-            .reshape((b, n, m))?;
+        // (b, n, m) x (m, m), one weight for every batch entry.
+        let delta = matmul(x, &self.weight.t()?)?.broadcast_add(&self.bias)?;
         x + delta
     }
 }

@@ -53,7 +53,6 @@ impl Router {
 
     /// Logits `(b, n, m)` for tokens `x` `(b, n, d)` already in [`Router::dtype`].
     pub(crate) fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = x.dims3()?;
         let (x, phi) = match &self.scale {
             // scale·cos(x, φ): multiplying the smaller (m, d) operand by the
             // scale is the same product as scaling the logits.
@@ -63,7 +62,7 @@ impl Router {
             ),
             None => (x.clone(), self.phi.clone()),
         };
-        // (b·n, d) x (d, m) -> (b, n, m)
-        matmul(&x.reshape((b * n, d))?, &phi.t()?)?.reshape((b, n, ()))
+        // (b, n, d) x (d, m) -> (b, n, m)
+        matmul(&x, &phi.t()?)
     }
 }

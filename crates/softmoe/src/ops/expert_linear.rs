@@ -81,6 +81,7 @@ pub(crate) fn expert_linear_ordered(
             output,
             save_pre_activation: tracked,
             pre_activation: Mutex::new(None),
+            gathered_input: Mutex::new(None),
         };
         let x = match input {
             RowOrder::ExpertMajor => x.clone(),
@@ -188,6 +189,18 @@ struct ExpertLinear {
     save_pre_activation: bool,
     /// `x Wᵀ + b`, kept for the activation's derivative in `bwd`.
     pre_activation: Mutex<Option<Tensor>>,
+    /// A batch-major input rearranged expert-major, kept for the weight
+    /// gradient in `bwd` (saves redoing the copy).
+    gathered_input: Mutex<Option<Tensor>>,
+}
+
+fn lock<'a>(
+    saved: &'a Mutex<Option<Tensor>>,
+    op: &str,
+) -> Result<std::sync::MutexGuard<'a, Option<Tensor>>> {
+    saved
+        .lock()
+        .map_err(|_| candle_core::Error::msg(format!("{op}: saved tensor lock poisoned")))
 }
 
 fn contiguous_slice<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
@@ -232,7 +245,7 @@ impl ExpertLinear {
     where
         T: ActivationFloat + WithDType,
     {
-        let gathered;
+        let mut gathered = Vec::new();
         let x = match self.input {
             RowOrder::ExpertMajor => Strided::from_layout(x, xl)?,
             RowOrder::BatchMajor { batch } => {
@@ -244,6 +257,10 @@ impl ExpertLinear {
         let w = Strided::from_layout(w, wl)?.t();
         let bias = contiguous_slice(b, bl, Self::NAME)?;
         let pre = batched_linear(e, (rows, out, inner), x, w, bias)?;
+        if self.save_pre_activation && !gathered.is_empty() {
+            let saved = Tensor::from_vec(gathered, (e, rows, inner), &Device::Cpu)?;
+            *lock(&self.gathered_input, Self::NAME)? = Some(saved);
+        }
         let y = self.finish(pre, (e, rows, out))?;
         Ok(match self.output {
             RowOrder::ExpertMajor => y,
@@ -252,9 +269,7 @@ impl ExpertLinear {
     }
 
     fn lock_saved(&self) -> Result<std::sync::MutexGuard<'_, Option<Tensor>>> {
-        self.pre_activation.lock().map_err(|_| {
-            candle_core::Error::msg(format!("{}: saved activation lock poisoned", Self::NAME))
-        })
+        lock(&self.pre_activation, Self::NAME)
     }
 }
 
@@ -339,7 +354,11 @@ impl CustomOp3 for ExpertLinear {
                 pre.apply_op2_no_bwd(&grad_res, &ActivationGrad(act))?
             }
         };
-        let x = reorder(&x.detach(), self.input, RowOrder::ExpertMajor, e)?;
+        let gathered = lock(&self.gathered_input, Self::NAME)?.clone();
+        let x = match gathered {
+            Some(x) => x,
+            None => reorder(&x.detach(), self.input, RowOrder::ExpertMajor, e)?,
+        };
         let weight = weight.detach();
         let grad_x = matmul(&grad_pre, &weight)?; // (e, rows, out) x (e, out, in)
         let grad_x = reorder(&grad_x, RowOrder::ExpertMajor, self.input, e)?;

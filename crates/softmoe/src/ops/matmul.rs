@@ -10,18 +10,18 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, W
 
 use super::gemm::{batched_matmul, Strided};
 
-/// `a · b` for `(batch, m, k) x (batch, k, n)` or `(m, k) x (k, n)`; any
-/// strides. Differentiable.
+/// `a · b` for `(batch, m, k) x (batch, k, n)`, `(batch, m, k) x (k, n)`
+/// (one `b` for every batch entry, as a linear layer's weight) or
+/// `(m, k) x (k, n)`; any strides. Differentiable.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let fast = a.device().is_cpu()
         && a.dtype() == b.dtype()
         && matches!(a.dtype(), DType::F32 | DType::F64)
-        && a.rank() == b.rank()
-        && matches!(a.rank(), 2 | 3);
+        && matches!((a.rank(), b.rank()), (2, 2) | (3, 3) | (3, 2));
     if fast {
         a.apply_op2(b, Matmul)
     } else {
-        a.matmul(b)
+        a.broadcast_matmul(b)
     }
 }
 
@@ -33,6 +33,7 @@ impl Matmul {
         let (b1, m, k1, b2, k2, n) = match (l1.shape().dims(), l2.shape().dims()) {
             (&[m, k1], &[k2, n]) => (1, m, k1, 1, k2, n),
             (&[b1, m, k1], &[b2, k2, n]) => (b1, m, k1, b2, k2, n),
+            (&[b1, m, k1], &[k2, n]) => (b1, m, k1, b1, k2, n),
             (a, b) => candle_core::bail!("softmoe matmul: cannot multiply {a:?} by {b:?}"),
         };
         if b1 != b2 || k1 != k2 {
@@ -85,7 +86,7 @@ impl CustomOp2 for Matmul {
                 s2.dtype()
             ),
         };
-        let shape = if l1.shape().rank() == 2 {
+        let shape = if l1.shape().rank() == 2 && l2.shape().rank() == 2 {
             Shape::from((m, n))
         } else {
             Shape::from((batch, m, n))
@@ -101,11 +102,18 @@ impl CustomOp2 for Matmul {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (a, b) = (a.detach(), b.detach());
-        let last = grad.rank() - 1;
-        let grad_a = grad.apply_op2_no_bwd(&b.transpose(last - 1, last)?, &Matmul)?;
-        let grad_b = a
-            .transpose(last - 1, last)?
-            .apply_op2_no_bwd(grad, &Matmul)?;
+        let grad_a = grad.apply_op2_no_bwd(&b.t()?, &Matmul)?;
+        let grad_b = if a.rank() == 3 && b.rank() == 2 {
+            // One `b` for all batch entries: its gradient sums over them,
+            // which is one product over the stacked rows.
+            let (batch, m, k) = a.dims3()?;
+            let n = b.dim(1)?;
+            let a_rows = a.contiguous()?.reshape((batch * m, k))?;
+            let grad_rows = grad.contiguous()?.reshape((batch * m, n))?;
+            a_rows.t()?.apply_op2_no_bwd(&grad_rows, &Matmul)?
+        } else {
+            a.t()?.apply_op2_no_bwd(grad, &Matmul)?
+        };
         Ok((Some(grad_a), Some(grad_b)))
     }
 }
@@ -158,6 +166,26 @@ mod tests {
             let got = matmul(&a2.t()?, &b2)?;
             assert_eq!(got.dims(), &[5, 40]);
             assert!(max_diff(&got, &a2.t()?.matmul(&b2)?)? < 1e-5);
+        }
+        Ok(())
+    }
+
+    /// A rank-2 right operand shared by every batch entry, as
+    /// `broadcast_matmul`; its gradient sums over the batch.
+    #[test]
+    fn shared_right_operand_matches_broadcast_matmul() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 4, 5), &dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f64, 1.0, (6, 5), &dev)?)?;
+        let w = Tensor::randn(0f64, 1.0, (3, 4, 6), &dev)?;
+        let got = matmul(&a, &b.t()?)?;
+        let want = a.broadcast_matmul(&b.t()?)?;
+        assert_eq!(got.dims(), &[3, 4, 6]);
+        assert!(max_diff(&got, &want)? < 1e-12);
+        let g1 = (got * &w)?.sum_all()?.backward()?;
+        let g2 = (want * &w)?.sum_all()?.backward()?;
+        for v in [&a, &b] {
+            assert!(max_diff(g1.get(v).expect("grad"), g2.get(v).expect("grad"))? < 1e-12);
         }
         Ok(())
     }
