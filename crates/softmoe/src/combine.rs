@@ -9,7 +9,7 @@ use crate::config::{
     Combine, CombineOutput, FeatureMap, InstanceNormAxis, LinearAttentionConfig, QkvProjection,
     SoftMoeConfig,
 };
-use crate::ops::{matmul, softmax, standardize};
+use crate::ops::{elu_plus_one, matmul, softmax, standardize};
 
 /// The combine map of a layer.
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ impl LinearAttentionCombine {
 
     fn feature_map(&self, x: &Tensor) -> Result<Tensor> {
         match self.cfg.feature_map {
-            FeatureMap::EluPlusOne => x.elu(1.0)? + 1.0,
+            FeatureMap::EluPlusOne => elu_plus_one(x),
             FeatureMap::Relu => x.relu(),
         }
     }

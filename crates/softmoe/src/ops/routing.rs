@@ -59,6 +59,97 @@ pub(crate) fn standardize(x: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
     }
 }
 
+/// `elu(x) + 1` (Katharopoulos et al.'s feature map: `x + 1` for `x > 0`,
+/// `e^x` otherwise), differentiable. candle's `elu` and `+ 1` are two graph
+/// nodes and `elu`'s backward alone about eight passes; here the backward is
+/// one pass over the saved output (`dy/dx = 1` or `e^x = y`).
+pub(crate) fn elu_plus_one(x: &Tensor) -> Result<Tensor> {
+    if fused_path(x) {
+        x.contiguous()?.apply_op1(EluPlusOne)
+    } else {
+        x.elu(1.0)? + 1.0
+    }
+}
+
+struct EluPlusOne;
+
+fn elu_plus_one_fwd<T: Float + Send + Sync>(x: &[T]) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(o, x)| {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = if v > T::zero() { v + T::one() } else { v.exp() };
+            }
+        });
+    out
+}
+
+/// `g` where the input was positive (output above 1), `g · y` elsewhere.
+fn elu_plus_one_bwd<T: Float + Send + Sync>(y: &[T], g: &[T]) -> Vec<T> {
+    let mut out = vec![T::zero(); y.len()];
+    out.par_chunks_mut(4096)
+        .zip(y.par_chunks(4096).zip(g.par_chunks(4096)))
+        .for_each(|(o, (y, g))| {
+            for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                *o = if y > T::one() { g } else { g * y };
+            }
+        });
+    out
+}
+
+impl CustomOp1 for EluPlusOne {
+    fn name(&self) -> &'static str {
+        "softmoe-elu-plus-one"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let out = match storage {
+            CpuStorage::F32(x) => CpuStorage::F32(elu_plus_one_fwd(contiguous(x, layout, name)?)),
+            CpuStorage::F64(x) => CpuStorage::F64(elu_plus_one_fwd(contiguous(x, layout, name)?)),
+            _ => candle_core::bail!("{name}: needs an F32 or F64 tensor"),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad.contiguous()?, &EluPlusOneGrad)?,
+        ))
+    }
+}
+
+struct EluPlusOneGrad;
+
+impl CustomOp2 for EluPlusOneGrad {
+    fn name(&self) -> &'static str {
+        "softmoe-elu-plus-one-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let out = match (s1, s2) {
+            (CpuStorage::F32(y), CpuStorage::F32(g)) => CpuStorage::F32(elu_plus_one_bwd(
+                contiguous(y, l1, name)?,
+                contiguous(g, l2, name)?,
+            )),
+            (CpuStorage::F64(y), CpuStorage::F64(g)) => CpuStorage::F64(elu_plus_one_bwd(
+                contiguous(y, l1, name)?,
+                contiguous(g, l2, name)?,
+            )),
+            _ => candle_core::bail!("{name}: needs two F32 or two F64 tensors"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
 /// `(outer, len, inner)`: the reduction runs over `len` with stride `inner`.
 fn split_axis(shape: &Shape, axis: usize) -> Result<(usize, usize, usize)> {
     let dims = shape.dims();
@@ -532,6 +623,12 @@ mod tests {
                     "standardize grad axis {axis} {dtype:?}"
                 );
             }
+            let fused = |x: &Tensor| elu_plus_one(x);
+            let composite = |x: &Tensor| x.elu(1.0)? + 1.0;
+            let (y1, g1) = run(fused, &x, &w)?;
+            let (y2, g2) = run(composite, &x, &w)?;
+            assert!(max_diff(&y1, &y2)? < tol, "elu+1 {dtype:?}");
+            assert!(max_diff(&g1, &g2)? < tol, "elu+1 grad {dtype:?}");
             let fused = |x: &Tensor| l2_normalize(x, 1e-6);
             let composite = |x: &Tensor| -> Result<Tensor> {
                 let inv = (x.sqr()?.sum_keepdim(D::Minus1)? + 1e-6)?.sqrt()?.recip()?;
