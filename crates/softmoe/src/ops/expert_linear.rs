@@ -4,10 +4,12 @@
 //! batched matmul, a broadcast add and an activation: four graph nodes, and
 //! candle's backward allocates a zero tensor and adds into it for every node
 //! it visits (the `W` transposes alone are 2 x 9.4 M floats at the paper's
-//! shape). This op computes the same values with `gemm.rs`'s products (heads
-//! of work split by expert and column block), adds the bias and applies the activation in one multi-threaded pass, keeps
-//! the pre-activation for its backward (PyTorch's `save_for_backward`), and
-//! returns the input, weight and bias gradients directly. Other devices and
+//! shape). This op computes the same values with `gemm.rs`'s products (tasks
+//! split by expert and column block, the bias written into each output block
+//! before `gemm` accumulates onto it), applies the activation in one
+//! multi-threaded pass, keeps the pre-activation for its backward (PyTorch's
+//! `save_for_backward`), and returns the input, weight and bias gradients
+//! directly. Other devices and
 //! dtypes take the composite path, which candle differentiates itself.
 
 use std::sync::Mutex;
@@ -225,10 +227,8 @@ impl ExpertLinear {
             return Ok(pre);
         }
         let activated = activate(&pre, act);
-        if self.save_pre_activation {
-            let saved = Tensor::from_vec(pre, (e, rows, out), &Device::Cpu)?;
-            *self.lock_saved()? = Some(saved);
-        }
+        let saved = Tensor::from_vec(pre, (e, rows, out), &Device::Cpu)?;
+        *self.lock_saved()? = Some(saved);
         Ok(activated)
     }
 
