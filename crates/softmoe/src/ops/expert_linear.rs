@@ -15,8 +15,8 @@
 use std::sync::Mutex;
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
-    WithDType,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage,
+    Tensor, WithDType,
 };
 use rayon::prelude::*;
 
@@ -104,10 +104,40 @@ pub(crate) fn expert_linear_ordered(
     reorder(&y, RowOrder::ExpertMajor, output, e)
 }
 
-/// Converts `t` between row orders with candle ops (a copy when they
-/// differ); `e` is the number of experts.
+/// Converts `t` between row orders (a copy when they differ); `e` is the
+/// number of experts. Contiguous F32/F64 CPU tensors take one parallel pass
+/// ([`swap_outer`]), others candle's transpose + copy. Used on the composite
+/// path and in backward, where the result records no graph.
 fn reorder(t: &Tensor, from: RowOrder, to: RowOrder, e: usize) -> Result<Tensor> {
     let (d0, d1, w) = t.dims3()?;
+    let (outer, shape) = match (from, to) {
+        (RowOrder::ExpertMajor, RowOrder::BatchMajor { batch }) => {
+            let s = d1 / batch.max(1);
+            ((e, batch, s * w), Shape::from((batch, e * s, w)))
+        }
+        (RowOrder::BatchMajor { batch }, RowOrder::ExpertMajor) => {
+            let s = d1 / e.max(1);
+            ((d0, e, s * w), Shape::from((e, batch * s, w)))
+        }
+        _ => return Ok(t.clone()),
+    };
+    if t.device().is_cpu() && t.is_contiguous() && !t.track_op() {
+        let (storage, layout) = t.storage_and_layout();
+        let swapped = match &*storage {
+            Storage::Cpu(CpuStorage::F32(v)) => {
+                let v = swap_outer(contiguous_slice(v, layout, "reorder")?, outer);
+                Some(Tensor::from_vec(v, shape, t.device()))
+            }
+            Storage::Cpu(CpuStorage::F64(v)) => {
+                let v = swap_outer(contiguous_slice(v, layout, "reorder")?, outer);
+                Some(Tensor::from_vec(v, shape, t.device()))
+            }
+            _ => None,
+        };
+        if let Some(swapped) = swapped {
+            return swapped;
+        }
+    }
     match (from, to) {
         (RowOrder::ExpertMajor, RowOrder::BatchMajor { batch }) => {
             let s = d1 / batch.max(1);
