@@ -13,8 +13,9 @@
 //! l2:        y = x r,  r = 1 / sqrt(Σ x² + eps),   dx = r (g - y Σ g ⊙ y)
 //! ```
 //!
-//! The La-SoftMoE combine's instance norm is the same pattern (`standardize`,
-//! `dx = r (g - mean g - y mean(g ⊙ y))`).
+//! La-SoftMoE's combine adds two more of the same kind: the instance norm
+//! (`standardize`, `dx = r (g - mean g - y mean(g ⊙ y))`) and the elu+1
+//! feature map of its linear attention.
 //!
 //! All run in F32 or F64 (the router's dtype); other devices and dtypes use
 //! candle's composites.
