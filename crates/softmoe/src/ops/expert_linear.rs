@@ -15,12 +15,12 @@
 use std::sync::Mutex;
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage,
-    Tensor, WithDType,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
 };
 use rayon::prelude::*;
 
-use super::activation::{activate, activate_in_place, activation_grad, ActivationFloat};
+use super::activation::{activate, activate_in_place, activation_grad};
+use super::dispatch::{binary, contiguous, fused_path, unary, BinaryKernel, Real, UnaryKernel};
 use super::gemm::{batched_linear, Strided};
 use super::matmul::matmul;
 use crate::config::Activation;
@@ -71,10 +71,7 @@ pub(crate) fn expert_linear_ordered(
     input: RowOrder,
     output: RowOrder,
 ) -> Result<Tensor> {
-    let fused = x.device().is_cpu()
-        && x.dtype() == weight.dtype()
-        && x.dtype() == bias.dtype()
-        && matches!(x.dtype(), DType::F32 | DType::F64);
+    let fused = fused_path(x) && x.dtype() == weight.dtype() && x.dtype() == bias.dtype();
     if fused {
         let tracked = x.track_op() || weight.track_op() || bias.track_op();
         let op = ExpertLinear {
@@ -125,11 +122,11 @@ fn reorder(t: &Tensor, from: RowOrder, to: RowOrder, e: usize) -> Result<Tensor>
         let (storage, layout) = t.storage_and_layout();
         let swapped = match &*storage {
             Storage::Cpu(CpuStorage::F32(v)) => {
-                let v = swap_outer(contiguous_slice(v, layout, "reorder")?, outer);
+                let v = swap_outer(contiguous(v, layout, "reorder")?, outer);
                 Some(Tensor::from_vec(v, shape, t.device()))
             }
             Storage::Cpu(CpuStorage::F64(v)) => {
-                let v = swap_outer(contiguous_slice(v, layout, "reorder")?, outer);
+                let v = swap_outer(contiguous(v, layout, "reorder")?, outer);
                 Some(Tensor::from_vec(v, shape, t.device()))
             }
             _ => None,
@@ -235,13 +232,6 @@ fn lock<'a>(
         .map_err(|_| candle_core::Error::msg(format!("{op}: saved tensor lock poisoned")))
 }
 
-fn contiguous_slice<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: expected a contiguous tensor"),
-    }
-}
-
 impl ExpertLinear {
     const NAME: &'static str = "softmoe-expert-linear";
 
@@ -249,7 +239,7 @@ impl ExpertLinear {
     /// the backward pass when one can follow.
     fn finish<T>(&self, mut pre: Vec<T>, (e, rows, out): (usize, usize, usize)) -> Result<Vec<T>>
     where
-        T: ActivationFloat + WithDType,
+        T: Real,
     {
         let Some(act) = self.act else { return Ok(pre) };
         if !self.save_pre_activation {
@@ -273,19 +263,19 @@ impl ExpertLinear {
         inner: usize,
     ) -> Result<Vec<T>>
     where
-        T: ActivationFloat + WithDType,
+        T: Real,
     {
         let mut gathered = Vec::new();
         let x = match self.input {
             RowOrder::ExpertMajor => Strided::from_layout(x, xl)?,
             RowOrder::BatchMajor { batch } => {
-                let x = contiguous_slice(x, xl, Self::NAME)?;
+                let x = contiguous(x, xl, Self::NAME)?;
                 gathered = swap_outer(x, (batch, e, rows / batch.max(1) * inner));
                 Strided::row_major(&gathered, rows, inner)
             }
         };
         let w = Strided::from_layout(w, wl)?.t();
-        let bias = contiguous_slice(b, bl, Self::NAME)?;
+        let bias = contiguous(b, bl, Self::NAME)?;
         let pre = batched_linear(e, (rows, out, inner), x, w, bias)?;
         if self.save_pre_activation && !gathered.is_empty() {
             let saved = Tensor::from_vec(gathered, (e, rows, inner), &Device::Cpu)?;
@@ -402,46 +392,54 @@ impl CustomOp3 for ExpertLinear {
 /// middle axis with strides; summing whole rows is one vectorised pass.
 struct SumRows;
 
-fn sum_rows<T: WithDType + std::ops::AddAssign>(
-    data: &[T],
-    (e, rows, n): (usize, usize, usize),
-) -> Vec<T> {
-    let mut out = vec![T::zero(); e * n];
-    out.par_chunks_mut(n).enumerate().for_each(|(group, acc)| {
-        for row in data[group * rows * n..(group + 1) * rows * n].chunks_exact(n) {
-            for (a, &v) in acc.iter_mut().zip(row) {
-                *a += v;
-            }
-        }
-    });
-    out
+impl UnaryKernel for SumRows {
+    const NAME: &'static str = "softmoe-sum-rows";
+
+    fn run<T: Real>(&self, data: &[T], shape: &Shape) -> Result<Vec<T>> {
+        let (e, rows, n) = shape.dims3()?;
+        let mut out = vec![T::zero(); e * n];
+        out.par_chunks_mut(n.max(1))
+            .enumerate()
+            .for_each(|(group, acc)| {
+                for row in data[group * rows * n..(group + 1) * rows * n].chunks_exact(n) {
+                    for (a, &v) in acc.iter_mut().zip(row) {
+                        *a += v;
+                    }
+                }
+            });
+        Ok(out)
+    }
+
+    fn out_shape(&self, shape: &Shape) -> Result<Shape> {
+        let (e, _, n) = shape.dims3()?;
+        Ok(Shape::from((e, n)))
+    }
 }
 
 impl CustomOp1 for SumRows {
     fn name(&self) -> &'static str {
-        "softmoe-sum-rows"
+        Self::NAME
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = layout.shape().dims3()?;
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("{}: input must be contiguous", self.name())
-        };
-        let storage = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(sum_rows(&v[start..end], dims)),
-            CpuStorage::F64(v) => CpuStorage::F64(sum_rows(&v[start..end], dims)),
-            _ => candle_core::bail!("{}: needs an F32 or F64 tensor", self.name()),
-        };
-        Ok((storage, Shape::from((dims.0, dims.2))))
+        unary(self, storage, layout)
     }
 }
 
 /// `grad · act'(pre)` for two contiguous tensors of one shape.
 struct ActivationGrad(Activation);
 
+impl BinaryKernel for ActivationGrad {
+    const NAME: &'static str = "softmoe-activation-grad";
+
+    fn run<T: Real>(&self, pre: &[T], grad: &[T], _: &Shape) -> Result<Vec<T>> {
+        Ok(activation_grad(pre, grad, self.0))
+    }
+}
+
 impl CustomOp2 for ActivationGrad {
     fn name(&self) -> &'static str {
-        "softmoe-activation-grad"
+        Self::NAME
     }
 
     fn cpu_fwd(
@@ -451,35 +449,15 @@ impl CustomOp2 for ActivationGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("{}: inputs must be contiguous", self.name())
-        };
-        if l1.shape() != l2.shape() {
-            candle_core::bail!(
-                "{}: shapes {:?} and {:?} differ",
-                self.name(),
-                l1.shape(),
-                l2.shape()
-            )
-        }
-        let storage = match (s1, s2) {
-            (CpuStorage::F32(p), CpuStorage::F32(g)) => {
-                CpuStorage::F32(activation_grad(&p[a0..a1], &g[b0..b1], self.0))
-            }
-            (CpuStorage::F64(p), CpuStorage::F64(g)) => {
-                CpuStorage::F64(activation_grad(&p[a0..a1], &g[b0..b1], self.0))
-            }
-            _ => candle_core::bail!("{}: needs two F32 or two F64 tensors", self.name()),
-        };
-        Ok((storage, l1.shape().clone()))
+        binary(self, (s1, l1), (s2, l2))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
+    use crate::ops::dispatch::max_diff;
+    use candle_core::{DType, Var};
 
     /// The fused op and candle's composite ops agree, forward and backward.
     fn check(act: Option<Activation>, dtype: DType, tol: f64) -> Result<()> {
@@ -500,14 +478,6 @@ mod tests {
             None => pre,
             Some(Activation::Gelu) => pre.gelu_erf()?,
             Some(Activation::QuickGelu) => (&pre * candle_nn::ops::sigmoid(&(&pre * 1.702)?)?)?,
-        };
-        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f64> {
-            (a - b)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()
         };
         let diff = max_diff(&fused, &reference)?;
         assert!(diff < tol, "{act:?} {dtype:?}: forward differs by {diff}");
@@ -562,14 +532,11 @@ mod tests {
             reorder(&y, RowOrder::ExpertMajor, order, e)?
         };
         assert_eq!(fused.dims(), &[b, e * s, h]);
-        let diff = |a: &Tensor, b: &Tensor| -> Result<f64> {
-            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
-        };
-        assert!(diff(&fused, &manual)? < 1e-12);
+        assert!(max_diff(&fused, &manual)? < 1e-12);
         let g1 = (fused * &loss_w)?.sum_all()?.backward()?;
         let g2 = (manual * &loss_w)?.sum_all()?.backward()?;
         for v in [&x, &w, &bias] {
-            assert!(diff(g1.get(v).expect("grad"), g2.get(v).expect("grad"))? < 1e-12);
+            assert!(max_diff(g1.get(v).expect("grad"), g2.get(v).expect("grad"))? < 1e-12);
         }
         // A batch that does not divide the rows is an error.
         let bad = RowOrder::BatchMajor { batch: 2 };

@@ -6,17 +6,17 @@
 //! single-threaded `gemm` calls. Other devices and dtypes use candle's.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 
+use super::dispatch::fused_path;
 use super::gemm::{batched_matmul, Strided};
 
 /// `a · b` for `(batch, m, k) x (batch, k, n)`, `(batch, m, k) x (k, n)`
 /// (one `b` for every batch entry, as a linear layer's weight) or
 /// `(m, k) x (k, n)`; any strides. Differentiable.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let fast = a.device().is_cpu()
+    let fast = fused_path(a)
         && a.dtype() == b.dtype()
-        && matches!(a.dtype(), DType::F32 | DType::F64)
         && matches!((a.rank(), b.rank()), (2, 2) | (3, 3) | (3, 2));
     if fast {
         a.apply_op2(b, Matmul)
@@ -121,16 +121,8 @@ impl CustomOp2 for Matmul {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-        (a - b)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()
-    }
+    use crate::ops::dispatch::max_diff;
+    use candle_core::{DType, Device, Var};
 
     /// Values and both gradients equal candle's matmul, on transposed
     /// (strided) views, for rank 3 and rank 2.

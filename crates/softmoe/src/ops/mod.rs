@@ -4,6 +4,7 @@
 //! the vectorised row softmax of [`rows`].
 
 mod activation;
+mod dispatch;
 mod expert_linear;
 mod fast_math;
 pub mod gemm;

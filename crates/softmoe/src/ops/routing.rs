@@ -20,13 +20,11 @@
 //! All run in F32 or F64 (the router's dtype); other devices and dtypes use
 //! candle's composites.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 use num_traits::Float;
 use rayon::prelude::*;
 
-fn fused_path(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
-}
+use super::dispatch::{binary, fused_path, unary, BinaryKernel, Real, UnaryKernel};
 
 /// Softmax of `x` along `axis`, differentiable.
 pub(crate) fn softmax(x: &Tensor, axis: usize) -> Result<Tensor> {
@@ -72,85 +70,6 @@ pub(crate) fn elu_plus_one(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-struct EluPlusOne;
-
-fn elu_plus_one_fwd<T: Float + Send + Sync>(x: &[T]) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(4096)
-        .zip(x.par_chunks(4096))
-        .for_each(|(o, x)| {
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = if v > T::zero() { v + T::one() } else { v.exp() };
-            }
-        });
-    out
-}
-
-/// `g` where the input was positive (output above 1), `g · y` elsewhere.
-fn elu_plus_one_bwd<T: Float + Send + Sync>(y: &[T], g: &[T]) -> Vec<T> {
-    let mut out = vec![T::zero(); y.len()];
-    out.par_chunks_mut(4096)
-        .zip(y.par_chunks(4096).zip(g.par_chunks(4096)))
-        .for_each(|(o, (y, g))| {
-            for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                *o = if y > T::one() { g } else { g * y };
-            }
-        });
-    out
-}
-
-impl CustomOp1 for EluPlusOne {
-    fn name(&self) -> &'static str {
-        "softmoe-elu-plus-one"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let out = match storage {
-            CpuStorage::F32(x) => CpuStorage::F32(elu_plus_one_fwd(contiguous(x, layout, name)?)),
-            CpuStorage::F64(x) => CpuStorage::F64(elu_plus_one_fwd(contiguous(x, layout, name)?)),
-            _ => candle_core::bail!("{name}: needs an F32 or F64 tensor"),
-        };
-        Ok((out, layout.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            res.apply_op2_no_bwd(&grad.contiguous()?, &EluPlusOneGrad)?,
-        ))
-    }
-}
-
-struct EluPlusOneGrad;
-
-impl CustomOp2 for EluPlusOneGrad {
-    fn name(&self) -> &'static str {
-        "softmoe-elu-plus-one-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(g)) => CpuStorage::F32(elu_plus_one_bwd(
-                contiguous(y, l1, name)?,
-                contiguous(g, l2, name)?,
-            )),
-            (CpuStorage::F64(y), CpuStorage::F64(g)) => CpuStorage::F64(elu_plus_one_bwd(
-                contiguous(y, l1, name)?,
-                contiguous(g, l2, name)?,
-            )),
-            _ => candle_core::bail!("{name}: needs two F32 or two F64 tensors"),
-        };
-        Ok((out, l1.shape().clone()))
-    }
-}
-
 /// `(outer, len, inner)`: the reduction runs over `len` with stride `inner`.
 fn split_axis(shape: &Shape, axis: usize) -> Result<(usize, usize, usize)> {
     let dims = shape.dims();
@@ -162,30 +81,92 @@ fn split_axis(shape: &Shape, axis: usize) -> Result<(usize, usize, usize)> {
     Ok((outer, dims[axis], inner))
 }
 
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: expected a contiguous tensor"),
-    }
+fn last_dim(shape: &Shape) -> usize {
+    shape.dims().last().copied().unwrap_or(1)
 }
 
-/// Applies `f` to every `(len, inner)` block of a contiguous buffer in
-/// parallel; with `inner == 1` the blocks are rows, chunked for rayon.
-fn per_block<T: Send + Sync>(
-    out: &mut [T],
-    (len, inner): (usize, usize),
+/// A new buffer of `len` elements where `f(start, chunk)` fills every
+/// `(line_len, inner)` block in parallel (`start`: the block's first index);
+/// with `inner == 1` the blocks are rows, chunked for rayon.
+fn per_block<T: Real>(
+    len: usize,
+    (line_len, inner): (usize, usize),
     f: impl Fn(usize, &mut [T]) + Sync + Send,
-) {
-    let block = (len * inner).max(1);
+) -> Vec<T> {
+    let mut out = vec![T::zero(); len];
+    let block = (line_len * inner).max(1);
     out.par_chunks_mut(block)
         .enumerate()
         .with_min_len(if inner == 1 { 64 } else { 1 })
         .for_each(|(i, chunk)| f(i * block, chunk));
+    out
+}
+
+/// `elu(x) + 1` forward.
+struct EluPlusOne;
+
+impl UnaryKernel for EluPlusOne {
+    const NAME: &'static str = "softmoe-elu-plus-one";
+
+    fn run<T: Real>(&self, x: &[T], _: &Shape) -> Result<Vec<T>> {
+        Ok(per_block(x.len(), (4096, 1), |start, o| {
+            for (o, &v) in o.iter_mut().zip(&x[start..]) {
+                *o = if v > T::zero() { v + T::one() } else { v.exp() };
+            }
+        }))
+    }
+}
+
+impl CustomOp1 for EluPlusOne {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        unary(self, storage, layout)
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad.contiguous()?, &EluPlusOneGrad)?,
+        ))
+    }
+}
+
+/// `g` where the input was positive (output above 1), `g · y` elsewhere.
+struct EluPlusOneGrad;
+
+impl BinaryKernel for EluPlusOneGrad {
+    const NAME: &'static str = "softmoe-elu-plus-one-grad";
+
+    fn run<T: Real>(&self, y: &[T], g: &[T], _: &Shape) -> Result<Vec<T>> {
+        Ok(per_block(y.len(), (4096, 1), |start, o| {
+            for ((o, &y), &g) in o.iter_mut().zip(&y[start..]).zip(&g[start..]) {
+                *o = if y > T::one() { g } else { g * y };
+            }
+        }))
+    }
+}
+
+impl CustomOp2 for EluPlusOneGrad {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        binary(self, (s1, l1), (s2, l2))
+    }
 }
 
 /// Softmax of every `len`-long line (stride `inner`) of one block, written
 /// into `out`; lines run side by side so the inner loop is contiguous.
-fn softmax_block<T: Float>(x: &[T], out: &mut [T], (len, inner): (usize, usize)) {
+fn softmax_block<T: Float>(x: &[T], out: &mut [T], inner: usize) {
     let mut max = vec![T::neg_infinity(); inner];
     for row in x.chunks_exact(inner) {
         for (m, &v) in max.iter_mut().zip(row) {
@@ -205,66 +186,30 @@ fn softmax_block<T: Float>(x: &[T], out: &mut [T], (len, inner): (usize, usize))
             *o = *o * r;
         }
     }
-    let _ = len;
-}
-
-fn softmax_fwd<T: Float + Send + Sync>(x: &[T], (_, len, inner): (usize, usize, usize)) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    per_block(&mut out, (len, inner), |start, o| {
-        softmax_block(&x[start..start + o.len()], o, (len, inner))
-    });
-    out
-}
-
-/// `y ⊙ (g - Σ_line g ⊙ y)` per line.
-fn softmax_bwd<T: Float + Send + Sync>(
-    y: &[T],
-    g: &[T],
-    (_, len, inner): (usize, usize, usize),
-) -> Vec<T> {
-    let mut out = vec![T::zero(); y.len()];
-    per_block(&mut out, (len, inner), |start, o| {
-        let (y, g) = (&y[start..start + o.len()], &g[start..start + o.len()]);
-        let mut dot = vec![T::zero(); inner];
-        for (y_row, g_row) in y.chunks_exact(inner).zip(g.chunks_exact(inner)) {
-            for ((d, &a), &b) in dot.iter_mut().zip(y_row).zip(g_row) {
-                *d = *d + a * b;
-            }
-        }
-        for ((o_row, y_row), g_row) in o
-            .chunks_exact_mut(inner)
-            .zip(y.chunks_exact(inner))
-            .zip(g.chunks_exact(inner))
-        {
-            for (((o, &a), &b), &d) in o_row.iter_mut().zip(y_row).zip(g_row).zip(&dot) {
-                *o = a * (b - d);
-            }
-        }
-    });
-    out
 }
 
 struct Softmax {
     axis: usize,
 }
 
+impl UnaryKernel for Softmax {
+    const NAME: &'static str = "softmoe-softmax";
+
+    fn run<T: Real>(&self, x: &[T], shape: &Shape) -> Result<Vec<T>> {
+        let (_, len, inner) = split_axis(shape, self.axis)?;
+        Ok(per_block(x.len(), (len, inner), |start, o| {
+            softmax_block(&x[start..start + o.len()], o, inner)
+        }))
+    }
+}
+
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
-        "softmoe-softmax"
+        Self::NAME
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = split_axis(layout.shape(), self.axis)?;
-        let out = match storage {
-            CpuStorage::F32(x) => {
-                CpuStorage::F32(softmax_fwd(contiguous(x, layout, self.name())?, dims))
-            }
-            CpuStorage::F64(x) => {
-                CpuStorage::F64(softmax_fwd(contiguous(x, layout, self.name())?, dims))
-            }
-            _ => candle_core::bail!("{}: needs an F32 or F64 tensor", self.name()),
-        };
-        Ok((out, layout.shape().clone()))
+        unary(self, storage, layout)
     }
 
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -273,13 +218,40 @@ impl CustomOp1 for Softmax {
     }
 }
 
+/// `y ⊙ (g - Σ_line g ⊙ y)` per line.
 struct SoftmaxGrad {
     axis: usize,
 }
 
+impl BinaryKernel for SoftmaxGrad {
+    const NAME: &'static str = "softmoe-softmax-grad";
+
+    fn run<T: Real>(&self, y: &[T], g: &[T], shape: &Shape) -> Result<Vec<T>> {
+        let (_, len, inner) = split_axis(shape, self.axis)?;
+        Ok(per_block(y.len(), (len, inner), |start, o| {
+            let (y, g) = (&y[start..start + o.len()], &g[start..start + o.len()]);
+            let mut dot = vec![T::zero(); inner];
+            for (y_row, g_row) in y.chunks_exact(inner).zip(g.chunks_exact(inner)) {
+                for ((d, &a), &b) in dot.iter_mut().zip(y_row).zip(g_row) {
+                    *d += a * b;
+                }
+            }
+            for ((o_row, y_row), g_row) in o
+                .chunks_exact_mut(inner)
+                .zip(y.chunks_exact(inner))
+                .zip(g.chunks_exact(inner))
+            {
+                for (((o, &a), &b), &d) in o_row.iter_mut().zip(y_row).zip(g_row).zip(&dot) {
+                    *o = a * (b - d);
+                }
+            }
+        }))
+    }
+}
+
 impl CustomOp2 for SoftmaxGrad {
     fn name(&self) -> &'static str {
-        "softmoe-softmax-grad"
+        Self::NAME
     }
 
     fn cpu_fwd(
@@ -289,22 +261,7 @@ impl CustomOp2 for SoftmaxGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = split_axis(l1.shape(), self.axis)?;
-        let name = self.name();
-        let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(g)) => CpuStorage::F32(softmax_bwd(
-                contiguous(y, l1, name)?,
-                contiguous(g, l2, name)?,
-                dims,
-            )),
-            (CpuStorage::F64(y), CpuStorage::F64(g)) => CpuStorage::F64(softmax_bwd(
-                contiguous(y, l1, name)?,
-                contiguous(g, l2, name)?,
-                dims,
-            )),
-            _ => candle_core::bail!("{name}: needs two F32 or two F64 tensors"),
-        };
-        Ok((out, l1.shape().clone()))
+        binary(self, (s1, l1), (s2, l2))
     }
 }
 
@@ -313,58 +270,32 @@ fn inv_norm<T: Float>(row: &[T], eps: T) -> T {
     T::one() / (sum + eps).sqrt()
 }
 
-fn l2_fwd<T: Float + Send + Sync>(x: &[T], width: usize, eps: T) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    per_block(&mut out, (width, 1), |start, o| {
-        let row = &x[start..start + o.len()];
-        let r = inv_norm(row, eps);
-        for (o, &v) in o.iter_mut().zip(row) {
-            *o = v * r;
-        }
-    });
-    out
-}
-
-fn l2_bwd<T: Float + Send + Sync>(x: &[T], g: &[T], width: usize, eps: T) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    per_block(&mut out, (width, 1), |start, o| {
-        let (x, g) = (&x[start..start + o.len()], &g[start..start + o.len()]);
-        let r = inv_norm(x, eps);
-        // Σ g ⊙ y with y = x r
-        let dot = x.iter().zip(g).fold(T::zero(), |acc, (&a, &b)| acc + a * b) * r;
-        for ((o, &a), &b) in o.iter_mut().zip(x).zip(g) {
-            *o = r * (b - a * r * dot);
-        }
-    });
-    out
-}
-
 struct L2Normalize {
     eps: f64,
 }
 
-fn last_dim(shape: &Shape) -> usize {
-    shape.dims().last().copied().unwrap_or(1)
+impl UnaryKernel for L2Normalize {
+    const NAME: &'static str = "softmoe-l2-normalize";
+
+    fn run<T: Real>(&self, x: &[T], shape: &Shape) -> Result<Vec<T>> {
+        let eps = T::from_f64(self.eps);
+        Ok(per_block(x.len(), (last_dim(shape), 1), |start, o| {
+            let row = &x[start..start + o.len()];
+            let r = inv_norm(row, eps);
+            for (o, &v) in o.iter_mut().zip(row) {
+                *o = v * r;
+            }
+        }))
+    }
 }
 
 impl CustomOp1 for L2Normalize {
     fn name(&self) -> &'static str {
-        "softmoe-l2-normalize"
+        Self::NAME
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let width = last_dim(layout.shape());
-        let name = self.name();
-        let out = match storage {
-            CpuStorage::F32(x) => {
-                CpuStorage::F32(l2_fwd(contiguous(x, layout, name)?, width, self.eps as f32))
-            }
-            CpuStorage::F64(x) => {
-                CpuStorage::F64(l2_fwd(contiguous(x, layout, name)?, width, self.eps))
-            }
-            _ => candle_core::bail!("{name}: needs an F32 or F64 tensor"),
-        };
-        Ok((out, layout.shape().clone()))
+        unary(self, storage, layout)
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -373,13 +304,31 @@ impl CustomOp1 for L2Normalize {
     }
 }
 
+/// `r (g - y Σ g ⊙ y)` per row, from the input `x` (`y = x r`).
 struct L2NormalizeGrad {
     eps: f64,
 }
 
+impl BinaryKernel for L2NormalizeGrad {
+    const NAME: &'static str = "softmoe-l2-normalize-grad";
+
+    fn run<T: Real>(&self, x: &[T], g: &[T], shape: &Shape) -> Result<Vec<T>> {
+        let eps = T::from_f64(self.eps);
+        Ok(per_block(x.len(), (last_dim(shape), 1), |start, o| {
+            let (x, g) = (&x[start..start + o.len()], &g[start..start + o.len()]);
+            let r = inv_norm(x, eps);
+            // Σ g ⊙ y with y = x r
+            let dot = x.iter().zip(g).fold(T::zero(), |acc, (&a, &b)| acc + a * b) * r;
+            for ((o, &a), &b) in o.iter_mut().zip(x).zip(g) {
+                *o = r * (b - a * r * dot);
+            }
+        }))
+    }
+}
+
 impl CustomOp2 for L2NormalizeGrad {
     fn name(&self) -> &'static str {
-        "softmoe-l2-normalize-grad"
+        Self::NAME
     }
 
     fn cpu_fwd(
@@ -389,41 +338,24 @@ impl CustomOp2 for L2NormalizeGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let width = last_dim(l1.shape());
-        let name = self.name();
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(l2_bwd(
-                contiguous(x, l1, name)?,
-                contiguous(g, l2, name)?,
-                width,
-                self.eps as f32,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(l2_bwd(
-                contiguous(x, l1, name)?,
-                contiguous(g, l2, name)?,
-                width,
-                self.eps,
-            )),
-            _ => candle_core::bail!("{name}: needs two F32 or two F64 tensors"),
-        };
-        Ok((out, l1.shape().clone()))
+        binary(self, (s1, l1), (s2, l2))
     }
 }
 
 /// Per line: mean and `1 / sqrt(var + eps)`, lines side by side.
-fn line_stats<T: Float>(x: &[T], (len, inner): (usize, usize), eps: T) -> (Vec<T>, Vec<T>) {
-    let n = T::from(len).unwrap_or_else(T::one);
+fn line_stats<T: Real>(x: &[T], (len, inner): (usize, usize), eps: T) -> (Vec<T>, Vec<T>) {
+    let n = T::from_f64(len as f64);
     let mut mean = vec![T::zero(); inner];
     for row in x.chunks_exact(inner) {
         for (m, &v) in mean.iter_mut().zip(row) {
-            *m = *m + v;
+            *m += v;
         }
     }
-    mean.iter_mut().for_each(|m| *m = *m / n);
+    mean.iter_mut().for_each(|m| *m /= n);
     let mut var = vec![T::zero(); inner];
     for row in x.chunks_exact(inner) {
         for ((s, &v), &m) in var.iter_mut().zip(row).zip(&mean) {
-            *s = *s + (v - m) * (v - m);
+            *s += (v - m) * (v - m);
         }
     }
     let rstd = var
@@ -433,89 +365,36 @@ fn line_stats<T: Float>(x: &[T], (len, inner): (usize, usize), eps: T) -> (Vec<T
     (mean, rstd)
 }
 
-fn standardize_fwd<T: Float + Send + Sync>(
-    x: &[T],
-    (_, len, inner): (usize, usize, usize),
-    eps: T,
-) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    per_block(&mut out, (len, inner), |start, o| {
-        let x = &x[start..start + o.len()];
-        let (mean, rstd) = line_stats(x, (len, inner), eps);
-        for (o_row, x_row) in o.chunks_exact_mut(inner).zip(x.chunks_exact(inner)) {
-            for (((o, &v), &m), &r) in o_row.iter_mut().zip(x_row).zip(&mean).zip(&rstd) {
-                *o = (v - m) * r;
-            }
-        }
-    });
-    out
-}
-
-/// `r (g - mean(g) - y mean(g ⊙ y))` per line, `y` the standardised input.
-fn standardize_bwd<T: Float + Send + Sync>(
-    x: &[T],
-    g: &[T],
-    (_, len, inner): (usize, usize, usize),
-    eps: T,
-) -> Vec<T> {
-    let n = T::from(len).unwrap_or_else(T::one);
-    let mut out = vec![T::zero(); x.len()];
-    per_block(&mut out, (len, inner), |start, o| {
-        let (x, g) = (&x[start..start + o.len()], &g[start..start + o.len()]);
-        let (mean, rstd) = line_stats(x, (len, inner), eps);
-        let (mut g_mean, mut gy_mean) = (vec![T::zero(); inner], vec![T::zero(); inner]);
-        for (x_row, g_row) in x.chunks_exact(inner).zip(g.chunks_exact(inner)) {
-            for i in 0..inner {
-                let y = (x_row[i] - mean[i]) * rstd[i];
-                g_mean[i] = g_mean[i] + g_row[i];
-                gy_mean[i] = gy_mean[i] + g_row[i] * y;
-            }
-        }
-        g_mean
-            .iter_mut()
-            .chain(gy_mean.iter_mut())
-            .for_each(|v| *v = *v / n);
-        for ((o_row, x_row), g_row) in o
-            .chunks_exact_mut(inner)
-            .zip(x.chunks_exact(inner))
-            .zip(g.chunks_exact(inner))
-        {
-            for i in 0..inner {
-                let y = (x_row[i] - mean[i]) * rstd[i];
-                o_row[i] = rstd[i] * (g_row[i] - g_mean[i] - y * gy_mean[i]);
-            }
-        }
-    });
-    out
-}
-
 struct Standardize {
     axis: usize,
     eps: f64,
 }
 
+impl UnaryKernel for Standardize {
+    const NAME: &'static str = "softmoe-standardize";
+
+    fn run<T: Real>(&self, x: &[T], shape: &Shape) -> Result<Vec<T>> {
+        let (_, len, inner) = split_axis(shape, self.axis)?;
+        let eps = T::from_f64(self.eps);
+        Ok(per_block(x.len(), (len, inner), |start, o| {
+            let x = &x[start..start + o.len()];
+            let (mean, rstd) = line_stats(x, (len, inner), eps);
+            for (o_row, x_row) in o.chunks_exact_mut(inner).zip(x.chunks_exact(inner)) {
+                for (((o, &v), &m), &r) in o_row.iter_mut().zip(x_row).zip(&mean).zip(&rstd) {
+                    *o = (v - m) * r;
+                }
+            }
+        }))
+    }
+}
+
 impl CustomOp1 for Standardize {
     fn name(&self) -> &'static str {
-        "softmoe-standardize"
+        Self::NAME
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = split_axis(layout.shape(), self.axis)?;
-        let name = self.name();
-        let out = match storage {
-            CpuStorage::F32(x) => CpuStorage::F32(standardize_fwd(
-                contiguous(x, layout, name)?,
-                dims,
-                self.eps as f32,
-            )),
-            CpuStorage::F64(x) => CpuStorage::F64(standardize_fwd(
-                contiguous(x, layout, name)?,
-                dims,
-                self.eps,
-            )),
-            _ => candle_core::bail!("{name}: needs an F32 or F64 tensor"),
-        };
-        Ok((out, layout.shape().clone()))
+        unary(self, storage, layout)
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -527,14 +406,50 @@ impl CustomOp1 for Standardize {
     }
 }
 
+/// `r (g - mean(g) - y mean(g ⊙ y))` per line, `y` the standardised input.
 struct StandardizeGrad {
     axis: usize,
     eps: f64,
 }
 
+impl BinaryKernel for StandardizeGrad {
+    const NAME: &'static str = "softmoe-standardize-grad";
+
+    fn run<T: Real>(&self, x: &[T], g: &[T], shape: &Shape) -> Result<Vec<T>> {
+        let (_, len, inner) = split_axis(shape, self.axis)?;
+        let (eps, n) = (T::from_f64(self.eps), T::from_f64(len as f64));
+        Ok(per_block(x.len(), (len, inner), |start, o| {
+            let (x, g) = (&x[start..start + o.len()], &g[start..start + o.len()]);
+            let (mean, rstd) = line_stats(x, (len, inner), eps);
+            let (mut g_mean, mut gy_mean) = (vec![T::zero(); inner], vec![T::zero(); inner]);
+            for (x_row, g_row) in x.chunks_exact(inner).zip(g.chunks_exact(inner)) {
+                for i in 0..inner {
+                    let y = (x_row[i] - mean[i]) * rstd[i];
+                    g_mean[i] += g_row[i];
+                    gy_mean[i] += g_row[i] * y;
+                }
+            }
+            g_mean
+                .iter_mut()
+                .chain(gy_mean.iter_mut())
+                .for_each(|v| *v /= n);
+            for ((o_row, x_row), g_row) in o
+                .chunks_exact_mut(inner)
+                .zip(x.chunks_exact(inner))
+                .zip(g.chunks_exact(inner))
+            {
+                for i in 0..inner {
+                    let y = (x_row[i] - mean[i]) * rstd[i];
+                    o_row[i] = rstd[i] * (g_row[i] - g_mean[i] - y * gy_mean[i]);
+                }
+            }
+        }))
+    }
+}
+
 impl CustomOp2 for StandardizeGrad {
     fn name(&self) -> &'static str {
-        "softmoe-standardize-grad"
+        Self::NAME
     }
 
     fn cpu_fwd(
@@ -544,40 +459,15 @@ impl CustomOp2 for StandardizeGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = split_axis(l1.shape(), self.axis)?;
-        let name = self.name();
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(standardize_bwd(
-                contiguous(x, l1, name)?,
-                contiguous(g, l2, name)?,
-                dims,
-                self.eps as f32,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(standardize_bwd(
-                contiguous(x, l1, name)?,
-                contiguous(g, l2, name)?,
-                dims,
-                self.eps,
-            )),
-            _ => candle_core::bail!("{name}: needs two F32 or two F64 tensors"),
-        };
-        Ok((out, l1.shape().clone()))
+        binary(self, (s1, l1), (s2, l2))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-        (a - b)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()
-    }
+    use crate::ops::dispatch::max_diff;
+    use candle_core::{DType, Device, Var};
 
     /// Value and gradient of `f` on the transposed (strided) `x` under a
     /// random linear loss.

@@ -1,0 +1,123 @@
+//! What every fused CPU op of this crate shares: the F32/F64 dispatch from
+//! candle's storage to a generic kernel, the contiguity check, and the test
+//! for whether the fused path applies.
+//!
+//! A kernel is written once over [`Real`] and implements [`UnaryKernel`] or
+//! [`BinaryKernel`]; its `CustomOp`'s `cpu_fwd` is then one call to
+//! [`unary`] or [`binary`].
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType};
+use num_traits::{Float, NumAssign};
+
+use super::activation::ActivationFloat;
+
+/// The element types the fused ops run in: F32, and F64 for the parity and
+/// gradient checks.
+pub(crate) trait Real: Float + NumAssign + WithDType + ActivationFloat {}
+
+impl Real for f32 {}
+impl Real for f64 {}
+
+/// Whether `x` takes the fused CPU kernels (else candle's composites run).
+pub(crate) fn fused_path(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// The elements of a contiguous tensor; an error naming `op` otherwise.
+pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: expected a contiguous tensor"),
+    }
+}
+
+/// A one-input kernel over a contiguous buffer.
+pub(crate) trait UnaryKernel {
+    /// The op's name, for `CustomOp::name` and errors.
+    const NAME: &'static str;
+
+    /// The output for input `x` of shape `shape`.
+    fn run<T: Real>(&self, x: &[T], shape: &Shape) -> Result<Vec<T>>;
+
+    /// The output's shape; the input's unless the kernel reduces.
+    fn out_shape(&self, shape: &Shape) -> Result<Shape> {
+        Ok(shape.clone())
+    }
+}
+
+/// A two-input kernel over contiguous buffers of one shape (a forward
+/// value and the incoming gradient, typically).
+pub(crate) trait BinaryKernel {
+    /// The op's name, for `CustomOp::name` and errors.
+    const NAME: &'static str;
+
+    /// The output (of `shape`) for inputs `a` and `b` of shape `shape`.
+    fn run<T: Real>(&self, a: &[T], b: &[T], shape: &Shape) -> Result<Vec<T>>;
+}
+
+/// `cpu_fwd` of a [`UnaryKernel`].
+pub(crate) fn unary<K: UnaryKernel>(
+    kernel: &K,
+    storage: &CpuStorage,
+    layout: &Layout,
+) -> Result<(CpuStorage, Shape)> {
+    let shape = layout.shape();
+    let out = match storage {
+        CpuStorage::F32(x) => CpuStorage::F32(kernel.run(contiguous(x, layout, K::NAME)?, shape)?),
+        CpuStorage::F64(x) => CpuStorage::F64(kernel.run(contiguous(x, layout, K::NAME)?, shape)?),
+        other => candle_core::bail!(
+            "{}: needs an F32 or F64 tensor, got {:?}",
+            K::NAME,
+            other.dtype()
+        ),
+    };
+    Ok((out, kernel.out_shape(shape)?))
+}
+
+/// `cpu_fwd` of a [`BinaryKernel`].
+pub(crate) fn binary<K: BinaryKernel>(
+    kernel: &K,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    if l1.shape() != l2.shape() {
+        candle_core::bail!(
+            "{}: shapes {:?} and {:?} differ",
+            K::NAME,
+            l1.shape(),
+            l2.shape()
+        )
+    }
+    let shape = l1.shape();
+    let out = match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(kernel.run(
+            contiguous(a, l1, K::NAME)?,
+            contiguous(b, l2, K::NAME)?,
+            shape,
+        )?),
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(kernel.run(
+            contiguous(a, l1, K::NAME)?,
+            contiguous(b, l2, K::NAME)?,
+            shape,
+        )?),
+        (a, b) => candle_core::bail!(
+            "{}: needs two F32 or two F64 tensors, got {:?} and {:?}",
+            K::NAME,
+            a.dtype(),
+            b.dtype()
+        ),
+    };
+    Ok((out, shape.clone()))
+}
+
+/// The largest absolute difference of two tensors, as F64 (tests).
+#[cfg(test)]
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    (a - b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()
+}
