@@ -25,7 +25,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 use softmoe::gemm::{matmul_into, Strided};
 use softmoe::rows::softmax_rows;
@@ -93,10 +93,60 @@ fn cpu_storage_slice<'a>(
     }
 }
 
-/// Multi-head attention on `(batch, tokens, heads · head_dim)` projections;
-/// returns the context in the same layout. CPU and F32 only: the caller keeps
-/// a composite path for other devices and dtypes.
-pub(crate) fn fused_attention(
+/// Multi-head attention on `(batch, tokens, heads · head_dim)` projections,
+/// the context returned in the same layout: the fused kernel on CPU in F32,
+/// candle's ops ([`composite_attention`]) elsewhere.
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+) -> Result<Tensor> {
+    if q.device().is_cpu() && q.dtype() == DType::F32 {
+        fused_attention(q, k, v, heads, scale as f32, causal)
+    } else {
+        composite_attention(q, k, v, heads, scale, causal)
+    }
+}
+
+/// The same maths with candle's ops (which candle differentiates), the
+/// causal mask added as `f32::MIN` as transformers does.
+fn composite_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+) -> Result<Tensor> {
+    let (b, n, d) = q.dims3()?;
+    let split = |t: &Tensor| -> Result<Tensor> {
+        t.reshape((b, n, heads, d / heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    // (b, h, n, hd) x (b, h, hd, n) -> (b, h, n, n)
+    let mut logits = (split(q)? * scale)?.matmul(&split(k)?.t()?)?;
+    if causal {
+        let mask: Vec<f32> = (0..n)
+            .flat_map(|i| (0..n).map(move |j| if j > i { f32::MIN } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (n, n), q.device())?.to_dtype(logits.dtype())?;
+        logits = logits.broadcast_add(&mask)?;
+    }
+    let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
+    // (b, h, n, n) x (b, h, n, hd) -> (b, h, n, hd) -> (b, n, d)
+    probs
+        .matmul(&split(v)?)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, n, d))
+}
+
+/// The fused kernel: CPU, F32.
+fn fused_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -318,41 +368,7 @@ fn attention_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device, Var, D};
-
-    /// The same maths with candle's composite ops (their backward is
-    /// candle's own).
-    fn composite(
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        heads: usize,
-        scale: f64,
-        causal: bool,
-    ) -> Result<Tensor> {
-        let (b, n, d) = q.dims3()?;
-        let split = |t: &Tensor| {
-            t.reshape((b, n, heads, d / heads))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let logits = ((split(q)? * scale)?.matmul(&split(k)?.t()?))?;
-        let logits = if causal {
-            let mask: Vec<f32> = (0..n)
-                .flat_map(|i| (0..n).map(move |j| if j > i { f32::MIN } else { 0.0 }))
-                .collect();
-            let mask = Tensor::from_vec(mask, (n, n), q.device())?.to_dtype(q.dtype())?;
-            logits.broadcast_add(&mask)?
-        } else {
-            logits
-        };
-        let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
-        probs
-            .matmul(&split(v)?)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, n, d))
-    }
+    use candle_core::{DType, Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
         (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
@@ -369,7 +385,7 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (b, n, heads * hd), &dev)?;
 
         let fused = fused_attention(&q, &k, &v, heads, scale as f32, causal)?;
-        let reference = composite(&q, &k, &v, heads, scale, causal)?;
+        let reference = composite_attention(&q, &k, &v, heads, scale, causal)?;
         let diff = max_diff(&fused, &reference)?;
         assert!(diff < 1e-5, "causal {causal}: forward differs by {diff}");
         // Untracked inputs take the inference path (no saved probabilities).
