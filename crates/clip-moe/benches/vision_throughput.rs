@@ -14,12 +14,16 @@
 //! first, as `softmoe`'s bench does and a training binary should;
 //! `CLIP_MOE_BENCH_SYSTEM_MALLOC=1` keeps the defaults.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clip_moe::{ClipConfig, MoeConfig, VisionTransformer};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+
+#[path = "../../softmoe/benches/support/mod.rs"]
+mod support;
+use support::{devices, timed, tune_allocator};
 
 const BATCH: usize = 2;
 
@@ -31,34 +35,12 @@ fn build(moe: &MoeConfig, device: &Device) -> Result<(VarMap, VisionTransformer)
     Ok((varmap, tower))
 }
 
-/// Times `iters` runs of `step`, synchronising the device so GPU work is
-/// inside the measurement.
-fn timed(device: &Device, iters: u64, mut step: impl FnMut() -> Result<()>) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iters {
-        step().expect("benchmark step failed");
-    }
-    device.synchronize().expect("device synchronize failed");
-    start.elapsed()
-}
-
 fn cases() -> Vec<(&'static str, MoeConfig)> {
     vec![
         ("none", MoeConfig::none()),
         ("soft_moe_4x49", MoeConfig::soft_moe()),
         ("la_soft_moe_4x49", MoeConfig::la_soft_moe()),
     ]
-}
-
-fn devices() -> Vec<(&'static str, Device)> {
-    let mut devices = vec![("cpu", Device::Cpu)];
-    if cfg!(feature = "cuda") {
-        devices.push((
-            "cuda",
-            Device::new_cuda(0).expect("--features cuda needs GPU 0"),
-        ));
-    }
-    devices
 }
 
 fn vit_b16(c: &mut Criterion) {
@@ -90,25 +72,10 @@ fn vit_b16(c: &mut Criterion) {
     }
 }
 
-/// Keeps freed large buffers in the heap for reuse instead of unmapping them
-/// (glibc only; see the module docs).
-fn tune_allocator() {
-    if std::env::var_os("CLIP_MOE_BENCH_SYSTEM_MALLOC").is_some() {
-        return;
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before any
-    // benchmark thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
 criterion_group!(benches, vit_b16);
 
 fn main() {
-    tune_allocator();
+    tune_allocator("CLIP_MOE_BENCH_SYSTEM_MALLOC");
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

@@ -17,12 +17,15 @@
 //! bench therefore raises glibc's mmap and trim thresholds first (as a
 //! training binary should); `SOFTMOE_BENCH_SYSTEM_MALLOC=1` keeps the defaults.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use softmoe::{Experts, SoftMoe, SoftMoeConfig};
+
+mod support;
+use support::{devices, timed, tune_allocator};
 
 const BATCH: usize = 8;
 const TOKENS: usize = 197;
@@ -60,17 +63,6 @@ fn build(cfg: &SoftMoeConfig, dense: bool, device: &Device) -> Result<(VarMap, L
         Layer::Moe(SoftMoe::new(cfg, vb)?)
     };
     Ok((varmap, layer))
-}
-
-/// Times `iters` runs of `step`, synchronising the device so GPU work is
-/// inside the measurement.
-fn timed(device: &Device, iters: u64, mut step: impl FnMut() -> Result<()>) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iters {
-        step().expect("benchmark step failed");
-    }
-    device.synchronize().expect("device synchronize failed");
-    start.elapsed()
 }
 
 fn bench_layer(
@@ -145,17 +137,6 @@ fn sweep_cases() -> Vec<(String, SoftMoeConfig, bool)> {
         .collect()
 }
 
-fn devices() -> Vec<(&'static str, Device)> {
-    let mut devices = vec![("cpu", Device::Cpu)];
-    if cfg!(feature = "cuda") {
-        devices.push((
-            "cuda",
-            Device::new_cuda(0).expect("--features cuda needs GPU 0"),
-        ));
-    }
-    devices
-}
-
 fn paper_shape(c: &mut Criterion) {
     for (prefix, device) in devices() {
         bench_layer(c, &format!("{prefix}_paper_shape"), &device, &paper_cases());
@@ -173,25 +154,10 @@ fn experts_sweep(c: &mut Criterion) {
     }
 }
 
-/// Keeps freed large buffers in the heap for reuse instead of unmapping them
-/// (glibc only; see the module docs).
-fn tune_allocator() {
-    if std::env::var_os("SOFTMOE_BENCH_SYSTEM_MALLOC").is_some() {
-        return;
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before any
-    // benchmark thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
 criterion_group!(benches, paper_shape, experts_sweep);
 
 fn main() {
-    tune_allocator();
+    tune_allocator("SOFTMOE_BENCH_SYSTEM_MALLOC");
     benches();
     Criterion::default().configure_from_args().final_summary();
 }
