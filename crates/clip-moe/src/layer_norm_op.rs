@@ -9,7 +9,7 @@
 //! Here the op is one `CustomOp3` whose backward is one fused op per output; on other devices or dtypes the composite path runs, so
 //! results agree everywhere (checked by the unit tests below).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -96,36 +96,11 @@ impl CustomOp3 for LayerNorm {
         let grad_x = xs.apply_op3_no_bwd(weight, &grad, &LayerNormBackward { eps: self.eps })?;
         let rows = grad.elem_count() / d.max(1);
         let grad_rows = grad.reshape((rows, d))?;
-        let normalized = xs.apply_op1_no_bwd(&Standardize { eps: self.eps })?;
+        let last = xs.rank().saturating_sub(1);
+        let normalized = softmoe::standardize(&xs.detach(), last, self.eps as f64)?;
         let grad_weight = (grad_rows.clone() * normalized.reshape((rows, d))?)?.sum(0)?;
         let grad_bias = grad_rows.sum(0)?;
         Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
-    }
-}
-
-/// `(x - mean) / sqrt(var + eps)` per row, for the weight gradient.
-struct Standardize {
-    eps: f32,
-}
-
-impl CustomOp1 for Standardize {
-    fn name(&self) -> &'static str {
-        "clip-standardize"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let xs = contiguous_f32(storage, layout, self.name())?;
-        let n = layout.shape().dims().last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0f32; xs.len()];
-        out.par_chunks_mut(n)
-            .zip(xs.par_chunks(n))
-            .for_each(|(out, row)| {
-                let (mean, rstd) = row_stats(row, self.eps);
-                for (o, &x) in out.iter_mut().zip(row) {
-                    *o = (x - mean) * rstd;
-                }
-            });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
 

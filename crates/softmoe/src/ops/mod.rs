@@ -15,4 +15,5 @@ pub mod rows;
 pub use expert_linear::linear;
 pub(crate) use expert_linear::{expert_linear_ordered, RowOrder};
 pub use matmul::matmul;
-pub(crate) use routing::{elu_plus_one, l2_normalize, softmax, standardize};
+pub use routing::standardize;
+pub(crate) use routing::{elu_plus_one, l2_normalize, softmax};

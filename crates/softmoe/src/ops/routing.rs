@@ -47,8 +47,10 @@ pub(crate) fn l2_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// `(x - mean) / sqrt(var + eps)` along `axis` with the biased variance
-/// (`InstanceNorm1d` without affine or running statistics), differentiable.
-pub(crate) fn standardize(x: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
+/// (`InstanceNorm1d` without affine or running statistics, or LayerNorm
+/// without its affine part), differentiable: La-SoftMoE's instance norm
+/// (eq. 7), public for other layers' norms.
+pub fn standardize(x: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
     if fused_path(x) {
         x.contiguous()?.apply_op1(Standardize { axis, eps })
     } else {
