@@ -42,27 +42,9 @@ pub(crate) enum RowOrder {
 }
 
 /// `act(x Wᵀ + b)` for `x (e, rows, in)`, `weight (e, out, in)`, `bias (e, out)`:
-/// expert `i` applies its own linear to row block `i`. `act = None` is a plain
-/// batched linear.
-pub(crate) fn expert_linear(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    act: Option<Activation>,
-) -> Result<Tensor> {
-    expert_linear_ordered(
-        x,
-        weight,
-        bias,
-        act,
-        RowOrder::ExpertMajor,
-        RowOrder::ExpertMajor,
-    )
-}
-
-/// [`expert_linear`] with the input and output rows in the given orders; an
-/// expert-major result has shape `(e, rows, out)`, a batch-major one
-/// `(batch, e·s, out)`.
+/// expert `i` applies its own linear to row block `i`, with the input and
+/// output rows in the given orders. An expert-major result has shape
+/// `(e, rows, out)`, a batch-major one `(batch, e·s, out)`.
 pub(crate) fn expert_linear_ordered(
     x: &Tensor,
     weight: &Tensor,
@@ -73,15 +55,7 @@ pub(crate) fn expert_linear_ordered(
 ) -> Result<Tensor> {
     let fused = fused_path(x) && x.dtype() == weight.dtype() && x.dtype() == bias.dtype();
     if fused {
-        let tracked = x.track_op() || weight.track_op() || bias.track_op();
-        let op = ExpertLinear {
-            act,
-            input,
-            output,
-            save_pre_activation: tracked,
-            pre_activation: Mutex::new(None),
-            gathered_input: Mutex::new(None),
-        };
+        let op = ExpertLinear::new(act, (input, output), false, [x, weight, bias]);
         let x = match input {
             RowOrder::ExpertMajor => x.clone(),
             RowOrder::BatchMajor { .. } => x.contiguous()?,
@@ -93,11 +67,7 @@ pub(crate) fn expert_linear_ordered(
     let pre = x
         .matmul(&weight.transpose(1, 2)?)?
         .broadcast_add(&bias.unsqueeze(1)?)?;
-    let y = match act {
-        None => pre,
-        Some(Activation::Gelu) => pre.gelu_erf()?,
-        Some(Activation::QuickGelu) => (&pre * candle_nn::ops::sigmoid(&(&pre * 1.702)?)?)?,
-    };
+    let y = activate_composite(pre, act)?;
     reorder(&y, RowOrder::ExpertMajor, output, e)
 }
 
@@ -189,27 +159,40 @@ pub fn linear(
     bias: &Tensor,
     act: Option<Activation>,
 ) -> Result<Tensor> {
-    let (out, inner) = weight.dims2()?;
-    let mut dims = x.dims().to_vec();
-    match dims.last_mut() {
-        Some(last) if *last == inner => *last = out,
-        _ => candle_core::bail!(
+    let (_, inner) = weight.dims2()?;
+    if x.dims().last() != Some(&inner) {
+        candle_core::bail!(
             "softmoe::linear: input {:?} does not end in the weight's input size {inner}",
             x.shape()
-        ),
+        )
     }
-    let rows = x.elem_count() / inner.max(1);
-    let y = expert_linear(
-        &x.reshape((1, rows, inner))?,
-        &weight.unsqueeze(0)?,
-        &bias.unsqueeze(0)?,
-        act,
-    )?;
-    y.reshape(dims)
+    let fused = fused_path(x) && x.dtype() == weight.dtype() && x.dtype() == bias.dtype();
+    if fused {
+        // The op takes the tensors as they are: no reshape or unsqueeze
+        // nodes, whose backward would accumulate a second copy of every
+        // gradient (the weight's included).
+        let expert_major = RowOrder::ExpertMajor;
+        let op = ExpertLinear::new(act, (expert_major, expert_major), true, [x, weight, bias]);
+        return x.contiguous()?.apply_op3(weight, &bias.contiguous()?, op);
+    }
+    let pre = x.broadcast_matmul(&weight.t()?)?.broadcast_add(bias)?;
+    activate_composite(pre, act)
+}
+
+/// `act(pre)` with candle's differentiable ops.
+fn activate_composite(pre: Tensor, act: Option<Activation>) -> Result<Tensor> {
+    match act {
+        None => Ok(pre),
+        Some(Activation::Gelu) => pre.gelu_erf(),
+        Some(Activation::QuickGelu) => &pre * candle_nn::ops::sigmoid(&(&pre * 1.702)?)?,
+    }
 }
 
 struct ExpertLinear {
     act: Option<Activation>,
+    /// One dense layer: `x (..., in)`, `weight (out, in)`, `bias (out)`,
+    /// result `(..., out)`; computed as one expert over all rows.
+    dense: bool,
     /// Row order of the input `x`.
     input: RowOrder,
     /// Row order of the result.
@@ -234,6 +217,70 @@ fn lock<'a>(
 
 impl ExpertLinear {
     const NAME: &'static str = "softmoe-expert-linear";
+
+    /// The op for these operands (`x`, weight, bias). It keeps what its
+    /// backward needs only when one can follow (some operand tracks
+    /// gradients).
+    fn new(
+        act: Option<Activation>,
+        (input, output): (RowOrder, RowOrder),
+        dense: bool,
+        operands: [&Tensor; 3],
+    ) -> Self {
+        Self {
+            act,
+            dense,
+            input,
+            output,
+            save_pre_activation: operands.iter().any(|t| t.track_op()),
+            pre_activation: Mutex::new(None),
+            gathered_input: Mutex::new(None),
+        }
+    }
+
+    /// `(e, rows, inner, out)` of the operands, checked.
+    fn dims(&self, l1: &Layout, l2: &Layout, l3: &Layout) -> Result<(usize, usize, usize, usize)> {
+        let misfit = || {
+            candle_core::bail!(
+                "{}: input {:?}, weight {:?} and bias {:?} do not fit {}",
+                Self::NAME,
+                l1.shape(),
+                l2.shape(),
+                l3.shape(),
+                if self.dense {
+                    "(..., in), (out, in), (out)"
+                } else {
+                    "(e, rows, in), (e, out, in), (e, out)"
+                }
+            )
+        };
+        if self.dense {
+            let (out, win) = l2.shape().dims2()?;
+            let inner = l1.shape().dims().last().copied().unwrap_or(0);
+            if inner != win || l3.shape().dims() != [out] {
+                return misfit();
+            }
+            return Ok((1, l1.shape().elem_count() / inner.max(1), inner, out));
+        }
+        let (we, out, win) = l2.shape().dims3()?;
+        let (e, rows, inner) = match (self.input, l1.shape().dims3()?) {
+            (RowOrder::ExpertMajor, dims) => dims,
+            (RowOrder::BatchMajor { batch }, (b, es, inner))
+                if b == batch && we > 0 && es % we == 0 =>
+            {
+                (we, b * (es / we), inner)
+            }
+            (RowOrder::BatchMajor { batch }, _) => candle_core::bail!(
+                "{}: a batch-major input must be ({batch}, e·s, in) with e = {we}, got {:?}",
+                Self::NAME,
+                l1.shape()
+            ),
+        };
+        if we != e || win != inner || l3.shape().dims() != [e, out] {
+            return misfit();
+        }
+        Ok((e, rows, inner, out))
+    }
 
     /// Applies the activation to `x Wᵀ + b`, keeping the pre-activation for
     /// the backward pass when one can follow.
@@ -267,6 +314,9 @@ impl ExpertLinear {
     {
         let mut gathered = Vec::new();
         let x = match self.input {
+            RowOrder::ExpertMajor if self.dense => {
+                Strided::row_major(contiguous(x, xl, Self::NAME)?, rows, inner)
+            }
             RowOrder::ExpertMajor => Strided::from_layout(x, xl)?,
             RowOrder::BatchMajor { batch } => {
                 let x = contiguous(x, xl, Self::NAME)?;
@@ -307,29 +357,7 @@ impl CustomOp3 for ExpertLinear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (we, out, win) = l2.shape().dims3()?;
-        let (e, rows, inner) = match (self.input, l1.shape().dims3()?) {
-            (RowOrder::ExpertMajor, dims) => dims,
-            (RowOrder::BatchMajor { batch }, (b, es, inner))
-                if b == batch && we > 0 && es % we == 0 =>
-            {
-                (we, b * (es / we), inner)
-            }
-            (RowOrder::BatchMajor { batch }, _) => candle_core::bail!(
-                "{}: a batch-major input must be ({batch}, e·s, in) with e = {we}, got {:?}",
-                Self::NAME,
-                l1.shape()
-            ),
-        };
-        if we != e || win != inner || l3.shape().dims() != [e, out] {
-            candle_core::bail!(
-                "{}: input {:?}, weight {:?} and bias {:?} do not fit (e, rows, in), (e, out, in), (e, out)",
-                Self::NAME,
-                l1.shape(),
-                l2.shape(),
-                l3.shape()
-            )
-        }
+        let (e, rows, inner, out) = self.dims(l1, l2, l3)?;
         let dims = (e, rows, out);
         let storage = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
@@ -341,6 +369,13 @@ impl CustomOp3 for ExpertLinear {
             _ => candle_core::bail!("{}: needs F32 or F64 tensors of one dtype", Self::NAME),
         };
         let shape = match self.output {
+            RowOrder::ExpertMajor if self.dense => {
+                let mut dims = l1.shape().dims().to_vec();
+                if let Some(last) = dims.last_mut() {
+                    *last = out;
+                }
+                Shape::from(dims)
+            }
             RowOrder::ExpertMajor => Shape::from(dims),
             RowOrder::BatchMajor { batch } => Shape::from((batch, rows / batch.max(1) * e, out)),
         };
@@ -355,13 +390,20 @@ impl CustomOp3 for ExpertLinear {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let e = weight.dim(0)?;
-        let grad_res = reorder(
-            &grad_res.contiguous()?,
-            self.output,
-            RowOrder::ExpertMajor,
-            e,
-        )?;
+        let e = if self.dense { 1 } else { weight.dim(0)? };
+        let grad_res = if self.dense {
+            // As the expert op with one expert: (1, rows, out).
+            let out = weight.dim(0)?;
+            let rows = grad_res.elem_count() / out.max(1);
+            grad_res.contiguous()?.reshape((1, rows, out))?
+        } else {
+            reorder(
+                &grad_res.contiguous()?,
+                self.output,
+                RowOrder::ExpertMajor,
+                e,
+            )?
+        };
         let grad_pre = match self.act {
             None => grad_res,
             Some(act) => {
@@ -375,15 +417,30 @@ impl CustomOp3 for ExpertLinear {
             }
         };
         let gathered = lock(&self.gathered_input, Self::NAME)?.clone();
+        let x_shape = x.shape().clone();
         let x = match gathered {
             Some(x) => x,
+            None if self.dense => {
+                let inner = weight.dim(1)?;
+                x.detach()
+                    .reshape((1, x.elem_count() / inner.max(1), inner))?
+            }
             None => reorder(&x.detach(), self.input, RowOrder::ExpertMajor, e)?,
         };
         let weight = weight.detach();
-        let grad_x = matmul(&grad_pre, &weight)?; // (e, rows, out) x (e, out, in)
-        let grad_x = reorder(&grad_x, RowOrder::ExpertMajor, self.input, e)?;
-        let grad_weight = matmul(&grad_pre.transpose(1, 2)?, &x)?; // (e, out, rows) x (e, rows, in)
+        // (e, rows, out) x (e, out, in), or x (out, in) when dense.
+        let grad_x = matmul(&grad_pre, &weight)?;
+        // (e, out, rows) x (e, rows, in)
+        let grad_weight = matmul(&grad_pre.transpose(1, 2)?, &x)?;
         let grad_bias = grad_pre.apply_op1_no_bwd(&SumRows)?;
+        if self.dense {
+            return Ok((
+                Some(grad_x.reshape(x_shape)?),
+                Some(grad_weight.squeeze(0)?),
+                Some(grad_bias.squeeze(0)?),
+            ));
+        }
+        let grad_x = reorder(&grad_x, RowOrder::ExpertMajor, self.input, e)?;
         Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
     }
 }
@@ -458,6 +515,23 @@ mod tests {
     use super::*;
     use crate::ops::dispatch::max_diff;
     use candle_core::{DType, Var};
+
+    /// The op with expert-major rows in and out.
+    fn expert_linear(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        act: Option<Activation>,
+    ) -> Result<Tensor> {
+        expert_linear_ordered(
+            x,
+            weight,
+            bias,
+            act,
+            RowOrder::ExpertMajor,
+            RowOrder::ExpertMajor,
+        )
+    }
 
     /// The fused op and candle's composite ops agree, forward and backward.
     fn check(act: Option<Activation>, dtype: DType, tol: f64) -> Result<()> {
@@ -562,6 +636,33 @@ mod tests {
                 .max(0)?
                 .to_scalar::<f32>()?;
             assert_eq!(diff, 0.0, "{act:?}");
+        }
+        Ok(())
+    }
+
+    /// The dense op (rank-3 input, rank-2 weight, no reshape nodes) against
+    /// candle's ops, values and the input, weight and bias gradients in F64.
+    #[test]
+    fn dense_linear_gradients_match_composite() -> Result<()> {
+        let dev = Device::Cpu;
+        let var = |shape: &[usize]| -> Result<Var> {
+            Var::from_tensor(&Tensor::randn(0f64, 1.0, shape, &dev)?)
+        };
+        let (x, w, b) = (var(&[2, 5, 4])?, var(&[6, 4])?, var(&[6])?);
+        let loss_w = Tensor::randn(0f64, 1.0, (2, 5, 6), &dev)?;
+        for act in [None, Some(Activation::QuickGelu)] {
+            let fused = linear(&x, &w, &b, act)?;
+            let pre = x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?;
+            let reference = activate_composite(pre, act)?;
+            assert_eq!(fused.dims(), &[2, 5, 6]);
+            assert!(max_diff(&fused, &reference)? < 1e-12, "{act:?}");
+            let g1 = (fused * &loss_w)?.sum_all()?.backward()?;
+            let g2 = (reference * &loss_w)?.sum_all()?.backward()?;
+            for v in [&x, &w, &b] {
+                let (got, want) = (g1.get(v).expect("grad"), g2.get(v).expect("grad"));
+                assert_eq!(got.dims(), v.dims());
+                assert!(max_diff(got, want)? < 1e-12, "{act:?}");
+            }
         }
         Ok(())
     }
