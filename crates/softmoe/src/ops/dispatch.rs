@@ -3,11 +3,13 @@
 //! for whether the fused path applies.
 //!
 //! A kernel is written once over [`Real`] and implements [`UnaryKernel`] or
-//! [`BinaryKernel`]; its `CustomOp`'s `cpu_fwd` is then one call to
-//! [`unary`] or [`binary`].
+//! [`BinaryKernel`]; wrapped in [`Op`] it is a candle `CustomOp1` or
+//! `CustomOp2`.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
+};
 use num_traits::{Float, NumAssign};
 
 use super::activation::ActivationFloat;
@@ -44,6 +46,12 @@ pub(crate) trait UnaryKernel {
     fn out_shape(&self, shape: &Shape) -> Result<Shape> {
         Ok(shape.clone())
     }
+
+    /// The gradient w.r.t. the input `x`, given the output `res` and the
+    /// incoming gradient; kernels used only inside backward passes have none.
+    fn backward(&self, _x: &Tensor, _res: &Tensor, _grad: &Tensor) -> Result<Option<Tensor>> {
+        candle_core::bail!("{} has no backward pass", Self::NAME)
+    }
 }
 
 /// A two-input kernel over contiguous buffers of one shape (a forward
@@ -56,8 +64,42 @@ pub(crate) trait BinaryKernel {
     fn run<T: Real>(&self, a: &[T], b: &[T], shape: &Shape) -> Result<Vec<T>>;
 }
 
+/// A kernel as a candle custom op: `CustomOp1` for a [`UnaryKernel`],
+/// `CustomOp2` for a [`BinaryKernel`].
+pub(crate) struct Op<K>(pub K);
+
+impl<K: UnaryKernel + Send + Sync> CustomOp1 for Op<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        unary(&self.0, storage, layout)
+    }
+
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        self.0.backward(x, res, grad)
+    }
+}
+
+impl<K: BinaryKernel + Send + Sync> CustomOp2 for Op<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        binary(&self.0, (s1, l1), (s2, l2))
+    }
+}
+
 /// `cpu_fwd` of a [`UnaryKernel`].
-pub(crate) fn unary<K: UnaryKernel>(
+fn unary<K: UnaryKernel>(
     kernel: &K,
     storage: &CpuStorage,
     layout: &Layout,
@@ -76,7 +118,7 @@ pub(crate) fn unary<K: UnaryKernel>(
 }
 
 /// `cpu_fwd` of a [`BinaryKernel`].
-pub(crate) fn binary<K: BinaryKernel>(
+fn binary<K: BinaryKernel>(
     kernel: &K,
     (s1, l1): (&CpuStorage, &Layout),
     (s2, l2): (&CpuStorage, &Layout),

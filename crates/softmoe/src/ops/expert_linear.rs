@@ -14,13 +14,11 @@
 
 use std::sync::Mutex;
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::activation::{activate, activate_in_place, activation_grad};
-use super::dispatch::{binary, contiguous, fused_path, unary, BinaryKernel, Real, UnaryKernel};
+use super::dispatch::{contiguous, fused_path, BinaryKernel, Op, Real, UnaryKernel};
 use super::gemm::{batched_linear, Strided};
 use super::matmul::matmul;
 use crate::config::Activation;
@@ -413,7 +411,7 @@ impl CustomOp3 for ExpertLinear {
                         Self::NAME
                     ))
                 })?;
-                pre.apply_op2_no_bwd(&grad_res, &ActivationGrad(act))?
+                pre.apply_op2_no_bwd(&grad_res, &Op(ActivationGrad(act)))?
             }
         };
         let gathered = lock(&self.gathered_input, Self::NAME)?.clone();
@@ -432,7 +430,7 @@ impl CustomOp3 for ExpertLinear {
         let grad_x = matmul(&grad_pre, &weight)?;
         // (e, out, rows) x (e, rows, in)
         let grad_weight = matmul(&grad_pre.transpose(1, 2)?, &x)?;
-        let grad_bias = grad_pre.apply_op1_no_bwd(&SumRows)?;
+        let grad_bias = grad_pre.apply_op1_no_bwd(&Op(SumRows))?;
         if self.dense {
             return Ok((
                 Some(grad_x.reshape(x_shape)?),
@@ -473,16 +471,6 @@ impl UnaryKernel for SumRows {
     }
 }
 
-impl CustomOp1 for SumRows {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        unary(self, storage, layout)
-    }
-}
-
 /// `grad · act'(pre)` for two contiguous tensors of one shape.
 struct ActivationGrad(Activation);
 
@@ -491,22 +479,6 @@ impl BinaryKernel for ActivationGrad {
 
     fn run<T: Real>(&self, pre: &[T], grad: &[T], _: &Shape) -> Result<Vec<T>> {
         Ok(activation_grad(pre, grad, self.0))
-    }
-}
-
-impl CustomOp2 for ActivationGrad {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        binary(self, (s1, l1), (s2, l2))
     }
 }
 

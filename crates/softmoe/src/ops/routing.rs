@@ -20,16 +20,16 @@
 //! All run in F32 or F64 (the router's dtype); other devices and dtypes use
 //! candle's composites.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use candle_core::{Result, Shape, Tensor, D};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::dispatch::{binary, fused_path, unary, BinaryKernel, Real, UnaryKernel};
+use super::dispatch::{fused_path, BinaryKernel, Op, Real, UnaryKernel};
 
 /// Softmax of `x` along `axis`, differentiable.
 pub(crate) fn softmax(x: &Tensor, axis: usize) -> Result<Tensor> {
     if fused_path(x) {
-        x.contiguous()?.apply_op1(Softmax { axis })
+        x.contiguous()?.apply_op1(Op(Softmax { axis }))
     } else {
         candle_nn::ops::softmax(x, axis)
     }
@@ -39,7 +39,7 @@ pub(crate) fn softmax(x: &Tensor, axis: usize) -> Result<Tensor> {
 /// inside the root), differentiable.
 pub(crate) fn l2_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
     if fused_path(x) {
-        x.contiguous()?.apply_op1(L2Normalize { eps })
+        x.contiguous()?.apply_op1(Op(L2Normalize { eps }))
     } else {
         let inv_norm = (x.sqr()?.sum_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
         x.broadcast_mul(&inv_norm)
@@ -52,7 +52,7 @@ pub(crate) fn l2_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
 /// (eq. 7), public for other layers' norms.
 pub fn standardize(x: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
     if fused_path(x) {
-        x.contiguous()?.apply_op1(Standardize { axis, eps })
+        x.contiguous()?.apply_op1(Op(Standardize { axis, eps }))
     } else {
         let centred = x.broadcast_sub(&x.mean_keepdim(axis)?)?;
         let var = centred.sqr()?.mean_keepdim(axis)?;
@@ -66,7 +66,7 @@ pub fn standardize(x: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
 /// one pass over the saved output (`dy/dx = 1` or `e^x = y`).
 pub(crate) fn elu_plus_one(x: &Tensor) -> Result<Tensor> {
     if fused_path(x) {
-        x.contiguous()?.apply_op1(EluPlusOne)
+        x.contiguous()?.apply_op1(Op(EluPlusOne))
     } else {
         x.elu(1.0)? + 1.0
     }
@@ -117,21 +117,12 @@ impl UnaryKernel for EluPlusOne {
             }
         }))
     }
-}
 
-impl CustomOp1 for EluPlusOne {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        unary(self, storage, layout)
-    }
-
-    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            res.apply_op2_no_bwd(&grad.contiguous()?, &EluPlusOneGrad)?,
-        ))
+    fn backward(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &Op(EluPlusOneGrad),
+        )?))
     }
 }
 
@@ -147,22 +138,6 @@ impl BinaryKernel for EluPlusOneGrad {
                 *o = if y > T::one() { g } else { g * y };
             }
         }))
-    }
-}
-
-impl CustomOp2 for EluPlusOneGrad {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        binary(self, (s1, l1), (s2, l2))
     }
 }
 
@@ -203,19 +178,10 @@ impl UnaryKernel for Softmax {
             softmax_block(&x[start..start + o.len()], o, inner)
         }))
     }
-}
 
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        unary(self, storage, layout)
-    }
-
-    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad { axis: self.axis })?;
+    fn backward(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad =
+            res.apply_op2_no_bwd(&grad.contiguous()?, &Op(SoftmaxGrad { axis: self.axis }))?;
         Ok(Some(grad))
     }
 }
@@ -251,22 +217,6 @@ impl BinaryKernel for SoftmaxGrad {
     }
 }
 
-impl CustomOp2 for SoftmaxGrad {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        binary(self, (s1, l1), (s2, l2))
-    }
-}
-
 fn inv_norm<T: Float>(row: &[T], eps: T) -> T {
     let sum = row.iter().fold(T::zero(), |acc, &v| acc + v * v);
     T::one() / (sum + eps).sqrt()
@@ -289,19 +239,10 @@ impl UnaryKernel for L2Normalize {
             }
         }))
     }
-}
 
-impl CustomOp1 for L2Normalize {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        unary(self, storage, layout)
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = x.apply_op2_no_bwd(&grad.contiguous()?, &L2NormalizeGrad { eps: self.eps })?;
+    fn backward(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad =
+            x.apply_op2_no_bwd(&grad.contiguous()?, &Op(L2NormalizeGrad { eps: self.eps }))?;
         Ok(Some(grad))
     }
 }
@@ -325,22 +266,6 @@ impl BinaryKernel for L2NormalizeGrad {
                 *o = r * (b - a * r * dot);
             }
         }))
-    }
-}
-
-impl CustomOp2 for L2NormalizeGrad {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        binary(self, (s1, l1), (s2, l2))
     }
 }
 
@@ -388,23 +313,13 @@ impl UnaryKernel for Standardize {
             }
         }))
     }
-}
 
-impl CustomOp1 for Standardize {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        unary(self, storage, layout)
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn backward(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let op = StandardizeGrad {
             axis: self.axis,
             eps: self.eps,
         };
-        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &Op(op))?))
     }
 }
 
@@ -446,22 +361,6 @@ impl BinaryKernel for StandardizeGrad {
                 }
             }
         }))
-    }
-}
-
-impl CustomOp2 for StandardizeGrad {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        binary(self, (s1, l1), (s2, l2))
     }
 }
 
