@@ -4,6 +4,8 @@
 //! * `paper_shape`: the paper's layer in CLIP ViT-B/16: batch 8, 197 tokens,
 //!   dim 768, 4 experts x 49 slots, expert hidden 3072.
 //! * `experts_sweep`: the same token budget split over 1 to 16 experts.
+//! * `small_batch`: the paper's layer at batch 1 and 2 (inference and the
+//!   CLIP tower bench's batch), where each expert gets 49 or 98 slots.
 //!
 //! `cargo bench -p softmoe` runs on the CPU; with `--features cuda` the same
 //! groups run on GPU 0 too, synchronising the device inside the timed region.
@@ -27,6 +29,7 @@ use softmoe::{Experts, SoftMoe, SoftMoeConfig};
 mod support;
 use support::{devices, timed, tune_allocator};
 
+/// The paper's training batch.
 const BATCH: usize = 8;
 const TOKENS: usize = 197;
 const DIM: usize = 768;
@@ -69,6 +72,7 @@ fn bench_layer(
     c: &mut Criterion,
     group_name: &str,
     device: &Device,
+    batch: usize,
     cases: &[(String, SoftMoeConfig, bool)],
 ) {
     let mut group = c.benchmark_group(group_name);
@@ -76,9 +80,9 @@ fn bench_layer(
         .sample_size(10)
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(8));
-    group.throughput(Throughput::Elements((BATCH * TOKENS) as u64));
-    let x = Tensor::randn(0f32, 1.0, (BATCH, TOKENS, DIM), device).expect("input");
-    let loss_weight = Tensor::randn(0f32, 1.0, (BATCH, TOKENS, DIM), device).expect("loss weight");
+    group.throughput(Throughput::Elements((batch * TOKENS) as u64));
+    let x = Tensor::randn(0f32, 1.0, (batch, TOKENS, DIM), device).expect("input");
+    let loss_weight = Tensor::randn(0f32, 1.0, (batch, TOKENS, DIM), device).expect("loss weight");
     for (name, cfg, dense) in cases {
         let (_varmap, layer) = build(cfg, *dense, device).expect("layer");
         group.bench_function(BenchmarkId::new("forward", name), |b| {
@@ -139,7 +143,13 @@ fn sweep_cases() -> Vec<(String, SoftMoeConfig, bool)> {
 
 fn paper_shape(c: &mut Criterion) {
     for (prefix, device) in devices() {
-        bench_layer(c, &format!("{prefix}_paper_shape"), &device, &paper_cases());
+        bench_layer(
+            c,
+            &format!("{prefix}_paper_shape"),
+            &device,
+            BATCH,
+            &paper_cases(),
+        );
     }
 }
 
@@ -149,12 +159,27 @@ fn experts_sweep(c: &mut Criterion) {
             c,
             &format!("{prefix}_experts_sweep"),
             &device,
+            BATCH,
             &sweep_cases(),
         );
     }
 }
 
-criterion_group!(benches, paper_shape, experts_sweep);
+fn small_batch(c: &mut Criterion) {
+    for (prefix, device) in devices() {
+        for batch in [1, 2] {
+            bench_layer(
+                c,
+                &format!("{prefix}_batch{batch}"),
+                &device,
+                batch,
+                &paper_cases(),
+            );
+        }
+    }
+}
+
+criterion_group!(benches, paper_shape, experts_sweep, small_batch);
 
 fn main() {
     tune_allocator("SOFTMOE_BENCH_SYSTEM_MALLOC");

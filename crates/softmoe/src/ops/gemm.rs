@@ -171,12 +171,11 @@ fn product<T: WithDType>(
         }
         return Ok(dst);
     }
-    // Enough column blocks that every thread has work even for one matrix;
-    // blocks are a multiple of 16 columns (one AVX-512 register of f32).
-    let threads = rayon::current_num_threads().max(1);
-    let blocks_per_matrix = threads.div_ceil(batch).max(1);
-    let block = n.div_ceil(blocks_per_matrix).next_multiple_of(16).min(n);
-    let blocks = n.div_ceil(block);
+    if m <= FEW_ROWS && rhs.row_stride == 1 {
+        let transposed = product_transposed(batch, (m, n, k), lhs, rhs, beta, bias);
+        return Ok(transpose_matrices(&transposed, (batch, n, m)));
+    }
+    let (block, blocks) = column_blocks(batch, n);
     let mut dst: Vec<T> = Vec::with_capacity(len);
     let dst_ptr = DstPtr(dst.as_mut_ptr());
     (0..batch * blocks).into_par_iter().for_each(|task| {
@@ -224,6 +223,128 @@ fn product<T: WithDType>(
     // each task initialised its whole block (see above).
     unsafe { dst.set_len(len) };
     Ok(dst)
+}
+
+/// Enough column blocks that every thread has work even for one matrix;
+/// blocks are a multiple of 16 columns (one AVX-512 register of f32).
+/// Returns the block width and the number of blocks per matrix.
+fn column_blocks(batch: usize, n: usize) -> (usize, usize) {
+    let threads = rayon::current_num_threads().max(1);
+    let blocks_per_matrix = threads.div_ceil(batch).max(1);
+    let block = n.div_ceil(blocks_per_matrix).next_multiple_of(16).min(n);
+    (block, n.div_ceil(block))
+}
+
+/// Rows per matrix up to which a product with a transposed weight
+/// (`rhs` read down its rows, `x Wᵀ`) is computed as `(x Wᵀ)ᵀ = W xᵀ`.
+///
+/// Written `x Wᵀ` with a row-major result, `gemm` repacks the whole weight
+/// for every call, which at a few dozen rows costs about as much as the
+/// product: Soft MoE experts at batch 1 or 2 get 49 or 98 rows each. Written
+/// transposed, `gemm` packs the small `x` instead and streams the weight rows
+/// as they lie. On the 2-core AVX-512 machine (docs/benchmarks.md), four
+/// experts' `(98x3072)·(3072x768)` went from 165 to 229 GFLOP/s and
+/// `(49x3072)·(3072x768)` from 107 to 189 GFLOP/s, the transposition back
+/// included. From about 200 rows on the row-major form is as fast or faster.
+const FEW_ROWS: usize = 128;
+
+/// [`product`] written transposed: `(batch, n, m)`, each matrix `(lhs_b ·
+/// rhs_b)ᵀ`, with the bias (if any) along its rows. Operands are checked by
+/// the caller.
+fn product_transposed<T: WithDType>(
+    batch: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: Strided<'_, T>,
+    rhs: Strided<'_, T>,
+    beta: T,
+    bias: Option<&[T]>,
+) -> Vec<T> {
+    let len = batch * m * n;
+    let (block, blocks) = column_blocks(batch, n);
+    let mut dst: Vec<T> = Vec::with_capacity(len);
+    let dst_ptr = DstPtr(dst.as_mut_ptr());
+    (0..batch * blocks).into_par_iter().for_each(|task| {
+        let (b, j0) = (task / blocks, (task % blocks) * block);
+        let cols = block.min(n - j0);
+        // SAFETY: the caller's `check`s bound every lhs/rhs element read.
+        // Rows j0..j0+cols of matrix b, `cols * m` contiguous elements, lie
+        // inside the `len`-element allocation and no other task touches
+        // them. With a bias, every element of the block is written before
+        // gemm reads it (`read_dst`); without one, gemm writes every element
+        // and reads none.
+        unsafe {
+            let block_ptr = dst_ptr.get().add(b * m * n + j0 * m);
+            if let Some(bias) = bias {
+                for j in 0..cols {
+                    let value = bias[b * n + j0 + j];
+                    std::slice::from_raw_parts_mut(block_ptr.add(j * m), m).fill(value);
+                }
+            }
+            // Column-major (m, cols) destination: element (i, j) at j·m + i.
+            gemm::gemm(
+                m,
+                cols,
+                k,
+                block_ptr,
+                m as isize,
+                1,
+                bias.is_some(),
+                lhs.data.as_ptr().add(lhs.offset + b * lhs.batch_stride),
+                lhs.col_stride as isize,
+                lhs.row_stride as isize,
+                rhs.data
+                    .as_ptr()
+                    .add(rhs.offset + b * rhs.batch_stride + j0 * rhs.col_stride),
+                rhs.col_stride as isize,
+                rhs.row_stride as isize,
+                T::one(),
+                beta,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    });
+    // SAFETY: the tasks above partition the `len` elements into blocks and
+    // each task initialised its whole block (see above).
+    unsafe { dst.set_len(len) };
+    dst
+}
+
+/// Transposes each `(rows, cols)` matrix of a contiguous batch: the result
+/// is `(batch, cols, rows)`. Tiled so that reads and writes both stay within
+/// a few cache lines per tile; output rows run in parallel.
+pub(crate) fn transpose_matrices<T: WithDType>(
+    src: &[T],
+    (batch, rows, cols): (usize, usize, usize),
+) -> Vec<T> {
+    const TILE: usize = 32;
+    assert_eq!(src.len(), batch * rows * cols, "transpose_matrices: length");
+    let mut dst: Vec<T> = Vec::with_capacity(src.len());
+    if rows > 0 && cols > 0 {
+        // Output row r of matrix b is column r of input matrix b.
+        let out = &mut dst.spare_capacity_mut()[..src.len()];
+        out.par_chunks_mut(TILE * rows)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                let first = chunk * TILE;
+                for i0 in (0..rows).step_by(TILE) {
+                    let i1 = (i0 + TILE).min(rows);
+                    for (r, out_row) in out.chunks_exact_mut(rows).enumerate() {
+                        let (b, c) = ((first + r) / cols, (first + r) % cols);
+                        let matrix = &src[b * rows * cols..(b + 1) * rows * cols];
+                        for (i, o) in (i0..i1).zip(&mut out_row[i0..i1]) {
+                            o.write(matrix[i * cols + c]);
+                        }
+                    }
+                }
+            });
+    }
+    // SAFETY: the chunks cover all `src.len()` elements, and every element
+    // of every output row was written above (or there are none).
+    unsafe { dst.set_len(src.len()) };
+    dst
 }
 
 /// `beta · lhs · rhs` for one `(m, k) x (k, n)` product on the calling
@@ -356,6 +477,69 @@ mod tests {
         let err = batched_linear(batch, (m, n, k), lhs, rhs, &bias[1..]).unwrap_err();
         assert!(err.to_string().contains("bias of 79 elements"), "{err}");
         Ok(())
+    }
+
+    #[test]
+    fn both_product_forms_match_naive_loops_around_the_row_threshold() -> Result<()> {
+        // A transposed weight (rhs read down its rows) takes the transposed
+        // form up to FEW_ROWS rows and the row-major form above; both with
+        // and without a bias, on a strided lhs and a shared (rank-2) weight.
+        let (batch, n, k) = (2, 70, 19);
+        let w = values(n * k);
+        let rhs = Strided {
+            batch_stride: 0,
+            ..Strided::row_major(&w, n, k).t()
+        };
+        let bias: Vec<f64> = (0..batch * n).map(|i| i as f64 * 0.25 - 7.0).collect();
+        for m in [1, 3, FEW_ROWS, FEW_ROWS + 1, 200] {
+            let a = values(batch * m * (k + 2));
+            // Rows of k + 2 elements, of which the first k are read.
+            let lhs = Strided {
+                data: &a,
+                offset: 0,
+                batch_stride: m * (k + 2),
+                row_stride: k + 2,
+                col_stride: 1,
+            };
+            let want = naive(batch, (m, n, k), lhs, rhs);
+            let got = batched_matmul(batch, (m, n, k), lhs, rhs, 0.5)?;
+            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - 0.5 * w).abs() < 1e-12,
+                    "m {m}, element {idx}: {g} vs {w}"
+                );
+            }
+            let got = batched_linear(batch, (m, n, k), lhs, rhs, &bias)?;
+            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                let (b, j) = (idx / (m * n), idx % n);
+                let want = w + bias[b * n + j];
+                assert!(
+                    (g - want).abs() < 1e-12,
+                    "m {m}, element {idx}: {g} vs {want}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn transpose_matrices_swaps_rows_and_columns_of_each_matrix() {
+        // Sizes that are not multiples of the 32-element tile.
+        let (batch, rows, cols) = (3, 33, 70);
+        let src = values(batch * rows * cols);
+        let got = transpose_matrices(&src, (batch, rows, cols));
+        for b in 0..batch {
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        got[(b * cols + j) * rows + i],
+                        src[(b * rows + i) * cols + j],
+                        "matrix {b}, element ({i}, {j})"
+                    );
+                }
+            }
+        }
+        assert!(transpose_matrices::<f64>(&[], (0, 4, 5)).is_empty());
     }
 
     #[test]
