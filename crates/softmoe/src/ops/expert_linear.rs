@@ -505,16 +505,23 @@ mod tests {
         )
     }
 
-    /// The fused op and candle's composite ops agree, forward and backward.
+    /// The fused op and candle's composite ops agree, forward and backward,
+    /// with few rows per expert (the transposed product of `gemm.rs`) and
+    /// with more than its 128-row threshold.
     fn check(act: Option<Activation>, dtype: DType, tol: f64) -> Result<()> {
+        check_rows(act, dtype, tol, 5)?;
+        check_rows(act, dtype, tol, 131)
+    }
+
+    fn check_rows(act: Option<Activation>, dtype: DType, tol: f64, rows: usize) -> Result<()> {
         let dev = Device::Cpu;
         let randn = |shape: (usize, usize, usize), std: f32| -> Result<Var> {
             Var::from_tensor(&Tensor::randn(0f32, std, shape, &dev)?.to_dtype(dtype)?)
         };
-        let x = randn((3, 5, 4), 1.0)?;
+        let x = randn((3, rows, 4), 1.0)?;
         let w = randn((3, 6, 4), 0.7)?;
         let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 6), &dev)?.to_dtype(dtype)?)?;
-        let loss_weight = Tensor::randn(0f32, 1.0, (3, 5, 6), &dev)?.to_dtype(dtype)?;
+        let loss_weight = Tensor::randn(0f32, 1.0, (3, rows, 6), &dev)?.to_dtype(dtype)?;
 
         let fused = expert_linear(x.as_tensor(), w.as_tensor(), b.as_tensor(), act)?;
         let pre = x
@@ -526,7 +533,10 @@ mod tests {
             Some(Activation::QuickGelu) => (&pre * candle_nn::ops::sigmoid(&(&pre * 1.702)?)?)?,
         };
         let diff = max_diff(&fused, &reference)?;
-        assert!(diff < tol, "{act:?} {dtype:?}: forward differs by {diff}");
+        assert!(
+            diff < tol,
+            "{act:?} {dtype:?} {rows} rows: forward differs by {diff}"
+        );
 
         let grads_fused = (fused * &loss_weight)?.sum_all()?.backward()?;
         let grads_ref = (reference * &loss_weight)?.sum_all()?.backward()?;
@@ -536,7 +546,7 @@ mod tests {
             let diff = max_diff(got, want)?;
             assert!(
                 diff < tol * 10.0,
-                "{act:?} {dtype:?}: gradient of {name} differs by {diff}"
+                "{act:?} {dtype:?} {rows} rows: gradient of {name} differs by {diff}"
             );
         }
         Ok(())
