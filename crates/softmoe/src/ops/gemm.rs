@@ -171,58 +171,16 @@ fn product<T: WithDType>(
         }
         return Ok(dst);
     }
+    let dims = (m, n, k);
     if m <= FEW_ROWS && rhs.row_stride == 1 {
-        let transposed = product_transposed(batch, (m, n, k), lhs, rhs, beta, bias);
+        let order = DstOrder::ColumnMajor;
+        let transposed = column_block_products(batch, dims, lhs, rhs, beta, bias, order);
         return Ok(transpose_matrices(&transposed, (batch, n, m)));
     }
-    let (block, blocks) = column_blocks(batch, n);
-    let mut dst: Vec<T> = Vec::with_capacity(len);
-    let dst_ptr = DstPtr(dst.as_mut_ptr());
-    (0..batch * blocks).into_par_iter().for_each(|task| {
-        let (b, j0) = (task / blocks, (task % blocks) * block);
-        let cols = block.min(n - j0);
-        // SAFETY: `check` bounds every lhs/rhs element read. The block
-        // (b, 0..m, j0..j0+cols) lies inside the `len`-element allocation
-        // and no other task touches it. With a bias, every element of the
-        // block is written before gemm reads it (`read_dst`); without one,
-        // gemm writes every element and reads none.
-        unsafe {
-            let block_ptr = dst_ptr.get().add(b * m * n + j0);
-            if let Some(bias) = bias {
-                let row = bias.as_ptr().add(b * n + j0);
-                for i in 0..m {
-                    std::ptr::copy_nonoverlapping(row, block_ptr.add(i * n), cols);
-                }
-            }
-            gemm::gemm(
-                m,
-                cols,
-                k,
-                block_ptr,
-                1,
-                n as isize,
-                bias.is_some(),
-                lhs.data.as_ptr().add(lhs.offset + b * lhs.batch_stride),
-                lhs.col_stride as isize,
-                lhs.row_stride as isize,
-                rhs.data
-                    .as_ptr()
-                    .add(rhs.offset + b * rhs.batch_stride + j0 * rhs.col_stride),
-                rhs.col_stride as isize,
-                rhs.row_stride as isize,
-                T::one(),
-                beta,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        }
-    });
-    // SAFETY: the tasks above partition the `len` elements into blocks and
-    // each task initialised its whole block (see above).
-    unsafe { dst.set_len(len) };
-    Ok(dst)
+    let order = DstOrder::RowMajor;
+    Ok(column_block_products(
+        batch, dims, lhs, rhs, beta, bias, order,
+    ))
 }
 
 /// Enough column blocks that every thread has work even for one matrix;
@@ -248,46 +206,74 @@ fn column_blocks(batch: usize, n: usize) -> (usize, usize) {
 /// included. From about 200 rows on the row-major form is as fast or faster.
 const FEW_ROWS: usize = 128;
 
-/// [`product`] written transposed: `(batch, n, m)`, each matrix `(lhs_b ·
-/// rhs_b)ᵀ`, with the bias (if any) along its rows. Operands are checked by
-/// the caller.
-fn product_transposed<T: WithDType>(
+/// How each `(m, n)` result matrix lies in the output buffer.
+#[derive(Debug, Clone, Copy)]
+enum DstOrder {
+    /// Element `(i, j)` at `i·n + j`.
+    RowMajor,
+    /// Element `(i, j)` at `j·m + i`: the transposed result, row-major.
+    ColumnMajor,
+}
+
+/// The products of [`product`], written in `order`: every product is cut
+/// into (batch entry, column block) tasks of single-threaded `gemm` calls.
+/// Operands are checked by the caller; `m`, `n` and `k` are non-zero.
+fn column_block_products<T: WithDType>(
     batch: usize,
     (m, n, k): (usize, usize, usize),
     lhs: Strided<'_, T>,
     rhs: Strided<'_, T>,
     beta: T,
     bias: Option<&[T]>,
+    order: DstOrder,
 ) -> Vec<T> {
     let len = batch * m * n;
     let (block, blocks) = column_blocks(batch, n);
+    // Distances between result rows and between result columns.
+    let (row_stride, col_stride) = match order {
+        DstOrder::RowMajor => (n, 1),
+        DstOrder::ColumnMajor => (1, m),
+    };
     let mut dst: Vec<T> = Vec::with_capacity(len);
     let dst_ptr = DstPtr(dst.as_mut_ptr());
     (0..batch * blocks).into_par_iter().for_each(|task| {
         let (b, j0) = (task / blocks, (task % blocks) * block);
         let cols = block.min(n - j0);
         // SAFETY: the caller's `check`s bound every lhs/rhs element read.
-        // Rows j0..j0+cols of matrix b, `cols * m` contiguous elements, lie
-        // inside the `len`-element allocation and no other task touches
-        // them. With a bias, every element of the block is written before
-        // gemm reads it (`read_dst`); without one, gemm writes every element
-        // and reads none.
+        // The block (b, 0..m, j0..j0+cols) lies inside the `len`-element
+        // allocation and no other task touches it: row-major, it is columns
+        // j0..j0+cols of every row of matrix b; column-major, the `cols * m`
+        // contiguous elements from `j0 * m`. With a bias, every element of
+        // the block is written before gemm reads it (`read_dst`); without
+        // one, gemm writes every element and reads none.
         unsafe {
-            let block_ptr = dst_ptr.get().add(b * m * n + j0 * m);
+            let block_ptr = dst_ptr.get().add(b * m * n + j0 * col_stride);
             if let Some(bias) = bias {
-                for j in 0..cols {
-                    let value = bias[b * n + j0 + j];
-                    std::slice::from_raw_parts_mut(block_ptr.add(j * m), m).fill(value);
+                let bias = &bias[b * n + j0..b * n + j0 + cols];
+                match order {
+                    DstOrder::RowMajor => {
+                        for i in 0..m {
+                            std::ptr::copy_nonoverlapping(
+                                bias.as_ptr(),
+                                block_ptr.add(i * n),
+                                cols,
+                            );
+                        }
+                    }
+                    DstOrder::ColumnMajor => {
+                        for (j, &value) in bias.iter().enumerate() {
+                            std::slice::from_raw_parts_mut(block_ptr.add(j * m), m).fill(value);
+                        }
+                    }
                 }
             }
-            // Column-major (m, cols) destination: element (i, j) at j·m + i.
             gemm::gemm(
                 m,
                 cols,
                 k,
                 block_ptr,
-                m as isize,
-                1,
+                col_stride as isize,
+                row_stride as isize,
                 bias.is_some(),
                 lhs.data.as_ptr().add(lhs.offset + b * lhs.batch_stride),
                 lhs.col_stride as isize,

@@ -171,7 +171,7 @@ fn softmax_block_body<T: Real>(x: &[T], out: &mut [T], inner: usize) {
         }
         let inv = T::one() / out.iter().fold(T::zero(), |s, &v| s + v);
         for o in out.iter_mut() {
-            *o = *o * inv;
+            *o *= inv;
         }
         return;
     }
@@ -185,13 +185,13 @@ fn softmax_block_body<T: Real>(x: &[T], out: &mut [T], inner: usize) {
     for (o_row, x_row) in out.chunks_exact_mut(inner).zip(x.chunks_exact(inner)) {
         for (((o, &v), &m), s) in o_row.iter_mut().zip(x_row).zip(&max).zip(sum.iter_mut()) {
             *o = (v - m).exp_fast();
-            *s = *s + *o;
+            *s += *o;
         }
     }
     let inv: Vec<T> = sum.iter().map(|&s| T::one() / s).collect();
     for row in out.chunks_exact_mut(inner) {
         for (o, &r) in row.iter_mut().zip(&inv) {
-            *o = *o * r;
+            *o *= r;
         }
     }
 }
