@@ -25,7 +25,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
+use crate::cpu_slice::{cpu_f32_elements, f32_elements};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use softmoe::gemm::{matmul_into, Strided};
 use softmoe::rows::softmax_rows;
@@ -69,28 +70,6 @@ fn merge_heads(per_head: &[f32], dims: Dims) -> Vec<f32> {
         }
     });
     out
-}
-
-/// The CPU F32 slice of a tensor's storage, which must be contiguous.
-fn cpu_slice<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let Storage::Cpu(storage) = storage else {
-        candle_core::bail!("{}: {what} must be a CPU tensor", FusedAttention::NAME)
-    };
-    cpu_storage_slice(storage, layout, what)
-}
-
-fn cpu_storage_slice<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    what: &str,
-) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{}: {what} must be an F32 tensor", FusedAttention::NAME)
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{}: {what} must be contiguous", FusedAttention::NAME),
-    }
 }
 
 /// Multi-head attention on `(batch, tokens, heads · head_dim)` projections,
@@ -227,9 +206,9 @@ impl CustomOp3 for FusedAttention {
             )
         }
         let dims = self.dims(ql.shape())?;
-        let q = cpu_storage_slice(qs, ql, "q")?;
-        let k = cpu_storage_slice(ks, kl, "k")?;
-        let v = cpu_storage_slice(vs, vl, "v")?;
+        let q = f32_elements(qs, ql, Self::NAME, "q")?;
+        let k = f32_elements(ks, kl, Self::NAME, "k")?;
+        let v = f32_elements(vs, vl, Self::NAME, "v")?;
         let (n, hd, d) = (dims.tokens, dims.head_dim, dims.dim());
         let pairs = dims.batch * dims.heads;
         // Training keeps every head's probabilities for the backward pass;
@@ -285,10 +264,10 @@ impl CustomOp3 for FusedAttention {
             let (ks, kl) = k.storage_and_layout();
             let (vs, vl) = v.storage_and_layout();
             let (gs, gl) = grad.storage_and_layout();
-            let q = cpu_slice(&qs, ql, "q")?;
-            let k = cpu_slice(&ks, kl, "k")?;
-            let v = cpu_slice(&vs, vl, "v")?;
-            let g = cpu_slice(&gs, gl, "the output gradient")?;
+            let q = cpu_f32_elements(&qs, ql, Self::NAME, "q")?;
+            let k = cpu_f32_elements(&ks, kl, Self::NAME, "k")?;
+            let v = cpu_f32_elements(&vs, vl, Self::NAME, "v")?;
+            let g = cpu_f32_elements(&gs, gl, Self::NAME, "the output gradient")?;
             attention_backward(q, k, v, g, &probs, dims, self.scale)?
         };
         let shape = q.shape().clone();

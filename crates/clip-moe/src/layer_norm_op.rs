@@ -12,16 +12,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let data = match storage {
-        CpuStorage::F32(data) => data,
-        _ => candle_core::bail!("{op}: expected an f32 tensor"),
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: expected a contiguous tensor"),
-    }
-}
+use crate::cpu_slice::f32_elements;
 
 fn fused_path(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32
@@ -67,9 +58,9 @@ impl CustomOp3 for LayerNorm {
         b_storage: &CpuStorage,
         b_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let xs = contiguous_f32(x_storage, x_layout, self.name())?;
-        let weight = contiguous_f32(w_storage, w_layout, self.name())?;
-        let bias = contiguous_f32(b_storage, b_layout, self.name())?;
+        let xs = f32_elements(x_storage, x_layout, self.name(), "x")?;
+        let weight = f32_elements(w_storage, w_layout, self.name(), "weight")?;
+        let bias = f32_elements(b_storage, b_layout, self.name(), "bias")?;
         let n = weight.len().max(1);
         let mut out = vec![0f32; xs.len()];
         out.par_chunks_mut(n)
@@ -124,9 +115,9 @@ impl CustomOp3 for LayerNormBackward {
         g_storage: &CpuStorage,
         g_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let xs = contiguous_f32(x_storage, x_layout, self.name())?;
-        let weight = contiguous_f32(w_storage, w_layout, self.name())?;
-        let grads = contiguous_f32(g_storage, g_layout, self.name())?;
+        let xs = f32_elements(x_storage, x_layout, self.name(), "x")?;
+        let weight = f32_elements(w_storage, w_layout, self.name(), "weight")?;
+        let grads = f32_elements(g_storage, g_layout, self.name(), "the output gradient")?;
         let n = weight.len().max(1);
         let mut out = vec![0f32; xs.len()];
         out.par_chunks_mut(n)

@@ -50,6 +50,7 @@ pub struct ReadmeDoctests;
 mod attention;
 pub mod checkpoint;
 mod config;
+mod cpu_slice;
 mod dense;
 mod embeddings;
 mod encoder;
