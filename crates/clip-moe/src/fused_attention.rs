@@ -73,8 +73,9 @@ fn merge_heads(per_head: &[f32], dims: Dims) -> Vec<f32> {
 }
 
 /// Multi-head attention on `(batch, tokens, heads · head_dim)` projections,
-/// the context returned in the same layout: the fused kernel on CPU in F32,
-/// candle's ops ([`composite_attention`]) elsewhere.
+/// the context returned in the same layout: the fused kernel on CPU in F32
+/// (unless `softmoe::set_fused_cpu_kernels(false)`), candle's ops
+/// ([`composite_attention`]) elsewhere.
 pub(crate) fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -83,7 +84,7 @@ pub(crate) fn attention(
     scale: f64,
     causal: bool,
 ) -> Result<Tensor> {
-    if q.device().is_cpu() && q.dtype() == DType::F32 {
+    if q.device().is_cpu() && q.dtype() == DType::F32 && softmoe::fused_cpu_kernels() {
         fused_attention(q, k, v, heads, scale as f32, causal)
     } else {
         composite_attention(q, k, v, heads, scale, causal)

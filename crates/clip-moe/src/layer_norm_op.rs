@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::cpu_slice::f32_elements;
 
 fn fused_path(xs: &Tensor) -> bool {
-    xs.device().is_cpu() && xs.dtype() == DType::F32
+    xs.device().is_cpu() && xs.dtype() == DType::F32 && softmoe::fused_cpu_kernels()
 }
 
 /// LayerNorm over the last dimension with affine `weight` and `bias`

@@ -3,113 +3,22 @@
 //! of `sum(output * loss_weight)` with respect to the input and every
 //! parameter. Fixtures come from `scripts/softmoe/gen_fixtures.py` (float64
 //! einsum reference, see its docstring).
+//!
+//! Built with `--features cuda`, every case also runs on GPU 0, where the
+//! layer takes candle's ops instead of this crate's CPU kernels.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod common;
 
-use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
-use softmoe::{SoftMoe, SoftMoeConfig};
-
-fn fixture(name: &str) -> Result<(SoftMoeConfig, HashMap<String, Tensor>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let json = std::fs::read_to_string(dir.join(format!("{name}.json")))?;
-    let cfg: SoftMoeConfig = serde_json::from_str(&json).context("fixture config")?;
-    let tensors =
-        candle_core::safetensors::load(dir.join(format!("{name}.safetensors")), &Device::Cpu)?;
-    Ok((cfg, tensors))
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    Ok((a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f64>()?)
-}
-
-/// Builds the layer in `dtype`, loads the fixture's parameters into its
-/// variables, runs forward + backward and compares everything within `tol`
-/// (absolute, relative to the tensor's scale for large values).
-fn check(name: &str, dtype: DType, tol: f64) -> Result<()> {
-    let (cfg, t) = fixture(name)?;
-    let mut varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
-    let moe = SoftMoe::new(&cfg, vb)?;
-
-    let param_names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
-    let expected_params = t
-        .keys()
-        .filter(|k| {
-            !k.starts_with("grad.")
-                && !matches!(
-                    k.as_str(),
-                    "input" | "loss_weight" | "output" | "dispatch" | "combine"
-                )
-        })
-        .count();
-    assert_eq!(
-        param_names.len(),
-        expected_params,
-        "{name}: parameters {param_names:?}"
-    );
-    for pname in &param_names {
-        let value = t
-            .get(pname)
-            .with_context(|| format!("{name}: fixture lacks {pname}"))?;
-        varmap.set_one(pname, value.to_dtype(dtype)?)?;
-    }
-
-    let input = Var::from_tensor(&t["input"].to_dtype(dtype)?)?;
-    let out = moe.forward_with_weights(input.as_tensor())?;
-    let cmp = |what: &str, got: &Tensor, want: &Tensor| -> Result<()> {
-        let scale = want
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?
-            .max(1.0);
-        let diff = max_abs_diff(got, want)?;
-        assert!(
-            diff <= tol * scale,
-            "{name} {dtype:?}: {what} differs by {diff} (tolerance {tol} x {scale})"
-        );
-        Ok(())
-    };
-    cmp("output", &out.output, &t["output"])?;
-    cmp("dispatch", &out.dispatch_weights, &t["dispatch"])?;
-    cmp("combine", &out.combine_weights, &t["combine"])?;
-
-    let loss = (&out.output * t["loss_weight"].to_dtype(dtype)?)?.sum_all()?;
-    let grads = loss.backward()?;
-    let grad_input = grads.get(&input).context("no gradient for the input")?;
-    cmp("grad.input", grad_input, &t["grad.input"])?;
-    let vars = varmap.data().lock().unwrap();
-    for pname in &param_names {
-        let g = grads
-            .get(vars[pname].as_tensor())
-            .with_context(|| format!("{name}: no gradient for {pname}"))?;
-        cmp(&format!("grad.{pname}"), g, &t[&format!("grad.{pname}")])?;
-    }
-    Ok(())
-}
-
-const CASES: [&str; 6] = [
-    "soft_moe_normalized",
-    "soft_moe_raw",
-    "la_soft_moe_default",
-    "la_soft_moe_raw",
-    "la_soft_moe_projected",
-    "la_soft_moe_softmax_unnormalized",
-];
+use anyhow::Result;
+use candle_core::DType;
+use common::{check, devices, CASES};
 
 #[test]
 fn f32_matches_pytorch_to_1e5() -> Result<()> {
-    for case in CASES {
-        check(case, DType::F32, 1e-5)?;
+    for device in devices()? {
+        for case in CASES {
+            check(case, DType::F32, 1e-5, &device)?;
+        }
     }
     Ok(())
 }
@@ -118,8 +27,10 @@ fn f32_matches_pytorch_to_1e5() -> Result<()> {
 /// that would catch, e.g., a wrong epsilon or a missing constant.
 #[test]
 fn f64_matches_pytorch_to_1e10() -> Result<()> {
-    for case in CASES {
-        check(case, DType::F64, 1e-10)?;
+    for device in devices()? {
+        for case in CASES {
+            check(case, DType::F64, 1e-10, &device)?;
+        }
     }
     Ok(())
 }

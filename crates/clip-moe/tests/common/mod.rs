@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use clip_moe::{ClipConfig, TextInput};
+use candle_nn::{VarBuilder, VarMap};
+use clip_moe::loss::clip_loss;
+use clip_moe::{select_vars, ClipConfig, ClipModel, MoeConfig, TextInput, WeightSelection};
+use softmoe::ExpertInit;
 
 pub fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_clip")
@@ -45,4 +48,104 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .and_then(|d| d.max(0))
         .and_then(|d| d.to_scalar::<f32>())
         .expect("difference")
+}
+
+/// The tiny CLIP with a MoE branch of `moe`'s kind (3 slots per expert,
+/// live expert outputs) in every vision block.
+pub fn tiny_moe_config(moe: MoeConfig) -> ClipConfig {
+    ClipConfig::tiny().with_moe(MoeConfig {
+        slots_per_expert: 3,
+        expert_init: ExpertInit::TorchLinear,
+        ..moe
+    })
+}
+
+/// Builds `cfg` on `device` from random weights, or with the values of
+/// `source`'s variables when given.
+pub fn build_model(
+    cfg: &ClipConfig,
+    device: &Device,
+    source: Option<&VarMap>,
+) -> anyhow::Result<(VarMap, ClipModel)> {
+    let mut varmap = VarMap::new();
+    let model = ClipModel::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    if let Some(source) = source {
+        for (name, var) in source.data().lock().unwrap().iter() {
+            varmap.set_one(name, var.as_tensor().to_device(device)?)?;
+        }
+    }
+    Ok((varmap, model))
+}
+
+/// Contrastive loss (eq. 1) of four images (the fixture's two and the same
+/// scaled by -0.5) against four of the fixture's prompts, on `device`.
+pub fn four_pair_loss(model: &ClipModel, device: &Device) -> anyhow::Result<Tensor> {
+    let want = expected();
+    let pixels = want["pixel_values"].to_device(device)?;
+    let pixels = Tensor::cat(&[&pixels, &(&pixels * -0.5)?], 0)?;
+    let ids = id_rows(&want["input_ids"]);
+    let rows = vec![
+        ids[0].clone(),
+        ids[1].clone(),
+        ids[2].clone(),
+        ids[1].clone(),
+    ];
+    let text = TextInput::new(&rows, model.config().text_config.end_of_text_id(), device)?;
+    let out = model.forward(&pixels, &text)?;
+    Ok(clip_loss(&out.logits_per_image)?)
+}
+
+/// Loss and every parameter's gradient of [`four_pair_loss`], on the CPU.
+pub fn loss_and_gradients(
+    model: &ClipModel,
+    varmap: &VarMap,
+    device: &Device,
+) -> anyhow::Result<(f32, HashMap<String, Tensor>)> {
+    let loss = four_pair_loss(model, device)?;
+    let grads = loss.backward()?;
+    let mut by_name = HashMap::new();
+    for (name, var) in select_vars(varmap, &WeightSelection::All) {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            by_name.insert(name, g.to_device(&Device::Cpu)?);
+        }
+    }
+    let loss = loss.to_device(&Device::Cpu)?.to_scalar::<f32>()?;
+    Ok((loss, by_name))
+}
+
+/// Asserts two runs' losses and gradients agree within `tol` (relative to
+/// each gradient's largest magnitude, at least 1), gradient for gradient.
+pub fn assert_same_training_step(
+    what: &str,
+    (loss_a, grads_a): &(f32, HashMap<String, Tensor>),
+    (loss_b, grads_b): &(f32, HashMap<String, Tensor>),
+    tol: f32,
+) {
+    assert!(
+        (loss_a - loss_b).abs() < tol,
+        "{what}: loss {loss_a} vs {loss_b}"
+    );
+    let mut names: Vec<_> = grads_a.keys().collect();
+    names.sort();
+    assert_eq!(
+        names.len(),
+        grads_b.len(),
+        "{what}: gradients for different parameters"
+    );
+    assert!(names.len() > 50, "{what}: only {} gradients", names.len());
+    for name in names {
+        let a = &grads_a[name];
+        let b = grads_b
+            .get(name)
+            .unwrap_or_else(|| panic!("{what}: no second gradient for {name}"));
+        let scale = a
+            .abs()
+            .and_then(|t| t.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .expect("gradient scale");
+        let diff = max_abs_diff(a, b);
+        assert!(
+            diff <= tol * scale.max(1.0),
+            "{what}: gradient of {name} differs by {diff} (scale {scale})"
+        );
+    }
 }

@@ -11,6 +11,7 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 use num_traits::{Float, NumAssign};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::activation::ActivationFloat;
 
@@ -21,9 +22,29 @@ pub(crate) trait Real: Float + NumAssign + WithDType + ActivationFloat {}
 impl Real for f32 {}
 impl Real for f64 {}
 
+static FUSED_CPU_KERNELS: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused CPU kernels (of this crate, and of crates that ask
+/// [`fused_cpu_kernels`], such as `clip-moe`) on or off for the whole
+/// process; they are on by default.
+///
+/// Off, the CPU runs the same differentiable candle composites that a GPU
+/// runs. That lets a machine without a GPU test the GPU's code path (this
+/// crate's `composite_parity` test does) and time the kernels against the
+/// composites. The switch is global: flip it before building the graph, not
+/// while other threads run layers.
+pub fn set_fused_cpu_kernels(on: bool) {
+    FUSED_CPU_KERNELS.store(on, Ordering::Relaxed);
+}
+
+/// Whether the fused CPU kernels are on (see [`set_fused_cpu_kernels`]).
+pub fn fused_cpu_kernels() -> bool {
+    FUSED_CPU_KERNELS.load(Ordering::Relaxed)
+}
+
 /// Whether `x` takes the fused CPU kernels (else candle's composites run).
 pub(crate) fn fused_path(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && fused_cpu_kernels()
 }
 
 /// The elements of a contiguous tensor; an error naming `op` otherwise.

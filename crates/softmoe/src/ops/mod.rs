@@ -12,6 +12,7 @@ mod matmul;
 mod routing;
 pub mod rows;
 
+pub use dispatch::{fused_cpu_kernels, set_fused_cpu_kernels};
 pub use expert_linear::linear;
 pub(crate) use expert_linear::{expert_linear_ordered, RowOrder};
 pub use matmul::matmul;
