@@ -9,6 +9,9 @@ batch and images/s.
 
     /tmp/venv-clip/bin/python scripts/clip_moe/bench_transformers.py [--threads 2] [--batch 2] [--runs 10]
 
+`--device cuda` runs on GPU 0 and ends each timed run with
+torch.cuda.synchronize(), as the Rust bench synchronises candle's device.
+
 Versions used for docs/benchmarks.md: torch 2.15.0, transformers 5.24.0.
 """
 
@@ -20,13 +23,15 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 
-def median_seconds(step, runs, warmup=2):
+def median_seconds(step, runs, sync, warmup=2):
     for _ in range(warmup):
         step()
+    sync()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -36,14 +41,17 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     config = CLIPVisionConfig(patch_size=16, attn_implementation="eager")
-    model = CLIPVisionModel(config).train()
-    pixels = torch.randn(args.batch, 3, 224, 224)
-    weight = torch.randn(args.batch, config.hidden_size)
+    model = CLIPVisionModel(config).train().to(device)
+    pixels = torch.randn(args.batch, 3, 224, 224, device=device)
+    weight = torch.randn(args.batch, config.hidden_size, device=device)
 
     def forward_no_grad():
         with torch.no_grad():
@@ -57,13 +65,14 @@ def main():
         loss = (model(pixel_values=pixels).pooler_output * weight).sum()
         loss.backward()
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"threads {torch.get_num_threads()}"
+    print(f"torch {torch.__version__}, {where}, batch {args.batch}")
     for name, step in [
         ("forward (no_grad)", forward_no_grad),
         ("forward (autograd on)", forward_recorded),
         ("forward_backward", forward_backward),
     ]:
-        seconds = median_seconds(step, args.runs)
+        seconds = median_seconds(step, args.runs, sync)
         print(f"{name:24s} median {seconds * 1e3:8.1f} ms  {args.batch / seconds:6.2f} images/s")
 
 

@@ -11,7 +11,9 @@ einsum of the fixture generator.
 
 Run with the machine's core count as threads, next to the Rust bench:
     /tmp/venv/bin/python scripts/softmoe/bench_torch.py --threads 2
-Prints the median over --iters timed runs after --warmup runs.
+Prints the median over --iters timed runs after --warmup runs. With
+`--device cuda` the layers run on GPU 0 and each timed run ends with
+torch.cuda.synchronize(), as the Rust bench synchronises candle's device.
 """
 import argparse
 import statistics
@@ -62,13 +64,15 @@ class SoftMoE(nn.Module):
         return combine @ ys
 
 
-def median_ms(fn, warmup, iters):
+def median_ms(fn, warmup, iters, sync):
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(iters):
         start = time.perf_counter()
         fn()
+        sync()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
@@ -79,7 +83,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--sweep", action="store_true", help="also the experts x slots sweep")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cases = [("soft_moe_4x49", SoftMoE(4, 49, False)), ("la_soft_moe_4x49", SoftMoE(4, 49, True)),
@@ -87,9 +94,11 @@ def main():
     if args.sweep:
         for e, s in [(1, 196), (2, 98), (8, 25), (16, 12)]:
             cases += [(f"soft_moe_{e}x{s}", SoftMoE(e, s, False)), (f"la_soft_moe_{e}x{s}", SoftMoE(e, s, True))]
-    x = torch.randn(B, N, D, requires_grad=True)
-    w = torch.randn(B, N, D)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.iters}")
+    cases = [(name, layer.to(device)) for name, layer in cases]
+    x = torch.randn(B, N, D, device=device, requires_grad=True)
+    w = torch.randn(B, N, D, device=device)
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, median of {args.iters}")
     print("| layer | forward ms | fwd+bwd ms | fwd+bwd tokens/s |")
     print("|---|---|---|---|")
     for name, layer in cases:
@@ -102,8 +111,9 @@ def main():
                 p.grad = None
             (layer(x) * w).sum().backward()
 
-        f, fb = median_ms(fwd, args.warmup, args.iters), median_ms(fwd_bwd, args.warmup, args.iters)
-        print(f"| {name} | {f:.1f} | {fb:.1f} | {B * N / fb * 1e3:.0f} |")
+        f = median_ms(fwd, args.warmup, args.iters, sync)
+        fb = median_ms(fwd_bwd, args.warmup, args.iters, sync)
+        print(f"| {name} | {f:.2f} | {fb:.2f} | {B * N / fb * 1e3:.0f} |")
 
 
 if __name__ == "__main__":
