@@ -26,7 +26,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::cpu_slice::{cpu_f32_elements, f32_elements};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use softmoe::gemm::{matmul_into, Strided};
 use softmoe::rows::softmax_rows;
@@ -116,7 +116,7 @@ fn composite_attention(
         let mask = Tensor::from_vec(mask, (n, n), q.device())?.to_dtype(logits.dtype())?;
         logits = logits.broadcast_add(&mask)?;
     }
-    let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
+    let probs = softmoe::softmax(&logits, logits.rank() - 1)?;
     // (b, h, n, n) x (b, h, n, hd) -> (b, h, n, hd) -> (b, n, d)
     probs
         .matmul(&split(v)?)?

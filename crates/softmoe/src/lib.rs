@@ -33,7 +33,9 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use experts::Experts;
-pub use ops::{fused_cpu_kernels, gemm, linear, matmul, rows, set_fused_cpu_kernels, standardize};
+pub use ops::{
+    fused_cpu_kernels, gemm, linear, matmul, rows, set_fused_cpu_kernels, softmax, standardize,
+};
 pub use soft_moe::{SoftMoe, SoftMoeOutput};
 
 /// Dtype of trainable parameters: F64 when the builder asks for it (gradient

@@ -16,5 +16,5 @@ pub use dispatch::{fused_cpu_kernels, set_fused_cpu_kernels};
 pub use expert_linear::linear;
 pub(crate) use expert_linear::{expert_linear_ordered, RowOrder};
 pub use matmul::matmul;
-pub use routing::standardize;
-pub(crate) use routing::{elu_plus_one, l2_normalize, softmax};
+pub(crate) use routing::{elu_plus_one, l2_normalize};
+pub use routing::{softmax, standardize};

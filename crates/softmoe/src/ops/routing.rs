@@ -26,12 +26,22 @@ use rayon::prelude::*;
 
 use super::dispatch::{fused_path, BinaryKernel, Op, Real, UnaryKernel};
 
-/// Softmax of `x` along `axis`, differentiable.
-pub(crate) fn softmax(x: &Tensor, axis: usize) -> Result<Tensor> {
+/// Softmax of `x` along `axis`, differentiable: this crate's fused kernel
+/// on the CPU in F32/F64, candle's ops elsewhere.
+///
+/// The composite subtracts the row maximum as a constant (detached), as
+/// PyTorch does: softmax does not change when every input of a row moves by
+/// the same amount, so the maximum's gradient is exactly zero, and
+/// `candle_nn::ops::softmax` spends a mask, a product and a reduction (plus a
+/// zeroed buffer and an add) computing it in every backward pass.
+pub fn softmax(x: &Tensor, axis: usize) -> Result<Tensor> {
     if fused_path(x) {
         x.contiguous()?.apply_op1(Op(Softmax { axis }))
     } else {
-        candle_nn::ops::softmax(x, axis)
+        let max = x.max_keepdim(axis)?.detach();
+        let num = x.broadcast_sub(&max)?.exp()?;
+        let den = num.sum_keepdim(axis)?;
+        num.broadcast_div(&den)
     }
 }
 
