@@ -26,8 +26,10 @@ use rayon::prelude::*;
 
 use super::dispatch::{fused_path, BinaryKernel, Op, Real, UnaryKernel};
 
-/// Softmax of `x` along `axis`, differentiable: this crate's fused kernel
-/// on the CPU in F32/F64, candle's ops elsewhere.
+/// Softmax of `x` along `axis`, differentiable: the router's dispatch
+/// weights (eq. 2, over tokens) and Soft MoE's combine weights (eq. 4, over
+/// slots), public for other layers (e.g. attention). This crate's fused
+/// kernel on the CPU in F32/F64, candle's ops elsewhere.
 ///
 /// The composite subtracts the row maximum as a constant (detached), as
 /// PyTorch does: softmax does not change when every input of a row moves by
