@@ -6,8 +6,10 @@
 //! primitive op, single-threaded; at ViT-B/16 shapes they cost as much as a
 //! quarter of the forward pass (docs/benchmarks.md). candle's own fused
 //! `layer_norm` records no gradient, so it cannot be used for training.
-//! Here the op is one `CustomOp3` whose backward is one fused op per output; on other devices or dtypes the composite path runs, so
-//! results agree everywhere (checked by the unit tests below).
+//! Here the op is one `CustomOp3` whose backward is one fused pass over the
+//! rows giving the input, weight and bias gradients together. On other
+//! devices or dtypes the composite path runs; the results agree (checked by
+//! the unit tests below and by the `composite` integration test).
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -83,20 +85,30 @@ impl CustomOp3 for LayerNorm {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = weight.elem_count();
-        let grad = grad_res.contiguous()?;
-        let grad_x = xs.apply_op3_no_bwd(weight, &grad, &LayerNormBackward { eps: self.eps })?;
-        let rows = grad.elem_count() / d.max(1);
-        let grad_rows = grad.reshape((rows, d))?;
-        let last = xs.rank().saturating_sub(1);
-        let normalized = softmoe::standardize(&xs.detach(), last, self.eps as f64)?;
-        let grad_weight = (grad_rows.clone() * normalized.reshape((rows, d))?)?.sum(0)?;
-        let grad_bias = grad_rows.sum(0)?;
+        let rows = xs.elem_count() / d.max(1);
+        // One pass gives all three gradients, packed as
+        // [input gradient (rows·d) | weight gradient (d) | bias gradient (d)].
+        let packed = xs.apply_op3_no_bwd(
+            weight,
+            &grad_res.contiguous()?,
+            &LayerNormBackward { eps: self.eps },
+        )?;
+        let grad_x = packed.narrow(0, 0, rows * d)?.reshape(xs.shape())?;
+        let grad_weight = packed.narrow(0, rows * d, d)?;
+        let grad_bias = packed.narrow(0, rows * d + d, d)?;
         Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
     }
 }
 
-/// Input gradient per row, with `gw = grad * weight` and `x̂` the
-/// standardised row: `rstd * (gw - mean(gw) - x̂ * mean(gw * x̂))`.
+/// Rows per task of the backward pass: each task also sums its rows' weight
+/// and bias gradients, and the tasks' sums are added at the end.
+const BACKWARD_ROWS_PER_TASK: usize = 16;
+
+/// All three gradients of the LayerNorm in one pass over the rows, with
+/// `x̂` the standardised row and `gw = grad * weight`:
+/// input `rstd * (gw - mean(gw) - x̂ * mean(gw * x̂))`, weight `Σ grad * x̂`,
+/// bias `Σ grad` (sums over rows). The result is flat:
+/// `[input (rows·d) | weight (d) | bias (d)]`.
 struct LayerNormBackward {
     eps: f32,
 }
@@ -119,24 +131,79 @@ impl CustomOp3 for LayerNormBackward {
         let weight = f32_elements(w_storage, w_layout, self.name(), "weight")?;
         let grads = f32_elements(g_storage, g_layout, self.name(), "the output gradient")?;
         let n = weight.len().max(1);
-        let mut out = vec![0f32; xs.len()];
-        out.par_chunks_mut(n)
-            .zip(xs.par_chunks(n).zip(grads.par_chunks(n)))
-            .for_each(|(out, (row, grad))| {
-                let (mean, rstd) = row_stats(row, self.eps);
-                let (mut sum_gw, mut sum_gw_xhat) = (0f32, 0f32);
-                for ((&x, &g), &w) in row.iter().zip(grad).zip(weight) {
-                    let gw = g * w;
-                    sum_gw += gw;
-                    sum_gw_xhat += gw * (x - mean) * rstd;
+        if xs.len() % n != 0 || grads.len() != xs.len() {
+            candle_core::bail!(
+                "{}: x has {} elements and its gradient {}, not a multiple of {n}",
+                self.name(),
+                xs.len(),
+                grads.len()
+            )
+        }
+        let task = n * BACKWARD_ROWS_PER_TASK;
+        let mut out = vec![0f32; xs.len() + 2 * n];
+        let (grad_x, param_grads) = out.split_at_mut(xs.len());
+        let (sum_gw, sum_gb) = grad_x
+            .par_chunks_mut(task)
+            .zip(xs.par_chunks(task).zip(grads.par_chunks(task)))
+            .map(|(out, (rows, grad_rows))| {
+                let (mut gw_sum, mut gb_sum) = (vec![0f32; n], vec![0f32; n]);
+                for ((out, row), grad) in out
+                    .chunks_exact_mut(n)
+                    .zip(rows.chunks_exact(n))
+                    .zip(grad_rows.chunks_exact(n))
+                {
+                    self.row(out, row, grad, weight, (&mut gw_sum, &mut gb_sum));
                 }
-                let (mean_gw, mean_gw_xhat) = (sum_gw / n as f32, sum_gw_xhat / n as f32);
-                for (((o, &x), &g), &w) in out.iter_mut().zip(row).zip(grad).zip(weight) {
-                    let xhat = (x - mean) * rstd;
-                    *o = rstd * (g * w - mean_gw - xhat * mean_gw_xhat);
-                }
-            });
-        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+                (gw_sum, gb_sum)
+            })
+            .reduce(
+                || (vec![0f32; n], vec![0f32; n]),
+                |(mut a_w, mut a_b), (b_w, b_b)| {
+                    a_w.iter_mut().zip(&b_w).for_each(|(a, b)| *a += b);
+                    a_b.iter_mut().zip(&b_b).for_each(|(a, b)| *a += b);
+                    (a_w, a_b)
+                },
+            );
+        param_grads[..n].copy_from_slice(&sum_gw);
+        param_grads[n..].copy_from_slice(&sum_gb);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+impl LayerNormBackward {
+    /// One row's input gradient into `out`, and its weight and bias
+    /// gradients added into `sums`.
+    fn row(
+        &self,
+        out: &mut [f32],
+        row: &[f32],
+        grad: &[f32],
+        weight: &[f32],
+        (gw_sum, gb_sum): (&mut [f32], &mut [f32]),
+    ) {
+        let n = row.len() as f32;
+        let (mean, rstd) = row_stats(row, self.eps);
+        let (mut sum_gw, mut sum_gw_xhat) = (0f32, 0f32);
+        for ((((&x, &g), &w), sw), sb) in row
+            .iter()
+            .zip(grad)
+            .zip(weight)
+            .zip(gw_sum.iter_mut())
+            .zip(gb_sum.iter_mut())
+        {
+            let xhat = (x - mean) * rstd;
+            let gw = g * w;
+            sum_gw += gw;
+            sum_gw_xhat += gw * xhat;
+            *sw += g * xhat;
+            *sb += g;
+        }
+        let (mean_gw, mean_gw_xhat) = (sum_gw / n, sum_gw_xhat / n);
+        for (((o, &x), &g), &w) in out.iter_mut().zip(row).zip(grad).zip(weight) {
+            let xhat = (x - mean) * rstd;
+            *o = rstd * (g * w - mean_gw - xhat * mean_gw_xhat);
+        }
     }
 }
 

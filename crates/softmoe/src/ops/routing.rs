@@ -31,11 +31,11 @@ use super::dispatch::{fused_path, BinaryKernel, Op, Real, UnaryKernel};
 /// slots), public for other layers (e.g. attention). This crate's fused
 /// kernel on the CPU in F32/F64, candle's ops elsewhere.
 ///
-/// The composite subtracts the row maximum as a constant (detached), as
-/// PyTorch does: softmax does not change when every input of a row moves by
-/// the same amount, so the maximum's gradient is exactly zero, and
-/// `candle_nn::ops::softmax` spends a mask, a product and a reduction (plus a
-/// zeroed buffer and an add) computing it in every backward pass.
+/// The composite subtracts the row maximum as a constant (detached).
+/// Softmax does not change when every input of a row moves by the same
+/// amount, so the maximum's gradient is exactly zero. `candle_nn::ops::softmax`
+/// still computes it in every backward pass: a mask, a product and a
+/// reduction, plus a zeroed buffer and an add.
 pub fn softmax(x: &Tensor, axis: usize) -> Result<Tensor> {
     if fused_path(x) {
         x.contiguous()?.apply_op1(Op(Softmax { axis }))
