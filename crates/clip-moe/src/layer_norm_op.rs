@@ -133,7 +133,7 @@ impl CustomOp3 for LayerNormBackward {
         let n = weight.len().max(1);
         if xs.len() % n != 0 || grads.len() != xs.len() {
             candle_core::bail!(
-                "{}: x has {} elements and its gradient {}, not a multiple of {n}",
+                "{}: x ({} elements) and its gradient ({}) must be the same whole rows of {n}",
                 self.name(),
                 xs.len(),
                 grads.len()
