@@ -3,6 +3,8 @@
 //! [`super::fast_math`], f64 through libm-accurate formulas for gradient
 //! checks).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::fast_math::{erf_f32, exp_f32};
@@ -94,29 +96,35 @@ impl ActivationFloat for f64 {
 /// Writes `f(a[i], b[i])` to `out[i]`; `#[inline(always)]` so each caller
 /// below compiles it (and the inlined activation maths) for its own SIMD width.
 #[inline(always)]
-fn zip_map<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], b: &[T], f: &F) {
+fn zip_map<T: Copy, F: Fn(T, T) -> T>(out: &mut [MaybeUninit<T>], a: &[T], b: &[T], f: &F) {
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        *o = f(x, y);
+        o.write(f(x, y));
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn zip_map_avx512<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], b: &[T], f: &F) {
+fn zip_map_avx512<T: Copy, F: Fn(T, T) -> T>(out: &mut [MaybeUninit<T>], a: &[T], b: &[T], f: &F) {
     zip_map(out, a, b, f)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn zip_map_avx2<T: Copy, F: Fn(T, T) -> T>(out: &mut [T], a: &[T], b: &[T], f: &F) {
+fn zip_map_avx2<T: Copy, F: Fn(T, T) -> T>(out: &mut [MaybeUninit<T>], a: &[T], b: &[T], f: &F) {
     zip_map(out, a, b, f)
 }
 
 /// `out[i] = f(a[i], b[i])` on all cores, with the widest SIMD the CPU has
-/// (checked at run time: the default x86-64 target only assumes SSE2).
+/// (checked at run time: the default x86-64 target only assumes SSE2), over
+/// the shorter of `a` and `b`. The result is written once, into an
+/// uninitialised buffer: zeroing it first cost a memset of the experts'
+/// whole hidden layer per call.
 fn par_zip_map<T: ActivationFloat>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::default(); a.len()];
-    out.par_chunks_mut(CHUNK)
+    let len = a.len().min(b.len());
+    let (a, b) = (&a[..len], &b[..len]);
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(o, (a, b))| {
             #[cfg(target_arch = "x86_64")]
@@ -134,6 +142,10 @@ fn par_zip_map<T: ActivationFloat>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Syn
             }
             zip_map(o, a, b, &f)
         });
+    // SAFETY: the chunks above cover `out`'s first `len` slots, each chunk
+    // as long as its `a` and `b` chunks (all three have `len` elements), and
+    // `zip_map` wrote every slot of its chunk.
+    unsafe { out.set_len(len) };
     out
 }
 
