@@ -7,13 +7,14 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, VarBuilder, VarMap, SGD};
-use clip_moe::loss::clip_loss;
 use clip_moe::{
     load_model, load_weights, save_checkpoint, select_vars, ClipConfig, ClipModel, Error,
     MoeConfig, MoeLayers, WeightSelection,
 };
-use common::{expected, fixture_config, fixture_dir, fixture_text, max_abs_diff};
-use softmoe::ExpertInit;
+use common::{
+    build_model, expected, fixture_config, fixture_dir, fixture_text, four_pair_loss, max_abs_diff,
+    tiny_moe_config,
+};
 
 fn weights() -> std::path::PathBuf {
     fixture_dir().join("model.safetensors")
@@ -49,27 +50,6 @@ fn patched_model_equals_pretrained_at_step_zero() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loss over `n` images and `n` texts (eq. 1) of a model built from scratch.
-fn square_loss(model: &ClipModel) -> anyhow::Result<Tensor> {
-    let want = expected();
-    let pixels = Tensor::cat(
-        &[&want["pixel_values"], &(&want["pixel_values"] * -0.5)?],
-        0,
-    )?;
-    let cfg = model.config();
-    let text = fixture_text(cfg);
-    let ids = common::id_rows(text.input_ids());
-    let rows = vec![
-        ids[0].clone(),
-        ids[1].clone(),
-        ids[2].clone(),
-        ids[1].clone(),
-    ];
-    let text = clip_moe::TextInput::new(&rows, cfg.text_config.end_of_text_id(), &Device::Cpu)?;
-    let out = model.forward(&pixels, &text)?;
-    Ok(clip_loss(&out.logits_per_image)?)
-}
-
 fn zero_gradients(varmap: &VarMap, loss: &Tensor) -> anyhow::Result<Vec<String>> {
     let grads = loss.backward()?;
     let mut zero = Vec::new();
@@ -88,16 +68,8 @@ fn zero_gradients(varmap: &VarMap, loss: &Tensor) -> anyhow::Result<Vec<String>>
 #[test]
 fn every_parameter_gets_a_gradient() -> anyhow::Result<()> {
     for moe in [MoeConfig::la_soft_moe(), MoeConfig::soft_moe()] {
-        let cfg = ClipConfig::tiny().with_moe(MoeConfig {
-            slots_per_expert: 3,
-            expert_init: ExpertInit::TorchLinear,
-            ..moe
-        });
-        let varmap = VarMap::new();
-        let model = ClipModel::new(
-            &cfg,
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )?;
+        let cfg = tiny_moe_config(moe);
+        let (varmap, model) = build_model(&cfg, &Device::Cpu, None)?;
         let names: Vec<String> = select_vars(&varmap, &WeightSelection::All)
             .into_iter()
             .map(|(n, _)| n)
@@ -111,7 +83,7 @@ fn every_parameter_gets_a_gradient() -> anyhow::Result<()> {
         ] {
             assert!(names.iter().any(|n| n == must), "{must} is not a Var");
         }
-        let zero = zero_gradients(&varmap, &square_loss(&model)?)?;
+        let zero = zero_gradients(&varmap, &four_pair_loss(&model, &Device::Cpu)?)?;
         assert!(
             zero.is_empty(),
             "{:?}: no gradient for {zero:?}",
@@ -136,7 +108,7 @@ fn zero_output_init_trains_after_one_step() -> anyhow::Result<()> {
         &cfg,
         VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
     )?;
-    let zero = zero_gradients(&varmap, &square_loss(&model)?)?;
+    let zero = zero_gradients(&varmap, &four_pair_loss(&model, &Device::Cpu)?)?;
     assert!(
         zero.iter()
             .all(|n| n.contains(".moe.") && !n.contains("fc2")),
@@ -144,8 +116,8 @@ fn zero_output_init_trains_after_one_step() -> anyhow::Result<()> {
     );
     assert!(zero.iter().any(|n| n.ends_with("moe.phi")), "{zero:?}");
     let mut sgd = SGD::new(varmap.all_vars(), 0.1)?;
-    sgd.backward_step(&square_loss(&model)?)?;
-    let zero = zero_gradients(&varmap, &square_loss(&model)?)?;
+    sgd.backward_step(&four_pair_loss(&model, &Device::Cpu)?)?;
+    let zero = zero_gradients(&varmap, &four_pair_loss(&model, &Device::Cpu)?)?;
     assert!(zero.is_empty(), "{zero:?}");
     Ok(())
 }
