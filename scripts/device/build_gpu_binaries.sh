@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds, on this machine (no GPU needed), what scripts/device/gpu_checks.sh
 # runs on a lent GPU machine that has no Rust toolchain: the CUDA builds of
-# softmoe's parity test, clip-moe's GPU test and the two throughput benches,
+# the parity tests of softmoe and clip-moe, clip-moe's GPU test and the two benches,
 # copied with stable names to .gpu/bin (ignored by git) and packed into
-# .gpu/bin.tar.xz (about 26 MB, under the device call's 64 MiB; the binaries
+# .gpu/bin.tar.xz (about 33 MB, under the device call's 64 MiB; the binaries
 # embed candle's PTX). Carry `.gpu/bin.tar.xz` with the device call.
 #   scripts/device/build_gpu_binaries.sh
 # Uses ../shared/tools/cuda-env.sh for nvcc and its own target directory
@@ -12,16 +12,18 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source ../shared/tools/cuda-env.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-cuda}
-features=softmoe/cuda,clip-moe/cuda
-newest() { ls -t "$CARGO_TARGET_DIR"/release/deps/"$1"-* | grep -v '\.d$' | head -n 1; }
-cargo bench --no-run -p softmoe -p clip-moe --features "$features"
-cargo test --release --no-run -p softmoe --test parity --features cuda
-cargo test --release --no-run -p clip-moe --test cuda --features cuda
+features=cuda
+# Builds one target and prints the path of the executable cargo reports.
+executable() {
+    cargo "$@" --no-run --features "$features" 2>&1 | tee /dev/stderr |
+        sed -n 's/^ *Executable .*(\(.*\))$/\1/p' | tail -n 1
+}
 rm -rf .gpu/bin && mkdir -p .gpu/bin
-cp "$(newest moe_throughput)" .gpu/bin/moe_throughput
-cp "$(newest vision_throughput)" .gpu/bin/vision_throughput
-cp "$(newest parity)" .gpu/bin/softmoe_parity
-cp "$(newest cuda)" .gpu/bin/clip_moe_cuda
+cp "$(executable bench -p softmoe --bench moe_throughput)" .gpu/bin/moe_throughput
+cp "$(executable bench -p clip-moe --bench vision_throughput)" .gpu/bin/vision_throughput
+cp "$(executable test --release -p softmoe --test parity)" .gpu/bin/softmoe_parity
+cp "$(executable test --release -p clip-moe --test parity)" .gpu/bin/clip_moe_parity
+cp "$(executable test --release -p clip-moe --test cuda)" .gpu/bin/clip_moe_cuda
 strip .gpu/bin/*
 pwd >.gpu/bin/checkout
 ls -l .gpu/bin

@@ -40,7 +40,7 @@ built_at=$(cat "$BIN/checkout")
 if [ "$built_at" != "$PWD" ] && [ ! -e "$built_at" ]; then
     mkdir -p "$(dirname "$built_at")" && ln -s "$PWD" "$built_at"
 fi
-for t in softmoe_parity clip_moe_cuda; do
+for t in softmoe_parity clip_moe_parity clip_moe_cuda; do
     timeout 300 "$BIN/$t" --test-threads 1 >"$OUT/$t.log" 2>&1 || status=1
     grep -E "^test |test result|panicked|rror" "$OUT/$t.log"
 done

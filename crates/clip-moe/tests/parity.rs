@@ -1,6 +1,7 @@
 //! The model against Hugging Face transformers' `CLIPModel` (values recorded
 //! by `scripts/clip_moe/gen_fixtures.py`) and against candle-transformers'
-//! CLIP on the same weights, with MoE off.
+//! CLIP on the same weights, with MoE off. Built with `--features cuda`, the
+//! transformers comparison also runs on GPU 0.
 
 mod common;
 
@@ -8,7 +9,9 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::clip as reference;
 use clip_moe::{l2_normalize, load_model, ClipConfig};
-use common::{expected, fixture_config, fixture_dir, fixture_text, max_abs_diff};
+use common::{
+    devices, expected, fixture_config, fixture_dir, fixture_text, fixture_text_on, max_abs_diff,
+};
 
 const TOL: f32 = 1e-4;
 
@@ -17,40 +20,38 @@ fn tiny_preset_is_the_fixture_config() {
     assert_eq!(fixture_config(), ClipConfig::tiny());
 }
 
+/// On the CPU, and on GPU 0 too under `--features cuda`.
 #[test]
 fn matches_transformers() -> anyhow::Result<()> {
+    for device in devices()? {
+        matches_transformers_on(&device)?;
+    }
+    Ok(())
+}
+
+fn matches_transformers_on(device: &Device) -> anyhow::Result<()> {
     let cfg = fixture_config();
-    let loaded = load_model(
-        &cfg,
-        fixture_dir().join("model.safetensors"),
-        &Device::Cpu,
-        true,
-    )?;
+    let loaded = load_model(&cfg, fixture_dir().join("model.safetensors"), device, true)?;
     assert!(loaded.report.is_exact(), "{:?}", loaded.report);
     let model = &loaded.model;
     let want = expected();
-    let pixels = &want["pixel_values"];
-    let text = fixture_text(&cfg);
+    let pixels = &want["pixel_values"].to_device(device)?;
+    let text = fixture_text_on(&cfg, device);
 
+    let out = model.forward(pixels, &text)?;
     let checks = [
         ("vision_pooled", model.vision_model().forward(pixels)?),
         ("text_pooled", model.text_model().forward(&text)?),
         ("image_features", model.image_features(pixels)?),
         ("text_features", model.text_features(&text)?),
+        ("image_embeds", out.image_embeds),
+        ("text_embeds", out.text_embeds),
+        ("logits_per_image", out.logits_per_image),
+        ("logits_per_text", out.logits_per_text),
     ];
     for (name, got) in checks {
-        let diff = max_abs_diff(&got, &want[name]);
-        assert!(diff < TOL, "{name}: max |diff| {diff}");
-    }
-    let out = model.forward(pixels, &text)?;
-    for (name, got) in [
-        ("image_embeds", &out.image_embeds),
-        ("text_embeds", &out.text_embeds),
-        ("logits_per_image", &out.logits_per_image),
-        ("logits_per_text", &out.logits_per_text),
-    ] {
-        let diff = max_abs_diff(got, &want[name]);
-        assert!(diff < TOL, "{name}: max |diff| {diff}");
+        let diff = max_abs_diff(&got.to_device(&Device::Cpu)?, &want[name]);
+        assert!(diff < TOL, "{name} on {device:?}: max |diff| {diff}");
     }
     Ok(())
 }

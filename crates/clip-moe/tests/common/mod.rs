@@ -36,8 +36,22 @@ pub fn id_rows(ids: &Tensor) -> Vec<Vec<u32>> {
 
 /// The fixture's three prompts, as transformers fed them.
 pub fn fixture_text(cfg: &ClipConfig) -> TextInput {
+    fixture_text_on(cfg, &Device::Cpu)
+}
+
+/// [`fixture_text`] on `device`.
+pub fn fixture_text_on(cfg: &ClipConfig, device: &Device) -> TextInput {
     let rows = id_rows(&expected()["input_ids"]);
-    TextInput::new(&rows, cfg.text_config.end_of_text_id(), &Device::Cpu).expect("text input")
+    TextInput::new(&rows, cfg.text_config.end_of_text_id(), device).expect("text input")
+}
+
+/// The CPU, and GPU 0 when the tests are built with `--features cuda`.
+pub fn devices() -> anyhow::Result<Vec<Device>> {
+    let mut devices = vec![Device::Cpu];
+    if cfg!(feature = "cuda") {
+        devices.push(Device::new_cuda(0)?);
+    }
+    Ok(devices)
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
