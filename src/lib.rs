@@ -1,11 +1,45 @@
 //! `uniattack`: unified physical-digital face attack detection with
 //! La-SoftMoE CLIP (Zou et al., arXiv 2408.12793), on candle.
 //!
-//! This root package composes the workspace crates and re-exports them:
-//! [`softmoe`] (Soft MoE and La-SoftMoE layers), [`clip_moe`] (CLIP with MoE
-//! branches), [`fas_data`] (datasets and loading) and [`fas_metrics`] (the
-//! field's metrics). Training and evaluation will live here; until then the
-//! examples and tests exercise the layers through these re-exports.
+//! The application layer over the workspace's libraries ([`softmoe`],
+//! [`clip_moe`], [`fas_data`], [`fas_metrics`]), as burn-train sits over
+//! burn's modules: the libraries never learn about training.
+//!
+//! * [`ExperimentConfig`]: a run as data (model, MoE, prompts, data, loader,
+//!   optimiser, schedule, evaluation, seed), saved with every run.
+//! * [`labels`]: the one mapping between the crates' label types, with the
+//!   score polarity stated once (higher = attack).
+//! * [`Detector`]: transform + model + prompt head -> attack probabilities;
+//!   the same code in training's evaluation, `eval_uniattack` and `detect`.
+//! * [`evaluator`]: splits -> scores -> `fas-metrics` reports, score files, plots.
+//! * [`Trainer`]: the loop, [`Adam`] with saved state, schedules,
+//!   checkpoints and exact resume; [`demo`] the offline demo.
+//! * [`cli`]: the command lines of the examples `train_uniattack`,
+//!   `eval_uniattack` and `detect`.
+
+pub mod adam;
+pub mod backbone;
+pub mod checkpoint;
+pub mod cli;
+pub mod data;
+pub mod demo;
+pub mod detector;
+mod error;
+pub mod evaluator;
+pub mod experiment;
+pub mod init;
+pub mod labels;
+pub mod progress;
+pub mod run_dir;
+pub mod runtime;
+pub mod schedule;
+pub mod trainer;
+
+pub use adam::{Adam, AdamConfig, WeightDecay};
+pub use detector::Detector;
+pub use error::{Error, Result};
+pub use experiment::ExperimentConfig;
+pub use trainer::{TrainOptions, Trainer};
 
 pub use clip_moe;
 pub use fas_data;

@@ -326,7 +326,7 @@ impl ClipConfig {
             path: path.as_ref().to_path_buf(),
             source,
         })?;
-        crate::checkpoint::write_atomically(path.as_ref(), |tmp| {
+        crate::files::write_atomically(path.as_ref(), |tmp| {
             std::fs::write(tmp, json.as_bytes()).map_err(|source| Error::Io {
                 action: "writing",
                 path: tmp.to_path_buf(),

@@ -17,13 +17,12 @@ use std::path::{Path, PathBuf};
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
-use crate::checkpoint::{CONFIG_FILE, LEGACY_WEIGHTS_FILE, WEIGHTS_FILE};
 use crate::error::{Error, Result};
+pub use crate::files::TOKENIZER_FILE;
+use crate::files::{CONFIG_FILE, LEGACY_WEIGHTS_FILE, WEIGHTS_FILE};
 
 /// The paper's backbone.
 pub const DEFAULT_MODEL_ID: &str = "openai/clip-vit-base-patch16";
-/// Name of a model directory's tokenizer.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// The three files a model needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -142,7 +142,11 @@ impl CustomOp3 for LayerNormBackward {
         let task = n * BACKWARD_ROWS_PER_TASK;
         let mut out = vec![0f32; xs.len() + 2 * n];
         let (grad_x, param_grads) = out.split_at_mut(xs.len());
-        let (sum_gw, sum_gb) = grad_x
+        // Per-task partial sums, collected in task order and added up in
+        // that order: the result does not depend on how rayon schedules the
+        // tasks (a parallel `reduce` would sum in a run-dependent order, and
+        // training would not be reproducible to the bit).
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = grad_x
             .par_chunks_mut(task)
             .zip(xs.par_chunks(task).zip(grads.par_chunks(task)))
             .map(|(out, (rows, grad_rows))| {
@@ -156,14 +160,12 @@ impl CustomOp3 for LayerNormBackward {
                 }
                 (gw_sum, gb_sum)
             })
-            .reduce(
-                || (vec![0f32; n], vec![0f32; n]),
-                |(mut a_w, mut a_b), (b_w, b_b)| {
-                    a_w.iter_mut().zip(&b_w).for_each(|(a, b)| *a += b);
-                    a_b.iter_mut().zip(&b_b).for_each(|(a, b)| *a += b);
-                    (a_w, a_b)
-                },
-            );
+            .collect();
+        let (mut sum_gw, mut sum_gb) = (vec![0f32; n], vec![0f32; n]);
+        for (task_w, task_b) in &partials {
+            sum_gw.iter_mut().zip(task_w).for_each(|(a, b)| *a += b);
+            sum_gb.iter_mut().zip(task_b).for_each(|(a, b)| *a += b);
+        }
         param_grads[..n].copy_from_slice(&sum_gw);
         param_grads[n..].copy_from_slice(&sum_gb);
         let len = out.len();

@@ -55,6 +55,7 @@ mod dense;
 mod embeddings;
 mod encoder;
 mod error;
+pub mod files;
 mod fused_attention;
 pub mod hub;
 mod layer_norm;

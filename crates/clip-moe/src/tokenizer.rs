@@ -32,11 +32,27 @@ impl ClipTokenizer {
     /// `context_length` tokens (the text config's `max_position_embeddings`).
     pub fn from_file(path: impl AsRef<Path>, context_length: usize) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        let bytes = std::fs::read(&path).map_err(|e| Error::Tokenizer {
+            path: path.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::from_bytes(&bytes, path, context_length)
+    }
+
+    /// As [`ClipTokenizer::from_file`], from the bytes of a `tokenizer.json`
+    /// (e.g. one bundled with `include_bytes!`); `name` stands for the file
+    /// in error messages.
+    pub fn from_bytes(
+        bytes: &[u8],
+        name: impl Into<PathBuf>,
+        context_length: usize,
+    ) -> Result<Self> {
+        let path = name.into();
         let fail = |message: String| Error::Tokenizer {
             path: path.clone(),
             message,
         };
-        let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| fail(e.to_string()))?;
+        let mut tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| fail(e.to_string()))?;
         let end_of_text_id = tokenizer.token_to_id(END_OF_TEXT).ok_or_else(|| {
             fail(format!(
                 "has no `{END_OF_TEXT}` token: not a CLIP tokenizer"

@@ -36,6 +36,7 @@ fn main() -> Result<()> {
     let options = ListOptions {
         policy: BadInputPolicy::Skip,
         check: FileCheck::Decode,
+        ..Default::default()
     };
     let listing = if format == "folder" {
         read_folder(&data, &options)?

@@ -315,6 +315,15 @@ impl Loader {
     /// Starts the worker threads for `epoch`; iterate the result for batches.
     /// Dropping it early stops the workers.
     pub fn epoch(&self, epoch: u64) -> Epoch {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `first` on: exactly the batches
+    /// [`Loader::epoch`] yields at those positions (same images, same
+    /// augmentation), without decoding the ones before. This is how a
+    /// training run resumes mid-epoch. `first` past the end gives an empty
+    /// epoch.
+    pub fn epoch_from(&self, epoch: u64, first: usize) -> Epoch {
         let config = &self.shared.config;
         let order = self.epoch_order(epoch);
         let mut batches: Vec<Vec<usize>> = order
@@ -334,8 +343,13 @@ impl Loader {
             config.prefetch
         };
         let total = batches.len();
+        let first = first.min(total);
         let window = Arc::new(Window {
-            state: Mutex::new(WindowState::default()),
+            state: Mutex::new(WindowState {
+                next_to_start: first,
+                consumed: first,
+                cancelled: false,
+            }),
             changed: Condvar::new(),
         });
         let plan = Arc::new(EpochPlan {
@@ -344,7 +358,7 @@ impl Loader {
             epoch,
         });
         let (sender, receiver) = channel();
-        let handles = (0..workers.min(total.max(1)))
+        let handles = (0..workers.min((total - first).max(1)))
             .map(|_| {
                 let (plan, window, sender) =
                     (Arc::clone(&plan), Arc::clone(&window), sender.clone());
@@ -362,7 +376,7 @@ impl Loader {
             window,
             handles,
             pending: BTreeMap::new(),
-            next: 0,
+            next: first,
             total,
         }
     }
@@ -486,9 +500,15 @@ pub struct Epoch {
 }
 
 impl Epoch {
-    /// Batches in this epoch.
+    /// Batches in this epoch, those before [`Loader::epoch_from`]'s `first`
+    /// included.
     pub fn len(&self) -> usize {
         self.total
+    }
+
+    /// Index of the batch the next call to `next` yields.
+    pub fn next_index(&self) -> usize {
+        self.next
     }
 
     /// True for an epoch without batches.

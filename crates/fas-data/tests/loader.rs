@@ -64,6 +64,44 @@ fn run(loader: &Loader, epoch: u64) -> Vec<(Vec<String>, Vec<f32>)> {
         .collect()
 }
 
+/// Resuming mid-epoch: `epoch_from(e, k)` yields exactly batches k.. of
+/// `epoch(e)` (same entries, same augmented pixels, same indices).
+#[test]
+fn epoch_from_yields_the_tail_of_the_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = dataset(dir.path());
+    let loader = Loader::new(
+        samples,
+        LoaderConfig {
+            drop_last: false,
+            ..config(2)
+        },
+    )
+    .unwrap();
+    let whole = run(&loader, 3);
+    assert_eq!(whole.len(), 3);
+    for first in 0..=whole.len() {
+        let mut epoch = loader.epoch_from(3, first);
+        assert_eq!(epoch.next_index(), first);
+        let mut tail = Vec::new();
+        for batch in &mut epoch {
+            let batch = batch.unwrap();
+            assert_eq!(batch.index, first + tail.len());
+            tail.push((
+                batch.entries.clone(),
+                batch
+                    .images
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            ));
+        }
+        assert_eq!(tail, whole[first..].to_vec(), "first = {first}");
+    }
+    assert_eq!(loader.epoch_from(3, 99).count(), 0);
+}
+
 #[test]
 fn same_seed_same_batches_with_any_worker_count() {
     let dir = tempfile::tempdir().unwrap();

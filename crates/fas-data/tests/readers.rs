@@ -429,6 +429,7 @@ fn bad_input_skip_keeps_valid_samples_and_counts_problems() {
     let options = ListOptions {
         policy: BadInputPolicy::Skip,
         check: FileCheck::Decode,
+        ..Default::default()
     };
     let listing = read_list(&list, dir.path(), &ListFormat::UniattackProtocol, &options).unwrap();
     assert_eq!(listing.samples.len(), 2);
@@ -437,6 +438,7 @@ fn bad_input_skip_keeps_valid_samples_and_counts_problems() {
     let options = ListOptions {
         policy: BadInputPolicy::Skip,
         check: FileCheck::Exists,
+        ..Default::default()
     };
     let listing = read_list(&list, dir.path(), &ListFormat::UniattackProtocol, &options).unwrap();
     assert_eq!(listing.samples.len(), 5);

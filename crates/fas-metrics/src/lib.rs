@@ -28,7 +28,7 @@ pub mod report;
 pub mod roc;
 pub mod score_file;
 pub mod score_set;
-mod serde_threshold;
+pub mod serde_threshold;
 pub mod threshold;
 mod validate;
 pub mod video;

@@ -9,7 +9,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serializer};
 
 /// Writes a finite threshold as a number, +-infinity as `"inf"` / `"-inf"`.
-pub(crate) fn serialize<S: Serializer>(threshold: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+pub fn serialize<S: Serializer>(threshold: &f64, serializer: S) -> Result<S::Ok, S::Error> {
     if *threshold == f64::INFINITY {
         serializer.serialize_str("inf")
     } else if *threshold == f64::NEG_INFINITY {
@@ -20,7 +20,7 @@ pub(crate) fn serialize<S: Serializer>(threshold: &f64, serializer: S) -> Result
 }
 
 /// Reads what [`serialize`] writes.
-pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Repr {

@@ -177,11 +177,16 @@ impl ListFormat {
 
 /// Options for [`read_list`] and [`folder::read_folder`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ListOptions {
     /// Fail (default) or skip-and-count.
     pub policy: BadInputPolicy,
     /// How listed files are checked (default: they exist).
     pub check: FileCheck,
+    /// Accept entries whose `..` components lead out of the data root
+    /// (`../other/x.jpg`). Off by default: a list is then confined to the
+    /// root it is read against, and such a line is a problem.
+    pub allow_outside_root: bool,
 }
 
 /// The result of listing: the usable samples and what was wrong with the rest.
@@ -268,10 +273,19 @@ pub fn read_list(
                 continue;
             }
         };
+        let key = match normalize_entry(&parsed.entry, options.allow_outside_root) {
+            Ok(key) => key,
+            Err(message) => {
+                listing
+                    .problems
+                    .push(Problem::at_line(list, line_no, message));
+                continue;
+            }
+        };
         let label = parsed
             .label
             .map(|label| refine(label, &parsed.entry, spec.path_hints));
-        if let Some((first_line, first_label)) = seen.get(&parsed.entry) {
+        if let Some((first_line, first_label)) = seen.get(&key) {
             if *first_label == label {
                 listing.duplicates += 1;
             } else {
@@ -286,11 +300,11 @@ pub fn read_list(
                 continue;
             }
         } else {
-            seen.insert(parsed.entry.clone(), (line_no, label.clone()));
+            seen.insert(key.clone(), (line_no, label.clone()));
         }
         listing.samples.push(Sample {
-            path: root.join(&parsed.entry),
-            video_id: video_id(&parsed.entry, spec.video_id),
+            path: root.join(&key),
+            video_id: video_id(&key, spec.video_id),
             entry: parsed.entry,
             label,
             media: spec.media,
@@ -299,6 +313,42 @@ pub fn read_list(
     }
     check_files(&mut listing, options.check);
     listing.finish(list, options.policy)
+}
+
+/// The entry as a clean relative path: empty and `.` components dropped,
+/// `..` applied, so `./a/b.jpg`, `a//b.jpg` and `a/x/../b.jpg` all name
+/// `a/b.jpg` (one file, one sample). An entry that climbs out of the root is
+/// an error unless `allow_outside_root`, and then keeps its leading `..`.
+pub(crate) fn normalize_entry(
+    entry: &str,
+    allow_outside_root: bool,
+) -> std::result::Result<String, String> {
+    let mut parts: Vec<&str> = Vec::new();
+    let mut above_root = 0usize;
+    for part in entry.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    above_root += 1;
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    if above_root > 0 && !allow_outside_root {
+        return Err(format!(
+            "\"{entry}\" leads out of the data root (`..`); entries must stay below it"
+        ));
+    }
+    if parts.is_empty() {
+        return Err(format!(
+            "\"{entry}\" names the data root itself, not a file"
+        ));
+    }
+    let mut key = "../".repeat(above_root);
+    key.push_str(&parts.join("/"));
+    Ok(key)
 }
 
 fn refine(label: Label, entry: &str, path_hints: bool) -> Label {
@@ -351,4 +401,27 @@ pub(crate) fn check_files(listing: &mut Listing, check: FileCheck) {
     listing
         .problems
         .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_entry;
+
+    #[test]
+    fn entries_naming_one_file_normalise_alike() {
+        for entry in [
+            "a/b.jpg",
+            "./a/b.jpg",
+            "a//b.jpg",
+            "a/./b.jpg",
+            "a/x/../b.jpg",
+        ] {
+            assert_eq!(normalize_entry(entry, false).unwrap(), "a/b.jpg", "{entry}");
+        }
+        let err = normalize_entry("../secret/x.jpg", false).unwrap_err();
+        assert!(err.contains("data root"), "{err}");
+        assert!(normalize_entry("a/../../x.jpg", false).is_err());
+        assert_eq!(normalize_entry("../x/y.jpg", true).unwrap(), "../x/y.jpg");
+        assert!(normalize_entry("a/..", false).is_err());
+    }
 }

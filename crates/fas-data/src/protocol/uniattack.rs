@@ -36,6 +36,14 @@ impl Protocol {
         Protocol::P2_2,
     ];
 
+    /// The protocol named `name` (`p1`, `p1.1`, ..., `p2.2`; case-insensitive),
+    /// `None` for any other name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(name))
+    }
+
     /// The name used in file names: `p1`, `p1.1`, ..., `p2.2`.
     pub fn name(self) -> &'static str {
         match self {

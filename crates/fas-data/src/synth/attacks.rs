@@ -227,9 +227,9 @@ pub const ADVERSARIAL_METHODS: [&str; 3] = ["sign-grid", "lowfreq-wave", "face-p
 /// A digital adversarial example: the live image plus a small, structured,
 /// L-infinity bounded perturbation (at most 8/255), like gradient-sign and
 /// low-frequency attacks leave.
-pub fn adversarial<R: Rng>(live: &Canvas, method: usize, rng: &mut R) -> Canvas {
+pub fn adversarial<R: Rng>(live: &Canvas, method: usize, strength: f32, rng: &mut R) -> Canvas {
     let size = live.size;
-    let eps = rng.random_range(5.0..=8.0) / 255.0;
+    let eps = rng.random_range(5.0..=8.0) / 255.0 * strength;
     let block = rng.random_range(1..=2usize);
     let signs: Vec<[f32; 3]> = (0..size * size)
         .map(|_| [0; 3].map(|_: i32| if rng.random_bool(0.5) { 1.0 } else { -1.0 }))
@@ -274,6 +274,7 @@ pub fn editing<R: Rng>(
     donor: &Identity,
     target_identity: &Identity,
     method: usize,
+    strength: f32,
     rng: &mut R,
 ) -> Canvas {
     let size = target.size;
@@ -286,13 +287,13 @@ pub fn editing<R: Rng>(
         ..donor.clone()
     };
     let mut capture = target_capture.clone();
-    capture.center.0 += rng.random_range(-0.015..=0.015);
-    capture.center.1 += rng.random_range(-0.015..=0.015);
+    capture.center.0 += rng.random_range(-0.015..=0.015) * strength;
+    capture.center.1 += rng.random_range(-0.015..=0.015) * strength;
     let rendered = render(&donor_identity, &capture, size);
-    let factor = if feathered { 2 } else { 3 };
-    let degraded = resample_down_up(&rendered, factor);
+    let base_factor: f32 = if feathered { 2.0 } else { 3.0 };
+    let degraded = resample_down_up(&rendered, (base_factor * strength).round() as usize);
     // Partial colour transfer: a swap network matches skin tone, but not fully.
-    let transfer = rng.random_range(0.4..=0.7);
+    let transfer = rng.random_range(0.4..=0.7) / strength;
     let shift = [0, 1, 2].map(|c| (target_identity.skin[c] - donor.skin[c]) * transfer);
     let (sin_r, cos_r) = target_capture.roll.sin_cos();
     let (fa, fb) = target_identity.face_axes;

@@ -39,6 +39,18 @@ pub struct SynthConfig {
     pub live_frames: usize,
     /// JPEG quality of written images; default 92.
     pub jpeg_quality: u8,
+    /// How strong the digital attacks' traces are, 1 (default) to 8: the
+    /// adversarial perturbation's amplitude, and the face swap's
+    /// misalignment and resampling blur, are multiplied by it, its colour
+    /// matching divided by it. At 1 neither a small ViT nor a small CNN
+    /// trained for minutes tells them from live faces (see
+    /// `docs/synthetic-data.md`); the offline demo uses a stronger setting.
+    #[serde(default = "default_strength")]
+    pub digital_strength: f32,
+}
+
+fn default_strength() -> f32 {
+    1.0
 }
 
 impl Default for SynthConfig {
@@ -49,6 +61,7 @@ impl Default for SynthConfig {
             image_size: 128,
             live_frames: 2,
             jpeg_quality: 92,
+            digital_strength: default_strength(),
         }
     }
 }
@@ -57,6 +70,12 @@ impl SynthConfig {
     /// Rejects fewer than 5 subjects, images outside 32 to
     /// [`crate::preprocess::MAX_SIZE`] pixels and live frame counts outside 1 to 8.
     pub fn validate(&self) -> Result<()> {
+        if !(1.0..=8.0).contains(&self.digital_strength) {
+            return Err(Error::Config(format!(
+                "digital attack strength must be 1 to 8, got {}",
+                self.digital_strength
+            )));
+        }
         if self.subjects < 5
             || self.image_size < 32
             || self.image_size > MAX_SIZE
@@ -173,7 +192,7 @@ pub fn subject_images(config: &SynthConfig, index: usize) -> Result<Vec<SynthIma
         images.push(SynthImage {
             entry: format!("UniAttackData/Data/adv-attacks/{method}/{method}_{region}-{size}x{size}/{id}/0057.jpg"),
             label: Label::Attack(AttackKind::Adversarial { method: Some(method.to_string()) }),
-            image: attacks::adversarial(&live, m, &mut rng).to_rgb8(),
+            image: attacks::adversarial(&live, m, config.digital_strength, &mut rng).to_rgb8(),
         });
     }
     let donor_index = donor_of(config, index);
@@ -185,7 +204,16 @@ pub fn subject_images(config: &SynthConfig, index: usize) -> Result<Vec<SynthIma
             label: Label::Attack(AttackKind::Editing {
                 method: Some(method.to_string()),
             }),
-            image: attacks::editing(&live, &capture, &donor, &identity, m, &mut rng).to_rgb8(),
+            image: attacks::editing(
+                &live,
+                &capture,
+                &donor,
+                &identity,
+                m,
+                config.digital_strength,
+                &mut rng,
+            )
+            .to_rgb8(),
         });
     }
     Ok(images)

@@ -1,0 +1,328 @@
+//! Training checkpoints: one safetensors file holding the model weights
+//! (transformers' names, so `clip_moe::load_weights` reads it), the
+//! optimizer moments, the prompt embeddings the detector scores with, and in
+//! its header the run's state as JSON: step, loader position, experiment and
+//! model configuration, calibrated threshold, best-so-far record, and a
+//! checksum of every tensor byte.
+//!
+//! Written atomically (temporary file, fsync, rename, directory fsync): a
+//! run killed at any moment leaves the previous checkpoint intact and never a
+//! partial one under a checkpoint's name. Reading verifies the format, the
+//! checksum and every tensor's presence before anything is used, and names
+//! the file and what is wrong.
+//!
+//! The run's randomness needs no saved generator state: the loader derives
+//! every order and augmentation from (seed, epoch, position), and nothing
+//! else draws after initialisation; the position and seed are saved.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use clip_moe::ClipConfig;
+use fas_metrics::{ProtocolReport, ThresholdRule};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::experiment::{ExperimentConfig, Selection};
+
+/// The `format` of checkpoints written by this version.
+pub const FORMAT: &str = "uniattack-checkpoint/1";
+/// The header metadata key holding [`CheckpointMeta`] as JSON.
+pub const META_KEY: &str = "uniattack";
+/// Tensor name of the `(2, projection_dim)` prompt embeddings.
+pub const CLASS_EMBEDDINGS: &str = "uniattack.class_embeddings";
+
+/// What a checkpoint holds besides the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointKind {
+    /// Weights, optimizer moments and run state: resumable.
+    Training,
+    /// Weights and state only (the best checkpoint): for evaluation and detection.
+    Model,
+}
+
+/// Where the next batch comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LoaderPosition {
+    /// Epoch of the next batch (0-based).
+    pub epoch: u64,
+    /// Index of the next batch in that epoch.
+    pub next_batch: usize,
+}
+
+/// A decision threshold and where it was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// `score >= threshold` decides attack.
+    #[serde(with = "fas_metrics::serde_threshold")]
+    pub threshold: f64,
+    /// The rule that chose it.
+    pub rule: ThresholdRule,
+    /// The split it was chosen on (always dev for training runs).
+    pub split: fas_data::protocol::uniattack::Split,
+}
+
+/// The evaluation that made a checkpoint the best so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestRecord {
+    /// Optimizer step of the best checkpoint.
+    pub step: u64,
+    /// Epochs completed at that step.
+    pub epoch: u64,
+    /// Which split chose it.
+    pub selected_on: Selection,
+    /// Dev metrics at dev's own threshold.
+    pub dev: ProtocolReport,
+    /// Test metrics at the dev threshold, if test was scored.
+    pub test: Option<ProtocolReport>,
+}
+
+/// The checkpoint header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// [`FORMAT`].
+    pub format: String,
+    /// Resumable or weights only.
+    pub kind: CheckpointKind,
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Where training continues.
+    pub position: LoaderPosition,
+    /// The run's configuration.
+    pub experiment: ExperimentConfig,
+    /// The model's configuration (MoE placement included).
+    pub clip: ClipConfig,
+    /// The threshold calibrated at this checkpoint's last evaluation.
+    pub calibration: Option<Calibration>,
+    /// The best checkpoint so far, as of this one.
+    pub best: Option<BestRecord>,
+    /// Names of the model parameters in the file.
+    pub parameters: Vec<String>,
+    /// Checksum of every tensor (name, dtype, shape, bytes), hex.
+    pub checksum: String,
+}
+
+/// A checkpoint read back and verified.
+pub struct LoadedCheckpoint {
+    /// Its header.
+    pub meta: CheckpointMeta,
+    /// Every tensor, on the CPU.
+    pub tensors: HashMap<String, Tensor>,
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl LoadedCheckpoint {
+    /// The model parameters only.
+    pub fn weights(&self) -> Result<HashMap<String, Tensor>> {
+        self.meta
+            .parameters
+            .iter()
+            .map(|name| {
+                let tensor = self.tensors.get(name).ok_or_else(|| {
+                    Error::checkpoint(&self.path, format!("parameter {name} is missing"))
+                })?;
+                Ok((name.clone(), tensor.clone()))
+            })
+            .collect()
+    }
+
+    /// The prompt embeddings, on `device`.
+    pub fn class_embeddings(&self, device: &Device) -> Result<Tensor> {
+        let tensor = self.tensors.get(CLASS_EMBEDDINGS).ok_or_else(|| {
+            Error::checkpoint(&self.path, format!("tensor {CLASS_EMBEDDINGS} is missing"))
+        })?;
+        Ok(tensor.to_device(device)?)
+    }
+}
+
+/// 64-bit checksum of `bytes` (word-wise multiply-xorshift; fast enough to
+/// run over a 2 GB checkpoint at every save and load, and sensitive to any
+/// flipped bit and to reordering).
+fn mix(mut state: u64, bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        state = (state ^ u64::from_le_bytes(word)).wrapping_mul(K);
+        state ^= state >> 29;
+    }
+    for &b in chunks.remainder() {
+        state = (state ^ u64::from(b)).wrapping_mul(K);
+        state ^= state >> 29;
+    }
+    (state ^ bytes.len() as u64).wrapping_mul(K)
+}
+
+/// Running checksum over tensors fed in name order.
+struct Checksum(u64);
+
+impl Checksum {
+    fn new() -> Self {
+        Self(0x243F_6A88_85A3_08D3)
+    }
+
+    fn add(&mut self, name: &str, dtype: &str, shape: &[usize], data: &[u8]) {
+        self.0 = mix(self.0, name.as_bytes());
+        self.0 = mix(self.0, dtype.as_bytes());
+        for dim in shape {
+            self.0 = mix(self.0, &(*dim as u64).to_le_bytes());
+        }
+        self.0 = mix(self.0, data);
+    }
+
+    fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+/// Writes `tensors` (all on any device; copied to the CPU) with `meta`
+/// (whose checksum is filled in here) to `path`, atomically.
+pub fn write_checkpoint(
+    path: &Path,
+    mut meta: CheckpointMeta,
+    tensors: Vec<(String, Tensor)>,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<_>>()?;
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut sum = Checksum::new();
+    for (name, tensor) in &tensors {
+        use safetensors::View;
+        let dtype = format!("{:?}", View::dtype(tensor));
+        sum.add(name, &dtype, tensor.dims(), &View::data(tensor));
+    }
+    meta.checksum = sum.hex();
+    let header = serde_json::to_string(&meta).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let metadata = Some(HashMap::from([(META_KEY.to_string(), header)]));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+    }
+    clip_moe::files::write_atomically(path, |tmp| {
+        safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), metadata, tmp)
+            .map_err(|e| clip_moe::Error::Checkpoint {
+                path: tmp.to_path_buf(),
+                message: e.to_string(),
+            })
+    })?;
+    Ok(())
+}
+
+/// Reads and verifies a checkpoint: its format, its checksum, and that every
+/// parameter the header lists is present.
+pub fn read_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    let fail = |reason: String| Error::checkpoint(path, reason);
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| fail(format!("not a safetensors file or cut short ({e})")))?;
+    let json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| {
+            fail(format!(
+                "has no `{META_KEY}` header: not a uniattack checkpoint (plain weights load with \
+                 clip_moe::load_weights)"
+            ))
+        })?;
+    let meta: CheckpointMeta =
+        serde_json::from_str(json).map_err(|e| fail(format!("unreadable header: {e}")))?;
+    if meta.format != FORMAT {
+        return Err(fail(format!(
+            "format {:?}, this version reads {FORMAT:?}",
+            meta.format
+        )));
+    }
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| fail(format!("corrupted ({e})")))?;
+    let mut views = file.tensors();
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut sum = Checksum::new();
+    for (name, view) in &views {
+        sum.add(
+            name,
+            &format!("{:?}", view.dtype()),
+            view.shape(),
+            view.data(),
+        );
+    }
+    let found = sum.hex();
+    if found != meta.checksum {
+        return Err(fail(format!(
+            "checksum mismatch (stored {}, computed {found}): the file is damaged; delete it \
+             to resume from the previous checkpoint",
+            meta.checksum
+        )));
+    }
+    let mut tensors = HashMap::with_capacity(views.len());
+    for (name, view) in &views {
+        let tensor = candle_core::safetensors::Load::load(view, &Device::Cpu)
+            .map_err(|e| fail(format!("tensor {name}: {e}")))?;
+        tensors.insert(name.clone(), tensor);
+    }
+    if let Some(missing) = meta.parameters.iter().find(|n| !tensors.contains_key(*n)) {
+        return Err(fail(format!("parameter {missing} is missing")));
+    }
+    Ok(LoadedCheckpoint {
+        meta,
+        tensors,
+        path: path.to_path_buf(),
+    })
+}
+
+/// The checkpoint a `CKPT` argument names: a file as is; a run directory's
+/// best checkpoint (or, failing that, its latest).
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if path.is_dir() {
+        let run = crate::run_dir::RunDir::new(path.to_path_buf());
+        if run.best_checkpoint().is_file() {
+            return Ok(run.best_checkpoint());
+        }
+        if let Some(latest) = run.latest_checkpoint()? {
+            return Ok(latest);
+        }
+        return Err(Error::checkpoint(
+            path,
+            "is a directory without checkpoints (expected a run's output directory with \
+             checkpoints/best.safetensors)",
+        ));
+    }
+    Err(Error::checkpoint(path, "no such file or directory"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_sees_any_change() {
+        let data = vec![1u8, 2, 3, 4, 5, 6, 7, 8, 9];
+        let sum = |name: &str, dtype: &str, shape: &[usize], data: &[u8]| {
+            let mut sum = Checksum::new();
+            sum.add(name, dtype, shape, data);
+            sum.hex()
+        };
+        let base = sum("a", "F32", &[9], &data);
+        let mut flipped = data.clone();
+        flipped[8] ^= 1;
+        for other in [
+            sum("a", "F32", &[9], &flipped),
+            sum("b", "F32", &[9], &data),
+            sum("a", "F32", &[3, 3], &data),
+            sum("a", "U8", &[9], &data),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! `eval_uniattack`: checkpoint(s) + dev and test splits -> the paper's
+//! Table 2 metrics and more, as JSON, CSV, score files and plots.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, ValueEnum};
+use fas_data::protocol::uniattack::{Modality, Protocol, Split};
+use serde::Serialize;
+
+use super::parse_protocol;
+use crate::checkpoint::{read_checkpoint, resolve_checkpoint};
+use crate::data::{protocol_name, read_split};
+use crate::detector::Detector;
+use crate::error::{Error, Result};
+use crate::evaluator::{
+    bpcer_table, evaluate, score_split, write_plots, write_text, EvalReport, ThresholdOrigin,
+};
+use crate::experiment::{DataConfig, Dataset};
+use crate::labels::{ScoreExport, SCORE_POLARITY};
+use crate::run_dir::RunDir;
+
+/// Evaluate La-SoftMoE CLIP checkpoints on a protocol's test split, at the
+/// threshold chosen on its dev split.
+///
+/// Reports ACER, ACC, AUC and EER (the paper's Table 2), APCER, BPCER,
+/// HTER, per-attack-type APCER and BPCER at APCER 1/5/10 %. Scores are
+/// attack probabilities (higher = attack) unless --score-polarity live.
+/// Without --data the data of the checkpoint's own run is used.
+#[derive(Debug, Parser)]
+#[command(name = "eval_uniattack", version)]
+pub struct EvalArgs {
+    /// A checkpoint file or a run directory (its best checkpoint); repeat
+    /// for several runs (seeds): mean and standard deviation per metric.
+    #[arg(long, required = true)]
+    pub checkpoint: Vec<PathBuf>,
+    /// Data root [default: the checkpoint's].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// UniAttackData protocol [default: the checkpoint's].
+    #[arg(long, value_parser = parse_protocol)]
+    pub protocol: Option<Protocol>,
+    /// Image or video lists [default: the checkpoint's, else image].
+    #[arg(long, value_enum)]
+    pub modality: Option<super::train::ModalityArg>,
+    /// Where the threshold comes from: dev (recomputed on the dev split),
+    /// checkpoint (calibrated on dev during training), or a number.
+    #[arg(long, default_value = "dev")]
+    pub threshold: String,
+    /// Average frame scores per video.
+    #[arg(long)]
+    pub video_level: bool,
+    /// Write report.json, report.csv, scores/<split>.txt and plots/ here.
+    #[arg(long, alias = "out")]
+    pub output: Option<PathBuf>,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Polarity of written score files: attack (P(attack), default) or live (P(live), challenge format).
+    #[arg(long, value_enum, default_value = "attack")]
+    pub score_polarity: PolarityArg,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Decoding threads [default: one per core].
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// `--score-polarity`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PolarityArg {
+    /// P(attack): higher = attack.
+    Attack,
+    /// P(live): higher = live.
+    Live,
+}
+
+/// Mean and (sample) standard deviation of one metric over checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    /// Mean.
+    pub mean: f64,
+    /// Sample standard deviation (n - 1); 0 for one checkpoint.
+    pub std: f64,
+}
+
+/// The result of several checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MultiReport {
+    /// One report per checkpoint, in argument order.
+    pub runs: Vec<EvalReport>,
+    /// Per metric (acer, apcer, bpcer, hter, acc, auc, eer).
+    pub summary: std::collections::BTreeMap<String, Spread>,
+}
+
+fn spread(values: &[f64]) -> Spread {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let std = if values.len() > 1 {
+        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    Spread { mean, std }
+}
+
+/// The metrics summarised over several runs.
+pub fn summarise(runs: &[EvalReport]) -> std::collections::BTreeMap<String, Spread> {
+    let metric = |f: fn(&EvalReport) -> f64| spread(&runs.iter().map(f).collect::<Vec<_>>());
+    [
+        ("acer", metric(|r| r.test.acer)),
+        ("apcer", metric(|r| r.test.apcer)),
+        ("bpcer", metric(|r| r.test.bpcer)),
+        ("hter", metric(|r| r.test.hter)),
+        ("acc", metric(|r| r.test.acc)),
+        ("auc", metric(|r| r.test.auc)),
+        ("eer", metric(|r| r.test.eer)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Evaluates one checkpoint; with `output`, writes its score files and plots there.
+pub fn evaluate_checkpoint(
+    args: &EvalArgs,
+    checkpoint: &Path,
+    output: Option<&Path>,
+) -> Result<EvalReport> {
+    let path = resolve_checkpoint(checkpoint)?;
+    let loaded = read_checkpoint(&path)?;
+    let device = crate::runtime::device(args.device.as_deref())?;
+    let detector = Detector::from_checkpoint(&loaded, &device)?;
+    let data = data_config(args, &loaded.meta.experiment.data);
+    let test = read_split(&data, Split::Test)?;
+    test.require_both_classes()?;
+    let workers = args.workers;
+    let test_scores = score_split(&detector, &test, args.batch_size, workers)?;
+    let video_level = args.video_level;
+    let test_set = test_scores.score_set(video_level)?;
+    let rule = loaded.meta.experiment.eval.threshold_rule;
+    let (threshold, origin, dev_scores) = match args.threshold.as_str() {
+        "dev" => {
+            let dev = read_split(&data, Split::Dev)?;
+            dev.require_both_classes()?;
+            (
+                None,
+                ThresholdOrigin::Dev,
+                Some(score_split(&detector, &dev, args.batch_size, workers)?),
+            )
+        }
+        "checkpoint" => {
+            let calibration = loaded.meta.calibration.ok_or_else(|| {
+                Error::checkpoint(&path, "stores no calibrated threshold; use --threshold dev")
+            })?;
+            (
+                Some(calibration.threshold),
+                ThresholdOrigin::Checkpoint,
+                None,
+            )
+        }
+        number => {
+            let value: f64 = number.parse().map_err(|_| {
+                Error::config(
+                    "--threshold",
+                    format!("expected dev, checkpoint or a number, got {number:?}"),
+                )
+            })?;
+            (Some(value), ThresholdOrigin::Fixed, None)
+        }
+    };
+    let dev_set = dev_scores
+        .as_ref()
+        .map(|s| s.score_set(video_level))
+        .transpose()?;
+    let (test_report, dev_report) = evaluate(dev_set.as_ref(), &test_set, rule, threshold)?;
+    if let Some(dir) = output {
+        let export = match args.score_polarity {
+            PolarityArg::Attack => ScoreExport::AttackProbability,
+            PolarityArg::Live => ScoreExport::LiveProbability,
+        };
+        let run = RunDir::new(dir.to_path_buf());
+        test_scores.write(&run.scores("test"), export)?;
+        if let Some(dev) = &dev_scores {
+            dev.write(&run.scores("dev"), export)?;
+        }
+        write_plots(&test_set, &run.plots())?;
+    }
+    Ok(EvalReport {
+        protocol: protocol_name(&data),
+        level: if video_level { "video" } else { "image" }.into(),
+        score_polarity: SCORE_POLARITY.to_string(),
+        threshold_origin: origin,
+        selected_on: loaded.meta.experiment.eval.select_on,
+        checkpoint: Some(path),
+        step: Some(loaded.meta.step),
+        test: test_report,
+        dev: dev_report,
+        bpcer_at_apcer: bpcer_table(&test_set)?,
+    })
+}
+
+/// The checkpoint's data, with the command line's overrides.
+fn data_config(args: &EvalArgs, saved: &DataConfig) -> DataConfig {
+    let mut data = saved.clone();
+    if let Some(root) = &args.data {
+        data.root = root.clone();
+    }
+    if args.protocol.is_some() || args.modality.is_some() {
+        let (protocol, modality) = match &saved.dataset {
+            Dataset::UniAttack { protocol, modality } => (*protocol, *modality),
+            Dataset::Lists { .. } => (Protocol::P1, Modality::Image),
+        };
+        data.dataset = Dataset::UniAttack {
+            protocol: args.protocol.unwrap_or(protocol),
+            modality: args.modality.map_or(modality, |m| match m {
+                super::train::ModalityArg::Image => Modality::Image,
+                super::train::ModalityArg::Video => Modality::Video,
+            }),
+        };
+    }
+    data
+}
+
+/// One CSV row per report (and mean/std rows for several).
+pub fn csv(runs: &[EvalReport]) -> String {
+    let mut out = String::from("checkpoint,step,threshold,acer,apcer,bpcer,hter,acc,auc,eer\n");
+    let row = |name: &str, step: &str, threshold: String, r: [f64; 7]| {
+        format!(
+            "{name},{step},{threshold},{}\n",
+            r.map(|v| v.to_string()).join(",")
+        )
+    };
+    for r in runs {
+        let t = &r.test;
+        out.push_str(&row(
+            &r.checkpoint
+                .as_ref()
+                .map(|p| p.display().to_string().replace(',', "_"))
+                .unwrap_or_default(),
+            &r.step.map(|s| s.to_string()).unwrap_or_default(),
+            t.threshold.to_string(),
+            [t.acer, t.apcer, t.bpcer, t.hter, t.acc, t.auc, t.eer],
+        ));
+    }
+    if runs.len() > 1 {
+        let s = summarise(runs);
+        let pick = |f: fn(&Spread) -> f64| {
+            ["acer", "apcer", "bpcer", "hter", "acc", "auc", "eer"].map(|k| f(&s[k]))
+        };
+        out.push_str(&row("mean", "", String::new(), pick(|s| s.mean)));
+        out.push_str(&row("std", "", String::new(), pick(|s| s.std)));
+    }
+    out
+}
+
+/// Runs `eval_uniattack`; returns the JSON it printed or wrote.
+pub fn run(args: &EvalArgs) -> Result<String> {
+    crate::runtime::init();
+    let several = args.checkpoint.len() > 1;
+    let mut runs = Vec::with_capacity(args.checkpoint.len());
+    for (i, checkpoint) in args.checkpoint.iter().enumerate() {
+        let output = args.output.as_ref().map(|dir| {
+            if several {
+                dir.join(format!("checkpoint-{i}"))
+            } else {
+                dir.clone()
+            }
+        });
+        runs.push(evaluate_checkpoint(args, checkpoint, output.as_deref())?);
+    }
+    let json = if several {
+        let multi = MultiReport {
+            summary: summarise(&runs),
+            runs: runs.clone(),
+        };
+        serde_json::to_string_pretty(&multi)
+    } else {
+        serde_json::to_string_pretty(&runs[0])
+    }
+    .map_err(|source| Error::Json {
+        path: PathBuf::from("report.json"),
+        source,
+    })?;
+    if let Some(dir) = &args.output {
+        write_text(&dir.join("report.json"), &json)?;
+        write_text(&dir.join("report.csv"), &csv(&runs))?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        for report in &runs {
+            if let Some(path) = &report.checkpoint {
+                println!("checkpoint {}", path.display());
+            }
+            println!("{}", super::train::summary_table(report));
+        }
+        if several {
+            for (name, s) in summarise(&runs) {
+                println!("{name}: {:.2} ± {:.2} %", 100.0 * s.mean, 100.0 * s.std);
+            }
+        }
+    }
+    Ok(json)
+}

@@ -1,0 +1,167 @@
+//! From a [`DataConfig`] to the samples of each split, and the loader
+//! settings every stage uses: training (shuffled, augmented) and evaluation
+//! (CLIP's transform, fixed frames), both at the model's image size.
+
+use std::path::{Path, PathBuf};
+
+use fas_data::protocol::uniattack::{protocol_list_path, Modality, Split};
+use fas_data::{
+    read_list, BadInputPolicy, ClipTransform, FileCheck, FrameSelection, ListFormat, ListOptions,
+    LoaderConfig, Sample,
+};
+
+use crate::error::{Error, Result};
+use crate::experiment::{DataConfig, Dataset, LoaderSettings};
+
+/// One split's samples and where they came from.
+#[derive(Debug, Clone)]
+pub struct SplitData {
+    /// Which split.
+    pub split: Split,
+    /// The list file.
+    pub source: PathBuf,
+    /// Its samples, in list order.
+    pub samples: Vec<Sample>,
+}
+
+impl SplitData {
+    /// Errors unless the split holds both bona fide and attack samples: a
+    /// threshold, ACER and AUC need both.
+    pub fn require_both_classes(&self) -> Result<()> {
+        let attacks = self
+            .samples
+            .iter()
+            .filter(|s| s.label.as_ref().is_some_and(fas_data::Label::is_attack))
+            .count();
+        let unlabelled = self.samples.iter().filter(|s| s.label.is_none()).count();
+        if unlabelled > 0 {
+            return Err(self.error(format!(
+                "{unlabelled} sample(s) have no label; training and evaluation need labelled lists"
+            )));
+        }
+        let live = self.samples.len() - attacks;
+        if attacks == 0 || live == 0 {
+            return Err(self.error(format!(
+                "holds {live} bona fide and {attacks} attack sample(s); both classes are needed"
+            )));
+        }
+        Ok(())
+    }
+
+    fn error(&self, reason: String) -> Error {
+        Error::Split {
+            split: self.split.name().to_string(),
+            source_name: self.source.clone(),
+            reason,
+        }
+    }
+}
+
+/// The list format a dataset's lists are read with.
+pub fn list_format(data: &DataConfig) -> ListFormat {
+    match &data.dataset {
+        Dataset::UniAttack {
+            modality: Modality::Image,
+            ..
+        } => ListFormat::UniattackProtocol,
+        Dataset::UniAttack {
+            modality: Modality::Video,
+            ..
+        } => ListFormat::UniattackProtocolVideo,
+        Dataset::Lists { format, .. } => format.clone(),
+    }
+}
+
+/// The list file of `split`.
+pub fn list_path(data: &DataConfig, split: Split) -> PathBuf {
+    match &data.dataset {
+        Dataset::UniAttack { protocol, modality } => {
+            protocol_list_path(&data.root, *protocol, *modality, split)
+        }
+        Dataset::Lists {
+            train, dev, test, ..
+        } => {
+            let list = match split {
+                Split::Train => train,
+                Split::Dev => dev,
+                Split::Test => test,
+            };
+            if list.is_absolute() {
+                list.clone()
+            } else {
+                data.root.join(list)
+            }
+        }
+    }
+}
+
+/// Reads `split`'s list: every entry must parse and its file exist (a broken
+/// list is reported whole, never trained on); it must not be empty.
+pub fn read_split(data: &DataConfig, split: Split) -> Result<SplitData> {
+    let source = list_path(data, split);
+    let options = ListOptions {
+        policy: BadInputPolicy::Fail,
+        check: FileCheck::Exists,
+        allow_outside_root: data.allow_outside_root,
+    };
+    let listing = read_list(&source, &data.root, &list_format(data), &options)?;
+    let split_data = SplitData {
+        split,
+        source,
+        samples: listing.samples,
+    };
+    if split_data.samples.is_empty() {
+        return Err(split_data.error("lists no samples".into()));
+    }
+    Ok(split_data)
+}
+
+/// A human-readable name of the protocol (`p1`, or the list names).
+pub fn protocol_name(data: &DataConfig) -> String {
+    match &data.dataset {
+        Dataset::UniAttack { protocol, modality } => match modality {
+            Modality::Image => protocol.name().to_string(),
+            Modality::Video => format!("{} (video)", protocol.name()),
+        },
+        Dataset::Lists { test, .. } => file_stem(test),
+    }
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// The training loader: shuffled by (seed, epoch), augmented, incomplete
+/// last batch dropped, one random frame per frame directory per epoch.
+pub fn training_loader(settings: &LoaderSettings, image_size: usize, seed: u64) -> LoaderConfig {
+    LoaderConfig {
+        batch_size: settings.batch_size,
+        workers: settings.workers,
+        balance: settings.balance,
+        augment: settings.augment,
+        transform: transform(image_size),
+        ..LoaderConfig::training(seed)
+    }
+}
+
+/// The evaluation loader: list order, CLIP's transform, first and last
+/// frame of frame directories (CASIA-FAS-Benchmark's test frames).
+pub fn evaluation_loader(batch_size: usize, workers: usize, image_size: usize) -> LoaderConfig {
+    LoaderConfig {
+        batch_size,
+        workers,
+        frames: FrameSelection::FirstAndLast,
+        transform: transform(image_size),
+        ..LoaderConfig::default()
+    }
+}
+
+/// CLIP's transform at `image_size`.
+pub fn transform(image_size: usize) -> ClipTransform {
+    ClipTransform {
+        size: image_size as u32,
+        ..ClipTransform::default()
+    }
+}

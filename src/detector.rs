@@ -1,0 +1,157 @@
+//! The detector: CLIP's transform, the MoE CLIP image tower and the
+//! live/fake prompt head, from pixels (or images) to attack probabilities.
+//!
+//! One type serves training's periodic evaluation, `eval_uniattack` and
+//! `detect`, so their scores are the same numbers for the same images.
+//!
+//! candle has no `no_grad`: any operation on a tensor that tracks gradients
+//! records its inputs for a backward pass, which keeps every activation of a
+//! forward alive. The detector's model is therefore built on *detached*
+//! views of the weights: they share storage with the training variables
+//! (no copy, and they see every optimizer update), but nothing computed
+//! from them is recorded.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use clip_moe::{
+    attack_probability, l2_normalize, ClipConfig, ClipModel, ClipTokenizer, PromptClassifier,
+    PromptTemplate,
+};
+use fas_data::ClipTransform;
+use image::DynamicImage;
+
+use crate::checkpoint::{LoadedCheckpoint, CLASS_EMBEDDINGS};
+use crate::data::transform;
+use crate::error::{Error, Result};
+
+/// Scores face images: attack probability per image (higher = attack).
+#[derive(Debug, Clone)]
+pub struct Detector {
+    model: ClipModel,
+    /// `(2, projection_dim)` L2-normalised prompt embeddings, rows live, fake.
+    class_embeddings: Tensor,
+    transform: ClipTransform,
+}
+
+/// Detached (untracked) views of every variable in `varmap`, by name.
+pub fn detached_weights(varmap: &VarMap) -> HashMap<String, Tensor> {
+    let vars = match varmap.data().lock() {
+        Ok(vars) => vars,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    vars.iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect()
+}
+
+/// A model over detached views of `varmap`'s variables (see the module docs).
+pub fn inference_model(cfg: &ClipConfig, varmap: &VarMap, device: &Device) -> Result<ClipModel> {
+    let vb = VarBuilder::from_tensors(detached_weights(varmap), DType::F32, device);
+    Ok(ClipModel::new(cfg, vb)?)
+}
+
+/// The class embeddings of `templates` through `model`'s text tower, detached.
+pub fn prompt_embeddings(
+    model: &ClipModel,
+    tokenizer: &ClipTokenizer,
+    templates: &[PromptTemplate],
+    device: &Device,
+) -> Result<Tensor> {
+    let classifier = PromptClassifier::new(model, tokenizer, templates, true, device)?;
+    Ok(classifier.class_embeddings(model)?.detach())
+}
+
+impl Detector {
+    /// A detector over `model` (built on untracked weights, see
+    /// [`inference_model`]) with the given `(2, projection_dim)` class
+    /// embeddings.
+    pub fn new(model: ClipModel, class_embeddings: Tensor) -> Self {
+        let transform = transform(model.config().vision_config.image_size);
+        Self {
+            model,
+            class_embeddings: class_embeddings.detach(),
+            transform,
+        }
+    }
+
+    /// The detector a checkpoint holds: its weights, model configuration and
+    /// prompt embeddings.
+    pub fn from_checkpoint(checkpoint: &LoadedCheckpoint, device: &Device) -> Result<Self> {
+        let weights = checkpoint.weights()?;
+        let vb = VarBuilder::from_tensors(weights, DType::F32, device);
+        let model = ClipModel::new(&checkpoint.meta.clip, vb).map_err(|e| {
+            Error::checkpoint(
+                &checkpoint.path,
+                format!("does not fit its own model configuration: {e}"),
+            )
+        })?;
+        let embeddings = checkpoint.class_embeddings(device)?;
+        let expected = [2, checkpoint.meta.clip.projection_dim];
+        if embeddings.dims() != expected {
+            return Err(Error::checkpoint(
+                &checkpoint.path,
+                format!(
+                    "tensor {CLASS_EMBEDDINGS} has shape {:?}, expected {expected:?}",
+                    embeddings.dims()
+                ),
+            ));
+        }
+        Ok(Self::new(model, embeddings.to_dtype(DType::F32)?))
+    }
+
+    /// The transform images go through (CLIP's, at the model's image size).
+    pub fn transform(&self) -> ClipTransform {
+        self.transform
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ClipConfig {
+        self.model.config()
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        self.class_embeddings.device()
+    }
+
+    /// The `(2, projection_dim)` prompt embeddings.
+    pub fn class_embeddings(&self) -> &Tensor {
+        &self.class_embeddings
+    }
+
+    /// `(batch, 2)` prompt logits (columns live, fake) of preprocessed
+    /// `(batch, 3, S, S)` pixels.
+    pub fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
+        let pixels = pixels.to_device(self.device())?;
+        let embeds = l2_normalize(&self.model.image_features(&pixels)?)?;
+        Ok(self
+            .model
+            .similarity_logits(&embeds, &self.class_embeddings)?)
+    }
+
+    /// Attack probability per image of preprocessed pixels.
+    pub fn attack_probabilities(&self, pixels: &Tensor) -> Result<Vec<f64>> {
+        let probs = attack_probability(&self.logits(pixels)?)?;
+        Ok(probs
+            .to_dtype(DType::F64)?
+            .to_device(&Device::Cpu)?
+            .to_vec1::<f64>()?)
+    }
+
+    /// Attack probability per decoded image (transform, then
+    /// [`Detector::attack_probabilities`]).
+    pub fn score_images(&self, images: &[DynamicImage]) -> Result<Vec<f64>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let size = self.transform.size as usize;
+        let mut pixels = Vec::with_capacity(images.len() * 3 * size * size);
+        for image in images {
+            pixels.extend(self.transform.apply(image)?);
+        }
+        let pixels = Tensor::from_vec(pixels, (images.len(), 3, size, size), &Device::Cpu)?;
+        self.attack_probabilities(&pixels)
+    }
+}

@@ -1,0 +1,213 @@
+//! What a run shows and records as it goes: a progress bar with loss,
+//! learning rate, images/s and ETA while stdout is a terminal (plain lines
+//! otherwise), and `metrics.jsonl`, one JSON object per logged step and per
+//! evaluation.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MetricsRecord {
+    /// A logged optimizer step.
+    Train {
+        /// Optimizer step (1-based).
+        step: u64,
+        /// Epoch (0-based).
+        epoch: u64,
+        /// Mean loss over the steps since the last record.
+        loss: f64,
+        /// Learning rate of this step.
+        lr: f64,
+        /// Global gradient norm before clipping.
+        grad_norm: f64,
+        /// Training images per second since the last record.
+        images_per_second: f64,
+    },
+    /// An evaluation.
+    Eval {
+        /// Optimizer step evaluated.
+        step: u64,
+        /// Epochs completed.
+        epoch: u64,
+        /// Dev ACER at dev's threshold.
+        dev_acer: f64,
+        /// Dev AUC.
+        dev_auc: f64,
+        /// Dev EER.
+        dev_eer: f64,
+        /// The threshold chosen on dev.
+        #[serde(with = "fas_metrics::serde_threshold")]
+        threshold: f64,
+        /// Test ACER at the dev threshold, when test was scored.
+        test_acer: Option<f64>,
+        /// Test AUC.
+        test_auc: Option<f64>,
+        /// Whether this evaluation produced the new best checkpoint.
+        best: bool,
+    },
+}
+
+impl MetricsRecord {
+    /// The optimizer step the record belongs to.
+    pub fn step(&self) -> u64 {
+        match self {
+            MetricsRecord::Train { step, .. } | MetricsRecord::Eval { step, .. } => *step,
+        }
+    }
+}
+
+/// Appends records to `metrics.jsonl`.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    /// Opens `path` for appending, first dropping records after `step`
+    /// (those of a run resumed from step `step` will be written again) and
+    /// any line a kill cut short. `step` 0 starts an empty log.
+    pub fn open(path: &Path, step: u64) -> Result<Self> {
+        let kept: String = match std::fs::read_to_string(path) {
+            Ok(text) => text
+                .lines()
+                .filter(|line| {
+                    serde_json::from_str::<MetricsRecord>(line).is_ok_and(|r| r.step() <= step)
+                })
+                .map(|line| format!("{line}\n"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(Error::io("reading", path, e)),
+        };
+        crate::evaluator::write_text(path, if step == 0 { "" } else { &kept })?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io("opening", path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Appends one record as a line.
+    pub fn append(&mut self, record: &MetricsRecord) -> Result<()> {
+        let mut line = serde_json::to_string(record).map_err(|source| Error::Json {
+            path: self.path.clone(),
+            source,
+        })?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.flush())
+            .map_err(|e| Error::io("writing", &self.path, e))
+    }
+}
+
+/// The terminal side of a run.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    /// A bar over `total` optimizer steps, starting at `done`, when stdout
+    /// is a terminal; plain lines otherwise.
+    pub fn new(total: u64, done: u64) -> Self {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_position(done);
+            bar
+        });
+        Self { bar }
+    }
+
+    /// Shows a training record.
+    pub fn train(&self, record: &MetricsRecord, total: u64) {
+        let MetricsRecord::Train {
+            step,
+            epoch,
+            loss,
+            lr,
+            images_per_second,
+            ..
+        } = record
+        else {
+            return;
+        };
+        let text =
+            format!("epoch {epoch}  loss {loss:.4}  lr {lr:.2e}  {images_per_second:.1} img/s");
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(*step);
+                bar.set_message(text);
+            }
+            None => println!("step {step}/{total}  {text}"),
+        }
+    }
+
+    /// Prints a line above the bar (or plainly).
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => println!("{line}"),
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train(step: u64) -> MetricsRecord {
+        MetricsRecord::Train {
+            step,
+            epoch: 0,
+            loss: 0.5,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            images_per_second: 10.0,
+        }
+    }
+
+    /// Resuming from step 2 drops later records and a line cut short.
+    #[test]
+    fn reopening_drops_records_after_the_resumed_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut log = MetricsLog::open(&path, 0).unwrap();
+        for step in 1..=4 {
+            log.append(&train(step)).unwrap();
+        }
+        drop(log);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"kind\":\"train\",\"st");
+        std::fs::write(&path, text).unwrap();
+        let mut log = MetricsLog::open(&path, 2).unwrap();
+        log.append(&train(3)).unwrap();
+        let steps: Vec<u64> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<MetricsRecord>(l).unwrap().step())
+            .collect();
+        assert_eq!(steps, vec![1, 2, 3]);
+    }
+}

@@ -1,0 +1,131 @@
+//! Process set-up shared by the command-line tools: logging, the allocator
+//! settings candle's training loop needs, and the device.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use candle_core::Device;
+
+use crate::error::{Error, Result};
+
+/// Once per process, before any thread starts: `tracing` output filtered by
+/// `RUST_LOG` (default: warnings), and the allocator settings.
+pub fn init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    tune_allocator();
+}
+
+/// Keeps freed large buffers in the heap for reuse (glibc only; set
+/// `UNIATTACK_DEFAULT_MALLOC` to opt out).
+///
+/// candle allocates a fresh buffer per operation and per gradient. glibc
+/// serves blocks above its (adaptive, at most 32 MiB) mmap threshold with
+/// fresh mappings and returns them on free, so every large activation of a
+/// training step is page-faulted in and unmapped again; raising the mmap
+/// and trim thresholds lets the heap recycle them (`docs/benchmarks.md`
+/// measures the difference on the training step).
+pub fn tune_allocator() {
+    if std::env::var_os("UNIATTACK_DEFAULT_MALLOC").is_some() {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called at
+    // start-up, before the process starts threads of its own.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+/// The device `spec` names: `cpu`, `cuda` (GPU 0) or `cuda:N`; `None`: the
+/// first GPU when built with `cuda` and one is present, else the CPU.
+pub fn device(spec: Option<&str>) -> Result<Device> {
+    let Some(spec) = spec else {
+        if cfg!(feature = "cuda") {
+            if let Ok(device) = Device::new_cuda(0) {
+                return Ok(device);
+            }
+        }
+        return Ok(Device::Cpu);
+    };
+    let fail = |reason: String| Error::Device {
+        device: spec.to_string(),
+        reason,
+    };
+    let ordinal = match spec {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| fail("expected cpu, cuda or cuda:N".into()))?,
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(fail(
+            "this build has no CUDA support; rebuild with `--features cuda` (needs the CUDA \
+             toolkit, see the README's GPU section)"
+                .into(),
+        ));
+    }
+    Device::new_cuda(ordinal).map_err(|e| fail(e.to_string()))
+}
+
+/// `runs/<name>-<UTC date>-<time>` below the current directory, for a run
+/// started without `--output`.
+pub fn default_run_dir(name: &str) -> PathBuf {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    PathBuf::from("runs").join(format!(
+        "{name}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    ))
+}
+
+/// Gregorian (year, month, day) of a day count since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar_dates_of_day_counts() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        // 2026-12-02 is day 20_789 since the epoch.
+        assert_eq!(civil_from_days(20_789), (2026, 12, 2));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn device_names() {
+        assert!(matches!(device(Some("cpu")), Ok(Device::Cpu)));
+        let err = device(Some("gpu0")).unwrap_err().to_string();
+        assert!(err.contains("cuda:N"), "{err}");
+        if !cfg!(feature = "cuda") {
+            let err = device(Some("cuda:1")).unwrap_err().to_string();
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+    }
+}

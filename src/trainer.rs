@@ -1,0 +1,792 @@
+//! The training loop: micro-batches through the model and the prompt loss,
+//! gradient accumulation, global-norm clipping, Adam with a schedule,
+//! periodic evaluation with the threshold and model selection on dev,
+//! atomic resumable checkpoints, and the final evaluation of the best
+//! checkpoint.
+//!
+//! A run is a function of its configuration: the weights are drawn from the
+//! seed ([`crate::init`]), the loader's order and augmentation from (seed,
+//! epoch, position), so a run killed at any moment and resumed from its last
+//! checkpoint ends with the same parameters and scores as one never stopped.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use clip_moe::loss::{clip_loss_with_prompts, prompt_cross_entropy};
+use clip_moe::{ClipConfig, ClipModel, ClipTokenizer, PromptClassifier};
+use fas_data::protocol::uniattack::Split;
+use fas_data::Loader;
+use fas_metrics::{evaluate_protocol, ProtocolConfig};
+
+use crate::adam::Adam;
+use crate::backbone::{build, trainable_vars};
+use crate::checkpoint::{
+    read_checkpoint, write_checkpoint, BestRecord, Calibration, CheckpointKind, CheckpointMeta,
+    LoadedCheckpoint, LoaderPosition, CLASS_EMBEDDINGS, FORMAT,
+};
+use crate::data::{protocol_name, read_split, training_loader, SplitData};
+use crate::detector::{inference_model, prompt_embeddings, Detector};
+use crate::error::{Error, Result};
+use crate::evaluator::{bpcer_table, score_split, write_plots, EvalReport, ThresholdOrigin};
+use crate::experiment::{EvalEvery, ExperimentConfig, FrozenPart, LossKind, Selection};
+use crate::labels::{class_index, ScoreExport, SCORE_POLARITY};
+use crate::progress::{MetricsLog, MetricsRecord, Progress};
+use crate::run_dir::RunDir;
+
+/// How a run is started.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The run directory.
+    pub output: PathBuf,
+    /// Continue from the directory's latest checkpoint.
+    pub resume: bool,
+    /// Where the model runs.
+    pub device: Device,
+    /// Also write the final report here.
+    pub report: Option<PathBuf>,
+}
+
+/// Everything a run needs, set up and (when resuming) restored.
+pub struct Trainer {
+    cfg: ExperimentConfig,
+    run: RunDir,
+    device: Device,
+    clip: ClipConfig,
+    model: ClipModel,
+    varmap: candle_nn::VarMap,
+    tokenizer: ClipTokenizer,
+    classifier: PromptClassifier,
+    adam: Adam,
+    dev: SplitData,
+    test: SplitData,
+    loader: Loader,
+    batches_per_epoch: usize,
+    total_steps: u64,
+    position: LoaderPosition,
+    best: Option<BestRecord>,
+    calibration: Option<Calibration>,
+    metrics: MetricsLog,
+    report_copy: Option<PathBuf>,
+    progress: Progress,
+}
+
+/// Settings a resumed run may change: how long it trains, how many threads
+/// decode, and how often it logs. Everything else must match the checkpoint.
+fn comparable(cfg: &ExperimentConfig) -> ExperimentConfig {
+    let mut cfg = cfg.clone();
+    cfg.training.epochs = 0;
+    cfg.training.max_steps = None;
+    cfg.training.log_every = 1;
+    cfg.loader.workers = 0;
+    cfg
+}
+
+/// The top-level sections in which two configurations differ.
+fn differing_sections(a: &ExperimentConfig, b: &ExperimentConfig) -> Vec<&'static str> {
+    let (a, b) = (comparable(a), comparable(b));
+    let mut out = Vec::new();
+    if a.seed != b.seed {
+        out.push("seed");
+    }
+    if a.model != b.model {
+        out.push("model");
+    }
+    if a.prompts != b.prompts {
+        out.push("prompts");
+    }
+    if a.data != b.data {
+        out.push("data");
+    }
+    if a.loader != b.loader {
+        out.push("loader");
+    }
+    if a.optim != b.optim {
+        out.push("optim");
+    }
+    if a.schedule != b.schedule {
+        out.push("schedule");
+    }
+    if a.training != b.training {
+        out.push("training");
+    }
+    if a.eval != b.eval {
+        out.push("eval");
+    }
+    out
+}
+
+impl Trainer {
+    /// Prepares a run: checks the configuration and the output directory,
+    /// builds the model, reads and checks the splits, and on `resume`
+    /// restores the latest checkpoint.
+    pub fn new(cfg: ExperimentConfig, options: TrainOptions) -> Result<Self> {
+        cfg.validate()?;
+        let run = RunDir::new(options.output.clone());
+        prepare_output(&run, &cfg, options.resume)?;
+        let device = options.device.clone();
+
+        let backbone = build(&cfg.model, cfg.seed, &device)?;
+        let train = read_split(&cfg.data, Split::Train)?;
+        let dev = read_split(&cfg.data, Split::Dev)?;
+        let test = read_split(&cfg.data, Split::Test)?;
+        for split in [&train, &dev, &test] {
+            split.require_both_classes()?;
+        }
+        let image_size = backbone.clip.vision_config.image_size;
+        let loader = Loader::new(
+            train.samples.clone(),
+            training_loader(&cfg.loader, image_size, cfg.seed),
+        )?;
+        let batches_per_epoch = loader.batches_per_epoch();
+        if batches_per_epoch == 0 {
+            return Err(Error::Split {
+                split: "train".into(),
+                source_name: train.source.clone(),
+                reason: format!(
+                    "{} training images do not fill one batch of {} (incomplete batches are \
+                     dropped): lower --batch-size",
+                    loader.items(),
+                    cfg.loader.batch_size
+                ),
+            });
+        }
+        let steps_per_epoch = batches_per_epoch.div_ceil(cfg.training.accumulation) as u64;
+        let mut total_steps = cfg.training.epochs * steps_per_epoch;
+        if let Some(max) = cfg.training.max_steps {
+            total_steps = if cfg.training.epochs == 0 {
+                max
+            } else {
+                total_steps.min(max)
+            };
+        }
+
+        let adam = Adam::new(
+            trainable_vars(&backbone.varmap, &cfg.model.frozen),
+            cfg.optim,
+        )?;
+        let text_frozen = cfg.model.frozen.contains(&FrozenPart::Text);
+        let classifier = PromptClassifier::new(
+            &backbone.model,
+            &backbone.tokenizer,
+            &cfg.prompts.templates,
+            text_frozen,
+            &device,
+        )?;
+        let mut trainer = Self {
+            run: run.clone(),
+            device,
+            clip: backbone.clip,
+            model: backbone.model,
+            varmap: backbone.varmap,
+            tokenizer: backbone.tokenizer,
+            classifier,
+            adam,
+            dev,
+            test,
+            loader,
+            batches_per_epoch,
+            total_steps,
+            position: LoaderPosition::default(),
+            best: None,
+            calibration: None,
+            metrics: MetricsLog::open(&run.metrics(), 0)?,
+            report_copy: options.report,
+            progress: Progress::new(total_steps, 0),
+            cfg,
+        };
+        if options.resume {
+            if let Some(latest) = run.latest_checkpoint()? {
+                let checkpoint = read_checkpoint(&latest)?;
+                trainer.restore(&checkpoint)?;
+                trainer.metrics = MetricsLog::open(&run.metrics(), trainer.adam.step_count())?;
+                trainer.progress = Progress::new(total_steps, trainer.adam.step_count());
+            }
+        }
+        Ok(trainer)
+    }
+
+    /// Optimizer steps of the whole run.
+    pub fn total_steps(&self) -> u64 {
+        self.total_steps
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn step(&self) -> u64 {
+        self.adam.step_count()
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &RunDir {
+        &self.run
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &ClipModel {
+        &self.model
+    }
+
+    /// Its variables.
+    pub fn varmap(&self) -> &candle_nn::VarMap {
+        &self.varmap
+    }
+
+    /// Sets the model, optimizer and loop state from `checkpoint`.
+    fn restore(&mut self, checkpoint: &LoadedCheckpoint) -> Result<()> {
+        let meta = &checkpoint.meta;
+        if meta.kind != CheckpointKind::Training {
+            return Err(Error::checkpoint(
+                &checkpoint.path,
+                "holds no optimizer state (a best/model checkpoint); resume needs a step checkpoint",
+            ));
+        }
+        let differ = differing_sections(&meta.experiment, &self.cfg);
+        if !differ.is_empty() || meta.clip != self.clip {
+            return Err(Error::checkpoint(
+                &checkpoint.path,
+                format!(
+                    "belongs to another configuration (differs in: {}); resume with the \
+                     run's own settings, or start a new --output",
+                    if differ.is_empty() {
+                        "the model configuration".to_string()
+                    } else {
+                        differ.join(", ")
+                    }
+                ),
+            ));
+        }
+        let weights = checkpoint.weights()?;
+        let vars = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::config("model", "variable map lock poisoned"))?;
+        // Check everything before changing anything.
+        for (name, var) in vars.iter() {
+            let tensor = weights.get(name).ok_or_else(|| {
+                Error::checkpoint(&checkpoint.path, format!("parameter {name} is missing"))
+            })?;
+            if tensor.dims() != var.dims() {
+                return Err(Error::checkpoint(
+                    &checkpoint.path,
+                    format!(
+                        "tensor {name} has shape {:?}, the model expects {:?}",
+                        tensor.dims(),
+                        var.dims()
+                    ),
+                ));
+            }
+        }
+        for (name, var) in vars.iter() {
+            var.set(
+                &weights[name]
+                    .to_device(var.device())?
+                    .to_dtype(var.dtype())?,
+            )?;
+        }
+        drop(vars);
+        self.adam
+            .load_state(&checkpoint.tensors, meta.step)
+            .map_err(|e| Error::checkpoint(&checkpoint.path, e.to_string()))?;
+        self.position = meta.position;
+        self.best = meta.best.clone();
+        self.calibration = meta.calibration;
+        if !self.cfg.model.frozen.contains(&FrozenPart::Text) {
+            return Ok(());
+        }
+        // The cached prompt embeddings came from the initial weights; the
+        // text tower is frozen, so they are those of the restored ones too.
+        self.classifier = PromptClassifier::new(
+            &self.model,
+            &self.tokenizer,
+            &self.cfg.prompts.templates,
+            true,
+            &self.device,
+        )?;
+        Ok(())
+    }
+
+    /// Trains to the end, then evaluates the best checkpoint and writes the
+    /// report, score files and plots.
+    pub fn run(&mut self) -> Result<EvalReport> {
+        self.train()?;
+        self.finish()
+    }
+
+    /// The training loop, from the current position to the last step.
+    pub fn train(&mut self) -> Result<()> {
+        let cfg = self.cfg.clone();
+        let mut window = LogWindow::new();
+        while self.adam.step_count() < self.total_steps {
+            let epoch = self.position.epoch;
+            let mut batches = self.loader.epoch_from(epoch, self.position.next_batch);
+            while self.adam.step_count() < self.total_steps {
+                let first = batches.next_index();
+                if first >= self.batches_per_epoch {
+                    self.position = LoaderPosition {
+                        epoch: epoch + 1,
+                        next_batch: 0,
+                    };
+                    break;
+                }
+                let group = cfg
+                    .training
+                    .accumulation
+                    .min(self.batches_per_epoch - first);
+                let mut grads: Vec<Option<Tensor>> = vec![None; self.adam.vars().count()];
+                let mut loss_sum = 0.0;
+                let mut images = 0;
+                for _ in 0..group {
+                    let batch = batches.next().ok_or_else(|| {
+                        Error::config("loader", "the epoch ended before its last batch")
+                    })??;
+                    let (loss, n) = self.micro_batch(&batch, group, &mut grads)?;
+                    loss_sum += loss;
+                    images += n;
+                }
+                let step = self.adam.step_count() + 1;
+                let grad_norm = self.clip_gradients(&mut grads, step)?;
+                let lr = cfg.schedule.lr_at(cfg.optim.lr, step, self.total_steps);
+                self.adam.step(&grads, lr)?;
+                let next = first + group;
+                self.position = if next >= self.batches_per_epoch {
+                    LoaderPosition {
+                        epoch: epoch + 1,
+                        next_batch: 0,
+                    }
+                } else {
+                    LoaderPosition {
+                        epoch,
+                        next_batch: next,
+                    }
+                };
+                window.add(loss_sum / group as f64, grad_norm, images);
+                if step.is_multiple_of(cfg.training.log_every) || step == self.total_steps {
+                    let record = window.record(step, epoch, lr);
+                    self.metrics.append(&record)?;
+                    self.progress.train(&record, self.total_steps);
+                }
+                let epoch_done = self.position.next_batch == 0;
+                let last = step == self.total_steps;
+                let eval_due = match cfg.eval.every {
+                    EvalEvery::Epoch => epoch_done || last,
+                    EvalEvery::Steps(n) => step.is_multiple_of(n) || last,
+                };
+                if eval_due {
+                    self.evaluate_and_checkpoint()?;
+                } else if cfg
+                    .training
+                    .checkpoint_every
+                    .is_some_and(|n| step.is_multiple_of(n))
+                {
+                    self.save_step_checkpoint()?;
+                }
+                if epoch_done {
+                    break;
+                }
+            }
+        }
+        self.progress.finish();
+        Ok(())
+    }
+
+    /// Forward and backward of one micro-batch; its gradients, divided by
+    /// `group` (the micro-batches of this step), are added into `grads`.
+    /// Returns the loss and the batch size.
+    fn micro_batch(
+        &self,
+        batch: &fas_data::Batch,
+        group: usize,
+        grads: &mut [Option<Tensor>],
+    ) -> Result<(f64, usize)> {
+        let step = self.adam.step_count() + 1;
+        let pixels = batch.images.to_device(&self.device)?;
+        let targets: Vec<u32> = batch
+            .labels
+            .iter()
+            .zip(&batch.entries)
+            .map(|(label, entry)| {
+                label.as_ref().map(class_index).ok_or_else(|| {
+                    Error::config("train split", format!("entry {entry} has no label"))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let n = targets.len();
+        let targets = Tensor::from_vec(targets, n, &self.device)?;
+        let logits = self.classifier.image_logits(&self.model, &pixels)?;
+        let loss = match self.cfg.prompts.loss {
+            LossKind::Clip => clip_loss_with_prompts(&logits, &targets)?,
+            LossKind::CrossEntropy => prompt_cross_entropy(&logits, &targets)?,
+        };
+        let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+        if !value.is_finite() {
+            return Err(Error::NonFinite {
+                step,
+                what: format!("the loss ({value})"),
+            });
+        }
+        let backward = (loss / group as f64)?.backward()?;
+        for (slot, (_, var)) in grads.iter_mut().zip(self.adam.vars()) {
+            if let Some(grad) = backward.get(var.as_tensor()) {
+                let grad = grad.detach();
+                *slot = Some(match slot.take() {
+                    Some(sum) => (sum + grad)?,
+                    None => grad,
+                });
+            }
+        }
+        Ok((value, n))
+    }
+
+    /// The global gradient norm; errors naming the first non-finite
+    /// gradient; scales the gradients as `torch.nn.utils.clip_grad_norm_`
+    /// when clipping is on.
+    fn clip_gradients(&self, grads: &mut [Option<Tensor>], step: u64) -> Result<f64> {
+        let mut sum_sq = 0.0f64;
+        for (grad, (name, _)) in grads.iter().zip(self.adam.vars()) {
+            let Some(grad) = grad else { continue };
+            let sq = f64::from(
+                grad.to_dtype(DType::F32)?
+                    .sqr()?
+                    .sum_all()?
+                    .to_scalar::<f32>()?,
+            );
+            if !sq.is_finite() {
+                return Err(Error::NonFinite {
+                    step,
+                    what: format!("the gradient of {name}"),
+                });
+            }
+            sum_sq += sq;
+        }
+        let norm = sum_sq.sqrt();
+        if let Some(max) = self.cfg.training.clip_grad_norm {
+            let coefficient = (max / (norm + 1e-6)).min(1.0);
+            if coefficient < 1.0 {
+                for grad in grads.iter_mut().flatten() {
+                    *grad = grad.affine(coefficient, 0.0)?;
+                }
+            }
+        }
+        Ok(norm)
+    }
+
+    /// The gradient of every trainable parameter (name order) on batch
+    /// `index` of `epoch`, without taking a step.
+    pub fn gradients_of_batch(
+        &self,
+        epoch: u64,
+        index: usize,
+    ) -> Result<Vec<(String, Option<Tensor>)>> {
+        let batch = self
+            .loader
+            .epoch_from(epoch, index)
+            .next()
+            .ok_or_else(|| {
+                Error::config("batch", format!("epoch {epoch} has no batch {index}"))
+            })??;
+        let mut grads = vec![None; self.adam.vars().count()];
+        self.micro_batch(&batch, 1, &mut grads)?;
+        Ok(self
+            .adam
+            .vars()
+            .map(|(name, _)| name.to_string())
+            .zip(grads)
+            .collect())
+    }
+
+    /// A detector over the current weights (no copy, no autograd graph).
+    pub fn detector(&self) -> Result<Detector> {
+        let model = inference_model(&self.clip, &self.varmap, &self.device)?;
+        let embeddings = prompt_embeddings(
+            &model,
+            &self.tokenizer,
+            &self.cfg.prompts.templates,
+            &self.device,
+        )?;
+        Ok(Detector::new(model, embeddings))
+    }
+
+    /// Scores dev (and test), updates the best checkpoint, writes the step
+    /// checkpoint.
+    fn evaluate_and_checkpoint(&mut self) -> Result<()> {
+        let cfg = &self.cfg.eval;
+        let detector = self.detector()?;
+        let (batch, workers) = (self.cfg.loader.eval_batch_size, self.cfg.loader.workers);
+        let dev_set =
+            score_split(&detector, &self.dev, batch, workers)?.score_set(cfg.video_level)?;
+        let protocol = ProtocolConfig {
+            threshold_rule: cfg.threshold_rule,
+            ..ProtocolConfig::default()
+        };
+        let dev = evaluate_protocol(Some(&dev_set), &dev_set, protocol)?;
+        let test = if cfg.test_during_training || cfg.select_on == Selection::Test {
+            let test_set =
+                score_split(&detector, &self.test, batch, workers)?.score_set(cfg.video_level)?;
+            Some(evaluate_protocol(Some(&dev_set), &test_set, protocol)?)
+        } else {
+            None
+        };
+        let step = self.adam.step_count();
+        let epoch = self.position.epoch;
+        let candidate = BestRecord {
+            step,
+            epoch,
+            selected_on: cfg.select_on,
+            dev: dev.clone(),
+            test: test.clone(),
+        };
+        let improved = self
+            .best
+            .as_ref()
+            .is_none_or(|best| is_better(&candidate, best));
+        self.calibration = Some(Calibration {
+            threshold: dev.threshold,
+            rule: cfg.threshold_rule,
+            split: Split::Dev,
+        });
+        self.metrics.append(&MetricsRecord::Eval {
+            step,
+            epoch,
+            dev_acer: dev.acer,
+            dev_auc: dev.auc,
+            dev_eer: dev.eer,
+            threshold: dev.threshold,
+            test_acer: test.as_ref().map(|t| t.acer),
+            test_auc: test.as_ref().map(|t| t.auc),
+            best: improved,
+        })?;
+        let test_text = test.as_ref().map_or(String::new(), |t| {
+            format!(
+                "  |  test ACER {:.2} % AUC {:.2} %",
+                100.0 * t.acer,
+                100.0 * t.auc
+            )
+        });
+        self.progress.println(&format!(
+            "eval step {step}: dev ACER {:.2} % AUC {:.2} % EER {:.2} %{test_text}{}",
+            100.0 * dev.acer,
+            100.0 * dev.auc,
+            100.0 * dev.eer,
+            if improved { "  (best)" } else { "" }
+        ));
+        if improved {
+            self.best = Some(candidate);
+            let meta = self.meta(CheckpointKind::Model);
+            let tensors = self.model_tensors(&detector)?;
+            write_checkpoint(&self.run.best_checkpoint(), meta, tensors)?;
+        }
+        self.save_step_checkpoint()
+    }
+
+    fn meta(&self, kind: CheckpointKind) -> CheckpointMeta {
+        let parameters = clip_moe::select_vars(&self.varmap, &clip_moe::WeightSelection::All)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        CheckpointMeta {
+            format: FORMAT.to_string(),
+            kind,
+            step: self.adam.step_count(),
+            position: self.position,
+            experiment: self.cfg.clone(),
+            clip: self.clip.clone(),
+            calibration: self.calibration,
+            best: self.best.clone(),
+            parameters,
+            checksum: String::new(),
+        }
+    }
+
+    /// The weights and the detector's prompt embeddings.
+    fn model_tensors(&self, detector: &Detector) -> Result<Vec<(String, Tensor)>> {
+        let mut tensors: Vec<(String, Tensor)> =
+            clip_moe::select_vars(&self.varmap, &clip_moe::WeightSelection::All)
+                .into_iter()
+                .map(|(name, var)| (name, var.as_tensor().detach()))
+                .collect();
+        tensors.push((
+            CLASS_EMBEDDINGS.to_string(),
+            detector.class_embeddings().clone(),
+        ));
+        Ok(tensors)
+    }
+
+    /// Writes the resumable checkpoint of the current step and prunes old ones.
+    fn save_step_checkpoint(&self) -> Result<()> {
+        let detector = self.detector()?;
+        let mut tensors = self.model_tensors(&detector)?;
+        tensors.extend(self.adam.state_tensors()?);
+        let meta = self.meta(CheckpointKind::Training);
+        write_checkpoint(&self.run.step_checkpoint(meta.step), meta, tensors)?;
+        self.run.prune_checkpoints(self.cfg.training.keep_last)
+    }
+
+    /// Evaluates the best checkpoint: threshold on dev, metrics on test,
+    /// `report.json`, score files and plots.
+    pub fn finish(&mut self) -> Result<EvalReport> {
+        let best_path = self.run.best_checkpoint();
+        if !best_path.is_file() {
+            self.evaluate_and_checkpoint()?;
+        }
+        let best = read_checkpoint(&best_path)?;
+        let detector = Detector::from_checkpoint(&best, &self.device)?;
+        let report = evaluate_run(
+            &detector,
+            &self.cfg,
+            &self.dev,
+            &self.test,
+            &self.run,
+            Some(&best),
+        )?;
+        let json = report_json(&report)?;
+        crate::evaluator::write_text(&self.run.report(), &json)?;
+        if let Some(copy) = &self.report_copy {
+            crate::evaluator::write_text(copy, &json)?;
+        }
+        Ok(report)
+    }
+}
+
+/// Whether `candidate` beats `best`: lower ACER on the selection split,
+/// then higher AUC, then lower EER; full ties go to the later checkpoint.
+fn is_better(candidate: &BestRecord, best: &BestRecord) -> bool {
+    let pick = |r: &BestRecord| match (r.selected_on, &r.test) {
+        (Selection::Test, Some(test)) => (test.acer, test.auc, test.eer),
+        _ => (r.dev.acer, r.dev.auc, r.dev.eer),
+    };
+    let (a, b) = (pick(candidate), pick(best));
+    if a.0 != b.0 {
+        return a.0 < b.0;
+    }
+    if a.1 != b.1 {
+        return a.1 > b.1;
+    }
+    a.2 <= b.2
+}
+
+/// Scores dev and test with `detector`, writes `scores/{dev,test}.txt` and
+/// the test plots into `run`, and returns the report (threshold on dev).
+pub fn evaluate_run(
+    detector: &Detector,
+    cfg: &ExperimentConfig,
+    dev: &SplitData,
+    test: &SplitData,
+    run: &RunDir,
+    checkpoint: Option<&LoadedCheckpoint>,
+) -> Result<EvalReport> {
+    let (batch, workers) = (cfg.loader.eval_batch_size, cfg.loader.workers);
+    let dev_scores = score_split(detector, dev, batch, workers)?;
+    let test_scores = score_split(detector, test, batch, workers)?;
+    dev_scores.write(&run.scores("dev"), ScoreExport::AttackProbability)?;
+    test_scores.write(&run.scores("test"), ScoreExport::AttackProbability)?;
+    let dev_set = dev_scores.score_set(cfg.eval.video_level)?;
+    let test_set = test_scores.score_set(cfg.eval.video_level)?;
+    let (test_report, dev_report) =
+        crate::evaluator::evaluate(Some(&dev_set), &test_set, cfg.eval.threshold_rule, None)?;
+    write_plots(&test_set, &run.plots())?;
+    Ok(EvalReport {
+        protocol: protocol_name(&cfg.data),
+        level: if cfg.eval.video_level {
+            "video"
+        } else {
+            "image"
+        }
+        .into(),
+        score_polarity: SCORE_POLARITY.to_string(),
+        threshold_origin: ThresholdOrigin::Dev,
+        selected_on: cfg.eval.select_on,
+        checkpoint: checkpoint.map(|c| c.path.clone()),
+        step: checkpoint.map(|c| c.meta.step),
+        test: test_report,
+        dev: dev_report,
+        bpcer_at_apcer: bpcer_table(&test_set)?,
+    })
+}
+
+/// The report as pretty JSON.
+pub fn report_json(report: &EvalReport) -> Result<String> {
+    serde_json::to_string_pretty(report).map_err(|source| Error::Json {
+        path: PathBuf::from("report.json"),
+        source,
+    })
+}
+
+/// Refuses to start a new run over an existing one, creates the directory,
+/// and (re)writes `config.json`. On resume, the saved configuration must
+/// match `cfg` except in the settings a resumed run may change.
+fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<()> {
+    let exists = run.config().is_file() || run.checkpoints().is_dir();
+    if exists && !resume {
+        return Err(Error::config(
+            "--output",
+            format!(
+                "{} already holds a run; pass --resume to continue it, or choose another \
+                 directory",
+                run.root().display()
+            ),
+        ));
+    }
+    if exists {
+        let saved = ExperimentConfig::from_file(&run.config())?;
+        let differ = differing_sections(&saved, cfg);
+        if !differ.is_empty() {
+            return Err(Error::config(
+                "--resume",
+                format!(
+                    "the run in {} was started with other settings (differs in: {}); resume \
+                     it with the same flags",
+                    run.root().display(),
+                    differ.join(", ")
+                ),
+            ));
+        }
+        run.remove_stale_temporaries()?;
+    }
+    std::fs::create_dir_all(run.root()).map_err(|e| Error::io("creating", run.root(), e))?;
+    crate::evaluator::write_text(&run.config(), &cfg.to_json())
+}
+
+/// Loss, gradient norm and throughput since the last logged step.
+struct LogWindow {
+    losses: f64,
+    norms: f64,
+    steps: u64,
+    images: usize,
+    started: Instant,
+}
+
+impl LogWindow {
+    fn new() -> Self {
+        Self {
+            losses: 0.0,
+            norms: 0.0,
+            steps: 0,
+            images: 0,
+            started: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, loss: f64, norm: f64, images: usize) {
+        self.losses += loss;
+        self.norms += norm;
+        self.steps += 1;
+        self.images += images;
+    }
+
+    /// The record of the window, and a fresh window.
+    fn record(&mut self, step: u64, epoch: u64, lr: f64) -> MetricsRecord {
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
+        let steps = self.steps.max(1) as f64;
+        let record = MetricsRecord::Train {
+            step,
+            epoch,
+            loss: self.losses / steps,
+            lr,
+            grad_norm: self.norms / steps,
+            images_per_second: self.images as f64 / seconds,
+        };
+        *self = Self::new();
+        record
+    }
+}

@@ -1,0 +1,63 @@
+//! Shared set-up of the end-to-end tests: a small synthetic UniAttackData
+//! tree (10 subjects at 64 px: 40 train, 20 dev, 40 test images) and the
+//! demo experiment on it, shortened so a run takes seconds.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use fas_data::synth::{write_dataset, SynthConfig};
+use uniattack::experiment::EvalEvery;
+use uniattack::{ExperimentConfig, TrainOptions};
+
+/// Writes the small dataset under `root` and returns `root`.
+pub fn dataset(root: &Path) -> PathBuf {
+    write_dataset(
+        root,
+        &SynthConfig {
+            subjects: 10,
+            image_size: 64,
+            ..SynthConfig::default()
+        },
+    )
+    .expect("synthetic dataset");
+    root.to_path_buf()
+}
+
+/// The demo experiment on `root`: batches of 16 (2 per epoch), 3 epochs,
+/// an evaluation per epoch, a log line per step, 2 decoding threads.
+pub fn experiment(root: &Path) -> ExperimentConfig {
+    let mut cfg = uniattack::demo::experiment(root);
+    cfg.loader.batch_size = 16;
+    cfg.loader.eval_batch_size = 32;
+    cfg.loader.workers = 2;
+    cfg.training.epochs = 3;
+    cfg.training.log_every = 1;
+    cfg.schedule.warmup_steps = 0;
+    cfg.eval.every = EvalEvery::Epoch;
+    cfg
+}
+
+/// Options for a CPU run into `output`.
+pub fn options(output: &Path, resume: bool) -> TrainOptions {
+    TrainOptions {
+        output: output.to_path_buf(),
+        resume,
+        device: Device::Cpu,
+        report: None,
+    }
+}
+
+/// Every tensor of a checkpoint file, as raw little-endian bytes by name.
+pub fn tensor_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).expect("checkpoint");
+    let file = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut out: Vec<(String, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect();
+    out.sort();
+    out
+}

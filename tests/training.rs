@@ -1,0 +1,305 @@
+//! Training end to end on the tiny demo model and a small synthetic set:
+//! the loss falls, every trainable parameter learns, checkpoints reload to
+//! the same scores, a damaged checkpoint is refused while the previous one
+//! stays usable, and bad data or settings stop the run with an error that
+//! names the file, line or tensor.
+
+mod common;
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use candle_core::Device;
+use fas_data::protocol::uniattack::Split;
+use uniattack::checkpoint::read_checkpoint;
+use uniattack::data::read_split;
+use uniattack::evaluator::score_split;
+use uniattack::progress::MetricsRecord;
+use uniattack::{Detector, Trainer};
+
+fn losses(metrics: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .filter_map(
+            |l| match serde_json::from_str::<MetricsRecord>(l).unwrap() {
+                MetricsRecord::Train { loss, .. } => Some(loss),
+                MetricsRecord::Eval { .. } => None,
+            },
+        )
+        .collect()
+}
+
+/// Six steps on the same 40 images (no augmentation): the mean loss of the
+/// last two steps is below that of the first two.
+#[test]
+fn a_few_steps_lower_the_loss() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&root);
+    cfg.loader.augment = None;
+    cfg.prompts.loss = uniattack::experiment::LossKind::CrossEntropy;
+    let out = dir.path().join("run");
+    let mut trainer = Trainer::new(cfg, common::options(&out, false))?;
+    trainer.train()?;
+    let l = losses(&out.join("metrics.jsonl"));
+    assert_eq!(l.len(), 6, "{l:?}");
+    let (first, last) = ((l[0] + l[1]) / 2.0, (l[4] + l[5]) / 2.0);
+    assert!(last < first - 0.05, "losses {l:?}");
+    Ok(())
+}
+
+/// After one step (the MoE branches start with zero output weights, so at
+/// step 0 no gradient reaches their routers and first layers), every
+/// trainable parameter receives a non-zero gradient.
+#[test]
+fn every_trainable_parameter_gets_a_gradient() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&root);
+    cfg.training.max_steps = Some(1);
+    let mut trainer = Trainer::new(cfg, common::options(&dir.path().join("run"), false))?;
+    trainer.train()?;
+    let gradients = trainer.gradients_of_batch(0, 1)?;
+    assert!(gradients.len() > 50, "{} parameters", gradients.len());
+    for (name, grad) in gradients {
+        let grad = grad.unwrap_or_else(|| panic!("{name}: no gradient"));
+        let norm = grad.sqr()?.sum_all()?.to_scalar::<f32>()?;
+        assert!(
+            norm > 0.0 && norm.is_finite(),
+            "{name}: gradient norm² {norm}"
+        );
+    }
+    Ok(())
+}
+
+/// The best checkpoint, read back, scores the test split exactly as the
+/// trained model in memory does, and as the run's score file says.
+#[test]
+fn saved_checkpoint_gives_identical_scores() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&root);
+    cfg.training.epochs = 1;
+    let data = cfg.data.clone();
+    let out = dir.path().join("run");
+    let mut trainer = Trainer::new(cfg, common::options(&out, false))?;
+    let report = trainer.run()?;
+    // One epoch, one evaluation: the best checkpoint is the final model.
+    let test = read_split(&data, Split::Test)?;
+    let live = score_split(&trainer.detector()?, &test, 32, 2)?;
+    let best = read_checkpoint(&out.join("checkpoints/best.safetensors"))?;
+    let loaded = score_split(
+        &Detector::from_checkpoint(&best, &Device::Cpu)?,
+        &test,
+        32,
+        2,
+    )?;
+    assert_eq!(live.scores, loaded.scores);
+    let written: Vec<f64> = std::fs::read_to_string(out.join("scores/test.txt"))?
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(written, loaded.scores);
+    assert_eq!(report.step, Some(2));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json"))?)?;
+    for key in [
+        "threshold",
+        "apcer",
+        "bpcer",
+        "acer",
+        "hter",
+        "acc",
+        "auc",
+        "eer",
+    ] {
+        assert!(json[key].is_number(), "report.json lacks {key}: {json}");
+    }
+    assert_eq!(json["selected_on"], "dev");
+    assert_eq!(json["threshold_origin"], "dev");
+    for plot in ["roc.png", "det.png", "scores.png"] {
+        assert!(out.join("plots").join(plot).is_file(), "{plot}");
+    }
+    Ok(())
+}
+
+/// A checkpoint with one flipped byte is refused on resume, naming the file
+/// and the checksum; the previous checkpoint still reads and resumes.
+#[test]
+fn damaged_checkpoint_is_refused_and_the_previous_one_is_kept() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&root);
+    cfg.training.epochs = 2;
+    let out = dir.path().join("run");
+    Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
+    let run = uniattack::run_dir::RunDir::new(out.clone());
+    let steps = run.step_checkpoints()?;
+    assert_eq!(
+        steps.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![2, 4]
+    );
+    let (_, latest) = steps.last().unwrap().clone();
+    let mut bytes = std::fs::read(&latest)?;
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    std::fs::write(&latest, &bytes)?;
+    let err = match Trainer::new(cfg.clone(), common::options(&out, true)) {
+        Ok(_) => panic!("a damaged checkpoint was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("checksum") && err.contains(&latest.display().to_string()),
+        "{err}"
+    );
+    // The previous one is intact, and resuming from it works.
+    read_checkpoint(&steps[0].1)?;
+    std::fs::remove_file(&latest)?;
+    let trainer = Trainer::new(cfg, common::options(&out, true))?;
+    assert_eq!(trainer.step(), 2);
+    // A truncated file is refused too.
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &std::fs::read(&steps[0].1)?[..1000])?;
+    let err = read_checkpoint(&cut)
+        .err()
+        .expect("truncated accepted")
+        .to_string();
+    assert!(err.contains("cut.safetensors"), "{err}");
+    Ok(())
+}
+
+/// A checkpoint whose tensors do not fit the model, and a resumed run with
+/// other settings, are refused with the tensor or setting named.
+#[test]
+fn checkpoint_of_another_shape_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&root);
+    cfg.training.epochs = 1;
+    let out = dir.path().join("run");
+    Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
+    // Other MoE settings: the resumed run is refused before anything loads.
+    let mut other = cfg.clone();
+    other.model.moe.slots_per_expert = 8;
+    let err = Trainer::new(other, common::options(&out, true))
+        .err()
+        .expect("resumed with other settings")
+        .to_string();
+    assert!(err.contains("model"), "{err}");
+    // A checkpoint whose header says one shape and whose tensor another.
+    let best = read_checkpoint(&out.join("checkpoints/best.safetensors"))?;
+    let mut tensors: Vec<(String, candle_core::Tensor)> = best.tensors.into_iter().collect();
+    let name = "vision_model.post_layernorm.weight";
+    for (n, t) in tensors.iter_mut() {
+        if n == name {
+            *t = candle_core::Tensor::zeros(7, candle_core::DType::F32, &Device::Cpu)?;
+        }
+    }
+    let bad = dir.path().join("bad.safetensors");
+    uniattack::checkpoint::write_checkpoint(&bad, best.meta.clone(), tensors)?;
+    let loaded = read_checkpoint(&bad)?;
+    let err = Detector::from_checkpoint(&loaded, &Device::Cpu)
+        .expect_err("mismatched tensor accepted")
+        .to_string();
+    assert!(
+        err.contains(name) && err.contains("bad.safetensors"),
+        "{err}"
+    );
+    Ok(())
+}
+
+fn rewrite_list(root: &std::path::Path, split: &str, edit: impl Fn(&str) -> String) {
+    let path = root.join(format!(
+        "UniAttackData/protocol/UniAttackData@p1_image_{split}.txt"
+    ));
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(&text)).unwrap();
+}
+
+/// Empty and single-class splits, and a line naming a missing image, stop
+/// the run before training with the file (and line) named.
+#[test]
+fn bad_splits_are_refused_naming_the_file() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let cfg = common::experiment(&root);
+    let start = |name: &str| {
+        Trainer::new(cfg.clone(), common::options(&dir.path().join(name), false))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let original: HashMap<&str, String> = ["dev", "test"]
+        .into_iter()
+        .map(|s| {
+            let p = root.join(format!(
+                "UniAttackData/protocol/UniAttackData@p1_image_{s}.txt"
+            ));
+            (s, std::fs::read_to_string(p).unwrap())
+        })
+        .collect();
+
+    rewrite_list(&root, "dev", |_| "\n \n".into());
+    let err = start("empty");
+    assert!(
+        err.contains("p1_image_dev.txt") && err.contains("no samples"),
+        "{err}"
+    );
+
+    rewrite_list(&root, "dev", |_| {
+        original["dev"]
+            .lines()
+            .filter(|l| !l.ends_with(" 0"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    });
+    let err = start("one-class");
+    assert!(
+        err.contains("p1_image_dev.txt") && err.contains("0 bona fide"),
+        "{err}"
+    );
+    rewrite_list(&root, "dev", |_| original["dev"].clone());
+
+    rewrite_list(&root, "test", |t| {
+        format!("{t}UniAttackData/Data/live/nowhere/0001.jpg 0\n")
+    });
+    let lines = original["test"].lines().count() + 1;
+    let err = start("missing");
+    assert!(
+        err.contains("p1_image_test.txt")
+            && err.contains(&format!("line {lines}"))
+            && err.contains("not found"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// A non-finite loss stops the run naming the step; nothing is written as
+/// a checkpoint for that step.
+#[test]
+fn non_finite_loss_stops_the_run_naming_the_step() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&root);
+    cfg.optim.lr = 1e30;
+    cfg.training.checkpoint_every = Some(1);
+    let out = dir.path().join("run");
+    let mut trainer = Trainer::new(cfg, common::options(&out, false))?;
+    let err = trainer
+        .train()
+        .expect_err("trained through NaN")
+        .to_string();
+    assert!(err.contains("step") && err.contains("not finite"), "{err}");
+    let step: u64 = err
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.trim_end_matches(':').parse().ok())
+        .expect("step number");
+    let run = uniattack::run_dir::RunDir::new(out);
+    for (s, path) in run.step_checkpoints()? {
+        assert!(s < step, "checkpoint of step {s} written");
+        read_checkpoint(&path)?;
+    }
+    Ok(())
+}
