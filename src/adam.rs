@@ -249,6 +249,33 @@ impl Adam {
         Ok(out)
     }
 
+    /// The moments for a checkpoint, named as [`Adam::state_tensors`], CPU
+    /// moments borrowed rather than copied.
+    pub fn state_data(&self) -> Vec<(String, crate::checkpoint::TensorData<'_>)> {
+        use crate::checkpoint::TensorData;
+        let mut out = Vec::with_capacity(2 * self.slots.len());
+        for slot in &self.slots {
+            let (m, v) = match &slot.moments {
+                Moments::Host { m, v } => {
+                    let shape = slot.var.dims().to_vec();
+                    (
+                        TensorData::HostF32 {
+                            values: m,
+                            shape: shape.clone(),
+                        },
+                        TensorData::HostF32 { values: v, shape },
+                    )
+                }
+                Moments::Tensors { m, v } => {
+                    (TensorData::Tensor(m.clone()), TensorData::Tensor(v.clone()))
+                }
+            };
+            out.push((exp_avg_name(&slot.name), m));
+            out.push((exp_avg_sq_name(&slot.name), v));
+        }
+        out
+    }
+
     /// Restores the moments (from [`Adam::state_tensors`]' names in
     /// `tensors`) and the step count. Every moment must be present with its
     /// parameter's shape; nothing changes otherwise.

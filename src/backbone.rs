@@ -42,6 +42,11 @@ pub fn build(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Backbone> 
             let tokenizer = crate::demo::tokenizer(&clip)?;
             (clip, None, tokenizer)
         }
+        ModelSource::RandomVitB16 => {
+            let clip = ClipConfig::vit_base_patch16().with_moe(cfg.moe.clone());
+            let tokenizer = crate::demo::tokenizer(&clip)?;
+            (clip, None, tokenizer)
+        }
     };
     clip.validate()?;
     let seeded = SeededVarMap::new(seed);

@@ -52,6 +52,10 @@ pub enum ModelSource {
     /// The demo's tiny CLIP with seeded random weights and the bundled tiny
     /// tokenizer (no download; see [`crate::demo`]).
     DemoTiny,
+    /// CLIP ViT-B/16's shapes with seeded random weights and the bundled
+    /// tiny tokenizer: the paper's model, for benchmarks and smoke tests
+    /// without a download (`--model random:vit-b16`).
+    RandomVitB16,
 }
 
 /// Which parameters stay fixed.

@@ -14,6 +14,7 @@
 //! * [`evaluator`]: splits -> scores -> `fas-metrics` reports, score files, plots.
 //! * [`Trainer`]: the loop, [`Adam`] with saved state, schedules,
 //!   checkpoints and exact resume; [`demo`] the offline demo.
+//! * [`studies`]: the paper's MoE and prompt ablations as runs and a table.
 //! * [`cli`]: the command lines of the examples `train_uniattack`,
 //!   `eval_uniattack` and `detect`.
 
@@ -33,6 +34,7 @@ pub mod progress;
 pub mod run_dir;
 pub mod runtime;
 pub mod schedule;
+pub mod studies;
 pub mod trainer;
 
 pub use adam::{Adam, AdamConfig, WeightDecay};

@@ -23,7 +23,7 @@ use crate::adam::Adam;
 use crate::backbone::{build, trainable_vars};
 use crate::checkpoint::{
     read_checkpoint, write_checkpoint, BestRecord, Calibration, CheckpointKind, CheckpointMeta,
-    LoadedCheckpoint, LoaderPosition, CLASS_EMBEDDINGS, FORMAT,
+    LoadedCheckpoint, LoaderPosition, TensorData, CLASS_EMBEDDINGS, FORMAT,
 };
 use crate::data::{protocol_name, read_split, training_loader, SplitData};
 use crate::detector::{inference_model, prompt_embeddings, Detector};
@@ -573,7 +573,7 @@ impl Trainer {
         if improved {
             self.best = Some(candidate);
             let meta = self.meta(CheckpointKind::Model);
-            let tensors = self.model_tensors(&detector)?;
+            let tensors = self.model_tensors(&detector);
             write_checkpoint(&self.run.best_checkpoint(), meta, tensors)?;
         }
         self.save_step_checkpoint()
@@ -599,24 +599,24 @@ impl Trainer {
     }
 
     /// The weights and the detector's prompt embeddings.
-    fn model_tensors(&self, detector: &Detector) -> Result<Vec<(String, Tensor)>> {
-        let mut tensors: Vec<(String, Tensor)> =
+    fn model_tensors(&self, detector: &Detector) -> Vec<(String, TensorData<'static>)> {
+        let mut tensors: Vec<(String, TensorData<'static>)> =
             clip_moe::select_vars(&self.varmap, &clip_moe::WeightSelection::All)
                 .into_iter()
-                .map(|(name, var)| (name, var.as_tensor().detach()))
+                .map(|(name, var)| (name, TensorData::Tensor(var.as_tensor().detach())))
                 .collect();
         tensors.push((
             CLASS_EMBEDDINGS.to_string(),
-            detector.class_embeddings().clone(),
+            TensorData::Tensor(detector.class_embeddings().clone()),
         ));
-        Ok(tensors)
+        tensors
     }
 
     /// Writes the resumable checkpoint of the current step and prunes old ones.
     fn save_step_checkpoint(&self) -> Result<()> {
         let detector = self.detector()?;
-        let mut tensors = self.model_tensors(&detector)?;
-        tensors.extend(self.adam.state_tensors()?);
+        let mut tensors = self.model_tensors(&detector);
+        tensors.extend(self.adam.state_data());
         let meta = self.meta(CheckpointKind::Training);
         write_checkpoint(&self.run.step_checkpoint(meta.step), meta, tensors)?;
         self.run.prune_checkpoints(self.cfg.training.keep_last)

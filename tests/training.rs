@@ -189,12 +189,15 @@ fn checkpoint_of_another_shape_is_refused() -> Result<()> {
     assert!(err.contains("model"), "{err}");
     // A checkpoint whose header says one shape and whose tensor another.
     let best = read_checkpoint(&out.join("checkpoints/best.safetensors"))?;
-    let mut tensors: Vec<(String, candle_core::Tensor)> = best.tensors.into_iter().collect();
     let name = "vision_model.post_layernorm.weight";
-    for (n, t) in tensors.iter_mut() {
-        if n == name {
-            *t = candle_core::Tensor::zeros(7, candle_core::DType::F32, &Device::Cpu)?;
-        }
+    let mut tensors = Vec::new();
+    for (n, t) in best.tensors {
+        let t = if n == name {
+            candle_core::Tensor::zeros(7, candle_core::DType::F32, &Device::Cpu)?
+        } else {
+            t
+        };
+        tensors.push((n, uniattack::checkpoint::TensorData::Tensor(t)));
     }
     let bad = dir.path().join("bad.safetensors");
     uniattack::checkpoint::write_checkpoint(&bad, best.meta.clone(), tensors)?;

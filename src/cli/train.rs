@@ -48,7 +48,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub device: Option<String>,
 
-    /// CLIP weights: hub id or local directory [default: openai/clip-vit-base-patch16].
+    /// CLIP weights: hub id or local directory [default: openai/clip-vit-base-patch16;
+    /// demo: random:demo]. `random:vit-b16` is ViT-B/16 with random weights (benchmarks).
     #[arg(long)]
     pub model: Option<String>,
     /// MoE branch: none, soft (Soft MoE) or la (La-SoftMoE) [default: la].
@@ -284,8 +285,12 @@ impl TrainArgs {
 
     fn apply_model(&self, cfg: &mut ExperimentConfig) {
         if let Some(model) = &self.model {
-            cfg.model.source = ModelSource::Pretrained {
-                model: model.clone(),
+            cfg.model.source = match model.as_str() {
+                "random:vit-b16" => ModelSource::RandomVitB16,
+                "random:demo" => ModelSource::DemoTiny,
+                _ => ModelSource::Pretrained {
+                    model: model.clone(),
+                },
             };
         }
         let moe = &mut cfg.model.moe;

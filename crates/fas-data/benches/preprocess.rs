@@ -86,6 +86,18 @@ fn preprocess(c: &mut Criterion) {
             origin: (p.clone(), 0),
         })
         .collect();
+    // The training loader as `train_uniattack` configures it: shuffled,
+    // augmented (random resized crop, flip, colour jitter), one worker.
+    let training = Loader::new(
+        samples.clone(),
+        LoaderConfig {
+            batch_size: IMAGES,
+            workers: 1,
+            drop_last: false,
+            ..LoaderConfig::training(0)
+        },
+    )
+    .expect("training loader");
     let loader = Loader::new(
         samples,
         LoaderConfig {
@@ -98,6 +110,15 @@ fn preprocess(c: &mut Criterion) {
     group.bench_function("loader_1_worker_batch32", |b| {
         b.iter(|| {
             for batch in loader.epoch(0) {
+                black_box(batch.expect("batch"));
+            }
+        })
+    });
+    group.bench_function("training_loader_augmented_1_worker_batch32", |b| {
+        let mut epoch = 0;
+        b.iter(|| {
+            epoch += 1;
+            for batch in training.epoch(epoch) {
                 black_box(batch.expect("batch"));
             }
         })

@@ -198,6 +198,9 @@ pub fn run(
         .map(|path| load(path, args.polarity))
         .transpose()?;
     let report = evaluate_protocol(dev.as_ref(), &test, ProtocolConfig::default())?;
+    for warning in &report.warnings {
+        written(writeln!(log, "warning: {warning}"))?;
+    }
     written(write_report(out, &report, &args.name, args.json))?;
     #[cfg(feature = "plot")]
     if let Some(dir) = &args.plot_dir {

@@ -79,6 +79,30 @@ pub enum MetricsError {
         /// The score token.
         got: String,
     },
+    /// Two lines of a score file name the same sample: it would be counted
+    /// twice.
+    #[error("score file {file} line {line}: id \"{id}\" is already on line {first_line}; each sample must be listed once")]
+    DuplicateId {
+        /// File name as given.
+        file: String,
+        /// 1-based line of the repetition.
+        line: usize,
+        /// 1-based line where the id first appears.
+        first_line: usize,
+        /// The id (shortened if very long).
+        id: String,
+    },
+    /// Scores outside [0, 1] met the organisers' threshold grid, which only
+    /// spans 0 to 1.1: the threshold and EER would be meaningless.
+    #[error(
+        "scores range from {low} to {high}, outside [0, 1], but the organisers' grid threshold          and EER are defined for probabilities only (0 to 1.1): are these logits? Convert them          to probabilities, or choose the threshold with another rule (exact sweep)"
+    )]
+    ScoresOutsideGrid {
+        /// Lowest score.
+        low: f64,
+        /// Highest score.
+        high: f64,
+    },
     /// A score file that could not be read.
     #[error("cannot read score file {file}: {source}")]
     ReadScoreFile {

@@ -213,18 +213,33 @@ pub fn write_score_histograms(set: &ScoreSet, path: &Path) -> Result<()> {
     let (bonafide, attack) = (set.bonafide_scores(), set.attack_scores());
     let low = bonafide[0].min(attack[0]);
     let high = bonafide[bonafide.len() - 1].max(attack[attack.len() - 1]);
-    let width = if high > low {
-        (high - low) / BINS as f64
-    } else {
-        1.0
+    // Halves keep the span finite even for scores near +-f64::MAX.
+    let half_span = high / 2.0 - low / 2.0;
+    // A score range the axis cannot be drawn over (overflowing, or too
+    // narrow for distinct tick labels) is drawn as [0, 1], its ends named
+    // in the caption; plotters would otherwise spin on the tick marks.
+    let plain = half_span > 0.0
+        && half_span < 1e12
+        && half_span > 1e-9 * low.abs().max(high.abs()).max(1e-300);
+    let position = |s: f64| {
+        if half_span > 0.0 {
+            (s / 2.0 - low / 2.0) / half_span
+        } else {
+            0.0
+        }
     };
     let fractions = |scores: &[f64]| {
         let mut counts = [0usize; BINS];
         for &s in scores {
-            let bin = (((s - low) / width) as usize).min(BINS - 1);
+            let bin = ((position(s) * BINS as f64) as usize).min(BINS - 1);
             counts[bin] += 1;
         }
         counts.map(|c| c as f64 / scores.len() as f64)
+    };
+    let (axis_low, width) = if plain {
+        (low, 2.0 * half_span / BINS as f64)
+    } else {
+        (0.0, 1.0 / BINS as f64)
     };
     let (bonafide_bins, attack_bins) = (fractions(bonafide), fractions(attack));
     let tallest = bonafide_bins
@@ -239,12 +254,22 @@ pub fn write_score_histograms(set: &ScoreSet, path: &Path) -> Result<()> {
     builder.margin(20);
     if text {
         builder
-            .caption(format!("Scores ({})", set.polarity()), ("sans-serif", 24))
+            .caption(
+                if plain {
+                    format!("Scores ({})", set.polarity())
+                } else {
+                    format!("Scores ({}), axis 0..1 = {low:e}..{high:e}", set.polarity())
+                },
+                ("sans-serif", 24),
+            )
             .x_label_area_size(45)
             .y_label_area_size(60);
     }
     let mut chart = builder
-        .build_cartesian_2d(low..low + width * BINS as f64, 0.0..tallest * 1.05)
+        .build_cartesian_2d(
+            axis_low..axis_low + width * BINS as f64,
+            0.0..tallest * 1.05,
+        )
         .map_err(|e| plot_error(path, e))?;
     let mut mesh = chart.configure_mesh();
     if text {
@@ -258,7 +283,7 @@ pub fn write_score_histograms(set: &ScoreSet, path: &Path) -> Result<()> {
         (attack_bins, ATTACK_COLOR, "attack"),
     ] {
         let bars = bins.into_iter().enumerate().map(move |(i, fraction)| {
-            let left = low + width * i as f64;
+            let left = axis_low + width * i as f64;
             Rectangle::new(
                 [(left, 0.0), (left + width, fraction)],
                 color.mix(0.45).filled(),

@@ -74,6 +74,23 @@ pub struct ProtocolReport {
     pub polarity: Polarity,
     /// The configuration used.
     pub config: ProtocolConfig,
+    /// Things that make the numbers suspect without making them wrong
+    /// (a test AUC below 0.5: is the polarity swapped?). Absent from JSON
+    /// when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Errors when the organisers' grid (0 to 1.1) would be applied to scores
+/// outside [0, 1].
+fn check_grid_range(set: &ScoreSet) -> Result<()> {
+    let (b, a) = (set.bonafide_scores(), set.attack_scores());
+    let low = b[0].min(a[0]);
+    let high = b[b.len() - 1].max(a[a.len() - 1]);
+    if low < 0.0 || high > 1.0 {
+        return Err(MetricsError::ScoresOutsideGrid { low, high });
+    }
+    Ok(())
 }
 
 /// Evaluates a protocol: threshold by `config.threshold_rule` on `dev`
@@ -94,15 +111,30 @@ pub fn evaluate_protocol(
         Some(dev) => (dev, ThresholdSource::Dev),
         None => (test, ThresholdSource::Test),
     };
+    if config.threshold_rule == ThresholdRule::OrganiserGrid {
+        check_grid_range(threshold_set)?;
+    }
+    if config.test_eer == EerMethod::OrganiserGrid {
+        check_grid_range(test)?;
+    }
     let threshold = select_threshold(threshold_set, config.threshold_rule)?;
     let at = metrics_at_threshold(test, threshold)?;
+    let auc = auc(test);
+    let mut warnings = Vec::new();
+    if auc < 0.5 {
+        warnings.push(format!(
+            "test AUC is {auc:.4}, below chance: is the score polarity swapped? (the scores were \
+             read as \"{}\")",
+            test.polarity()
+        ));
+    }
     Ok(ProtocolReport {
         threshold,
         apcer: at.apcer,
         bpcer: at.bpcer,
         acer: at.acer,
         acc: at.acc,
-        auc: auc(test),
+        auc,
         eer: eer(test, config.test_eer).eer,
         hter: at.hter,
         per_attack_type: at.per_attack_type,
@@ -111,6 +143,7 @@ pub fn evaluate_protocol(
         counts: at.counts,
         polarity: test.polarity(),
         config,
+        warnings,
     })
 }
 
@@ -164,6 +197,9 @@ impl ProtocolReport {
             "\nThreshold {} chosen on {source} ({:?}), {}; test EER by {:?}.",
             self.threshold, self.config.threshold_rule, self.polarity, self.config.test_eer
         );
+        for warning in &self.warnings {
+            let _ = writeln!(out, "\nWarning: {warning}");
+        }
         out
     }
 }

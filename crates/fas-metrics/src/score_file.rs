@@ -7,8 +7,11 @@
 //!   number equal to 0 or 1, such as `1.0` from `np.savetxt`, counts);
 //! - `bonafide`, `bona_fide`, `bona-fide`, `live`, `real`, `genuine` (any
 //!   case) = bona fide;
-//! - any other word = an attack of that type (e.g. `print`, `adversarial`).
+//! - any other word made of letters, digits and `_ - . /` (starting with a
+//!   letter) = an attack of that type (e.g. `print`, `adversarial/alma`);
+//!   anything else (`live,`, `"print"`) is an error, not a new attack type.
 //!
+//! Each id may appear once: a repeated id would count one sample twice.
 //! Any other number is an error, not an attack type: it is what a line
 //! without a label (`000123 0.87`) or with swapped columns (`1 0.87`) looks
 //! like. Multi-class numeric labels (CFD's 2 = adversarial, 3 = digital) must
@@ -19,6 +22,7 @@
 //! CRLF line endings are accepted, and a UTF-8 byte order mark at the start of
 //! the file is ignored.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{MetricsError, Result};
@@ -34,6 +38,22 @@ const BONAFIDE_WORDS: [&str; 6] = [
     "genuine",
 ];
 
+/// Longest line text an error message echoes.
+const ECHO_LIMIT: usize = 200;
+
+/// `text`, or its first [`ECHO_LIMIT`] characters and its length: a
+/// message about a 20 MB line should not be 20 MB.
+pub(crate) fn shortened(text: &str) -> String {
+    if text.len() <= ECHO_LIMIT {
+        return text.to_owned();
+    }
+    let mut end = ECHO_LIMIT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
+}
+
 /// What a line must hold, for [`MetricsError::MalformedLine`].
 const EXPECTED_LAYOUT: &str = "\"<score> <label>\" or \"<id> <score> <label>\"";
 
@@ -46,6 +66,7 @@ const EXPECTED_LAYOUT: &str = "\"<score> <label>\" or \"<id> <score> <label>\"";
 pub fn parse_score_file(file: &str, text: &str) -> Result<Vec<ScoredSample>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut samples = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         let tokens: Vec<&str> = raw
@@ -56,7 +77,7 @@ pub fn parse_score_file(file: &str, text: &str) -> Result<Vec<ScoredSample>> {
             file: file.to_owned(),
             line,
             expected,
-            got: raw.trim_end_matches('\r').to_owned(),
+            got: shortened(raw.trim_end_matches('\r')),
         };
         let (id, score, label) = match tokens.as_slice() {
             [] => continue,
@@ -71,23 +92,54 @@ pub fn parse_score_file(file: &str, text: &str) -> Result<Vec<ScoredSample>> {
             return Err(MetricsError::NonFiniteScoreInFile {
                 file: file.to_owned(),
                 line,
-                got: tokens[tokens.len() - 2].to_owned(),
+                got: shortened(tokens[tokens.len() - 2]),
             });
         }
-        let label = parse_label(label).ok_or_else(|| {
-            malformed(format!(
-                "label 0 (bona fide), 1 (attack), a bona fide word ({}) or an attack-type \
-                 name, not the number \"{label}\" (is the label column missing, or are the \
-                 columns swapped?)",
-                BONAFIDE_WORDS.join(", ")
-            ))
-        })?;
+        let label = match parse_label(label) {
+            Some(label) => label,
+            None if label.parse::<f64>().is_ok() => {
+                return Err(malformed(format!(
+                    "label 0 (bona fide), 1 (attack), a bona fide word ({}) or an attack-type \
+                     name, not the number \"{label}\" (is the label column missing, or are the \
+                     columns swapped?)",
+                    BONAFIDE_WORDS.join(", ")
+                )))
+            }
+            None => {
+                return Err(malformed(format!(
+                    "label 0, 1, a bona fide word ({}) or an attack-type name of letters, \
+                     digits and _ - . / starting with a letter, not \"{}\"",
+                    BONAFIDE_WORDS.join(", "),
+                    shortened(label)
+                )))
+            }
+        };
+        if let Some(id) = &id {
+            if let Some(&first_line) = seen.get(id) {
+                return Err(MetricsError::DuplicateId {
+                    file: file.to_owned(),
+                    line,
+                    first_line,
+                    id: shortened(id),
+                });
+            }
+            seen.insert(id.clone(), line);
+        }
         samples.push(ScoredSample { id, score, label });
     }
     Ok(samples)
 }
 
-/// The label a token names; `None` for a number other than 0 and 1.
+/// Whether `token` can name an attack type.
+fn is_attack_type_name(token: &str) -> bool {
+    token.starts_with(|c: char| c.is_ascii_alphabetic())
+        && token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+}
+
+/// The label a token names; `None` for a number other than 0 and 1, and
+/// for a word that cannot be an attack-type name.
 fn parse_label(token: &str) -> Option<Label> {
     if let Ok(number) = token.parse::<f64>() {
         return if number == 0.0 {
@@ -103,8 +155,10 @@ fn parse_label(token: &str) -> Option<Label> {
         .any(|word| word.eq_ignore_ascii_case(token))
     {
         Some(Label::Bonafide)
-    } else {
+    } else if is_attack_type_name(token) {
         Some(Label::attack_of(token))
+    } else {
+        None
     }
 }
 
@@ -212,5 +266,45 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("cannot read score file /nonexistent/scores.txt"));
+    }
+
+    /// A repeated id is an error naming both lines; ids are compared as
+    /// written.
+    #[test]
+    fn repeated_ids_are_errors() {
+        let err = parse_score_file("t.txt", "a.jpg 0.1 0\nb.jpg 0.2 1\na.jpg 0.3 0\n").unwrap_err();
+        assert!(
+            matches!(&err, MetricsError::DuplicateId { line: 3, first_line: 1, id, .. } if id == "a.jpg"),
+            "{err}"
+        );
+        // Lines without ids cannot be checked and are kept.
+        assert_eq!(
+            parse_score_file("t.txt", "0.1 0\n0.1 0\n").unwrap().len(),
+            2
+        );
+    }
+
+    /// `live,` (a CSV remnant) and quoted words are not new attack types.
+    #[test]
+    fn labels_that_are_no_names_are_errors() {
+        for label in ["live,", "\"print\"", "9lives", "a|b"] {
+            let err = parse_score_file("t.txt", &format!("x.jpg 0.5 {label}\n")).unwrap_err();
+            assert!(
+                err.to_string().contains("attack-type name"),
+                "{label}: {err}"
+            );
+        }
+        let ok =
+            parse_score_file("t.txt", "x.jpg 0.5 adversarial/alma\ny.jpg 0.4 print-2.a\n").unwrap();
+        assert_eq!(ok[0].label, Label::attack_of("adversarial/alma"));
+    }
+
+    /// An error about a huge line quotes its start and its size only.
+    #[test]
+    fn errors_do_not_echo_huge_lines() {
+        let line = "é".repeat(5_000_000);
+        let err = parse_score_file("t.txt", &line).unwrap_err().to_string();
+        assert!(err.len() < 1_000, "{} bytes", err.len());
+        assert!(err.contains("(10000000 bytes)"), "{}", &err[..300]);
     }
 }

@@ -4,12 +4,12 @@
 //! output is. These are the monitoring numbers of google-research/vmoe
 //! (`dispatch_weights_max_mean`, `combine_weights_{min,max}_mean`).
 //!
-//! `cargo run --release --example moe_routing`
+//! `cargo run --release -p softmoe --example moe_routing`
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
-use uniattack::softmoe::{SoftMoe, SoftMoeConfig};
+use softmoe::{SoftMoe, SoftMoeConfig};
 
 fn mean_of(t: &Tensor) -> Result<f32> {
     Ok(t.mean_all()?.to_scalar::<f32>()?)

@@ -6,7 +6,7 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use uniattack::softmoe::{SoftMoe, SoftMoeConfig};
+use softmoe::{SoftMoe, SoftMoeConfig};
 
 fn train(cfg: &SoftMoeConfig) -> Result<(f32, f32)> {
     let device = Device::Cpu;

@@ -1,0 +1,148 @@
+"""PyTorch reference of `train_uniattack`'s training step, for
+`scripts/uniattack/bench_train_step.sh`.
+
+The same step as the Rust binary with `--model random:vit-b16`: transformers'
+CLIPModel (ViT-B/16 vision tower, default text tower, random weights) with
+a La-SoftMoE (or Soft MoE) branch beside the MLP of every vision block
+(X + MLP(LN2 X) + MoE(LN2 X): the branch wraps `layer.mlp`), 4 experts x 49
+slots with quick-GELU experts, the two class prompts through the trainable
+text tower, the paper's CLIP loss with each image's class prompt as its
+text, backward, and torch.optim.Adam (lr 1e-6). Inputs are fixed random
+tensors (no image decoding: PyTorch's best case; the Rust binary decodes and
+augments its batches on the same cores).
+
+Prints one JSON object: median seconds per step over --steps after
+--warmup steps, images/s, and the process's peak RSS.
+
+    /tmp/venv/bin/pip install torch transformers
+    /tmp/venv/bin/python scripts/uniattack/bench_train_step_torch.py --threads 2 --batch 8
+
+Versions used for docs/benchmarks.md: torch 2.15.0, transformers (see the
+printed "transformers" field).
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from transformers import CLIPConfig, CLIPModel
+
+
+class SoftMoE(nn.Module):
+    """Soft MoE / La-SoftMoE with vmoe's normalised router, as `softmoe`."""
+
+    def __init__(self, d, h, e, s, la_combine):
+        super().__init__()
+        self.e, self.s, self.la = e, s, la_combine
+        self.phi = nn.Parameter(torch.randn(e, s, d) * d ** -0.5)
+        self.scale = nn.Parameter(torch.ones(()))
+        bound1, bound2 = d ** -0.5, h ** -0.5
+        self.w1 = nn.Parameter(torch.empty(e, h, d).uniform_(-bound1, bound1))
+        self.b1 = nn.Parameter(torch.empty(e, h).uniform_(-bound1, bound1))
+        self.w2 = nn.Parameter(torch.zeros(e, d, h))
+        self.b2 = nn.Parameter(torch.zeros(e, d))
+
+    def combine(self, logits):
+        if not self.la:
+            return logits.softmax(-1)
+        q = F.elu(logits) + 1.0
+        num = q @ (q.transpose(1, 2) @ logits)
+        den = q @ q.sum(1).unsqueeze(-1) + 1e-6
+        return F.instance_norm(num / den, eps=1e-5)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        e, s = self.e, self.s
+        m = e * s
+        xn = x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)
+        phi = self.phi.reshape(m, d)
+        phin = phi * torch.rsqrt(phi.pow(2).sum(-1, keepdim=True) + 1e-6) * self.scale
+        logits = xn @ phin.t()
+        dispatch = logits.softmax(1)
+        combine = self.combine(logits)
+        slots = dispatch.transpose(1, 2) @ x
+        xs = slots.view(b, e, s, d).transpose(0, 1).reshape(e, b * s, d)
+        pre = torch.baddbmm(self.b1.unsqueeze(1), xs, self.w1.transpose(1, 2))
+        hidden = pre * torch.sigmoid(1.702 * pre)
+        ys = torch.baddbmm(self.b2.unsqueeze(1), hidden, self.w2.transpose(1, 2))
+        ys = ys.view(e, b, s, d).transpose(0, 1).reshape(b, m, d)
+        return combine @ ys
+
+
+class MlpPlusMoe(nn.Module):
+    def __init__(self, mlp, moe):
+        super().__init__()
+        self.mlp, self.moe = mlp, moe
+
+    def forward(self, x):
+        return self.mlp(x) + self.moe(x)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--moe", choices=["none", "soft", "la"], default="la")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    config = CLIPConfig(vision_config={"patch_size": 16}, attn_implementation="eager")
+    model = CLIPModel(config)
+    if args.moe != "none":
+        vc = config.vision_config
+        for layer in model.vision_model.encoder.layers:
+            moe = SoftMoE(vc.hidden_size, vc.intermediate_size, 4, 49, args.moe == "la")
+            layer.mlp = MlpPlusMoe(layer.mlp, moe)
+    model = model.train().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-6)
+    pixels = torch.randn(args.batch, 3, 224, 224, device=device)
+    # Two prompts of 77 tokens, end-of-text at position 10 (T-8's length).
+    ids = torch.randint(1, 600, (2, 77), device=device)
+    ids[:, 10:] = 49407
+    labels = torch.arange(args.batch, device=device) % 2
+
+    def step():
+        image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+        text = model.text_projection(model.text_model(input_ids=ids).pooler_output)
+        image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+        logits = model.logit_scale.exp() * image @ text.t()
+        s = logits[:, labels]
+        target = torch.arange(args.batch, device=device)
+        loss = (F.cross_entropy(s, target) + F.cross_entropy(s.t(), target)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    print(json.dumps({
+        "impl": "pytorch", "moe": args.moe, "batch": args.batch, "threads": args.threads,
+        "median_step_s": median, "images_per_s": args.batch / median,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+//! The paper's ablations as runs, not hand-edited code: the MoE study
+//! (Table 6: plain CLIP, Soft MoE, La-SoftMoE) and the prompt study
+//! (Table 5: templates T-1 to T-8), each variant trained from the same base
+//! configuration into its own run directory, the results collected into one
+//! markdown table.
+
+use std::path::Path;
+
+use candle_core::Device;
+use clip_moe::{MoeKind, PromptTemplate};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::evaluator::EvalReport;
+use crate::experiment::ExperimentConfig;
+use crate::run_dir::RunDir;
+use crate::trainer::{TrainOptions, Trainer};
+
+/// Which ablation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Study {
+    /// Table 6: no MoE, Soft MoE, La-SoftMoE.
+    Moe,
+    /// Table 5: prompt templates T-1 to T-8.
+    Prompts,
+}
+
+/// The variants of `study`, named, each `base` with one setting changed.
+pub fn variants(study: Study, base: &ExperimentConfig) -> Vec<(String, ExperimentConfig)> {
+    match study {
+        Study::Moe => [
+            ("clip", MoeKind::None),
+            ("soft-moe", MoeKind::SoftMoe),
+            ("la-soft-moe", MoeKind::LaSoftMoe),
+        ]
+        .into_iter()
+        .map(|(name, kind)| {
+            let mut cfg = base.clone();
+            cfg.model.moe.kind = kind;
+            (name.to_string(), cfg)
+        })
+        .collect(),
+        Study::Prompts => PromptTemplate::ALL
+            .into_iter()
+            .enumerate()
+            .map(|(i, template)| {
+                let mut cfg = base.clone();
+                cfg.prompts.templates = vec![template];
+                (format!("T-{}", i + 1), cfg)
+            })
+            .collect(),
+    }
+}
+
+/// The paper's Table 2 columns per variant (percent, two decimals).
+pub fn table(protocol: &str, rows: &[(String, EvalReport)]) -> String {
+    let pct = |x: f64| format!("{:.2}", 100.0 * x);
+    let mut out = format!(
+        "| {protocol} | ACER (%) | ACC (%) | AUC (%) | EER (%) | APCER (%) | BPCER (%) |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for (name, r) in rows {
+        let t = &r.test;
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} | {} |\n",
+            pct(t.acer),
+            pct(t.acc),
+            pct(t.auc),
+            pct(t.eer),
+            pct(t.apcer),
+            pct(t.bpcer)
+        ));
+    }
+    out.push_str(
+        "\nThreshold chosen on dev (organisers' EER grid), checkpoint selected on dev; \
+         metrics on test.\n",
+    );
+    out
+}
+
+/// Trains every variant of `study` into `out/<variant>` (a finished
+/// variant, one with `report.json`, is read instead of retrained; an
+/// interrupted one is resumed), then writes and returns `out/table.md`.
+pub fn run(study: Study, base: &ExperimentConfig, out: &Path, device: &Device) -> Result<String> {
+    let mut rows = Vec::new();
+    for (name, cfg) in variants(study, base) {
+        let dir = out.join(&name);
+        let run_dir = RunDir::new(dir.clone());
+        let report = match std::fs::read_to_string(run_dir.report())
+            .ok()
+            .and_then(|text| serde_json::from_str::<EvalReport>(&text).ok())
+        {
+            Some(report) => report,
+            None => {
+                println!("study {study:?}: training {name} into {}", dir.display());
+                let resume = run_dir.config().is_file();
+                let options = TrainOptions {
+                    output: dir,
+                    resume,
+                    device: device.clone(),
+                    report: None,
+                };
+                Trainer::new(cfg, options)?.run()?
+            }
+        };
+        rows.push((name, report));
+    }
+    let protocol = rows
+        .first()
+        .map_or_else(String::new, |(_, r)| r.protocol.clone());
+    let text = table(&protocol, &rows);
+    crate::evaluator::write_text(&out.join("table.md"), &text)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_change_one_setting() {
+        let base =
+            ExperimentConfig::paper("/data".into(), fas_data::protocol::uniattack::Protocol::P1);
+        let moe = variants(Study::Moe, &base);
+        assert_eq!(moe.len(), 3);
+        assert_eq!(moe[0].1.model.moe.kind, MoeKind::None);
+        assert_eq!(moe[2].1, base);
+        let prompts = variants(Study::Prompts, &base);
+        assert_eq!(prompts.len(), 8);
+        assert_eq!(prompts[7].1, base);
+        assert_eq!(prompts[2].1.prompts.templates, vec![PromptTemplate::T3]);
+    }
+}

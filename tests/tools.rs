@@ -1,0 +1,259 @@
+//! The command-line contract of `train_uniattack`, `eval_uniattack` and
+//! `detect`, through the library functions the examples call: outputs,
+//! JSON, several checkpoints, an unreadable image among good ones, and
+//! usage errors (exit status 2).
+
+mod common;
+
+use std::path::Path;
+
+use anyhow::Result;
+use clap::Parser;
+use uniattack::cli::detect::DetectArgs;
+use uniattack::cli::eval::EvalArgs;
+use uniattack::cli::train::TrainArgs;
+use uniattack::Trainer;
+
+/// A one-epoch run on the small set, seeded `seed`; returns its directory.
+fn trained(dir: &Path, data: &Path, seed: u64) -> Result<std::path::PathBuf> {
+    let mut cfg = common::experiment(data);
+    cfg.training.epochs = 1;
+    cfg.seed = seed;
+    let out = dir.join(format!("run-{seed}"));
+    Trainer::new(cfg, common::options(&out, false))?.run()?;
+    Ok(out)
+}
+
+fn scores(path: &Path) -> Vec<(String, f64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (entry, score) = l.rsplit_once(' ').unwrap();
+            (entry.to_string(), score.parse().unwrap())
+        })
+        .collect()
+}
+
+/// `detect` on a directory with a truncated JPEG among good images: an
+/// error line for it, scores for the others equal to the run's test scores
+/// of the same images, and one failure counted (exit status 1).
+#[test]
+fn detect_reports_a_broken_image_and_scores_the_rest() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = common::dataset(&dir.path().join("data"));
+    let run = trained(dir.path(), &data, 0)?;
+    let test = scores(&run.join("scores/test.txt"));
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images)?;
+    let picked: Vec<&(String, f64)> = test.iter().step_by(7).take(4).collect();
+    for (i, (entry, _)) in picked.iter().enumerate() {
+        std::fs::copy(data.join(entry), images.join(format!("{i}.jpg")))?;
+    }
+    let good = std::fs::read(images.join("0.jpg"))?;
+    std::fs::write(images.join("9-broken.jpg"), &good[..good.len() / 2])?;
+
+    // The same batch size as the run's evaluation, so each image meets the
+    // same arithmetic.
+    let args = DetectArgs::try_parse_from([
+        "detect",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--json",
+        "--batch-size",
+        "32",
+        images.to_str().unwrap(),
+    ])?;
+    let mut out = Vec::new();
+    let failed = uniattack::cli::detect::run(&args, &mut out)?;
+    assert_eq!(failed, 1);
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)?
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    for (i, (_, expected)) in picked.iter().enumerate() {
+        let line = &lines[i];
+        assert!(line["path"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{i}.jpg")));
+        let p = line["attack_probability"].as_f64().unwrap();
+        assert!(
+            (p - expected).abs() < 1e-6,
+            "{line}: eval scored {expected}"
+        );
+        assert!(line["attack"].is_boolean());
+    }
+    let broken = &lines[4];
+    assert!(broken["path"].as_str().unwrap().ends_with("9-broken.jpg"));
+    assert!(
+        broken["error"].as_str().unwrap().contains("truncated"),
+        "{broken}"
+    );
+
+    // CSV: a header, then one row per image.
+    let args = DetectArgs::try_parse_from([
+        "detect",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        images.join("1.jpg").to_str().unwrap(),
+        dir.path().join("absent.jpg").to_str().unwrap(),
+    ])?;
+    let mut out = Vec::new();
+    assert_eq!(uniattack::cli::detect::run(&args, &mut out)?, 1);
+    let text = String::from_utf8(out)?;
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows[0], "path,attack_probability,decision,error");
+    assert!(
+        rows[1].contains("1.jpg,0.") || rows[1].contains("1.jpg,1"),
+        "{text}"
+    );
+    assert!(
+        rows[2].contains("absent.jpg,,,") && rows[2].contains("not found"),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// `eval_uniattack --json --output`: one JSON report with the protocol
+/// metrics, and report.json, report.csv, scores/{dev,test}.txt, plots/;
+/// its test scores equal the training run's.
+#[test]
+fn eval_writes_the_report_and_score_files() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = common::dataset(&dir.path().join("data"));
+    let run = trained(dir.path(), &data, 0)?;
+    let out = dir.path().join("eval");
+    let args = EvalArgs::try_parse_from([
+        "eval_uniattack",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--json",
+        "--output",
+        out.to_str().unwrap(),
+        "--batch-size",
+        "32",
+    ])?;
+    let json: serde_json::Value = serde_json::from_str(&uniattack::cli::eval::run(&args)?)?;
+    for key in [
+        "threshold",
+        "acer",
+        "apcer",
+        "bpcer",
+        "hter",
+        "acc",
+        "auc",
+        "eer",
+    ] {
+        assert!(json[key].is_number(), "{key} in {json}");
+    }
+    assert_eq!(json["protocol"], "p1");
+    assert!(json["per_attack_type"].as_array().unwrap().len() >= 3);
+    assert_eq!(json["bpcer_at_apcer"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        scores(&out.join("scores/test.txt")),
+        scores(&run.join("scores/test.txt"))
+    );
+    assert!(out.join("scores/dev.txt").is_file() && out.join("plots/roc.png").is_file());
+    let csv = std::fs::read_to_string(out.join("report.csv"))?;
+    assert!(csv.starts_with("checkpoint,step,threshold,acer"), "{csv}");
+    // The run's own report was made the same way.
+    let trained_report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json"))?)?;
+    assert_eq!(trained_report["acer"], json["acer"]);
+    assert_eq!(trained_report["auc"], json["auc"]);
+    Ok(())
+}
+
+/// Two seeds: one report each and the mean and sample standard deviation
+/// per metric.
+#[test]
+fn several_checkpoints_give_mean_and_deviation() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = common::dataset(&dir.path().join("data"));
+    let (a, b) = (
+        trained(dir.path(), &data, 1)?,
+        trained(dir.path(), &data, 2)?,
+    );
+    let args = EvalArgs::try_parse_from([
+        "eval_uniattack",
+        "--checkpoint",
+        a.to_str().unwrap(),
+        "--checkpoint",
+        b.to_str().unwrap(),
+        "--json",
+    ])?;
+    let json: serde_json::Value = serde_json::from_str(&uniattack::cli::eval::run(&args)?)?;
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    let (x, y) = (
+        runs[0]["auc"].as_f64().unwrap(),
+        runs[1]["auc"].as_f64().unwrap(),
+    );
+    let summary = &json["summary"]["auc"];
+    assert!((summary["mean"].as_f64().unwrap() - (x + y) / 2.0).abs() < 1e-12);
+    // Sample standard deviation of two values: |x - y| / sqrt(2).
+    assert!((summary["std"].as_f64().unwrap() - (x - y).abs() / 2f64.sqrt()).abs() < 1e-12);
+    Ok(())
+}
+
+/// A wrong flag or value is a usage error with exit status 2, for every tool.
+#[test]
+fn wrong_flags_are_usage_errors() {
+    let cases: [(&str, Vec<&str>); 5] = [
+        ("train", vec!["train_uniattack", "--demo", "--epochz", "3"]),
+        ("train", vec!["train_uniattack", "--protocol", "p9"]),
+        ("train", vec!["train_uniattack", "--prompt", "T-12"]),
+        ("eval", vec!["eval_uniattack", "--json"]),
+        ("detect", vec!["detect", "--checkpoint", "x"]),
+    ];
+    for (tool, argv) in cases {
+        let err = match tool {
+            "train" => TrainArgs::try_parse_from(&argv).err(),
+            "eval" => EvalArgs::try_parse_from(&argv).err(),
+            _ => DetectArgs::try_parse_from(&argv).err(),
+        }
+        .unwrap_or_else(|| panic!("{argv:?} parsed"));
+        assert_eq!(err.exit_code(), 2, "{argv:?}: {err}");
+    }
+    // --help and --version exist (exit status 0).
+    for argv in [["train_uniattack", "--help"], ["detect", "--version"]] {
+        let err = match argv[0] {
+            "detect" => DetectArgs::try_parse_from(argv).unwrap_err(),
+            _ => TrainArgs::try_parse_from(argv).unwrap_err(),
+        };
+        assert_eq!(err.exit_code(), 0);
+    }
+}
+
+/// Without --data and --demo the training command says what to give.
+#[test]
+fn training_without_data_says_what_to_give() {
+    let args = TrainArgs::try_parse_from(["train_uniattack"]).unwrap();
+    let err = args.experiment().unwrap_err().to_string();
+    assert!(err.contains("--data") && err.contains("--demo"), "{err}");
+}
+
+/// The MoE study on the small set: three runs, one table row each; a second
+/// call reads the finished runs instead of training them again.
+#[test]
+fn moe_study_tabulates_three_runs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = common::dataset(&dir.path().join("data"));
+    let mut base = common::experiment(&data);
+    base.training.epochs = 1;
+    let out = dir.path().join("study");
+    let device = candle_core::Device::Cpu;
+    let table = uniattack::studies::run(uniattack::studies::Study::Moe, &base, &out, &device)?;
+    for name in ["| clip |", "| soft-moe |", "| la-soft-moe |"] {
+        assert!(table.contains(name), "{table}");
+    }
+    let report = out.join("clip/report.json");
+    let written = std::fs::metadata(&report)?.modified()?;
+    let again = uniattack::studies::run(uniattack::studies::Study::Moe, &base, &out, &device)?;
+    assert_eq!(again, table);
+    assert_eq!(std::fs::metadata(&report)?.modified()?, written);
+    assert_eq!(std::fs::read_to_string(out.join("table.md"))?, table);
+    Ok(())
+}
