@@ -49,6 +49,9 @@ pub fn build(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Backbone> 
         }
     };
     clip.validate()?;
+    if let Some(path) = &weights {
+        clip_moe::check_config_against_file(&clip, path)?;
+    }
     let seeded = SeededVarMap::new(seed);
     let model = ClipModel::new(&clip, seeded.var_builder(DType::F32, device))?;
     let varmap = seeded.varmap().clone();

@@ -100,7 +100,8 @@ pub struct CheckpointMeta {
     pub best: Option<BestRecord>,
     /// Names of the model parameters in the file.
     pub parameters: Vec<String>,
-    /// Checksum of every tensor (name, dtype, shape, bytes), hex.
+    /// Checksum of every tensor (name, dtype, shape, bytes) and of this
+    /// header (with this field empty), hex.
     pub checksum: String,
 }
 
@@ -263,6 +264,9 @@ pub fn write_checkpoint(
         let dtype = format!("{:?}", tensor.dtype());
         sum.add(name, &dtype, tensor.shape(), &tensor.data());
     }
+    // The header is covered too (serialised with an empty checksum field).
+    meta.checksum = String::new();
+    sum.add(META_KEY, "json", &[], meta_json(&meta, path)?.as_bytes());
     meta.checksum = sum.hex();
     let header = serde_json::to_string(&meta).map_err(|source| Error::Json {
         path: path.to_path_buf(),
@@ -280,6 +284,13 @@ pub fn write_checkpoint(
             })
     })?;
     Ok(())
+}
+
+fn meta_json(meta: &CheckpointMeta, path: &Path) -> Result<String> {
+    serde_json::to_string(meta).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Reads and verifies a checkpoint: its format, its checksum, and that every
@@ -320,6 +331,15 @@ pub fn read_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
             view.data(),
         );
     }
+    // The header as written before its checksum was filled in: the stored
+    // text with the checksum's value emptied (textually, so no float goes
+    // through a parse and print that could change its last digit).
+    let unsummed = json.replacen(
+        &format!("\"checksum\":\"{}\"", meta.checksum),
+        "\"checksum\":\"\"",
+        1,
+    );
+    sum.add(META_KEY, "json", &[], unsummed.as_bytes());
     let found = sum.hex();
     if found != meta.checksum {
         return Err(fail(format!(

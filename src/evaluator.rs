@@ -147,17 +147,14 @@ impl SplitScores {
 
 /// Writes `text` to `path` atomically, creating the parent directory.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
-    }
-    clip_moe::files::write_atomically(path, |tmp| {
-        std::fs::write(tmp, text).map_err(|source| clip_moe::Error::Io {
-            action: "writing",
-            path: tmp.to_path_buf(),
+    atomic_io::write_bytes(path, text.as_bytes()).map_err(|failure| match failure {
+        atomic_io::Failure::Write(source) => Error::io("writing", path, source),
+        atomic_io::Failure::Io {
+            action,
+            path,
             source,
-        })
-    })?;
-    Ok(())
+        } => Error::io(action, path, source),
+    })
 }
 
 /// BPCER at a fixed APCER (ISO/IEC 30107-3's BPCER20 and BPCER100 style).

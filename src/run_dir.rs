@@ -130,7 +130,7 @@ impl RunDir {
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with('.') && name.contains(".tmp-") {
+                if atomic_io::is_temporary_name(&name) {
                     let path = entry.path();
                     std::fs::remove_file(&path).map_err(|e| Error::io("removing", &path, e))?;
                 }

@@ -246,7 +246,7 @@ fn bad_splits_are_refused_naming_the_file() -> Result<()> {
     rewrite_list(&root, "dev", |_| "\n \n".into());
     let err = start("empty");
     assert!(
-        err.contains("p1_image_dev.txt") && err.contains("no samples"),
+        err.contains("p1_image_dev.txt") && err.contains("no entries"),
         "{err}"
     );
 

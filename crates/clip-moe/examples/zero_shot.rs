@@ -17,49 +17,49 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor};
+use clap::Parser;
 use clip_moe::hub::{resolve, HubOptions, DEFAULT_MODEL_ID};
 use clip_moe::{load_model, ClipConfig, ClipTokenizer};
 use fas_data::image_io::load_image;
 use fas_data::ClipTransform;
 
+/// Zero-shot image-text matching: the softmax over the texts for every image.
+#[derive(Parser)]
+#[command(name = "zero_shot", version)]
 struct Args {
+    /// A directory with config.json, the weights and tokenizer.json, or a hub id.
+    #[arg(long, default_value = DEFAULT_MODEL_ID)]
     model: String,
+    /// An image (repeat for several).
+    #[arg(long = "image", required = true)]
     images: Vec<PathBuf>,
+    /// A text (repeat for several); texts longer than the context are truncated.
+    #[arg(long = "text", required = true)]
     texts: Vec<String>,
+    /// One JSON object instead of a table.
+    #[arg(long)]
     json: bool,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        model: DEFAULT_MODEL_ID.to_string(),
-        images: Vec::new(),
-        texts: Vec::new(),
-        json: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => args.model = value()?,
-            "--image" => args.images.push(PathBuf::from(value()?)),
-            "--text" => args.texts.push(value()?),
-            "--json" => args.json = true,
-            other => bail!(
-                "unknown argument {other}; usage: zero_shot --model DIR_OR_HUB_ID --image FILE \
-                 [--image FILE ...] --text TEXT [--text TEXT ...] [--json]"
-            ),
-        }
+/// Widest column of the table, in characters; longer texts are shortened.
+const COLUMN: usize = 32;
+
+/// `text` cut to [`COLUMN`] characters (with an ellipsis), one line.
+fn cell(text: &str) -> String {
+    let flat = text.replace(['\n', '\r', '\t'], " ");
+    if flat.chars().count() <= COLUMN {
+        flat
+    } else {
+        let mut short: String = flat.chars().take(COLUMN - 1).collect();
+        short.push('…');
+        short
     }
-    if args.images.is_empty() || args.texts.is_empty() {
-        bail!("give at least one --image and one --text");
-    }
-    Ok(args)
 }
 
 fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = Args::parse();
     let device = Device::Cpu;
     let files = resolve(&args.model, &HubOptions::from_env())?;
     let cfg = ClipConfig::from_file(&files.config)?;
@@ -93,22 +93,22 @@ fn main() -> Result<()> {
         println!("{json}");
         return Ok(());
     }
-    let width = args
-        .texts
+    let headers: Vec<String> = args.texts.iter().map(|t| cell(t)).collect();
+    let width = headers
         .iter()
         .map(|t| t.chars().count())
         .max()
         .unwrap_or(0)
         .max(8);
     print!("{:<24}", "image \\ text");
-    for t in &args.texts {
+    for t in &headers {
         print!("  {t:>width$}");
     }
     println!();
     for (path, row) in args.images.iter().zip(&probs_rows) {
         let name = path
             .file_name()
-            .map(|n| n.to_string_lossy())
+            .map(|n| cell(&n.to_string_lossy()))
             .unwrap_or_default();
         print!("{name:<24}");
         for p in row {

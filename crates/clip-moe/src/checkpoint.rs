@@ -115,6 +115,99 @@ impl WeightsFile {
     }
 }
 
+/// The shapes `cfg` gives the tensors that fix a model's size: the
+/// embeddings, the first and last encoder layer's MLP, the projections.
+fn expected_shapes(cfg: &ClipConfig) -> Vec<(String, Vec<usize>)> {
+    let v = &cfg.vision_config;
+    let t = &cfg.text_config;
+    let mut shapes = vec![
+        (
+            "vision_model.embeddings.patch_embedding.weight".to_string(),
+            vec![v.hidden_size, v.num_channels, v.patch_size, v.patch_size],
+        ),
+        (
+            "vision_model.embeddings.position_embedding.weight".to_string(),
+            vec![v.num_positions(), v.hidden_size],
+        ),
+        (
+            "text_model.embeddings.token_embedding.weight".to_string(),
+            vec![t.vocab_size, t.hidden_size],
+        ),
+        (
+            "text_model.embeddings.position_embedding.weight".to_string(),
+            vec![t.max_position_embeddings, t.hidden_size],
+        ),
+        (
+            "visual_projection.weight".to_string(),
+            vec![cfg.projection_dim, v.hidden_size],
+        ),
+        (
+            "text_projection.weight".to_string(),
+            vec![cfg.projection_dim, t.hidden_size],
+        ),
+    ];
+    for (tower, layers, hidden, inter) in [
+        (
+            "vision_model",
+            v.num_hidden_layers,
+            v.hidden_size,
+            v.intermediate_size,
+        ),
+        (
+            "text_model",
+            t.num_hidden_layers,
+            t.hidden_size,
+            t.intermediate_size,
+        ),
+    ] {
+        for layer in [0, layers.saturating_sub(1)] {
+            shapes.push((
+                format!("{tower}.encoder.layers.{layer}.mlp.fc1.weight"),
+                vec![inter, hidden],
+            ));
+        }
+    }
+    shapes
+}
+
+/// Compares `cfg` with the tensor shapes in `path`'s header, before any
+/// model is built: a config that does not describe the checkpoint (an
+/// absurd size, another model) is refused naming the first tensor that
+/// disagrees, and a file with more encoder layers than the config names the
+/// first extra one. Tensors the file lacks are left to [`load_weights`]'s
+/// report. Reading a header costs no tensor data.
+pub fn check_config_against_file(cfg: &ClipConfig, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    let shapes = WeightsFile::open(path)?.shapes();
+    for (name, expected) in expected_shapes(cfg) {
+        if let Some(found) = shapes.get(&name) {
+            if *found != expected {
+                return Err(Error::ShapeMismatch {
+                    path: path.to_path_buf(),
+                    name,
+                    expected,
+                    found: found.clone(),
+                });
+            }
+        }
+    }
+    for (tower, layers) in [
+        ("vision_model", cfg.vision_config.num_hidden_layers),
+        ("text_model", cfg.text_config.num_hidden_layers),
+    ] {
+        let extra = format!("{tower}.encoder.layers.{layers}.mlp.fc1.weight");
+        if shapes.contains_key(&extra) {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                message: format!(
+                    "holds {extra}, but the config gives the {tower} tower {layers} layers"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Sets every variable of `varmap` that `path` holds: safetensors, or a
 /// PyTorch pickle (`pytorch_model.bin`, `.pt`, `.pth`).
 ///
@@ -180,9 +273,46 @@ pub fn load_weights(varmap: &VarMap, path: impl AsRef<Path>, strict: bool) -> Re
                 path: path.to_path_buf(),
                 message: format!("tensor {name}: {e}"),
             })?;
+        if name == "logit_scale" {
+            let value = tensor
+                .to_dtype(candle_core::DType::F64)?
+                .to_vec0::<f64>()
+                .unwrap_or(0.0);
+            if value.abs() > crate::config::MAX_LOG_TEMPERATURE {
+                return Err(Error::Checkpoint {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "logit_scale is {value}: a log temperature beyond +-{} makes every \
+                         logit overflow (trained CLIP models stay below ln 100 = 4.6)",
+                        crate::config::MAX_LOG_TEMPERATURE
+                    ),
+                });
+            }
+        }
+        if let Some(bad) = first_non_finite(&tensor)? {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                message: format!(
+                    "tensor {name} holds a non-finite value ({bad}): the weights are damaged"
+                ),
+            });
+        }
         var.set(&tensor)?;
     }
     Ok(report)
+}
+
+/// The first NaN or infinity in a float tensor, if any.
+fn first_non_finite(tensor: &Tensor) -> Result<Option<f64>> {
+    if !tensor.dtype().is_float() {
+        return Ok(None);
+    }
+    let values = tensor
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_device(&Device::Cpu)?
+        .to_vec1::<f64>()?;
+    Ok(values.into_iter().find(|v| !v.is_finite()))
 }
 
 /// A model built from a configuration and filled from a checkpoint.
@@ -204,6 +334,8 @@ pub fn load_model(
     device: &Device,
     strict: bool,
 ) -> Result<LoadedModel> {
+    cfg.validate()?;
+    check_config_against_file(cfg, weights.as_ref())?;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device);
     let model = ClipModel::new(cfg, vb)?;

@@ -335,35 +335,110 @@ impl ClipConfig {
         })
     }
 
-    /// Checks the shapes the model relies on, naming the first field at fault.
+    /// Checks the shapes the model relies on, naming the first field at
+    /// fault: every size positive and within [`LIMITS`], epsilons positive,
+    /// the temperature finite, and the whole model below
+    /// [`MAX_PARAMETERS`], so an absurd `config.json` is refused before
+    /// anything is allocated.
     pub fn validate(&self) -> Result<()> {
-        if self.projection_dim == 0 {
+        if self.projection_dim == 0 || self.projection_dim > MAX_WIDTH {
             return Err(Error::invalid_config(
                 "projection_dim",
-                "must be at least 1",
+                format!("({}) must be 1 to {MAX_WIDTH}", self.projection_dim),
+            ));
+        }
+        if !(self.logit_scale_init_value.is_finite()
+            && self.logit_scale_init_value.abs() <= MAX_LOG_TEMPERATURE)
+        {
+            return Err(Error::invalid_config(
+                "logit_scale_init_value",
+                format!(
+                    "({}) must be a finite log temperature within +-{MAX_LOG_TEMPERATURE} \
+                     (CLIP's is ln(1/0.07) = 2.6592)",
+                    self.logit_scale_init_value
+                ),
             ));
         }
         self.vision_config.validate()?;
         self.text_config.validate()?;
-        self.moe.validate(self.vision_config.num_hidden_layers)
+        self.moe.validate(self.vision_config.num_hidden_layers)?;
+        let parameters = self.parameter_estimate();
+        if parameters > MAX_PARAMETERS {
+            return Err(Error::invalid_config(
+                "config",
+                format!(
+                    "describes a model of about {parameters} parameters, above the limit of \
+                     {MAX_PARAMETERS} (CLIP ViT-B/16 has 1.5e8): is config.json corrupted?"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// About how many parameters the model has (the large matrices and
+    /// tables; biases and norms aside), computed without overflow.
+    pub fn parameter_estimate(&self) -> u128 {
+        let v = &self.vision_config;
+        let t = &self.text_config;
+        let n = |x: usize| x as u128;
+        let encoder = |h: usize, inter: usize, layers: usize| {
+            n(layers) * (4 * n(h) * n(h) + 2 * n(h) * n(inter))
+        };
+        let vision = n(v.hidden_size) * n(v.num_channels) * n(v.patch_size) * n(v.patch_size)
+            + n(v.num_positions()) * n(v.hidden_size)
+            + encoder(v.hidden_size, v.intermediate_size, v.num_hidden_layers);
+        let text = (n(t.vocab_size) + n(t.max_position_embeddings)) * n(t.hidden_size)
+            + encoder(t.hidden_size, t.intermediate_size, t.num_hidden_layers);
+        let moe = match self.moe.layer_config(v.hidden_size, v.intermediate_size) {
+            Some(layer) => {
+                let blocks = (0..v.num_hidden_layers)
+                    .filter(|&i| self.moe.applies_to(i, v.num_hidden_layers))
+                    .count();
+                n(blocks)
+                    * (n(layer.num_slots()) * n(v.hidden_size)
+                        + 2 * n(layer.num_experts) * n(v.hidden_size) * n(layer.expert_hidden_dim))
+            }
+            None => 0,
+        };
+        let projections = n(self.projection_dim) * (n(v.hidden_size) + n(t.hidden_size));
+        vision + text + moe + projections
     }
 }
 
-/// Errors unless every listed `(field, value)` is positive and `heads`
-/// divides `hidden`.
+/// The largest width (hidden, intermediate, projection) a config may ask for.
+pub const MAX_WIDTH: usize = 65_536;
+/// The most encoder layers a config may ask for.
+pub const MAX_LAYERS: usize = 1_024;
+/// The largest input side, vocabulary and context a config may ask for:
+/// `(image_size, vocab_size, max_position_embeddings)`.
+pub const LIMITS: (usize, usize, usize) = (16_384, 10_000_000, 65_536);
+/// The largest model a config may describe (40 GB of F32 weights).
+pub const MAX_PARAMETERS: u128 = 10_000_000_000;
+/// The largest `|logit_scale_init_value|` (e^10 is about 22,000).
+pub const MAX_LOG_TEMPERATURE: f64 = 10.0;
+
+/// Errors unless every listed `(field, value, max)` is in `1..=max`,
+/// `heads` divides `hidden` and `eps` is a small positive number.
 fn check_encoder(
     section: &str,
-    positive: &[(&str, usize)],
+    sizes: &[(&str, usize, usize)],
     hidden: usize,
     heads: usize,
+    eps: f64,
 ) -> Result<()> {
-    for (field, value) in positive {
-        if *value == 0 {
+    for (field, value, max) in sizes {
+        if *value == 0 || value > max {
             return Err(Error::invalid_config(
                 format!("{section}.{field}"),
-                "must be at least 1",
+                format!("({value}) must be 1 to {max}"),
             ));
         }
+    }
+    if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
+        return Err(Error::invalid_config(
+            format!("{section}.layer_norm_eps"),
+            format!("({eps}) must be a small positive number such as 1e-5"),
+        ));
     }
     if !hidden.is_multiple_of(heads) {
         return Err(Error::invalid_config(
@@ -380,14 +455,17 @@ impl ClipVisionConfig {
         check_encoder(
             "vision_config",
             &[
-                ("hidden_size", self.hidden_size),
-                ("intermediate_size", self.intermediate_size),
-                ("num_attention_heads", self.num_attention_heads),
-                ("num_channels", self.num_channels),
-                ("patch_size", self.patch_size),
+                ("hidden_size", self.hidden_size, MAX_WIDTH),
+                ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+                ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+                ("num_attention_heads", self.num_attention_heads, MAX_WIDTH),
+                ("num_channels", self.num_channels, 64),
+                ("patch_size", self.patch_size, LIMITS.0),
+                ("image_size", self.image_size, LIMITS.0),
             ],
             self.hidden_size,
             self.num_attention_heads,
+            self.layer_norm_eps,
         )?;
         if self.image_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(Error::invalid_config(
@@ -408,14 +486,20 @@ impl ClipTextConfig {
         check_encoder(
             "text_config",
             &[
-                ("vocab_size", self.vocab_size),
-                ("hidden_size", self.hidden_size),
-                ("intermediate_size", self.intermediate_size),
-                ("num_attention_heads", self.num_attention_heads),
-                ("max_position_embeddings", self.max_position_embeddings),
+                ("vocab_size", self.vocab_size, LIMITS.1),
+                ("hidden_size", self.hidden_size, MAX_WIDTH),
+                ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+                ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+                ("num_attention_heads", self.num_attention_heads, MAX_WIDTH),
+                (
+                    "max_position_embeddings",
+                    self.max_position_embeddings,
+                    LIMITS.2,
+                ),
             ],
             self.hidden_size,
             self.num_attention_heads,
+            self.layer_norm_eps,
         )?;
         if self.end_of_text_id() as usize >= self.vocab_size {
             return Err(Error::invalid_config(

@@ -74,6 +74,11 @@ pub struct HubOptions {
     pub endpoint: Option<String>,
     /// Revisions to try, in order, for every file.
     pub revisions: Vec<String>,
+    /// How long the hub may take to answer before the model is reported
+    /// unreachable. hf-hub's client has no timeouts of its own, so a server
+    /// that accepts the connection and never answers would hang the caller:
+    /// the hub is asked first with this deadline.
+    pub timeout: std::time::Duration,
 }
 
 impl Default for HubOptions {
@@ -83,6 +88,7 @@ impl Default for HubOptions {
             cache_dir: None,
             endpoint: None,
             revisions: vec!["main".into(), "refs/pr/4".into()],
+            timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -116,6 +122,9 @@ pub fn resolve(model: &str, options: &HubOptions) -> Result<ModelFiles> {
         Some(dir) => Cache::new(dir.clone()),
         None => Cache::from_env(),
     };
+    if !options.offline {
+        probe(model, options)?;
+    }
     let fetch = |file: &str| -> Result<PathBuf> {
         if options.offline {
             fetch_cached(&cache, model, file, options)
@@ -181,6 +190,39 @@ fn fetch_online(cache: &Cache, model: &str, file: &str, options: &HubOptions) ->
         failures.join("; "),
         how_to_download(model)
     )))
+}
+
+/// The endpoint in use: the option, `$HF_ENDPOINT`, or the public hub.
+fn endpoint(options: &HubOptions) -> String {
+    options
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("HF_ENDPOINT").ok())
+        .unwrap_or_else(|| "https://huggingface.co".to_string())
+}
+
+/// Asks the hub for the first file's headers within `options.timeout`: any
+/// HTTP answer (even an error status) shows the server responds; no answer
+/// in time, or no connection, is an error that says how to proceed.
+fn probe(model: &str, options: &HubOptions) -> Result<()> {
+    let endpoint = endpoint(options);
+    let revision = options.revisions.first().map_or("main", String::as_str);
+    let url = format!("{endpoint}/{model}/resolve/{revision}/{CONFIG_FILE}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(options.timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    match agent.head(&url).call() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::Hub(format!(
+            "could not fetch {CONFIG_FILE} of {model} from {endpoint}: no answer within {} s \
+             ({e}). {}",
+            options.timeout.as_secs_f64(),
+            how_to_download(model)
+        ))),
+    }
 }
 
 fn how_to_download(model: &str) -> String {

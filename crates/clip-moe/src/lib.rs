@@ -69,10 +69,13 @@ mod tokenizer;
 mod vision;
 
 pub use checkpoint::{
-    load_model, load_weights, save_checkpoint, save_weights, select_vars, LoadReport, LoadedModel,
-    WeightSelection,
+    check_config_against_file, load_model, load_weights, save_checkpoint, save_weights,
+    select_vars, LoadReport, LoadedModel, WeightSelection,
 };
-pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig, HiddenAct};
+pub use config::{
+    ClipConfig, ClipTextConfig, ClipVisionConfig, HiddenAct, LIMITS, MAX_LAYERS,
+    MAX_LOG_TEMPERATURE, MAX_PARAMETERS, MAX_WIDTH,
+};
 pub use error::{Error, Result};
 pub use hub::{resolve, HubOptions, ModelFiles};
 pub use model::{l2_normalize, ClipModel, ClipOutput};

@@ -179,6 +179,22 @@ impl MoeConfig {
         if let Some(cfg) = self.layer_config(1, 1) {
             cfg.validate()?;
         }
+        for (field, value, max) in [
+            ("moe.num_experts", self.num_experts, 4_096),
+            ("moe.slots_per_expert", self.slots_per_expert, 65_536),
+            (
+                "moe.expert_hidden_dim",
+                self.expert_hidden_dim.unwrap_or(1),
+                crate::config::MAX_WIDTH,
+            ),
+        ] {
+            if value > max {
+                return Err(Error::invalid_config(
+                    field,
+                    format!("({value}) must be at most {max}"),
+                ));
+            }
+        }
         if self.expert_hidden_dim == Some(0) {
             return Err(Error::invalid_config(
                 "moe.expert_hidden_dim",

@@ -52,7 +52,18 @@ impl ClipTokenizer {
             path: path.clone(),
             message,
         };
-        let mut tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| fail(e.to_string()))?;
+        // `tokenizers` panics on some malformed files (e.g. an invalid code
+        // point in a decoder); a bad file must be an error, not an abort.
+        let parsed =
+            std::panic::catch_unwind(|| Tokenizer::from_bytes(bytes)).map_err(|panic| {
+                let reason = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                fail(format!("malformed tokenizer.json ({reason})"))
+            })?;
+        let mut tokenizer = parsed.map_err(|e| fail(e.to_string()))?;
         let end_of_text_id = tokenizer.token_to_id(END_OF_TEXT).ok_or_else(|| {
             fail(format!(
                 "has no `{END_OF_TEXT}` token: not a CLIP tokenizer"

@@ -81,3 +81,39 @@ fn unreachable_hub_says_how_to_proceed() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A server that accepts the connection and never answers: the error comes
+/// within the timeout instead of a hang.
+#[test]
+fn silent_hub_times_out() -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    // Accept and hold connections without ever writing.
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(4) {
+            held.push(stream);
+        }
+    });
+    let cache = tempfile::tempdir()?;
+    let options = HubOptions {
+        offline: false,
+        cache_dir: Some(cache.path().to_path_buf()),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        timeout: std::time::Duration::from_millis(500),
+        ..HubOptions::default()
+    };
+    let start = std::time::Instant::now();
+    let err = resolve(DEFAULT_MODEL_ID, &options).unwrap_err().to_string();
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        err.contains("no answer within 0.5 s") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+    drop(holder);
+    Ok(())
+}

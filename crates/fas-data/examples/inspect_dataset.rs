@@ -7,36 +7,56 @@
 //! `challenge`, `challenge-unlabelled`, `binary`, `jfsfdb`, or `folder`
 //! (image-folder layout under ROOT; no `--list`). `--json` prints one object
 //! `{"split", "samples", "duplicates", "counts": {live, physical, adversarial,
-//! editing, unknown}, "kinds": {...}, "problems": [{file, line, message}]}`.
+//! editing, unknown}, "kinds": {...}, "problems": [{file, line, message}],
+//! "ignored": [...]}`.
 //! The exit status is 1 when any problem was found.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
+use clap::Parser;
 use fas_data::{read_folder, read_list, BadInputPolicy, FileCheck, ListFormat, ListOptions};
-use std::ffi::OsString;
 use std::path::PathBuf;
 
+/// Read a dataset list (or an image-folder layout), decode every image, and
+/// report counts and every problem with its file and line.
+///
+/// Conventions: blank lines are skipped, CRLF and a UTF-8 byte-order mark
+/// are accepted, there are no comment lines (a `#` line is an entry and
+/// fails as a missing file), entries are normalised (`./a` = `a`, `a//b` =
+/// `a/b`) and must stay below --data unless --allow-outside-data. An empty
+/// list is an error. Exit status 1 when any problem was found, 2 on usage.
+#[derive(Parser)]
+#[command(name = "inspect_dataset", version)]
+struct Args {
+    /// The directory list entries are relative to (or the folder layout's root).
+    #[arg(long)]
+    data: PathBuf,
+    /// uniattack-protocol, uniattack-protocol-video, challenge,
+    /// challenge-unlabelled, binary, jfsfdb, or folder (no --list).
+    #[arg(long)]
+    format: String,
+    /// The list file.
+    #[arg(long)]
+    list: Option<PathBuf>,
+    /// Accept entries that lead out of --data with `..`.
+    #[arg(long)]
+    allow_outside_data: bool,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> Result<()> {
-    let (mut data, mut format, mut list, mut json) = (None, None, None, false);
-    let mut args = std::env::args_os().skip(1);
-    while let Some(flag) = args.next() {
-        let flag = text(flag)?;
-        let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--data" => data = Some(PathBuf::from(value()?)),
-            "--format" => format = Some(text(value()?)?),
-            "--list" => list = Some(PathBuf::from(value()?)),
-            "--json" => json = true,
-            other => bail!(
-                "unknown argument {other}; usage: --data ROOT --format FORMAT --list FILE [--json]"
-            ),
-        }
-    }
-    let data = data.context("--data ROOT is required")?;
-    let format = format.context("--format is required")?;
+    let Args {
+        data,
+        format,
+        list,
+        allow_outside_data,
+        json,
+    } = Args::parse();
     let options = ListOptions {
         policy: BadInputPolicy::Skip,
         check: FileCheck::Decode,
-        ..Default::default()
+        allow_outside_root: allow_outside_data,
     };
     let listing = if format == "folder" {
         read_folder(&data, &options)?
@@ -76,6 +96,7 @@ fn main() -> Result<()> {
             "counts": counts,
             "kinds": serde_json::to_value(&kinds)?,
             "problems": serde_json::to_value(&listing.problems)?,
+            "ignored": serde_json::to_value(&listing.ignored)?,
         });
         println!("{report}");
     } else {
@@ -91,6 +112,12 @@ fn main() -> Result<()> {
         for (kind, n) in &kinds {
             println!("  {kind:<24} {n}");
         }
+        if !listing.ignored.is_empty() {
+            println!("{} file(s) passed over", listing.ignored.len());
+            for ignored in &listing.ignored {
+                println!("  {ignored}");
+            }
+        }
         println!("{} problem(s)", listing.problems.len());
         for problem in &listing.problems {
             println!("  {problem}");
@@ -100,10 +127,4 @@ fn main() -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
-}
-
-/// An argument as UTF-8 text (paths stay `OsString`s and need not be UTF-8).
-fn text(arg: OsString) -> Result<String> {
-    arg.into_string()
-        .map_err(|a| anyhow!("argument {} is not valid UTF-8", a.to_string_lossy()))
 }

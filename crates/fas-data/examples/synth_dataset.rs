@@ -1,44 +1,62 @@
 //! Writes a synthetic unified-attack dataset in UniAttackData's layout, with
 //! protocol lists for P1, P2.1 and P2.2.
 //!
-//! `cargo run -p fas-data --example synth_dataset -- --out DIR [--subjects 15] [--size 224] [--seed 0]`
+//! `cargo run -p fas-data --example synth_dataset -- --output DIR [--subjects 15] [--size 224] [--seed 0]`
 
-use anyhow::{anyhow, bail, Context, Result};
-use fas_data::synth::{write_dataset, SynthConfig};
-use std::ffi::OsString;
+use anyhow::Result;
+use clap::Parser;
+use fas_data::synth::{write_dataset, write_dataset_over, SynthConfig};
 use std::path::PathBuf;
 
+/// Write a synthetic UniAttackData-style dataset (live, print, replay,
+/// adversarial and face-swap images of procedurally drawn subjects).
+///
+/// A non-empty --output directory is refused unless --force (its protocol
+/// lists would be replaced).
+#[derive(Parser)]
+#[command(name = "synth_dataset", version)]
+struct Args {
+    /// Directory to write (it receives UniAttackData/Data and UniAttackData/protocol).
+    #[arg(long, alias = "out")]
+    output: PathBuf,
+    /// Number of subjects (at least 5; 2 of every 5 train, 1 dev, 2 test).
+    #[arg(long, default_value_t = 15)]
+    subjects: usize,
+    /// Image side in pixels (32 to 4096).
+    #[arg(long, default_value_t = 224)]
+    size: u32,
+    /// Seed of everything.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Strength of the digital attacks' traces, 1 to 8.
+    #[arg(long, default_value_t = 1.0)]
+    digital_strength: f32,
+    /// Write into a non-empty directory, replacing files of the same names.
+    #[arg(long)]
+    force: bool,
+}
+
 fn main() -> Result<()> {
-    let mut out = None;
-    let mut config = SynthConfig {
-        image_size: 224,
+    let args = Args::parse();
+    let config = SynthConfig {
+        subjects: args.subjects,
+        image_size: args.size,
+        seed: args.seed,
+        digital_strength: args.digital_strength,
         ..SynthConfig::default()
     };
-    let mut args = std::env::args_os().skip(1);
-    while let Some(flag) = args.next() {
-        let flag = text(flag)?;
-        let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--out" => out = Some(PathBuf::from(value()?)),
-            "--subjects" => config.subjects = text(value()?)?.parse()?,
-            "--size" => config.image_size = text(value()?)?.parse()?,
-            "--seed" => config.seed = text(value()?)?.parse()?,
-            other => bail!(
-                "unknown argument {other}; usage: --out DIR [--subjects N] [--size PX] [--seed N]"
-            ),
-        }
-    }
-    let out = out.context("--out DIR is required")?;
-    let summary = write_dataset(&out, &config)?;
-    println!("wrote {} images under {}", summary.images, out.display());
+    let summary = if args.force {
+        write_dataset_over(&args.output, &config)?
+    } else {
+        write_dataset(&args.output, &config)?
+    };
+    println!(
+        "wrote {} images under {}",
+        summary.images,
+        args.output.display()
+    );
     for (list, lines) in &summary.lists {
         println!("  {list}: {lines} lines");
     }
     Ok(())
-}
-
-/// An argument as UTF-8 text (paths stay `OsString`s and need not be UTF-8).
-fn text(arg: OsString) -> Result<String> {
-    arg.into_string()
-        .map_err(|a| anyhow!("argument {} is not valid UTF-8", a.to_string_lossy()))
 }

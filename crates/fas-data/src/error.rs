@@ -11,11 +11,38 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
     /// The list file (or, for folder layouts and image checks, the image) at fault.
+    /// In JSON a path that is not UTF-8 is written lossily (U+FFFD for the
+    /// bad bytes), so one such path cannot make a whole report unwritable.
+    #[serde(serialize_with = "lossy_path")]
     pub file: PathBuf,
     /// 1-based line in `file`; `None` when the problem is not tied to a line.
     pub line: Option<usize>,
     /// What is wrong and, where it helps, what was expected.
     pub message: String,
+}
+
+fn lossy_path<S: serde::Serializer>(
+    path: &std::path::Path,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
+}
+
+/// Longest piece of input an error message quotes.
+const QUOTE_LIMIT: usize = 200;
+
+/// `text` for an error message: whole when short, else its first
+/// [`QUOTE_LIMIT`] bytes (at a character boundary) and its length, so a
+/// message about a 20 MB line is not 20 MB.
+pub(crate) fn quote(text: &str) -> String {
+    if text.len() <= QUOTE_LIMIT {
+        return text.to_string();
+    }
+    let mut end = QUOTE_LIMIT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
 impl Problem {

@@ -45,17 +45,51 @@ pub fn decode_image(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
     if bytes.is_empty() {
         return Err("empty file".to_string());
     }
-    if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_reaches_eoi(bytes) {
-        return Err("truncated JPEG (the data ends before the end-of-image marker)".to_string());
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        let layout = jpeg_layout(bytes);
+        if !layout.reaches_eoi {
+            return Err(
+                "truncated JPEG (the data ends before the end-of-image marker)".to_string(),
+            );
+        }
+        // Every 8x8 block of the luma plane costs at least two bits of scan
+        // data (a DC code and an end-of-block code): a header claiming more
+        // blocks than the scans can hold describes pixels that are not in
+        // the file, which the lenient decoder would fill with grey.
+        if let Some((width, height)) = layout.frame {
+            let blocks = u64::from(width).div_ceil(8) * u64::from(height).div_ceil(8);
+            if (layout.scan_bytes as u64) * 8 < 2 * blocks {
+                return Err(format!(
+                    "corrupt JPEG: its header claims {width}x{height} pixels but its scans hold \
+                     only {} bytes, too few for that many",
+                    layout.scan_bytes
+                ));
+            }
+        }
     }
     image::load_from_memory(bytes).map_err(|e| format!("cannot decode: {e}"))
 }
 
+/// What [`jpeg_layout`] finds in a JPEG's marker structure.
+struct JpegLayout {
+    /// The end-of-image marker comes before the data runs out.
+    reaches_eoi: bool,
+    /// Width and height from the (first) start-of-frame header.
+    frame: Option<(u16, u16)>,
+    /// Bytes of entropy-coded scan data.
+    scan_bytes: usize,
+}
+
 /// Walks the JPEG marker segments after SOI, skipping each scan's
 /// entropy-coded data (where `FF 00` is a stuffed byte and `FF D0`-`FF D7`
-/// are restart markers), and reports whether the end-of-image marker is
-/// reached before the data runs out. Bytes after it are not looked at.
-fn jpeg_reaches_eoi(bytes: &[u8]) -> bool {
+/// are restart markers), up to the end-of-image marker. Bytes after it are
+/// not looked at.
+fn jpeg_layout(bytes: &[u8]) -> JpegLayout {
+    let mut layout = JpegLayout {
+        reaches_eoi: false,
+        frame: None,
+        scan_bytes: 0,
+    };
     let mut i = 2;
     loop {
         // Markers are `FF xx`, possibly preceded by fill bytes `FF`; like
@@ -64,18 +98,21 @@ fn jpeg_reaches_eoi(bytes: &[u8]) -> bool {
             .get(i..)
             .and_then(|b| b.iter().position(|&v| v == 0xFF))
         else {
-            return false;
+            return layout;
         };
         i += offset;
         while bytes.get(i) == Some(&0xFF) {
             i += 1;
         }
         let Some(&marker) = bytes.get(i) else {
-            return false;
+            return layout;
         };
         i += 1;
         match marker {
-            0xD9 => return true,
+            0xD9 => {
+                layout.reaches_eoi = true;
+                return layout;
+            }
             // Standalone markers without a length.
             0x00 | 0x01 | 0xD0..=0xD7 => continue,
             _ => {}
@@ -84,26 +121,40 @@ fn jpeg_reaches_eoi(bytes: &[u8]) -> bool {
             .get(i..i + 2)
             .map(|l| usize::from(l[0]) << 8 | usize::from(l[1]))
         else {
-            return false;
+            return layout;
         };
+        // Start of frame (baseline, extended, progressive, lossless, ...;
+        // not DHT C4, JPG C8, DAC CC): precision, height, width.
+        if matches!(marker, 0xC0..=0xCF)
+            && !matches!(marker, 0xC4 | 0xC8 | 0xCC)
+            && layout.frame.is_none()
+        {
+            if let Some(h) = bytes.get(i + 3..i + 7) {
+                let height = u16::from_be_bytes([h[0], h[1]]);
+                let width = u16::from_be_bytes([h[2], h[3]]);
+                layout.frame = Some((width, height));
+            }
+        }
         i += length;
         if marker == 0xDA {
             // Entropy-coded data runs to the next marker that is neither a
             // stuffed zero nor a restart marker.
+            let start = i;
             loop {
                 let Some(offset) = bytes
                     .get(i..)
                     .and_then(|b| b.iter().position(|&v| v == 0xFF))
                 else {
-                    return false;
+                    return layout;
                 };
                 i += offset;
                 match bytes.get(i + 1) {
-                    None => return false,
+                    None => return layout,
                     Some(0x00 | 0xD0..=0xD7) => i += 2,
                     Some(_) => break,
                 }
             }
+            layout.scan_bytes += i - start;
         }
     }
 }
@@ -188,10 +239,10 @@ mod tests {
             0xFF, 0xDA, 0x00, 0x02, 0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56,
         ];
         let whole: Vec<u8> = [&head[..], &scan, &[0xFF, 0xD9], b"trailer"].concat();
-        assert!(jpeg_reaches_eoi(&whole));
+        assert!(jpeg_layout(&whole).reaches_eoi);
         let cut: Vec<u8> = [&head[..], &scan].concat();
         assert!(
-            !jpeg_reaches_eoi(&cut),
+            !jpeg_layout(&cut).reaches_eoi,
             "the FF D9 inside the APP segment does not count"
         );
     }

@@ -318,7 +318,7 @@ fn jpeg_with_trailer_decodes_and_cut_jpeg_does_not() {
 
 #[cfg(unix)]
 #[test]
-fn image_folder_does_not_follow_symlinked_directories() {
+fn image_folder_does_not_follow_a_link_cycle() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     write_jpeg(&root.join("live/a.jpg"), 40);

@@ -23,7 +23,12 @@ fn main() -> ExitCode {
         Err(error) => {
             // Nothing more can be reported if stderr itself is gone.
             let _ = writeln!(log, "error: {error}");
-            ExitCode::FAILURE
+            // A usage error exits 2, as every tool of the workspace does.
+            if matches!(error, fas_metrics::cli::CliError::Usage(_)) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

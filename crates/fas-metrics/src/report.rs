@@ -339,4 +339,38 @@ mod tests {
             "{markdown}"
         );
     }
+
+    /// Logits (scores outside [0, 1]) are refused by the organisers' grid,
+    /// and accepted by the exact sweep; swapped polarity gives a warning.
+    #[test]
+    fn grid_refuses_logits_and_swapped_polarity_warns() {
+        let labels = [
+            Label::Bonafide,
+            Label::Bonafide,
+            Label::attack(),
+            Label::attack(),
+        ];
+        let logits = set(&[-3.0, -1.0, 2.0, 4.5], &labels, Polarity::HigherIsAttack);
+        let err = evaluate_protocol(Some(&logits), &logits, ProtocolConfig::default()).unwrap_err();
+        assert!(
+            matches!(err, MetricsError::ScoresOutsideGrid { low, high } if low == -3.0 && high == 4.5)
+        );
+        assert!(err.to_string().contains("logits"), "{err}");
+        let sweep = ProtocolConfig {
+            threshold_rule: ThresholdRule::ExactSweep,
+            test_eer: EerMethod::RocIndex,
+        };
+        let report = evaluate_protocol(Some(&logits), &logits, sweep).unwrap();
+        assert!(report.warnings.is_empty());
+        let swapped = set(&[0.9, 0.8, 0.2, 0.1], &labels, Polarity::HigherIsAttack);
+        let report = evaluate_protocol(None, &swapped, ProtocolConfig::default()).unwrap();
+        assert_eq!(report.auc, 0.0);
+        assert!(
+            report.warnings[0].contains("polarity"),
+            "{:?}",
+            report.warnings
+        );
+        assert!(report.to_markdown("P1").contains("Warning: test AUC"));
+        assert!(serde_json::to_value(&report).unwrap()["warnings"].is_array());
+    }
 }

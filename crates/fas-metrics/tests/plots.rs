@@ -71,3 +71,33 @@ fn cli_plot_dir_writes_pngs() {
         );
     }
 }
+
+/// Extreme and degenerate score ranges (near +-f64::MAX, all equal, a span
+/// of one ulp) are drawn in well under a second instead of spinning on
+/// the axis ticks.
+#[test]
+fn extreme_score_ranges_are_drawn_quickly() {
+    let labels = [
+        fas_metrics::Label::Bonafide,
+        fas_metrics::Label::Bonafide,
+        fas_metrics::Label::attack(),
+        fas_metrics::Label::attack(),
+    ];
+    let tiny = 1.0f64 + f64::EPSILON;
+    for scores in [
+        [-1e308, -5e307, 5e307, 1e308],
+        [0.5, 0.5, 0.5, 0.5],
+        [1.0, 1.0, tiny, tiny],
+        [-1e-300, 0.0, 1e-300, 2e-300],
+    ] {
+        let set = ScoreSet::new(&scores, &labels, Polarity::HigherIsAttack).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let start = std::time::Instant::now();
+        fas_metrics::plot::write_all(&set, dir.path()).unwrap();
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{scores:?} took {:?}",
+            start.elapsed()
+        );
+    }
+}

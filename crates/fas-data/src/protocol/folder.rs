@@ -15,12 +15,26 @@ use crate::sample::{Media, Sample};
 use std::path::{Path, PathBuf};
 
 /// Lists every image under `root` (sorted by path, so the order is the same on
-/// every file system), labelled by its top-level folder.
+/// every file system), labelled by its top-level folder. Symbolic links to
+/// directories are followed, except one that leads back into a directory
+/// being walked (a cycle); files in image formats the reader does not decode
+/// (`.webp`, `.bmp`, ...) and such links are reported in [`Listing::ignored`].
+/// A file reached twice through links is listed once (counted in
+/// [`Listing::duplicates`]), or is a problem when the two paths give it
+/// different categories.
 pub fn read_folder(root: &Path, options: &ListOptions) -> Result<Listing> {
     let mut files = Vec::new();
-    walk(root, &mut files)?;
+    let mut ignored = Vec::new();
+    let mut ancestors = Vec::new();
+    walk(root, &mut files, &mut ignored, &mut ancestors)?;
     files.sort();
-    let mut listing = Listing::default();
+    ignored.sort_by(|a: &Problem, b: &Problem| a.file.cmp(&b.file));
+    let mut listing = Listing {
+        ignored,
+        ..Listing::default()
+    };
+    let mut reached: std::collections::HashMap<PathBuf, (PathBuf, Label)> =
+        std::collections::HashMap::new();
     for file in files {
         let Ok(relative) = file.strip_prefix(root) else {
             continue;
@@ -47,6 +61,24 @@ pub fn read_folder(root: &Path, options: &ListOptions) -> Result<Listing> {
             continue;
         };
         let entry = parts.join("/");
+        // Linked folders can reach one file by two paths: it is one sample,
+        // and reaching it under two categories is a contradiction.
+        let canonical = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
+        if let Some((first, first_label)) = reached.get(&canonical) {
+            if *first_label == label {
+                listing.duplicates += 1;
+            } else {
+                listing.problems.push(Problem::in_file(
+                    &file,
+                    format!(
+                        "the same file as {} (through a link), under another category",
+                        first.display()
+                    ),
+                ));
+            }
+            continue;
+        }
+        reached.insert(canonical, (file.clone(), label.clone()));
         listing.samples.push(Sample {
             path: file.clone(),
             video_id: entry.clone(),
@@ -74,22 +106,56 @@ fn folder_label(name: &str, method: Option<String>) -> Option<Label> {
     Some(Label::Attack(kind))
 }
 
-/// Collects the image files under `dir`. Symbolic links to directories are
-/// not followed (a link back to an ancestor would recurse forever); links
-/// to files are kept.
-fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+/// Image formats that appear in face datasets but that this reader does not
+/// decode: their files are reported, not silently dropped.
+const UNSUPPORTED_IMAGES: [&str; 8] = ["webp", "bmp", "gif", "tif", "tiff", "jfif", "heic", "avif"];
+
+/// Collects the image files under `dir`, following links to directories
+/// unless they lead back into `ancestors` (the canonical directories being
+/// walked).
+fn walk(
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+    ignored: &mut Vec<Problem>,
+    ancestors: &mut Vec<PathBuf>,
+) -> Result<()> {
     let io = |reason| Error::Io {
         path: dir.to_path_buf(),
         reason,
     };
+    let here = std::fs::canonicalize(dir).map_err(io)?;
+    ancestors.push(here);
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let path = entry.path();
-        if entry.file_type().map_err(io)?.is_dir() {
-            walk(&path, files)?;
-        } else if is_image_file(&path) && path.is_file() {
+        // `metadata` follows links: a link to a directory is a directory.
+        let Ok(meta) = std::fs::metadata(&path) else {
+            ignored.push(Problem::in_file(&path, "broken symbolic link"));
+            continue;
+        };
+        if meta.is_dir() {
+            let target = std::fs::canonicalize(&path).map_err(io)?;
+            if ancestors.iter().any(|a| a == &target) {
+                ignored.push(Problem::in_file(
+                    &path,
+                    "symbolic link back into a directory being listed (a cycle); not followed",
+                ));
+                continue;
+            }
+            walk(&path, files, ignored, ancestors)?;
+        } else if is_image_file(&path) {
             files.push(path);
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| UNSUPPORTED_IMAGES.iter().any(|u| u.eq_ignore_ascii_case(e)))
+        {
+            ignored.push(Problem::in_file(
+                &path,
+                "image format not decoded by this reader (JPEG and PNG only); convert it to use it",
+            ));
         }
     }
+    ancestors.pop();
     Ok(())
 }

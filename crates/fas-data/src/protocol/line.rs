@@ -1,5 +1,6 @@
 //! The one line parser behind every list format.
 
+use crate::error::quote;
 use crate::label::{Label, LabelConvention};
 
 /// A parsed, non-blank list line.
@@ -29,20 +30,23 @@ pub fn parse_line(text: &str, convention: &LabelConvention) -> Result<Option<Lis
     };
     let wanted_fields = if convention.has_labels() { 2 } else { 1 };
     if fields.len() != wanted_fields {
-        return Err(format!("expected \"{expected}\", got \"{}\"", text.trim()));
+        return Err(format!(
+            "expected \"{expected}\", got \"{}\"",
+            quote(text.trim())
+        ));
     }
     let entry = fields[0].trim_start_matches('/');
     if entry.is_empty() {
         return Err(format!(
             "expected \"{expected}\", got \"{}\" (empty path)",
-            text.trim()
+            quote(text.trim())
         ));
     }
     let label = if convention.has_labels() {
         let value: i64 = fields[1].parse().map_err(|_| {
             format!(
                 "label \"{}\" is not an integer; {}",
-                fields[1],
+                quote(fields[1]),
                 convention.describe()
             )
         })?;

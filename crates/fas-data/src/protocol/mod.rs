@@ -9,7 +9,7 @@ pub mod folder;
 pub mod line;
 pub mod uniattack;
 
-use crate::error::{Error, Problem, Result};
+use crate::error::{quote, Error, Problem, Result};
 use crate::image_io;
 use crate::label::{attack_hint_from_path, Category, Label, LabelConvention};
 use crate::sample::{Media, Sample};
@@ -199,6 +199,10 @@ pub struct Listing {
     /// Entries listed more than once with the same label. They are kept (CFD
     /// lists repeat a few paths) and counted here.
     pub duplicates: usize,
+    /// Files passed over while listing a folder layout, each with the reason
+    /// (an image format the reader does not decode, a link cycle): they are
+    /// not samples, and are reported so that a count is never silently short.
+    pub ignored: Vec<Problem>,
 }
 
 impl Listing {
@@ -258,11 +262,15 @@ pub fn read_list(
     let spec = format.spec();
     let mut listing = Listing::default();
     let mut seen: HashMap<String, (usize, Option<Label>)> = HashMap::new();
+    let mut entries = 0usize;
     for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
         let line_no = index + 1;
         let parsed = std::str::from_utf8(raw)
             .map_err(|_| "line is not valid UTF-8".to_string())
             .and_then(|text| line::parse_line(text, &spec.convention));
+        if !matches!(parsed, Ok(None)) {
+            entries += 1;
+        }
         let parsed = match parsed {
             Ok(Some(parsed)) => parsed,
             Ok(None) => continue,
@@ -294,7 +302,7 @@ pub fn read_list(
                     line_no,
                     format!(
                         "\"{}\" is listed on line {first_line} with another label",
-                        parsed.entry
+                        quote(&parsed.entry)
                     ),
                 ));
                 continue;
@@ -309,6 +317,15 @@ pub fn read_list(
             label,
             media: spec.media,
             origin: (list.to_path_buf(), line_no),
+        });
+    }
+    if entries == 0 {
+        return Err(Error::Invalid {
+            source_name: list.to_path_buf(),
+            problems: vec![Problem::in_file(
+                list,
+                "the list has no entries (it is empty or only blank lines)",
+            )],
         });
     }
     check_files(&mut listing, options.check);
@@ -338,12 +355,14 @@ pub(crate) fn normalize_entry(
     }
     if above_root > 0 && !allow_outside_root {
         return Err(format!(
-            "\"{entry}\" leads out of the data root (`..`); entries must stay below it"
+            "\"{}\" leads out of the data root (`..`); entries must stay below it",
+            quote(entry)
         ));
     }
     if parts.is_empty() {
         return Err(format!(
-            "\"{entry}\" names the data root itself, not a file"
+            "\"{}\" names the data root itself, not a file",
+            quote(entry)
         ));
     }
     let mut key = "../".repeat(above_root);

@@ -14,7 +14,7 @@ pub mod canvas;
 pub mod face;
 mod writer;
 
-pub use writer::{contact_sheet, write_dataset, SynthSummary};
+pub use writer::{contact_sheet, write_dataset, write_dataset_over, SynthSummary};
 
 use crate::error::{Error, Result};
 use crate::label::{AttackKind, Label};

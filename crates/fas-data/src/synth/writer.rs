@@ -7,7 +7,6 @@ use crate::protocol::uniattack::{protocol_list_path, Modality, Protocol, Split};
 use image::codecs::jpeg::JpegEncoder;
 use image::RgbImage;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 /// One subject's written images: (entry, label).
@@ -51,7 +50,26 @@ fn in_protocol(protocol: Protocol, split: Split, category: Category) -> bool {
 /// `root/UniAttackData/protocol/UniAttackData@{p1,p2.1,p2.2}_image_{train,dev,test}.txt`.
 /// Subjects are rendered on all cores; the output is byte-identical for a
 /// given configuration whatever the thread timing.
+///
+/// A `root` that exists and is not empty is refused (its protocol lists
+/// would be overwritten in place); [`write_dataset_over`] writes into one
+/// anyway. Every file is written atomically.
 pub fn write_dataset(root: &Path, config: &SynthConfig) -> Result<SynthSummary> {
+    if let Ok(mut entries) = std::fs::read_dir(root) {
+        if entries.next().is_some() {
+            return Err(Error::Config(format!(
+                "{} is not empty; refusing to write a synthetic dataset over its files \
+                 (choose an empty or new directory, or --force)",
+                root.display()
+            )));
+        }
+    }
+    write_dataset_over(root, config)
+}
+
+/// [`write_dataset`] without the emptiness check: files of the same names
+/// are replaced (atomically), other files are left alone.
+pub fn write_dataset_over(root: &Path, config: &SynthConfig) -> Result<SynthSummary> {
     config.validate()?;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -138,16 +156,16 @@ fn write_subject(root: &Path, config: &SynthConfig, index: usize) -> Result<List
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |reason| Error::Write {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
-    std::fs::File::create(path)
-        .and_then(|mut f| f.write_all(bytes))
-        .map_err(io)
+    atomic_io::write_bytes(path, bytes).map_err(|failure| match failure {
+        atomic_io::Failure::Write(reason) => Error::Write {
+            path: path.to_path_buf(),
+            reason,
+        },
+        atomic_io::Failure::Io { path, source, .. } => Error::Write {
+            path,
+            reason: source,
+        },
+    })
 }
 
 /// A grid of the first `subjects` subjects, one row each: live frames, print

@@ -1,0 +1,212 @@
+//! Input a hostile or careless user gives the readers: empty lists, one file
+//! spelled two ways, entries climbing out of the data root, formats the
+//! decoder lacks, links, JPEG headers that lie about their size, huge lines,
+//! non-UTF-8 paths in reports, and a dataset written over an existing one.
+
+use fas_data::synth::{write_dataset, write_dataset_over, SynthConfig};
+use fas_data::{read_folder, read_list, Error, FileCheck, ListFormat, ListOptions, Problem};
+use std::path::Path;
+
+fn write_jpeg(path: &Path, size: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::RgbImage::from_fn(size, size, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 5) as u8, 90])
+    })
+    .save(path)
+    .unwrap();
+}
+
+fn list(root: &Path, text: &str) -> std::path::PathBuf {
+    let path = root.join("list.txt");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn read(root: &Path, text: &str, options: &ListOptions) -> fas_data::Result<fas_data::Listing> {
+    read_list(
+        &list(root, text),
+        root,
+        &ListFormat::UniattackProtocol,
+        options,
+    )
+}
+
+#[test]
+fn empty_and_blank_lists_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for text in ["", "\n\n", " \r\n\t\n", "\u{feff}"] {
+        let err = read(dir.path(), text, &ListOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{text:?}: {err}");
+        assert!(err.to_string().contains("no entries"), "{err}");
+    }
+}
+
+/// `./a.jpg`, `a.jpg` and `x/../a.jpg` are one file: listed with the same
+/// label they are a counted duplicate, with another label a conflict.
+#[test]
+fn one_file_spelled_two_ways_is_one_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_jpeg(&root.join("d/a.jpg"), 16);
+    let listing = read(
+        root,
+        "d/a.jpg 0\n./d/a.jpg 0\nd//x/../a.jpg 0\n",
+        &ListOptions::default(),
+    )
+    .unwrap();
+    assert_eq!((listing.samples.len(), listing.duplicates), (3, 2));
+    assert!(listing
+        .samples
+        .iter()
+        .all(|s| s.path == root.join("d/a.jpg")));
+    // Score files keep the entries as written.
+    assert_eq!(listing.samples[1].entry, "./d/a.jpg");
+    let err = read(root, "d/a.jpg 0\n./d/a.jpg 1\n", &ListOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("line 2") && err.to_string().contains("another label"),
+        "{err}"
+    );
+}
+
+#[test]
+fn entries_may_not_leave_the_data_root_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    write_jpeg(&dir.path().join("secret/x.jpg"), 16);
+    std::fs::create_dir_all(&root).unwrap();
+    for entry in [
+        "../secret/x.jpg",
+        "a/../../secret/x.jpg",
+        "/../secret/x.jpg",
+    ] {
+        let err = read(&root, &format!("{entry} 0\n"), &ListOptions::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("leads out of the data root"),
+            "{entry}: {err}"
+        );
+    }
+    let allowed = ListOptions {
+        allow_outside_root: true,
+        ..ListOptions::default()
+    };
+    let listing = read(&root, "../secret/x.jpg 0\n", &allowed).unwrap();
+    assert_eq!(listing.samples[0].path, root.join("../secret/x.jpg"));
+}
+
+/// Linked category folders are followed; WebP and BMP files, and a link
+/// cycle, are reported instead of silently dropped.
+#[cfg(unix)]
+#[test]
+fn folder_layout_follows_links_and_reports_what_it_passes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    write_jpeg(&root.join("live/a.jpg"), 16);
+    write_jpeg(&dir.path().join("elsewhere/b.jpg"), 16);
+    std::os::unix::fs::symlink(dir.path().join("elsewhere"), root.join("print")).unwrap();
+    std::fs::write(root.join("live/c.webp"), b"RIFF....WEBP").unwrap();
+    std::fs::write(root.join("live/d.BMP"), b"BM").unwrap();
+    std::fs::write(root.join("live/notes.txt"), b"not an image").unwrap();
+    std::os::unix::fs::symlink(&root, root.join("live/loop")).unwrap();
+    let listing = read_folder(&root, &ListOptions::default()).unwrap();
+    let entries: Vec<&str> = listing.samples.iter().map(|s| s.entry.as_str()).collect();
+    assert_eq!(entries, vec!["live/a.jpg", "print/b.jpg"]);
+    let ignored: Vec<String> = listing.ignored.iter().map(|p| p.to_string()).collect();
+    assert_eq!(ignored.len(), 3, "{ignored:?}");
+    assert!(ignored
+        .iter()
+        .any(|m| m.contains("c.webp") && m.contains("JPEG and PNG only")));
+    assert!(ignored.iter().any(|m| m.contains("d.BMP")));
+    assert!(ignored
+        .iter()
+        .any(|m| m.contains("loop") && m.contains("cycle")));
+}
+
+/// A JPEG whose header claims 4000 x 4000 pixels but holds a 16 x 16 scan
+/// fails the decode check instead of decoding to grey.
+#[test]
+fn jpeg_header_claiming_more_pixels_than_it_holds_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("liar.jpg");
+    write_jpeg(&path, 16);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let sof = bytes
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("baseline SOF");
+    // FF C0, length (2), precision (1), height (2), width (2).
+    bytes[sof + 5..sof + 9].copy_from_slice(&[0x0F, 0xA0, 0x0F, 0xA0]);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = fas_data::image_io::load_image(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("4000x4000") && err.contains("liar.jpg"),
+        "{err}"
+    );
+    write_jpeg(&root_file(dir.path()), 16);
+    let text = format!(
+        "{} 0\nliar.jpg 0\n",
+        root_file(dir.path()).file_name().unwrap().to_str().unwrap()
+    );
+    let options = ListOptions {
+        check: FileCheck::Decode,
+        ..ListOptions::default()
+    };
+    let err = read(dir.path(), &text, &options).unwrap_err().to_string();
+    assert!(err.contains("line 2") && err.contains("claims"), "{err}");
+}
+
+fn root_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("ok.jpg")
+}
+
+#[test]
+fn errors_quote_a_huge_line_briefly() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = format!("{} 0 extra\n", "x".repeat(20_000_000));
+    let err = read(dir.path(), &line, &ListOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.len() < 2_000, "message of {} bytes", err.len());
+    assert!(err.contains("bytes)"), "{}", &err[..200]);
+}
+
+/// A report naming a non-UTF-8 path still serialises.
+#[cfg(unix)]
+#[test]
+fn problems_with_non_utf8_paths_serialise() {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"bad\xFFname.jpg"));
+    let problem = Problem::in_file(path, "file not found");
+    let json = serde_json::to_string(&[problem]).unwrap();
+    assert!(json.contains("bad\u{FFFD}name.jpg"), "{json}");
+}
+
+/// A dataset is not written over a non-empty directory, unless asked; the
+/// lists then replace those of the same names.
+#[test]
+fn synthetic_dataset_refuses_a_non_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SynthConfig {
+        subjects: 5,
+        image_size: 32,
+        ..SynthConfig::default()
+    };
+    write_dataset(dir.path(), &config).unwrap();
+    let list = dir
+        .path()
+        .join("UniAttackData/protocol/UniAttackData@p1_image_train.txt");
+    let before = std::fs::read(&list).unwrap();
+    let err = write_dataset(
+        dir.path(),
+        &SynthConfig {
+            seed: 3,
+            ..config.clone()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
+    assert_eq!(std::fs::read(&list).unwrap(), before);
+    write_dataset_over(dir.path(), &SynthConfig { seed: 3, ..config }).unwrap();
+    assert_ne!(std::fs::read(&list).unwrap(), before);
+}
