@@ -251,8 +251,8 @@ impl Adam {
 
     /// The moments for a checkpoint, named as [`Adam::state_tensors`], CPU
     /// moments borrowed rather than copied.
-    pub fn state_data(&self) -> Vec<(String, crate::checkpoint::TensorData<'_>)> {
-        use crate::checkpoint::TensorData;
+    pub fn state_data(&self) -> Vec<(String, crate::tensor_data::TensorData<'_>)> {
+        use crate::tensor_data::TensorData;
         let mut out = Vec::with_capacity(2 * self.slots.len());
         for slot in &self.slots {
             let (m, v) = match &slot.moments {

@@ -35,6 +35,7 @@ pub mod run_dir;
 pub mod runtime;
 pub mod schedule;
 pub mod studies;
+pub mod tensor_data;
 pub mod trainer;
 
 pub use adam::{Adam, AdamConfig, WeightDecay};

@@ -27,16 +27,26 @@ B, N, D, H = 8, 197, 768, 3072
 
 
 class SoftMoE(nn.Module):
-    def __init__(self, e, s, la_combine):
+    """Soft MoE / La-SoftMoE with vmoe's normalised router, as `softmoe`.
+
+    `d`, `h`: token and expert hidden width; `quick_gelu`: CLIP's activation
+    instead of exact GELU; `zero_output`: zero `fc2` (clip-moe's default
+    initialisation). Also used by scripts/uniattack/bench_train_step_torch.py.
+    """
+
+    def __init__(self, e, s, la_combine, d=D, h=H, quick_gelu=False, zero_output=False):
         super().__init__()
-        self.e, self.s, self.la = e, s, la_combine
-        self.phi = nn.Parameter(torch.randn(e, s, D) * D ** -0.5)
+        self.e, self.s, self.la, self.quick_gelu = e, s, la_combine, quick_gelu
+        self.phi = nn.Parameter(torch.randn(e, s, d) * d ** -0.5)
         self.scale = nn.Parameter(torch.ones(()))
-        bound1, bound2 = D ** -0.5, H ** -0.5
-        self.w1 = nn.Parameter(torch.empty(e, H, D).uniform_(-bound1, bound1))
-        self.b1 = nn.Parameter(torch.empty(e, H).uniform_(-bound1, bound1))
-        self.w2 = nn.Parameter(torch.empty(e, D, H).uniform_(-bound2, bound2))
-        self.b2 = nn.Parameter(torch.empty(e, D).uniform_(-bound2, bound2))
+        bound1, bound2 = d ** -0.5, h ** -0.5
+        self.w1 = nn.Parameter(torch.empty(e, h, d).uniform_(-bound1, bound1))
+        self.b1 = nn.Parameter(torch.empty(e, h).uniform_(-bound1, bound1))
+        self.w2 = nn.Parameter(torch.empty(e, d, h).uniform_(-bound2, bound2))
+        self.b2 = nn.Parameter(torch.empty(e, d).uniform_(-bound2, bound2))
+        if zero_output:
+            nn.init.zeros_(self.w2)
+            nn.init.zeros_(self.b2)
 
     def combine(self, logits):
         if not self.la:
@@ -58,7 +68,8 @@ class SoftMoE(nn.Module):
         combine = self.combine(logits)
         slots = dispatch.transpose(1, 2) @ x
         xs = slots.view(b, e, s, d).transpose(0, 1).reshape(e, b * s, d)
-        hidden = F.gelu(torch.baddbmm(self.b1.unsqueeze(1), xs, self.w1.transpose(1, 2)))
+        pre = torch.baddbmm(self.b1.unsqueeze(1), xs, self.w1.transpose(1, 2))
+        hidden = pre * torch.sigmoid(1.702 * pre) if self.quick_gelu else F.gelu(pre)
         ys = torch.baddbmm(self.b2.unsqueeze(1), hidden, self.w2.transpose(1, 2))
         ys = ys.view(e, b, s, d).transpose(0, 1).reshape(b, m, d)
         return combine @ ys

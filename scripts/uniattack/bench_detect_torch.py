@@ -48,7 +48,8 @@ def main():
     model = CLIPModel(config)
     vc = config.vision_config
     for layer in model.vision_model.encoder.layers:
-        layer.mlp = MlpPlusMoe(layer.mlp, SoftMoE(vc.hidden_size, vc.intermediate_size, 4, 49, True))
+        moe = SoftMoE(4, 49, True, vc.hidden_size, vc.intermediate_size, quick_gelu=True)
+        layer.mlp = MlpPlusMoe(layer.mlp, moe)
     model.eval()
     paths = sorted(p for p in pathlib.Path(args.images).rglob("*") if p.suffix.lower() in (".jpg", ".png"))
     ids = torch.randint(1, 600, (2, 77))

@@ -27,52 +27,17 @@ import resource
 import statistics
 import time
 
+import pathlib
+import sys
+
 import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
-
-class SoftMoE(nn.Module):
-    """Soft MoE / La-SoftMoE with vmoe's normalised router, as `softmoe`."""
-
-    def __init__(self, d, h, e, s, la_combine):
-        super().__init__()
-        self.e, self.s, self.la = e, s, la_combine
-        self.phi = nn.Parameter(torch.randn(e, s, d) * d ** -0.5)
-        self.scale = nn.Parameter(torch.ones(()))
-        bound1, bound2 = d ** -0.5, h ** -0.5
-        self.w1 = nn.Parameter(torch.empty(e, h, d).uniform_(-bound1, bound1))
-        self.b1 = nn.Parameter(torch.empty(e, h).uniform_(-bound1, bound1))
-        self.w2 = nn.Parameter(torch.zeros(e, d, h))
-        self.b2 = nn.Parameter(torch.zeros(e, d))
-
-    def combine(self, logits):
-        if not self.la:
-            return logits.softmax(-1)
-        q = F.elu(logits) + 1.0
-        num = q @ (q.transpose(1, 2) @ logits)
-        den = q @ q.sum(1).unsqueeze(-1) + 1e-6
-        return F.instance_norm(num / den, eps=1e-5)
-
-    def forward(self, x):
-        b, n, d = x.shape
-        e, s = self.e, self.s
-        m = e * s
-        xn = x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)
-        phi = self.phi.reshape(m, d)
-        phin = phi * torch.rsqrt(phi.pow(2).sum(-1, keepdim=True) + 1e-6) * self.scale
-        logits = xn @ phin.t()
-        dispatch = logits.softmax(1)
-        combine = self.combine(logits)
-        slots = dispatch.transpose(1, 2) @ x
-        xs = slots.view(b, e, s, d).transpose(0, 1).reshape(e, b * s, d)
-        pre = torch.baddbmm(self.b1.unsqueeze(1), xs, self.w1.transpose(1, 2))
-        hidden = pre * torch.sigmoid(1.702 * pre)
-        ys = torch.baddbmm(self.b2.unsqueeze(1), hidden, self.w2.transpose(1, 2))
-        ys = ys.view(e, b, s, d).transpose(0, 1).reshape(b, m, d)
-        return combine @ ys
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "softmoe"))
+from bench_torch import SoftMoE  # noqa: E402  (the Soft MoE module of the softmoe bench)
 
 
 class MlpPlusMoe(nn.Module):
@@ -103,7 +68,8 @@ def main():
     if args.moe != "none":
         vc = config.vision_config
         for layer in model.vision_model.encoder.layers:
-            moe = SoftMoE(vc.hidden_size, vc.intermediate_size, 4, 49, args.moe == "la")
+            moe = SoftMoE(4, 49, args.moe == "la", vc.hidden_size, vc.intermediate_size,
+                          quick_gelu=True, zero_output=True)
             layer.mlp = MlpPlusMoe(layer.mlp, moe)
     model = model.train().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-6)

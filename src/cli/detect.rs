@@ -36,15 +36,9 @@ pub struct DetectArgs {
     /// Directory that list-file entries are relative to [default: the current one].
     #[arg(long)]
     pub root: Option<PathBuf>,
-    /// Images per batch.
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    /// Decoding threads [default: one per core].
-    #[arg(long, default_value_t = 0)]
-    pub workers: usize,
-    /// cpu, cuda or cuda:N.
-    #[arg(long)]
-    pub device: Option<String>,
+    /// Batch, threads, device.
+    #[command(flatten)]
+    pub run: super::RunFlags,
     /// Images, directories or list files.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
@@ -156,8 +150,8 @@ pub fn detect(detector: &Detector, args: &DetectArgs) -> Result<Vec<Detection>> 
         })
         .collect();
     let mut config = evaluation_loader(
-        args.batch_size,
-        args.workers,
+        args.run.batch_size,
+        args.run.workers,
         detector.transform().size as usize,
     );
     config.on_bad_image = BadInputPolicy::Skip;
@@ -184,7 +178,7 @@ pub fn detect(detector: &Detector, args: &DetectArgs) -> Result<Vec<Detection>> 
             // The skipped images are this batch's inputs that were not
             // scored, in order.
             let mut skipped = batch.skipped.iter();
-            let batch_end = (next_image + args.batch_size).min(images.len());
+            let batch_end = (next_image + args.run.batch_size).min(images.len());
             for (index, _) in &images[next_image..batch_end] {
                 if results[*index].is_none() {
                     let reason = skipped
@@ -214,12 +208,12 @@ pub fn detect(detector: &Detector, args: &DetectArgs) -> Result<Vec<Detection>> 
 /// Runs `detect`, writing to `out`; returns the number of failed inputs.
 pub fn run(args: &DetectArgs, out: &mut dyn Write) -> Result<usize> {
     crate::runtime::init();
-    if args.batch_size == 0 {
+    if args.run.batch_size == 0 {
         return Err(Error::config("--batch-size", "must be at least 1"));
     }
     let path = resolve_checkpoint(&args.checkpoint)?;
     let checkpoint = read_checkpoint(&path)?;
-    let device = crate::runtime::device(args.device.as_deref())?;
+    let device = crate::runtime::device(args.run.device.as_deref())?;
     let detector = Detector::from_checkpoint(&checkpoint, &device)?;
     let threshold = args
         .threshold

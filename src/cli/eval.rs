@@ -58,15 +58,9 @@ pub struct EvalArgs {
     /// Polarity of written score files: attack (P(attack), default) or live (P(live), challenge format).
     #[arg(long, value_enum, default_value = "attack")]
     pub score_polarity: PolarityArg,
-    /// Images per batch.
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    /// Decoding threads [default: one per core].
-    #[arg(long, default_value_t = 0)]
-    pub workers: usize,
-    /// cpu, cuda or cuda:N.
-    #[arg(long)]
-    pub device: Option<String>,
+    /// Batch, threads, device.
+    #[command(flatten)]
+    pub run: super::RunFlags,
 }
 
 /// `--score-polarity`.
@@ -132,13 +126,13 @@ pub fn evaluate_checkpoint(
 ) -> Result<EvalReport> {
     let path = resolve_checkpoint(checkpoint)?;
     let loaded = read_checkpoint(&path)?;
-    let device = crate::runtime::device(args.device.as_deref())?;
+    let device = crate::runtime::device(args.run.device.as_deref())?;
     let detector = Detector::from_checkpoint(&loaded, &device)?;
     let data = data_config(args, &loaded.meta.experiment.data);
     let test = read_split(&data, Split::Test)?;
     test.require_both_classes()?;
-    let workers = args.workers;
-    let test_scores = score_split(&detector, &test, args.batch_size, workers)?;
+    let workers = args.run.workers;
+    let test_scores = score_split(&detector, &test, args.run.batch_size, workers)?;
     let video_level = args.video_level;
     let test_set = test_scores.score_set(video_level)?;
     let rule = loaded.meta.experiment.eval.threshold_rule;
@@ -149,7 +143,7 @@ pub fn evaluate_checkpoint(
             (
                 None,
                 ThresholdOrigin::Dev,
-                Some(score_split(&detector, &dev, args.batch_size, workers)?),
+                Some(score_split(&detector, &dev, args.run.batch_size, workers)?),
             )
         }
         "checkpoint" => {

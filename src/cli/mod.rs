@@ -8,6 +8,20 @@ pub mod eval;
 pub mod train;
 
 use clip_moe::{MoeKind, MoeLayers, PromptTemplate};
+
+/// How a scoring tool (`eval_uniattack`, `detect`) runs: batch, threads, device.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunFlags {
+    /// Images per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Decoding threads [default: one per core].
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// cpu, cuda or cuda:N [default: the first GPU if built with cuda, else cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+}
 use fas_data::protocol::uniattack::Protocol;
 
 /// `p1`, `p1.1`, ..., `p2.2`.

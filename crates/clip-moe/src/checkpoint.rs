@@ -278,13 +278,13 @@ pub fn load_weights(varmap: &VarMap, path: impl AsRef<Path>, strict: bool) -> Re
                 .to_dtype(candle_core::DType::F64)?
                 .to_vec0::<f64>()
                 .unwrap_or(0.0);
-            if value.abs() > crate::config::MAX_LOG_TEMPERATURE {
+            if value.abs() > crate::limits::MAX_LOG_TEMPERATURE {
                 return Err(Error::Checkpoint {
                     path: path.to_path_buf(),
                     message: format!(
                         "logit_scale is {value}: a log temperature beyond +-{} makes every \
                          logit overflow (trained CLIP models stay below ln 100 = 4.6)",
-                        crate::config::MAX_LOG_TEMPERATURE
+                        crate::limits::MAX_LOG_TEMPERATURE
                     ),
                 });
             }

@@ -60,6 +60,7 @@ mod fused_attention;
 pub mod hub;
 mod layer_norm;
 mod layer_norm_op;
+mod limits;
 pub mod loss;
 mod model;
 mod moe_placement;
@@ -72,12 +73,10 @@ pub use checkpoint::{
     check_config_against_file, load_model, load_weights, save_checkpoint, save_weights,
     select_vars, LoadReport, LoadedModel, WeightSelection,
 };
-pub use config::{
-    ClipConfig, ClipTextConfig, ClipVisionConfig, HiddenAct, LIMITS, MAX_LAYERS,
-    MAX_LOG_TEMPERATURE, MAX_PARAMETERS, MAX_WIDTH,
-};
+pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig, HiddenAct};
 pub use error::{Error, Result};
 pub use hub::{resolve, HubOptions, ModelFiles};
+pub use limits::{LIMITS, MAX_LAYERS, MAX_LOG_TEMPERATURE, MAX_PARAMETERS, MAX_WIDTH};
 pub use model::{l2_normalize, ClipModel, ClipOutput};
 pub use moe_placement::{MoeConfig, MoeKind, MoeLayers};
 pub use prompts::{attack_probability, FaceClass, PromptClassifier, PromptTemplate};

@@ -185,7 +185,7 @@ impl MoeConfig {
             (
                 "moe.expert_hidden_dim",
                 self.expert_hidden_dim.unwrap_or(1),
-                crate::config::MAX_WIDTH,
+                crate::limits::MAX_WIDTH,
             ),
         ] {
             if value > max {

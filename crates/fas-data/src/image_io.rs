@@ -1,8 +1,6 @@
 //! Reading images from disk, with errors that say which file and why.
 
 use crate::error::{Error, Result};
-use crate::sample::{Media, Sample};
-use crate::video::list_frames;
 use image::DynamicImage;
 use std::path::Path;
 
@@ -32,7 +30,7 @@ pub fn load_image(path: &Path) -> Result<DynamicImage> {
 }
 
 /// Reads and decodes `path`; the error is a message without the path.
-fn read_and_decode(path: &Path) -> std::result::Result<DynamicImage, String> {
+pub(crate) fn read_and_decode(path: &Path) -> std::result::Result<DynamicImage, String> {
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => "file not found".to_string(),
         _ => format!("cannot read: {e}"),
@@ -157,65 +155,6 @@ fn jpeg_layout(bytes: &[u8]) -> JpegLayout {
             layout.scan_bytes += i - start;
         }
     }
-}
-
-/// Checks one sample: the file (or a frame directory with at least one
-/// frame) exists, and with `decode` every image decodes.
-fn check_sample(sample: &Sample, decode: bool) -> std::result::Result<(), String> {
-    let images = match sample.media {
-        Media::Image => vec![sample.path.clone()],
-        Media::FrameDir(names) => list_frames(&sample.path, names).map_err(|e| e.to_string())?,
-    };
-    for image in images {
-        if !decode {
-            if !image.is_file() {
-                return Err("file not found".to_string());
-            }
-            continue;
-        }
-        read_and_decode(&image).map_err(|m| {
-            if image == sample.path {
-                m
-            } else {
-                format!("frame {}: {m}", image.display())
-            }
-        })?;
-    }
-    Ok(())
-}
-
-/// Checks every sample, in parallel over the available cores; verdicts in sample order.
-pub(crate) fn check_samples(
-    samples: &[Sample],
-    decode: bool,
-) -> Vec<std::result::Result<(), String>> {
-    let threads = if decode {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        1
-    };
-    let chunk = samples.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = samples
-            .chunks(chunk)
-            .map(|part| {
-                let handle = scope.spawn(move || {
-                    part.iter()
-                        .map(|s| check_sample(s, decode))
-                        .collect::<Vec<_>>()
-                });
-                (part.len(), handle)
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|(len, handle)| {
-                handle
-                    .join()
-                    .unwrap_or_else(|_| vec![Err("the image decoder panicked".to_string()); len])
-            })
-            .collect()
-    })
 }
 
 #[cfg(test)]

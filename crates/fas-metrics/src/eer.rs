@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::grid::organiser_grid;
 use crate::roc::{IntermediatePoints, RocCurve};
 use crate::score_set::ScoreSet;
-use crate::threshold::organiser_grid;
 
 /// Which EER definition. The ROC-index variants pick the first index of
 /// minimal distance; the two distance formulas are equal in exact arithmetic

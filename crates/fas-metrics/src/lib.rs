@@ -21,6 +21,7 @@ pub mod cli;
 pub mod confusion;
 pub mod eer;
 pub mod error;
+mod grid;
 pub mod label;
 #[cfg(feature = "plot")]
 pub mod plot;

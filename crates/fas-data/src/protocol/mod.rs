@@ -5,12 +5,12 @@
 //! entries are images or frame directories, and how video ids are formed.
 
 pub mod challenge;
+mod check;
 pub mod folder;
 pub mod line;
 pub mod uniattack;
 
 use crate::error::{quote, Error, Problem, Result};
-use crate::image_io;
 use crate::label::{attack_hint_from_path, Category, Label, LabelConvention};
 use crate::sample::{Media, Sample};
 use crate::video::FrameNames;
@@ -401,7 +401,7 @@ pub(crate) fn check_files(listing: &mut Listing, check: FileCheck) {
     if check == FileCheck::None {
         return;
     }
-    let verdicts = image_io::check_samples(&listing.samples, check == FileCheck::Decode);
+    let verdicts = check::check_samples(&listing.samples, check == FileCheck::Decode);
     let samples = std::mem::take(&mut listing.samples);
     for (sample, verdict) in samples.into_iter().zip(verdicts) {
         match verdict {

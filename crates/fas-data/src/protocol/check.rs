@@ -1,0 +1,64 @@
+//! Checking that listed files exist (or decode), on all cores.
+
+use crate::image_io::read_and_decode;
+use crate::sample::{Media, Sample};
+use crate::video::list_frames;
+
+/// Checks one sample: the file (or a frame directory with at least one
+/// frame) exists, and with `decode` every image decodes.
+fn check_sample(sample: &Sample, decode: bool) -> std::result::Result<(), String> {
+    let images = match sample.media {
+        Media::Image => vec![sample.path.clone()],
+        Media::FrameDir(names) => list_frames(&sample.path, names).map_err(|e| e.to_string())?,
+    };
+    for image in images {
+        if !decode {
+            if !image.is_file() {
+                return Err("file not found".to_string());
+            }
+            continue;
+        }
+        read_and_decode(&image).map_err(|m| {
+            if image == sample.path {
+                m
+            } else {
+                format!("frame {}: {m}", image.display())
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks every sample, in parallel over the available cores; verdicts in sample order.
+pub(crate) fn check_samples(
+    samples: &[Sample],
+    decode: bool,
+) -> Vec<std::result::Result<(), String>> {
+    let threads = if decode {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        1
+    };
+    let chunk = samples.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = samples
+            .chunks(chunk)
+            .map(|part| {
+                let handle = scope.spawn(move || {
+                    part.iter()
+                        .map(|s| check_sample(s, decode))
+                        .collect::<Vec<_>>()
+                });
+                (part.len(), handle)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|(len, handle)| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| vec![Err("the image decoder panicked".to_string()); len])
+            })
+            .collect()
+    })
+}
