@@ -25,6 +25,7 @@ pub mod cli;
 pub mod data;
 pub mod demo;
 pub mod detector;
+pub mod distributed;
 mod error;
 pub mod evaluator;
 pub mod experiment;

@@ -113,6 +113,7 @@ impl MetricsLog {
 /// The terminal side of a run.
 pub struct Progress {
     bar: Option<ProgressBar>,
+    quiet: bool,
 }
 
 impl Progress {
@@ -130,7 +131,15 @@ impl Progress {
             bar.set_position(done);
             bar
         });
-        Self { bar }
+        Self { bar, quiet: false }
+    }
+
+    /// Shows nothing (data-parallel ranks other than 0).
+    pub fn silent() -> Self {
+        Self {
+            bar: None,
+            quiet: true,
+        }
     }
 
     /// Shows a training record.
@@ -153,6 +162,7 @@ impl Progress {
                 bar.set_position(*step);
                 bar.set_message(text);
             }
+            None if self.quiet => {}
             None => println!("step {step}/{total}  {text}"),
         }
     }
@@ -161,6 +171,7 @@ impl Progress {
     pub fn println(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
+            None if self.quiet => {}
             None => println!("{line}"),
         }
     }

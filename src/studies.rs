@@ -100,6 +100,7 @@ pub fn run(study: Study, base: &ExperimentConfig, out: &Path, device: &Device) -
                     resume,
                     device: device.clone(),
                     report: None,
+                    sync: None,
                 };
                 Trainer::new(cfg, options)?.run()?
             }

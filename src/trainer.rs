@@ -45,6 +45,11 @@ pub struct TrainOptions {
     pub device: Device,
     /// Also write the final report here.
     pub report: Option<PathBuf>,
+    /// Data parallelism: this rank's gradient averaging (`None`: one rank).
+    /// Every rank loads its shard of each global batch of
+    /// `batch_size x world` images; rank 0 alone evaluates, logs and writes.
+    /// With the CLIP loss each rank contrasts its own `batch_size` images.
+    pub sync: Option<crate::distributed::SyncHandle>,
 }
 
 /// Everything a run needs, set up and (when resuming) restored.
@@ -66,9 +71,10 @@ pub struct Trainer {
     position: LoaderPosition,
     best: Option<BestRecord>,
     calibration: Option<Calibration>,
-    metrics: MetricsLog,
+    metrics: Option<MetricsLog>,
     report_copy: Option<PathBuf>,
     progress: Progress,
+    sync: Option<crate::distributed::SyncHandle>,
 }
 
 /// Settings a resumed run may change: how long it trains, how many threads
@@ -123,7 +129,13 @@ impl Trainer {
     pub fn new(cfg: ExperimentConfig, options: TrainOptions) -> Result<Self> {
         cfg.validate()?;
         let run = RunDir::new(options.output.clone());
-        prepare_output(&run, &cfg, options.resume)?;
+        let (rank, world) = options
+            .sync
+            .as_ref()
+            .map_or((0, 1), |s| (s.0.rank(), s.0.world_size()));
+        if rank == 0 {
+            prepare_output(&run, &cfg, options.resume)?;
+        }
         let device = options.device.clone();
 
         let backbone = build(&cfg.model, cfg.seed, &device)?;
@@ -134,10 +146,12 @@ impl Trainer {
             split.require_both_classes()?;
         }
         let image_size = backbone.clip.vision_config.image_size;
-        let loader = Loader::new(
-            train.samples.clone(),
-            training_loader(&cfg.loader, image_size, cfg.seed),
-        )?;
+        let mut loader_config = training_loader(&cfg.loader, image_size, cfg.seed);
+        if world > 1 {
+            loader_config.batch_size *= world;
+            loader_config.shard = Some((rank, world));
+        }
+        let loader = Loader::new(train.samples.clone(), loader_config)?;
         let batches_per_epoch = loader.batches_per_epoch();
         if batches_per_epoch == 0 {
             return Err(Error::Split {
@@ -190,17 +204,29 @@ impl Trainer {
             position: LoaderPosition::default(),
             best: None,
             calibration: None,
-            metrics: MetricsLog::open(&run.metrics(), 0)?,
+            metrics: if rank == 0 {
+                Some(MetricsLog::open(&run.metrics(), 0)?)
+            } else {
+                None
+            },
             report_copy: options.report,
-            progress: Progress::new(total_steps, 0),
+            progress: if rank == 0 {
+                Progress::new(total_steps, 0)
+            } else {
+                Progress::silent()
+            },
+            sync: options.sync,
             cfg,
         };
         if options.resume {
             if let Some(latest) = run.latest_checkpoint()? {
                 let checkpoint = read_checkpoint(&latest)?;
                 trainer.restore(&checkpoint)?;
-                trainer.metrics = MetricsLog::open(&run.metrics(), trainer.adam.step_count())?;
-                trainer.progress = Progress::new(total_steps, trainer.adam.step_count());
+                if rank == 0 {
+                    trainer.metrics =
+                        Some(MetricsLog::open(&run.metrics(), trainer.adam.step_count())?);
+                    trainer.progress = Progress::new(total_steps, trainer.adam.step_count());
+                }
             }
         }
         Ok(trainer)
@@ -209,6 +235,11 @@ impl Trainer {
     /// Optimizer steps of the whole run.
     pub fn total_steps(&self) -> u64 {
         self.total_steps
+    }
+
+    /// This trainer's rank (0 without data parallelism).
+    pub fn rank(&self) -> usize {
+        self.sync.as_ref().map_or(0, |s| s.0.rank())
     }
 
     /// Optimizer steps taken so far.
@@ -345,6 +376,9 @@ impl Trainer {
                     images += n;
                 }
                 let step = self.adam.step_count() + 1;
+                if let Some(sync) = &self.sync {
+                    sync.0.all_reduce_mean(&mut grads)?;
+                }
                 let grad_norm = self.clip_gradients(&mut grads, step)?;
                 let lr = cfg.schedule.lr_at(cfg.optim.lr, step, self.total_steps);
                 self.adam.step(&grads, lr)?;
@@ -363,7 +397,9 @@ impl Trainer {
                 window.add(loss_sum / group as f64, grad_norm, images);
                 if step.is_multiple_of(cfg.training.log_every) || step == self.total_steps {
                     let record = window.record(step, epoch, lr);
-                    self.metrics.append(&record)?;
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.append(&record)?;
+                    }
                     self.progress.train(&record, self.total_steps);
                 }
                 let epoch_done = self.position.next_batch == 0;
@@ -372,12 +408,16 @@ impl Trainer {
                     EvalEvery::Epoch => epoch_done || last,
                     EvalEvery::Steps(n) => step.is_multiple_of(n) || last,
                 };
-                if eval_due {
+                // Only rank 0 evaluates and writes: the parameters are the
+                // same on every rank.
+                let writer = self.rank() == 0;
+                if writer && eval_due {
                     self.evaluate_and_checkpoint()?;
-                } else if cfg
-                    .training
-                    .checkpoint_every
-                    .is_some_and(|n| step.is_multiple_of(n))
+                } else if writer
+                    && cfg
+                        .training
+                        .checkpoint_every
+                        .is_some_and(|n| step.is_multiple_of(n))
                 {
                     self.save_step_checkpoint()?;
                 }
@@ -545,7 +585,7 @@ impl Trainer {
             rule: cfg.threshold_rule,
             split: Split::Dev,
         });
-        self.metrics.append(&MetricsRecord::Eval {
+        let record = MetricsRecord::Eval {
             step,
             epoch,
             dev_acer: dev.acer,
@@ -555,7 +595,10 @@ impl Trainer {
             test_acer: test.as_ref().map(|t| t.acer),
             test_auc: test.as_ref().map(|t| t.auc),
             best: improved,
-        })?;
+        };
+        if let Some(metrics) = &mut self.metrics {
+            metrics.append(&record)?;
+        }
         let test_text = test.as_ref().map_or(String::new(), |t| {
             format!(
                 "  |  test ACER {:.2} % AUC {:.2} %",
@@ -570,6 +613,7 @@ impl Trainer {
             100.0 * dev.eer,
             if improved { "  (best)" } else { "" }
         ));
+        tracing::info!(step, dev_acer = dev.acer, improved, "evaluated");
         if improved {
             self.best = Some(candidate);
             let meta = self.meta(CheckpointKind::Model);
@@ -618,7 +662,9 @@ impl Trainer {
         let mut tensors = self.model_tensors(&detector);
         tensors.extend(self.adam.state_data());
         let meta = self.meta(CheckpointKind::Training);
-        write_checkpoint(&self.run.step_checkpoint(meta.step), meta, tensors)?;
+        let path = self.run.step_checkpoint(meta.step);
+        write_checkpoint(&path, meta, tensors)?;
+        tracing::info!(path = %path.display(), "checkpoint written");
         self.run.prune_checkpoints(self.cfg.training.keep_last)
     }
 

@@ -306,3 +306,42 @@ fn non_finite_loss_stops_the_run_naming_the_step() -> Result<()> {
     }
     Ok(())
 }
+
+/// With the text tower frozen, its parameters and the projection keep
+/// their values, the vision tower and the MoE branches train.
+#[test]
+fn frozen_text_tower_keeps_its_weights() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&root);
+    cfg.training.max_steps = Some(3);
+    cfg.model.frozen = vec![uniattack::experiment::FrozenPart::Text];
+    let mut trainer = Trainer::new(cfg, common::options(&dir.path().join("run"), false))?;
+    let before: HashMap<String, Vec<f32>> = trainer
+        .varmap()
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.clone(),
+                v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        })
+        .collect();
+    trainer.train()?;
+    let vars = trainer.varmap().data().lock().unwrap();
+    let mut moved = 0;
+    for (name, var) in vars.iter() {
+        let now = var.flatten_all()?.to_vec1::<f32>()?;
+        let changed = now != before[name];
+        if name.starts_with("text_model.") || name.starts_with("text_projection.") {
+            assert!(!changed, "{name} moved although frozen");
+        } else if changed {
+            moved += 1;
+        }
+    }
+    assert!(moved > 20, "only {moved} parameters moved");
+    Ok(())
+}

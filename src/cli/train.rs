@@ -502,6 +502,7 @@ pub fn run(args: &TrainArgs) -> Result<EvalReport> {
             resume: args.resume,
             device,
             report: args.report.clone(),
+            sync: None,
         },
     )?;
     let report = trainer.run()?;

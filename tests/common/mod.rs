@@ -46,6 +46,7 @@ pub fn options(output: &Path, resume: bool) -> TrainOptions {
         resume,
         device: Device::Cpu,
         report: None,
+        sync: None,
     }
 }
 

@@ -66,6 +66,13 @@ pub struct LoaderConfig {
     pub augment: Option<AugmentConfig>,
     /// Undecodable images: fail the batch (default) or drop them from it and report.
     pub on_bad_image: BadInputPolicy,
+    /// Data-parallel shard `(index, count)`: every batch of `batch_size`
+    /// (the global batch) is cut into `count` equal parts and only part
+    /// `index` is loaded, with exactly the pixels the unsharded batch has
+    /// there (randomness follows the global position). `batch_size` must
+    /// be a multiple of `count`. `None` (default): the whole batch.
+    #[serde(default)]
+    pub shard: Option<(usize, usize)>,
 }
 
 impl Default for LoaderConfig {
@@ -82,6 +89,7 @@ impl Default for LoaderConfig {
             transform: ClipTransform::default(),
             augment: None,
             on_bad_image: BadInputPolicy::Fail,
+            shard: None,
         }
     }
 }
@@ -109,6 +117,15 @@ impl LoaderConfig {
                 "live/attack balancing needs shuffle: without it every batch would hold one class"
                     .into(),
             ));
+        }
+        if let Some((index, count)) = self.shard {
+            if count == 0 || index >= count || !self.batch_size.is_multiple_of(count) {
+                return Err(Error::Config(format!(
+                    "shard {index} of {count} needs 0 <= index < count and a batch size ({}) \
+                     that count divides",
+                    self.batch_size
+                )));
+            }
         }
         self.transform.validate()?;
         self.augment
@@ -395,10 +412,21 @@ impl EpochPlan {
         let config = &shared.config;
         let size = config.transform.size as usize;
         let items = &self.batches[index];
-        let mut pixels = Vec::with_capacity(items.len() * 3 * size * size);
+        // The positions of the batch this shard loads.
+        let positions = match config.shard {
+            Some((part, parts)) => {
+                let per = config.batch_size / parts;
+                (part * per).min(items.len())..((part + 1) * per).min(items.len())
+            }
+            None => 0..items.len(),
+        };
+        let mut pixels = Vec::with_capacity(positions.len() * 3 * size * size);
         let (mut labels, mut ids, mut entries, mut paths, mut skipped) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (k, &item_index) in items.iter().enumerate() {
+            if !positions.contains(&k) {
+                continue;
+            }
             let position = (index * config.batch_size + k) as u64;
             let mut rng =
                 ChaCha8Rng::seed_from_u64(derive_seed(&[config.seed, self.epoch, position]));

@@ -102,6 +102,39 @@ fn epoch_from_yields_the_tail_of_the_epoch() {
     assert_eq!(loader.epoch_from(3, 99).count(), 0);
 }
 
+/// Data-parallel shards: the parts of every batch, concatenated in shard
+/// order, are the unsharded batch (entries and augmented pixels alike).
+#[test]
+fn shards_of_a_batch_concatenate_to_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = dataset(dir.path());
+    let whole = run(&Loader::new(samples.clone(), config(1)).unwrap(), 2);
+    let parts: Vec<Vec<(Vec<String>, Vec<f32>)>> = (0..2)
+        .map(|i| {
+            let sharded = LoaderConfig {
+                shard: Some((i, 2)),
+                ..config(2)
+            };
+            run(&Loader::new(samples.clone(), sharded).unwrap(), 2)
+        })
+        .collect();
+    assert_eq!(whole.len(), parts[0].len());
+    for (b, (entries, pixels)) in whole.iter().enumerate() {
+        let mut joined_entries = parts[0][b].0.clone();
+        joined_entries.extend(parts[1][b].0.clone());
+        let mut joined_pixels = parts[0][b].1.clone();
+        joined_pixels.extend(parts[1][b].1.clone());
+        assert_eq!(&joined_entries, entries);
+        assert_eq!(&joined_pixels, pixels);
+        assert_eq!(parts[0][b].0.len(), 2);
+    }
+    let uneven = LoaderConfig {
+        shard: Some((0, 3)),
+        ..config(1)
+    };
+    assert!(Loader::new(samples, uneven).is_err());
+}
+
 #[test]
 fn same_seed_same_batches_with_any_worker_count() {
     let dir = tempfile::tempdir().unwrap();
