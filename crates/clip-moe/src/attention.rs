@@ -43,8 +43,7 @@ impl Attention {
         let q = self.q_proj.forward(xs, None)?;
         let k = self.k_proj.forward(xs, None)?;
         let v = self.v_proj.forward(xs, None)?;
-        let context =
-            crate::fused_attention::attention(&q, &k, &v, self.num_heads, self.scale, causal)?;
+        let context = fused_ops::attention(&q, &k, &v, self.num_heads, self.scale, causal)?;
         self.out_proj.forward(&context, None)
     }
 }

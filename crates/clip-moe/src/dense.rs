@@ -1,11 +1,11 @@
 //! A `torch.nn.Linear` (weight `(out, in)`, bias `(out)`) applied with
-//! `softmoe::linear`: matmul, bias and optional activation in one pass and
+//! `fused_ops::linear`: matmul, bias and optional activation in one pass and
 //! one autograd node whose backward writes contiguous gradients (candle's
 //! `Linear` adds a transposed, strided weight gradient to a zero tensor).
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-use softmoe::Activation;
+use fused_ops::Activation;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Dense {
@@ -37,6 +37,6 @@ impl Dense {
 
     /// `act(x Wᵀ + b)` over the last dimension of `xs`.
     pub fn forward(&self, xs: &Tensor, act: Option<Activation>) -> Result<Tensor> {
-        softmoe::linear(xs, &self.weight, &self.bias, act)
+        fused_ops::linear(xs, &self.weight, &self.bias, act)
     }
 }

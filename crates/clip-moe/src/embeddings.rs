@@ -77,7 +77,7 @@ impl VisionEmbeddings {
             .reshape((b * g * g, c * p * p))?;
         // (b·g², c·p²) x (c·p², d) -> (b, g², d)
         let weight = self.patch_weight.reshape((d, c * p * p))?;
-        let patch_embeds = softmoe::matmul(&patches, &weight.t()?)?.reshape((b, g * g, d))?;
+        let patch_embeds = fused_ops::matmul(&patches, &weight.t()?)?.reshape((b, g * g, d))?;
         let class_embeds = self.class_embedding.reshape((1, 1, d))?.expand((b, 1, d))?;
         Tensor::cat(&[&class_embeds, &patch_embeds], 1)?
             .broadcast_add(&self.position_embedding.unsqueeze(0)?)

@@ -29,6 +29,6 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        crate::layer_norm_op::layer_norm(xs, &self.weight, &self.bias, self.eps)
+        fused_ops::layer_norm(xs, &self.weight, &self.bias, self.eps)
     }
 }

@@ -9,7 +9,7 @@ use crate::config::{
     Combine, CombineOutput, FeatureMap, InstanceNormAxis, LinearAttentionConfig, QkvProjection,
     SoftMoeConfig,
 };
-use crate::ops::{elu_plus_one, matmul, softmax, standardize};
+use fused_ops::{elu_plus_one, matmul, softmax, standardize};
 
 /// The combine map of a layer.
 #[derive(Debug, Clone)]

@@ -5,17 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Activation between the two linears of every expert MLP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    /// Exact (erf) GELU, `x * Φ(x)`, as ViT / `torch.nn.GELU()`.
-    #[default]
-    Gelu,
-    /// CLIP's approximation `x * sigmoid(1.702 x)`: use it when experts are
-    /// initialised from a CLIP MLP.
-    QuickGelu,
-}
+/// Activation between the two linears of every expert MLP (defined beside
+/// the kernels that apply it).
+pub use fused_ops::Activation;
 
 /// How the expert MLP weights are initialised when they are not loaded from a
 /// checkpoint.

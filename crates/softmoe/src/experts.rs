@@ -3,8 +3,9 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use fused_ops::ExpertMlp;
+
 use crate::config::{Activation, ExpertInit, SoftMoeConfig};
-use crate::ops::{expert_linear_ordered, RowOrder};
 
 /// `e` two-layer MLPs `fc2(act(fc1(x)))` (the experts of eq. 3, each applied
 /// to its own slots), stored stacked:
@@ -68,7 +69,7 @@ impl Experts {
     /// Applies expert `i` to row block `i`: `(e, rows, dim) -> (e, rows, dim)`.
     /// Weights (F32 master copies) are cast to the input's dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_ordered(x, RowOrder::ExpertMajor, RowOrder::ExpertMajor)
+        self.with_mlp(x.dtype(), |mlp| mlp.forward(x))
     }
 
     /// The experts on slots as the layer holds them, `(batch, e·s, dim) ->
@@ -76,30 +77,27 @@ impl Experts {
     /// batch entry. The same values as [`Experts::forward`] on the
     /// expert-major rearrangement, without the rearrangement's graph nodes.
     pub fn forward_slots(&self, slots: &Tensor) -> Result<Tensor> {
-        let order = RowOrder::BatchMajor {
-            batch: slots.dim(0)?,
-        };
-        self.forward_ordered(slots, order, order)
+        self.with_mlp(slots.dtype(), |mlp| mlp.forward_slots(slots))
     }
 
-    fn forward_ordered(&self, x: &Tensor, input: RowOrder, output: RowOrder) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let cast = |t: &Tensor| t.to_dtype(dtype);
-        let hidden = expert_linear_ordered(
-            x,
-            &cast(&self.fc1_weight)?,
-            &cast(&self.fc1_bias)?,
-            Some(self.activation),
-            input,
-            RowOrder::ExpertMajor,
-        )?;
-        expert_linear_ordered(
-            &hidden,
-            &cast(&self.fc2_weight)?,
-            &cast(&self.fc2_bias)?,
-            None,
-            RowOrder::ExpertMajor,
-            output,
-        )
+    /// Runs `f` on the weights cast to `dtype` (no copy when they have it).
+    fn with_mlp(
+        &self,
+        dtype: candle_core::DType,
+        f: impl FnOnce(ExpertMlp<'_>) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let (w1, b1, w2, b2) = (
+            self.fc1_weight.to_dtype(dtype)?,
+            self.fc1_bias.to_dtype(dtype)?,
+            self.fc2_weight.to_dtype(dtype)?,
+            self.fc2_bias.to_dtype(dtype)?,
+        );
+        f(ExpertMlp {
+            fc1_weight: &w1,
+            fc1_bias: &b1,
+            fc2_weight: &w2,
+            fc2_bias: &b2,
+            activation: self.activation,
+        })
     }
 }

@@ -13,8 +13,10 @@
 //!   fields; `docs/la-softmoe.md` in the repository explains the defaults.
 //!
 //! Every operation has a backward pass (candle's fused softmax/layer-norm
-//! kernels, which record no gradient, are not used), and the expert hidden
-//! activation is a fused multi-threaded CPU kernel with its own backward.
+//! kernels, which record no gradient, are not used). On the CPU the layer
+//! runs on the fused kernels of the `fused-ops` crate (experts, routing
+//! softmaxes, norms), elsewhere on candle's composites;
+//! [`set_fused_cpu_kernels`] switches between them.
 //!
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
@@ -23,7 +25,6 @@ mod combine;
 mod config;
 mod error;
 mod experts;
-mod ops;
 mod router;
 mod soft_moe;
 
@@ -33,9 +34,9 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use experts::Experts;
-pub use ops::{
-    fused_cpu_kernels, gemm, linear, matmul, rows, set_fused_cpu_kernels, softmax, standardize,
-};
+/// The process-wide switch between the fused CPU kernels and candle's
+/// composites (what a GPU runs), re-exported from `fused-ops`.
+pub use fused_ops::{fused_cpu_kernels, set_fused_cpu_kernels};
 pub use soft_moe::{SoftMoe, SoftMoeOutput};
 
 /// Dtype of trainable parameters: F64 when the builder asks for it (gradient

@@ -5,7 +5,7 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::SoftMoeConfig;
-use crate::ops::matmul;
+use fused_ops::matmul;
 
 /// vmoe `normalize(x, axis)`: `x * rsqrt(Σ x² + 1e-6)`, epsilon inside the root.
 pub(crate) const L2_EPS: f64 = 1e-6;
@@ -21,7 +21,7 @@ pub(crate) struct Router {
 
 /// L2-normalises the last axis, vmoe style.
 pub(crate) fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    crate::ops::l2_normalize(x, L2_EPS)
+    fused_ops::l2_normalize(x, L2_EPS)
 }
 
 impl Router {

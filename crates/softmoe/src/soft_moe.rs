@@ -8,8 +8,8 @@ use crate::combine::CombineWeights;
 use crate::config::SoftMoeConfig;
 use crate::error::{Error, Result};
 use crate::experts::Experts;
-use crate::ops::{matmul, softmax};
 use crate::router::Router;
+use fused_ops::{matmul, softmax};
 
 /// A Soft MoE layer: `(batch, tokens, dim) -> (batch, tokens, dim)`.
 ///

@@ -17,11 +17,11 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::activation::{activate, activate_in_place, activation_grad};
-use super::dispatch::{contiguous, fused_path, BinaryKernel, Op, Real, UnaryKernel};
-use super::gemm::{batched_linear, Strided};
-use super::matmul::matmul;
-use crate::config::Activation;
+use crate::activation::Activation;
+use crate::activation::{activate, activate_in_place, activation_grad};
+use crate::dispatch::{contiguous, fused_path, BinaryKernel, Op, Real, UnaryKernel};
+use crate::gemm::{batched_linear, Strided};
+use crate::matmul::matmul;
 
 /// How the rows of a `(·, rows, width)` activation are grouped.
 ///
@@ -160,7 +160,7 @@ pub fn linear(
     let (_, inner) = weight.dims2()?;
     if x.dims().last() != Some(&inner) {
         candle_core::bail!(
-            "softmoe::linear: input {:?} does not end in the weight's input size {inner}",
+            "fused_ops::linear: input {:?} does not end in the weight's input size {inner}",
             x.shape()
         )
     }
@@ -223,7 +223,7 @@ fn lock<'a>(
 }
 
 impl ExpertLinear {
-    const NAME: &'static str = "softmoe-expert-linear";
+    const NAME: &'static str = "fused-expert-linear";
 
     /// The op for these operands (`x`, weight, bias). It keeps what its
     /// backward needs only when one can follow (some operand tracks
@@ -457,7 +457,7 @@ impl CustomOp3 for ExpertLinear {
 struct SumRows;
 
 impl UnaryKernel for SumRows {
-    const NAME: &'static str = "softmoe-sum-rows";
+    const NAME: &'static str = "fused-sum-rows";
 
     fn run<T: Real>(&self, data: &[T], shape: &Shape) -> Result<Vec<T>> {
         let (e, rows, n) = shape.dims3()?;
@@ -484,7 +484,7 @@ impl UnaryKernel for SumRows {
 struct ActivationGrad(Activation);
 
 impl BinaryKernel for ActivationGrad {
-    const NAME: &'static str = "softmoe-activation-grad";
+    const NAME: &'static str = "fused-activation-grad";
 
     fn run<T: Real>(&self, pre: &[T], grad: &[T], _: &Shape) -> Result<Vec<T>> {
         Ok(activation_grad(pre, grad, self.0))
@@ -494,7 +494,7 @@ impl BinaryKernel for ActivationGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::dispatch::max_diff;
+    use crate::dispatch::max_diff;
     use candle_core::{DType, Var};
 
     /// The op with expert-major rows in and out.

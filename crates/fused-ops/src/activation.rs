@@ -1,14 +1,28 @@
 //! Element-wise expert activations and their derivatives, as multi-threaded
 //! loops over flat buffers (f32 through the vectorisable approximations of
-//! [`super::fast_math`], f64 through libm-accurate formulas for gradient
+//! [`crate::fast_math`], f64 through libm-accurate formulas for gradient
 //! checks).
 
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::fast_math::{erf_f32, exp_f32};
-use crate::config::Activation;
+use serde::{Deserialize, Serialize};
+
+use crate::fast_math::{erf_f32, exp_f32};
+
+/// Activation between the two linears of an MLP (an expert, or a dense
+/// layer through [`crate::linear`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Exact (erf) GELU, `x * Φ(x)`, as ViT / `torch.nn.GELU()`.
+    #[default]
+    Gelu,
+    /// CLIP's approximation `x * sigmoid(1.702 x)`: use it when experts are
+    /// initialised from a CLIP MLP.
+    QuickGelu,
+}
 
 /// Elements handed to one rayon task: large enough to amortise scheduling.
 const CHUNK: usize = 16 * 1024;

@@ -4,9 +4,8 @@
 //!
 //! candle's composite softmax is five graph nodes (max, subtract, exp, sum,
 //! divide) and its normalisation six, each a pass over the data forward and
-//! a zero-and-add gradient buffer backward; at the paper's shape they cost
-//! 6.4 ms (softmax over tokens) and 7.4 ms (normalisation) forward +
-//! backward. Here each is one node whose backward is one fused pass:
+//! a zero-and-add gradient buffer backward. Here each is one node whose
+//! backward is one fused pass:
 //!
 //! ```text
 //! softmax:   dx = y ⊙ (g - Σ_axis g ⊙ y)
@@ -24,7 +23,7 @@ use candle_core::{Result, Shape, Tensor, D};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::dispatch::{fused_path, BinaryKernel, Op, Real, UnaryKernel};
+use crate::dispatch::{fused_path, BinaryKernel, Op, Real, UnaryKernel};
 
 /// Softmax of `x` along `axis`, differentiable: the router's dispatch
 /// weights (eq. 2, over tokens) and Soft MoE's combine weights (eq. 4, over
@@ -49,7 +48,7 @@ pub fn softmax(x: &Tensor, axis: usize) -> Result<Tensor> {
 
 /// `x / sqrt(Σ x² + eps)` over the last axis (vmoe's `normalize`, epsilon
 /// inside the root), differentiable.
-pub(crate) fn l2_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+pub fn l2_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
     if fused_path(x) {
         x.contiguous()?.apply_op1(Op(L2Normalize { eps }))
     } else {
@@ -76,7 +75,7 @@ pub fn standardize(x: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
 /// `e^x` otherwise), differentiable. candle's `elu` and `+ 1` are two graph
 /// nodes and `elu`'s backward alone about eight passes; here the backward is
 /// one pass over the saved output (`dy/dx = 1` or `e^x = y`).
-pub(crate) fn elu_plus_one(x: &Tensor) -> Result<Tensor> {
+pub fn elu_plus_one(x: &Tensor) -> Result<Tensor> {
     if fused_path(x) {
         x.contiguous()?.apply_op1(Op(EluPlusOne))
     } else {
@@ -88,7 +87,7 @@ pub(crate) fn elu_plus_one(x: &Tensor) -> Result<Tensor> {
 fn split_axis(shape: &Shape, axis: usize) -> Result<(usize, usize, usize)> {
     let dims = shape.dims();
     if axis >= dims.len() {
-        candle_core::bail!("softmoe softmax: axis {axis} of a {:?} tensor", dims)
+        candle_core::bail!("fused softmax: axis {axis} of a {:?} tensor", dims)
     }
     let outer = dims[..axis].iter().product();
     let inner = dims[axis + 1..].iter().product();
@@ -120,7 +119,7 @@ fn per_block<T: Real>(
 struct EluPlusOne;
 
 impl UnaryKernel for EluPlusOne {
-    const NAME: &'static str = "softmoe-elu-plus-one";
+    const NAME: &'static str = "fused-elu-plus-one";
 
     fn run<T: Real>(&self, x: &[T], _: &Shape) -> Result<Vec<T>> {
         Ok(per_block(x.len(), (4096, 1), |start, o| {
@@ -142,7 +141,7 @@ impl UnaryKernel for EluPlusOne {
 struct EluPlusOneGrad;
 
 impl BinaryKernel for EluPlusOneGrad {
-    const NAME: &'static str = "softmoe-elu-plus-one-grad";
+    const NAME: &'static str = "fused-elu-plus-one-grad";
 
     fn run<T: Real>(&self, y: &[T], g: &[T], _: &Shape) -> Result<Vec<T>> {
         Ok(per_block(y.len(), (4096, 1), |start, o| {
@@ -213,7 +212,7 @@ struct Softmax {
 }
 
 impl UnaryKernel for Softmax {
-    const NAME: &'static str = "softmoe-softmax";
+    const NAME: &'static str = "fused-softmax";
 
     fn run<T: Real>(&self, x: &[T], shape: &Shape) -> Result<Vec<T>> {
         let (_, len, inner) = split_axis(shape, self.axis)?;
@@ -235,7 +234,7 @@ struct SoftmaxGrad {
 }
 
 impl BinaryKernel for SoftmaxGrad {
-    const NAME: &'static str = "softmoe-softmax-grad";
+    const NAME: &'static str = "fused-softmax-grad";
 
     fn run<T: Real>(&self, y: &[T], g: &[T], shape: &Shape) -> Result<Vec<T>> {
         let (_, len, inner) = split_axis(shape, self.axis)?;
@@ -270,7 +269,7 @@ struct L2Normalize {
 }
 
 impl UnaryKernel for L2Normalize {
-    const NAME: &'static str = "softmoe-l2-normalize";
+    const NAME: &'static str = "fused-l2-normalize";
 
     fn run<T: Real>(&self, x: &[T], shape: &Shape) -> Result<Vec<T>> {
         let eps = T::from_f64(self.eps);
@@ -296,7 +295,7 @@ struct L2NormalizeGrad {
 }
 
 impl BinaryKernel for L2NormalizeGrad {
-    const NAME: &'static str = "softmoe-l2-normalize-grad";
+    const NAME: &'static str = "fused-l2-normalize-grad";
 
     fn run<T: Real>(&self, x: &[T], g: &[T], shape: &Shape) -> Result<Vec<T>> {
         let eps = T::from_f64(self.eps);
@@ -341,7 +340,7 @@ struct Standardize {
 }
 
 impl UnaryKernel for Standardize {
-    const NAME: &'static str = "softmoe-standardize";
+    const NAME: &'static str = "fused-standardize";
 
     fn run<T: Real>(&self, x: &[T], shape: &Shape) -> Result<Vec<T>> {
         let (_, len, inner) = split_axis(shape, self.axis)?;
@@ -373,7 +372,7 @@ struct StandardizeGrad {
 }
 
 impl BinaryKernel for StandardizeGrad {
-    const NAME: &'static str = "softmoe-standardize-grad";
+    const NAME: &'static str = "fused-standardize-grad";
 
     fn run<T: Real>(&self, x: &[T], g: &[T], shape: &Shape) -> Result<Vec<T>> {
         let (_, len, inner) = split_axis(shape, self.axis)?;
@@ -410,7 +409,7 @@ impl BinaryKernel for StandardizeGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::dispatch::max_diff;
+    use crate::dispatch::max_diff;
     use candle_core::{DType, Device, Var};
 
     /// Value and gradient of `f` on the transposed (strided) `x` under a

@@ -1,12 +1,12 @@
-//! Row-wise softmax over f32 buffers with a vectorised `exp`, for attention
-//! kernels (`clip-moe`'s fused attention uses it per head).
+//! Row-wise softmax over f32 buffers with a vectorised `exp`, for the fused
+//! attention (per head).
 //!
 //! The row loop is written in 16-lane blocks with lane accumulators so the
 //! compiler can vectorise the max, the `exp` (this crate's branch-free
 //! `exp_f32`, relative error below 3e-7) and the sum; the loop is compiled
 //! for AVX-512 and AVX2 and picked at run time.
 
-use super::fast_math::exp_f32;
+use crate::fast_math::exp_f32;
 
 const LANES: usize = 16;
 /// Below this, `exp` underflows to subnormals: the probability is set to 0.
@@ -82,8 +82,7 @@ fn softmax_rows_avx2(data: &mut [f32], width: usize, visible: &dyn Fn(usize) -> 
 ///
 /// Probabilities below `f32::MIN_POSITIVE` are flushed to 0. Sharp
 /// attention makes many of them subnormal, and x86 arithmetic on subnormals
-/// is slow: at random-weight ViT-B/16 shapes 5 % were subnormal and the
-/// following `P V` product ran 10x slower.
+/// is slow, for the following `P V` product too.
 pub fn softmax_rows(data: &mut [f32], width: usize, visible: impl Fn(usize) -> usize) {
     if width == 0 {
         return;

@@ -1,10 +1,10 @@
-//! A fused, multi-threaded CPU LayerNorm with its backward pass. (The MLP's
-//! bias + quick GELU is fused into `softmoe::linear`, the attention softmax
-//! into `fused_attention`.)
+//! A fused, multi-threaded CPU LayerNorm with its backward pass. (An MLP's
+//! bias + activation is fused into [`crate::linear`], the attention softmax
+//! into [`crate::attention`].)
 //!
 //! candle's composite versions make one pass (and one allocation) per
-//! primitive op, single-threaded; at ViT-B/16 shapes they cost as much as a
-//! quarter of the forward pass (docs/benchmarks.md). candle's own fused
+//! primitive op, single-threaded; at ViT-B/16 shapes that is a large share
+//! of the forward pass (docs/benchmarks.md). candle's own fused
 //! `layer_norm` records no gradient, so it cannot be used for training.
 //! Here the op is one `CustomOp3` whose backward is one fused pass over the
 //! rows giving the input, weight and bias gradients together. On other
@@ -14,16 +14,12 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu_slice::f32_elements;
-
-fn fused_path(xs: &Tensor) -> bool {
-    xs.device().is_cpu() && xs.dtype() == DType::F32 && softmoe::fused_cpu_kernels()
-}
+use crate::dispatch::{f32_operand, fused_path_f32};
 
 /// LayerNorm over the last dimension with affine `weight` and `bias`
 /// (`torch.nn.LayerNorm`); statistics in F32.
-pub(crate) fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
-    if fused_path(xs) && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    if fused_path_f32(xs) && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
         xs.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
@@ -48,7 +44,7 @@ struct LayerNorm {
 
 impl CustomOp3 for LayerNorm {
     fn name(&self) -> &'static str {
-        "clip-layer-norm"
+        "fused-layer-norm"
     }
 
     fn cpu_fwd(
@@ -60,9 +56,9 @@ impl CustomOp3 for LayerNorm {
         b_storage: &CpuStorage,
         b_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let xs = f32_elements(x_storage, x_layout, self.name(), "x")?;
-        let weight = f32_elements(w_storage, w_layout, self.name(), "weight")?;
-        let bias = f32_elements(b_storage, b_layout, self.name(), "bias")?;
+        let xs = f32_operand(x_storage, x_layout, self.name(), "x")?;
+        let weight = f32_operand(w_storage, w_layout, self.name(), "weight")?;
+        let bias = f32_operand(b_storage, b_layout, self.name(), "bias")?;
         let n = weight.len().max(1);
         let mut out = vec![0f32; xs.len()];
         out.par_chunks_mut(n)
@@ -115,7 +111,7 @@ struct LayerNormBackward {
 
 impl CustomOp3 for LayerNormBackward {
     fn name(&self) -> &'static str {
-        "clip-layer-norm-backward"
+        "fused-layer-norm-backward"
     }
 
     fn cpu_fwd(
@@ -127,9 +123,9 @@ impl CustomOp3 for LayerNormBackward {
         g_storage: &CpuStorage,
         g_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let xs = f32_elements(x_storage, x_layout, self.name(), "x")?;
-        let weight = f32_elements(w_storage, w_layout, self.name(), "weight")?;
-        let grads = f32_elements(g_storage, g_layout, self.name(), "the output gradient")?;
+        let xs = f32_operand(x_storage, x_layout, self.name(), "x")?;
+        let weight = f32_operand(w_storage, w_layout, self.name(), "weight")?;
+        let grads = f32_operand(g_storage, g_layout, self.name(), "the output gradient")?;
         let n = weight.len().max(1);
         if xs.len() % n != 0 || grads.len() != xs.len() {
             candle_core::bail!(

@@ -7,17 +7,17 @@
 //!   spread over the thread pool. Attention's products are small
 //!   (`197 x 64` per head at ViT-B/16) and the per-call synchronisation costs
 //!   more than the arithmetic; here every head is one single-threaded `gemm`
-//!   call and the heads run in parallel (Q Kᵀ: 1.9 ms -> 0.7 ms at batch 2).
+//!   call and the heads run in parallel.
 //! - The heads are read in place inside the `(batch, tokens, dim)` rows of
 //!   the projections (strided `gemm` operands): no reshape + transpose +
 //!   copy of Q, K and V, forward or back. Results are written per head and
 //!   merged back into rows in one parallel pass.
-//! - The softmax is `softmoe::rows::softmax_rows`: a vectorised `exp`, and
+//! - The softmax is [`crate::rows::softmax_rows`]: a vectorised `exp`, and
 //!   probabilities below `f32::MIN_POSITIVE` flushed to zero. Sharp
 //!   attention makes many probabilities subnormal, and x86 arithmetic on
-//!   subnormals is slow: at random-weight ViT-B/16 shapes 5 % of them were
-//!   subnormal and `P V` ran 10x slower for it. The flushed values are below
-//!   1.2e-38, so results move by less than that times |V|.
+//!   subnormals is slow (docs/benchmarks.md has the case that showed it).
+//!   The flushed values are below 1.2e-38, so results move by less than
+//!   that times |V|.
 //!
 //! The causal mask is the text tower's (`j > i` hidden), applied by giving
 //! those positions probability zero, which is what adding `f32::MIN` to the
@@ -25,11 +25,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::cpu_slice::{cpu_f32_elements, f32_elements};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use softmoe::gemm::{matmul_into, Strided};
-use softmoe::rows::softmax_rows;
+
+use crate::dispatch::{cpu_f32_operand, f32_operand, fused_path_f32};
+use crate::gemm::{matmul_into, Strided};
+use crate::routing::softmax;
+use crate::rows::softmax_rows;
 
 /// One attention call's geometry.
 #[derive(Debug, Clone, Copy)]
@@ -74,9 +76,9 @@ fn merge_heads(per_head: &[f32], dims: Dims) -> Vec<f32> {
 
 /// Multi-head attention on `(batch, tokens, heads · head_dim)` projections,
 /// the context returned in the same layout: the fused kernel on CPU in F32
-/// (unless `softmoe::set_fused_cpu_kernels(false)`), candle's ops
+/// (unless [`crate::set_fused_cpu_kernels`]`(false)`), candle's ops
 /// ([`composite_attention`]) elsewhere.
-pub(crate) fn attention(
+pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -84,7 +86,7 @@ pub(crate) fn attention(
     scale: f64,
     causal: bool,
 ) -> Result<Tensor> {
-    if q.device().is_cpu() && q.dtype() == DType::F32 && softmoe::fused_cpu_kernels() {
+    if fused_path_f32(q) {
         fused_attention(q, k, v, heads, scale as f32, causal)
     } else {
         composite_attention(q, k, v, heads, scale, causal)
@@ -116,7 +118,7 @@ fn composite_attention(
         let mask = Tensor::from_vec(mask, (n, n), q.device())?.to_dtype(logits.dtype())?;
         logits = logits.broadcast_add(&mask)?;
     }
-    let probs = softmoe::softmax(&logits, logits.rank() - 1)?;
+    let probs = softmax(&logits, logits.rank() - 1)?;
     // (b, h, n, n) x (b, h, n, hd) -> (b, h, n, hd) -> (b, n, d)
     probs
         .matmul(&split(v)?)?
@@ -157,7 +159,7 @@ struct FusedAttention {
 }
 
 impl FusedAttention {
-    const NAME: &'static str = "clip-fused-attention";
+    const NAME: &'static str = "fused-attention";
 
     fn dims(&self, shape: &Shape) -> Result<Dims> {
         let (batch, tokens, dim) = shape.dims3()?;
@@ -207,9 +209,9 @@ impl CustomOp3 for FusedAttention {
             )
         }
         let dims = self.dims(ql.shape())?;
-        let q = f32_elements(qs, ql, Self::NAME, "q")?;
-        let k = f32_elements(ks, kl, Self::NAME, "k")?;
-        let v = f32_elements(vs, vl, Self::NAME, "v")?;
+        let q = f32_operand(qs, ql, Self::NAME, "q")?;
+        let k = f32_operand(ks, kl, Self::NAME, "k")?;
+        let v = f32_operand(vs, vl, Self::NAME, "v")?;
         let (n, hd, d) = (dims.tokens, dims.head_dim, dims.dim());
         let pairs = dims.batch * dims.heads;
         // Training keeps every head's probabilities for the backward pass;
@@ -265,10 +267,10 @@ impl CustomOp3 for FusedAttention {
             let (ks, kl) = k.storage_and_layout();
             let (vs, vl) = v.storage_and_layout();
             let (gs, gl) = grad.storage_and_layout();
-            let q = cpu_f32_elements(&qs, ql, Self::NAME, "q")?;
-            let k = cpu_f32_elements(&ks, kl, Self::NAME, "k")?;
-            let v = cpu_f32_elements(&vs, vl, Self::NAME, "v")?;
-            let g = cpu_f32_elements(&gs, gl, Self::NAME, "the output gradient")?;
+            let q = cpu_f32_operand(&qs, ql, Self::NAME, "q")?;
+            let k = cpu_f32_operand(&ks, kl, Self::NAME, "k")?;
+            let v = cpu_f32_operand(&vs, vl, Self::NAME, "v")?;
+            let g = cpu_f32_operand(&gs, gl, Self::NAME, "the output gradient")?;
             attention_backward(q, k, v, g, &probs, dims, self.scale)?
         };
         let shape = q.shape().clone();

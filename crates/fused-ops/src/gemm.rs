@@ -2,11 +2,11 @@
 //! small-batch shapes of a transformer layer.
 //!
 //! candle runs a batched matmul as a loop over the batch and hands each
-//! product to `gemm`'s own thread split. On a 2-core AVX-512 machine that
-//! split reaches 113 GFLOP/s on `(394x768)·(768x768)` with a transposed
-//! weight, while two single-threaded `gemm` calls on the two halves of the
-//! output columns reach 288 GFLOP/s (both halves pack only their own half of
-//! the weight; docs/benchmarks.md). Here every product is cut into
+//! product to `gemm`'s own thread split, which at a layer's small-batch
+//! shapes spends much of its time packing and synchronising. Single-threaded
+//! `gemm` calls on column blocks of the output do better: each packs only its
+//! own block of the weight (docs/benchmarks.md has the measurements). Here
+//! every product is cut into
 //! (batch entry, column block) tasks that rayon runs on single-threaded
 //! `gemm` calls. Operands are read through their strides, so transposed views
 //! cost no copy.
@@ -49,7 +49,7 @@ impl<'a, T> Strided<'a, T> {
             [r, c] => (0, r, c),
             [b, r, c] => (b, r, c),
             _ => candle_core::bail!(
-                "softmoe gemm: expected a rank-2 or rank-3 operand, got {:?}",
+                "fused gemm: expected a rank-2 or rank-3 operand, got {:?}",
                 layout.shape()
             ),
         };
@@ -82,7 +82,7 @@ impl<'a, T> Strided<'a, T> {
             + (cols - 1) * self.col_stride;
         if last >= self.data.len() {
             candle_core::bail!(
-                "softmoe gemm: {what} of {batch}x{rows}x{cols} reaches element {last} of {}",
+                "fused gemm: {what} of {batch}x{rows}x{cols} reaches element {last} of {}",
                 self.data.len()
             )
         }
@@ -95,7 +95,7 @@ impl<'a, T> Strided<'a, T> {
 fn check_dtype<T: WithDType>() -> Result<()> {
     match T::DTYPE {
         DType::F32 | DType::F64 => Ok(()),
-        other => candle_core::bail!("softmoe gemm: {other:?} is not supported (F32 or F64)"),
+        other => candle_core::bail!("fused gemm: {other:?} is not supported (F32 or F64)"),
     }
 }
 
@@ -140,7 +140,7 @@ pub fn batched_linear<T: WithDType>(
 ) -> Result<Vec<T>> {
     if bias.len() != batch * dims.1 {
         candle_core::bail!(
-            "softmoe gemm: bias of {} elements for {batch} matrices of {} columns",
+            "fused gemm: bias of {} elements for {batch} matrices of {} columns",
             bias.len(),
             dims.1
         )
@@ -200,10 +200,9 @@ fn column_blocks(batch: usize, n: usize) -> (usize, usize) {
 /// for every call, which at a few dozen rows costs about as much as the
 /// product: Soft MoE experts at batch 1 or 2 get 49 or 98 rows each. Written
 /// transposed, `gemm` packs the small `x` instead and streams the weight rows
-/// as they lie. On the 2-core AVX-512 machine (docs/benchmarks.md), four
-/// experts' `(98x3072)·(3072x768)` went from 165 to 229 GFLOP/s and
-/// `(49x3072)·(3072x768)` from 107 to 189 GFLOP/s, the transposition back
-/// included. From about 200 rows on the row-major form is as fast or faster.
+/// as they lie, which is faster at expert shapes even with the transposition
+/// back (docs/benchmarks.md, "few-row products"). From about 200 rows on the
+/// row-major form is as fast or faster.
 const FEW_ROWS: usize = 128;
 
 /// How each `(m, n)` result matrix lies in the output buffer.
@@ -350,7 +349,7 @@ pub fn matmul_into<T: WithDType>(
     rhs.check((1, k, n), "rhs")?;
     if m > 0 && n > 0 && (m - 1) * dst_row_stride + n > dst.len() {
         candle_core::bail!(
-            "softmoe gemm: a {m}x{n} result with row stride {dst_row_stride} does not fit {} elements",
+            "fused gemm: a {m}x{n} result with row stride {dst_row_stride} does not fit {} elements",
             dst.len()
         )
     }

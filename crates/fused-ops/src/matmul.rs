@@ -8,8 +8,8 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 
-use super::dispatch::fused_path;
-use super::gemm::{batched_matmul, Strided};
+use crate::dispatch::fused_path;
+use crate::gemm::{batched_matmul, Strided};
 
 /// `a · b` for `(batch, m, k) x (batch, k, n)`, `(batch, m, k) x (k, n)`
 /// (one `b` for every batch entry, as a linear layer's weight) or
@@ -34,11 +34,11 @@ impl Matmul {
             (&[m, k1], &[k2, n]) => (1, m, k1, 1, k2, n),
             (&[b1, m, k1], &[b2, k2, n]) => (b1, m, k1, b2, k2, n),
             (&[b1, m, k1], &[k2, n]) => (b1, m, k1, b1, k2, n),
-            (a, b) => candle_core::bail!("softmoe matmul: cannot multiply {a:?} by {b:?}"),
+            (a, b) => candle_core::bail!("fused matmul: cannot multiply {a:?} by {b:?}"),
         };
         if b1 != b2 || k1 != k2 {
             candle_core::bail!(
-                "softmoe matmul: cannot multiply {:?} by {:?}",
+                "fused matmul: cannot multiply {:?} by {:?}",
                 l1.shape(),
                 l2.shape()
             )
@@ -61,7 +61,7 @@ impl Matmul {
 
 impl CustomOp2 for Matmul {
     fn name(&self) -> &'static str {
-        "softmoe-matmul"
+        "fused-matmul"
     }
 
     fn cpu_fwd(
@@ -81,7 +81,7 @@ impl CustomOp2 for Matmul {
                 CpuStorage::F64(Self::run(a, l1, b, l2, dims)?)
             }
             _ => candle_core::bail!(
-                "softmoe matmul: needs two F32 or two F64 tensors, got {:?} and {:?}",
+                "fused matmul: needs two F32 or two F64 tensors, got {:?} and {:?}",
                 s1.dtype(),
                 s2.dtype()
             ),
@@ -121,7 +121,7 @@ impl CustomOp2 for Matmul {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::dispatch::max_diff;
+    use crate::dispatch::max_diff;
     use candle_core::{DType, Device, Var};
 
     /// Values and both gradients equal candle's matmul, on transposed

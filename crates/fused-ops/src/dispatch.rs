@@ -1,6 +1,8 @@
-//! What every fused CPU op of this crate shares: the F32/F64 dispatch from
-//! candle's storage to a generic kernel, the contiguity check, and the test
-//! for whether the fused path applies.
+//! What every fused CPU op of this crate shares: the process-wide switch
+//! between the fused kernels and candle's composites, the test for whether a
+//! tensor takes the fused path, the F32/F64 dispatch from candle's storage to
+//! a generic kernel, and the one operand check (CPU, dtype, contiguous) whose
+//! errors name the op and the operand.
 //!
 //! A kernel is written once over [`Real`] and implements [`UnaryKernel`] or
 //! [`BinaryKernel`]; wrapped in [`Op`] it is a candle `CustomOp1` or
@@ -8,12 +10,12 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, WithDType,
 };
 use num_traits::{Float, NumAssign};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::activation::ActivationFloat;
+use crate::activation::ActivationFloat;
 
 /// The element types the fused ops run in: F32, and F64 for the parity and
 /// gradient checks.
@@ -24,8 +26,7 @@ impl Real for f64 {}
 
 static FUSED_CPU_KERNELS: AtomicBool = AtomicBool::new(true);
 
-/// Turns the fused CPU kernels (of this crate, and of crates that ask
-/// [`fused_cpu_kernels`], such as `clip-moe`) on or off for the whole
+/// Turns the fused CPU kernels of this crate on or off for the whole
 /// process; they are on by default.
 ///
 /// Off, the CPU runs the same differentiable candle composites that a GPU
@@ -42,17 +43,64 @@ pub fn fused_cpu_kernels() -> bool {
     FUSED_CPU_KERNELS.load(Ordering::Relaxed)
 }
 
-/// Whether `x` takes the fused CPU kernels (else candle's composites run).
+/// Whether `x` takes the fused CPU kernels that run in F32 and F64 (else
+/// candle's composites run).
 pub(crate) fn fused_path(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && fused_cpu_kernels()
 }
 
-/// The elements of a contiguous tensor; an error naming `op` otherwise.
+/// Whether `x` takes the fused CPU kernels that run in F32 only (attention,
+/// LayerNorm: their parity in F64 is checked through the composites).
+pub(crate) fn fused_path_f32(x: &Tensor) -> bool {
+    fused_path(x) && x.dtype() == DType::F32
+}
+
+/// The elements of a contiguous operand; an error naming `op` otherwise.
 pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
+    contiguous_operand(data, layout, op, "the input")
+}
+
+fn contiguous_operand<'a, T>(
+    data: &'a [T],
+    layout: &Layout,
+    op: &str,
+    what: &str,
+) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: expected a contiguous tensor"),
+        None => candle_core::bail!("{op}: {what} must be contiguous"),
     }
+}
+
+/// The elements of operand `what` of `op`, which must be a contiguous F32
+/// CPU storage.
+pub(crate) fn f32_operand<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+    what: &str,
+) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!(
+            "{op}: {what} must be an F32 tensor, got {:?}",
+            storage.dtype()
+        )
+    };
+    contiguous_operand(data, layout, op, what)
+}
+
+/// [`f32_operand`] of a storage that must also live on the CPU (a saved
+/// tensor read back in a backward pass).
+pub(crate) fn cpu_f32_operand<'a>(
+    storage: &'a Storage,
+    layout: &Layout,
+    op: &str,
+    what: &str,
+) -> Result<&'a [f32]> {
+    let Storage::Cpu(storage) = storage else {
+        candle_core::bail!("{op}: {what} must be a CPU tensor")
+    };
+    f32_operand(storage, layout, op, what)
 }
 
 /// A one-input kernel over a contiguous buffer.

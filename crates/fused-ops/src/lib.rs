@@ -1,0 +1,48 @@
+//! Fused CPU kernels for transformer and Soft MoE layers on
+//! [candle](https://github.com/huggingface/candle), each a candle custom op
+//! with its own backward pass, each beside the differentiable candle
+//! composite that other devices and dtypes run (and that the unit tests
+//! compare it with).
+//!
+//! - [`linear`] and [`ExpertMlp`]: matmul, bias and activation in one op, for
+//!   a dense layer or for all experts of a MoE at once;
+//! - [`matmul`]: a batched product on strided operands with a work split that
+//!   suits small batches;
+//! - [`softmax`], [`standardize`], [`l2_normalize`], [`elu_plus_one`]: the
+//!   routing maths of Soft MoE and La-SoftMoE, one node each;
+//! - [`layer_norm`] and [`attention`] (all heads in one node): the rest of a
+//!   ViT block.
+//!
+//! Why fuse at all: candle's backward allocates a zeroed buffer and adds
+//! into it for every graph node it visits, and its CPU batched matmul
+//! threads each small product separately; a block written from primitive
+//! ops spends much of its time there (`docs/benchmarks.md` in the
+//! repository has the measurements). candle's own fused softmax and
+//! LayerNorm record no gradient, so they cannot train.
+//!
+//! [`set_fused_cpu_kernels`]`(false)` makes the CPU run the composites too:
+//! a machine without a GPU can test the GPU's code path that way.
+//!
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod activation;
+mod attention;
+mod dispatch;
+mod expert_linear;
+mod expert_mlp;
+mod fast_math;
+mod gemm;
+mod layer_norm;
+mod matmul;
+mod routing;
+mod rows;
+
+pub use activation::Activation;
+pub use attention::attention;
+pub use dispatch::{fused_cpu_kernels, set_fused_cpu_kernels};
+pub use expert_linear::linear;
+pub use expert_mlp::ExpertMlp;
+pub use layer_norm::layer_norm;
+pub use matmul::matmul;
+pub use routing::{elu_plus_one, l2_normalize, softmax, standardize};
