@@ -20,15 +20,16 @@ fn main() -> ExitCode {
     let (mut out, mut log) = (stdout.lock(), stderr.lock());
     match fas_metrics::cli::run(std::env::args_os().skip(1), &mut out, &mut log) {
         Ok(()) => ExitCode::SUCCESS,
+        // Nothing more can be reported if stderr itself is gone.
+        // A usage error (clap's message, already prefixed) exits 2, as
+        // every tool of the workspace does.
+        Err(error @ fas_metrics::cli::CliError::Usage(_)) => {
+            let _ = write!(log, "{error}");
+            ExitCode::from(2)
+        }
         Err(error) => {
-            // Nothing more can be reported if stderr itself is gone.
             let _ = writeln!(log, "error: {error}");
-            // A usage error exits 2, as every tool of the workspace does.
-            if matches!(error, fas_metrics::cli::CliError::Usage(_)) {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::FAILURE
         }
     }
 }

@@ -18,16 +18,12 @@ use crate::report::{evaluate_protocol, ProtocolConfig, ProtocolReport};
 use crate::score_file::read_score_file;
 use crate::score_set::ScoreSet;
 
-/// The usage line, printed by `--help` and after every argument error.
-pub const USAGE: &str = "usage: evaluate_scores [--dev DEV] --test TEST --higher attack|bonafide \
-[--json] [--name PROTOCOL] [--plot-dir DIR (feature plot)]";
-
 /// Why [`run`] failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CliError {
-    /// Bad command-line arguments; the message ends with [`USAGE`].
-    #[error("{0}\n{USAGE}")]
+    /// Bad command-line arguments: clap's message, with the usage line.
+    #[error("{0}")]
     Usage(String),
     /// A parsed score file that holds no valid score set (e.g. one class only).
     #[error("score file {file}: {source}")]
@@ -46,81 +42,88 @@ pub enum CliError {
     Write(#[source] io::Error),
 }
 
-/// Parsed arguments.
+/// What a high score means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Higher {
+    /// A high score means attack (this project's detectors).
+    Attack,
+    /// A high score means bona fide (live = 1, as FLIP and FA3-CLIP write).
+    Bonafide,
+}
+
+/// Metrics of face anti-spoofing score files, as UniAttackData papers
+/// report them: threshold at the dev EER (organisers' grid; the test set's
+/// own EER without --dev), APCER/BPCER/ACER/ACC on test at it, AUC and EER
+/// on test.
+///
+/// Score files hold one sample per line, `<score> <label>` or `<id> <score>
+/// <label>`; label 0 = bona fide, 1 = attack, a bona fide word such as
+/// `live`, or an attack-type name. `#` starts a comment.
+#[derive(Debug, clap::Parser)]
+#[command(name = "evaluate_scores", version)]
 struct Args {
+    /// Dev score file: the threshold is its EER point.
+    #[arg(long, value_name = "FILE")]
     dev: Option<PathBuf>,
+    /// Test score file: the metrics are computed on it.
+    #[arg(long, value_name = "FILE")]
     test: PathBuf,
-    polarity: Polarity,
+    /// What a high score means: attack or bonafide.
+    #[arg(long, value_enum)]
+    higher: Higher,
+    /// Print the report as JSON instead of a markdown table.
+    #[arg(long)]
     json: bool,
+    /// The protocol's name: the table's first column, the JSON's "protocol".
+    #[arg(long, value_name = "PROTOCOL", default_value = "test")]
     name: String,
-    #[cfg(feature = "plot")]
+    /// Write ROC, DET and score-histogram PNGs of the test set here (needs
+    /// the crate's `plot` feature).
+    #[arg(long, value_name = "DIR")]
     plot_dir: Option<PathBuf>,
 }
 
-/// `Some(args)`, or `None` for `--help`.
-fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, CliError> {
-    let mut args = args.into_iter();
-    let (mut dev, mut test, mut polarity) = (None, None, None);
-    let (mut json, mut name) = (false, "test".to_owned());
-    #[cfg(feature = "plot")]
-    let mut plot_dir = None;
-    while let Some(flag) = args.next() {
-        let Some(flag) = flag.to_str().map(str::to_owned) else {
-            return Err(CliError::Usage(format!("unknown argument {flag:?}")));
-        };
-        let mut value = || {
-            args.next()
-                .ok_or_else(|| CliError::Usage(format!("{flag} needs a value")))
-        };
-        let text = |value: OsString| {
-            value.into_string().map_err(|value| {
-                CliError::Usage(format!("{flag} {value:?}: the value must be UTF-8"))
-            })
-        };
-        match flag.as_str() {
-            "--dev" => dev = Some(PathBuf::from(value()?)),
-            "--test" => test = Some(PathBuf::from(value()?)),
-            "--higher" => {
-                polarity = Some(match text(value()?)?.as_str() {
-                    "attack" => Polarity::HigherIsAttack,
-                    "bonafide" => Polarity::HigherIsBonafide,
-                    other => {
-                        return Err(CliError::Usage(format!(
-                            "--higher takes attack or bonafide, got {other:?}"
-                        )))
-                    }
-                })
-            }
-            "--json" => json = true,
-            "--name" => name = text(value()?)?,
-            #[cfg(feature = "plot")]
-            "--plot-dir" => plot_dir = Some(PathBuf::from(value()?)),
-            #[cfg(not(feature = "plot"))]
-            "--plot-dir" => {
+impl Args {
+    fn polarity(&self) -> Polarity {
+        match self.higher {
+            Higher::Attack => Polarity::HigherIsAttack,
+            Higher::Bonafide => Polarity::HigherIsBonafide,
+        }
+    }
+}
+
+/// What the command line asks for: a report, or text clap has ready
+/// (`--help`, `--version`).
+enum Parsed {
+    Run(Args),
+    Print(String),
+}
+
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, CliError> {
+    use clap::error::ErrorKind;
+    use clap::Parser;
+    let argv = std::iter::once(OsString::from("evaluate_scores")).chain(args);
+    match Args::try_parse_from(argv) {
+        Ok(args) => {
+            if cfg!(not(feature = "plot")) && args.plot_dir.is_some() {
                 return Err(CliError::Usage(
                     "--plot-dir needs the plot feature: cargo run -p fas-metrics --features plot \
                      --example evaluate_scores -- ..."
                         .to_owned(),
-                ))
+                ));
             }
-            "-h" | "--help" => return Ok(None),
-            other => return Err(CliError::Usage(format!("unknown argument {other:?}"))),
+            Ok(Parsed::Run(args))
         }
+        Err(error)
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            Ok(Parsed::Print(error.render().to_string()))
+        }
+        Err(error) => Err(CliError::Usage(error.render().to_string())),
     }
-    Ok(Some(Args {
-        dev,
-        test: test.ok_or_else(|| CliError::Usage("--test is required".to_owned()))?,
-        polarity: polarity.ok_or_else(|| {
-            CliError::Usage(
-                "--higher is required: say whether a high score means attack or bonafide"
-                    .to_owned(),
-            )
-        })?,
-        json,
-        name,
-        #[cfg(feature = "plot")]
-        plot_dir,
-    }))
 }
 
 fn load(path: &Path, polarity: Polarity) -> Result<ScoreSet, CliError> {
@@ -173,7 +176,8 @@ fn written(result: io::Result<()>) -> Result<(), CliError> {
 /// `out`, notes (the plots written) to `log`.
 ///
 /// Arguments: `[--dev DEV] --test TEST --higher attack|bonafide [--json]
-/// [--name PROTOCOL] [--plot-dir DIR]`; `--help` writes [`USAGE`] to `out`.
+/// [--name PROTOCOL] [--plot-dir DIR]`, parsed by clap; `--help` and
+/// `--version` write their text to `out`.
 /// `--name` names the protocol: the markdown table's first column and the
 /// JSON's `"protocol"` key. The JSON holds the [`ProtocolReport`] fields
 /// (`threshold`, `apcer`, `bpcer`, `acer`, `acc`, `auc`, `eer`, `hter`,
@@ -188,14 +192,16 @@ pub fn run(
     out: &mut impl Write,
     log: &mut impl Write,
 ) -> Result<(), CliError> {
-    let Some(args) = parse_args(args)? else {
-        return written(writeln!(out, "{USAGE}").and_then(|()| out.flush()));
+    let args = match parse_args(args)? {
+        Parsed::Run(args) => args,
+        Parsed::Print(text) => return written(write!(out, "{text}").and_then(|()| out.flush())),
     };
-    let test = load(&args.test, args.polarity)?;
+    let polarity = args.polarity();
+    let test = load(&args.test, polarity)?;
     let dev = args
         .dev
         .as_deref()
-        .map(|path| load(path, args.polarity))
+        .map(|path| load(path, polarity))
         .transpose()?;
     let report = evaluate_protocol(dev.as_ref(), &test, ProtocolConfig::default())?;
     for warning in &report.warnings {
