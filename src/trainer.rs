@@ -91,35 +91,20 @@ fn comparable(cfg: &ExperimentConfig) -> ExperimentConfig {
 /// The top-level sections in which two configurations differ.
 fn differing_sections(a: &ExperimentConfig, b: &ExperimentConfig) -> Vec<&'static str> {
     let (a, b) = (comparable(a), comparable(b));
-    let mut out = Vec::new();
-    if a.seed != b.seed {
-        out.push("seed");
-    }
-    if a.model != b.model {
-        out.push("model");
-    }
-    if a.prompts != b.prompts {
-        out.push("prompts");
-    }
-    if a.data != b.data {
-        out.push("data");
-    }
-    if a.loader != b.loader {
-        out.push("loader");
-    }
-    if a.optim != b.optim {
-        out.push("optim");
-    }
-    if a.schedule != b.schedule {
-        out.push("schedule");
-    }
-    if a.training != b.training {
-        out.push("training");
-    }
-    if a.eval != b.eval {
-        out.push("eval");
-    }
-    out
+    [
+        ("seed", a.seed != b.seed),
+        ("model", a.model != b.model),
+        ("prompts", a.prompts != b.prompts),
+        ("data", a.data != b.data),
+        ("loader", a.loader != b.loader),
+        ("optim", a.optim != b.optim),
+        ("schedule", a.schedule != b.schedule),
+        ("training", a.training != b.training),
+        ("eval", a.eval != b.eval),
+    ]
+    .into_iter()
+    .filter_map(|(section, differs)| differs.then_some(section))
+    .collect()
 }
 
 impl Trainer {

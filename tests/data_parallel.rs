@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -12,23 +11,7 @@ use uniattack::distributed::{InProcessGroup, SyncHandle};
 use uniattack::experiment::LossKind;
 use uniattack::{ExperimentConfig, Trainer};
 
-type Params = BTreeMap<String, Vec<f32>>;
-
-fn parameters(trainer: &Trainer) -> Params {
-    trainer
-        .varmap()
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.clone(),
-                v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            )
-        })
-        .collect()
-}
+use common::{parameters, Params};
 
 /// Cross-entropy (a mean over images, so a mean of equal shards' means is
 /// the global mean; the CLIP loss contrasts a batch's images with each

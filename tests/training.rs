@@ -317,19 +317,7 @@ fn frozen_text_tower_keeps_its_weights() -> Result<()> {
     cfg.training.max_steps = Some(3);
     cfg.model.frozen = vec![uniattack::experiment::FrozenPart::Text];
     let mut trainer = Trainer::new(cfg, common::options(&dir.path().join("run"), false))?;
-    let before: HashMap<String, Vec<f32>> = trainer
-        .varmap()
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.clone(),
-                v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            )
-        })
-        .collect();
+    let before = common::parameters(&trainer);
     trainer.train()?;
     let vars = trainer.varmap().data().lock().unwrap();
     let mut moved = 0;

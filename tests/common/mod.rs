@@ -50,6 +50,26 @@ pub fn options(output: &Path, resume: bool) -> TrainOptions {
     }
 }
 
+/// A trainer's parameters by name, as F32 values.
+pub type Params = std::collections::BTreeMap<String, Vec<f32>>;
+
+/// A snapshot of `trainer`'s parameters.
+pub fn parameters(trainer: &uniattack::Trainer) -> Params {
+    trainer
+        .varmap()
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.clone(),
+                v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Every tensor of a checkpoint file, as raw little-endian bytes by name.
 pub fn tensor_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
     let bytes = std::fs::read(path).expect("checkpoint");

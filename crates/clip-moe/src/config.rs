@@ -96,17 +96,6 @@ impl ClipTextConfig {
             self.eos_token_id
         }
     }
-
-    pub(crate) fn encoder(&self) -> EncoderConfig {
-        EncoderConfig {
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_attention_heads: self.num_attention_heads,
-            num_hidden_layers: self.num_hidden_layers,
-            hidden_act: self.hidden_act,
-            layer_norm_eps: self.layer_norm_eps,
-        }
-    }
 }
 
 /// The vision tower (`vision_config`).
@@ -160,17 +149,6 @@ impl ClipVisionConfig {
     pub fn num_positions(&self) -> usize {
         self.grid_size() * self.grid_size() + 1
     }
-
-    pub(crate) fn encoder(&self) -> EncoderConfig {
-        EncoderConfig {
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_attention_heads: self.num_attention_heads,
-            num_hidden_layers: self.num_hidden_layers,
-            hidden_act: self.hidden_act,
-            layer_norm_eps: self.layer_norm_eps,
-        }
-    }
 }
 
 /// What the text and vision encoders have in common: one encoder layer
@@ -183,6 +161,75 @@ pub(crate) struct EncoderConfig {
     pub num_hidden_layers: usize,
     pub hidden_act: HiddenAct,
     pub layer_norm_eps: f64,
+}
+
+/// Both towers' configs keep the encoder's six fields flat under the same
+/// names (transformers' `config.json` layout, which saved configs follow);
+/// this one definition reads them out of either.
+macro_rules! encoder_of_tower {
+    ($($tower:ty),*) => {$(
+        impl $tower {
+            /// The tower's encoder shape.
+            pub(crate) fn encoder(&self) -> EncoderConfig {
+                EncoderConfig {
+                    hidden_size: self.hidden_size,
+                    intermediate_size: self.intermediate_size,
+                    num_attention_heads: self.num_attention_heads,
+                    num_hidden_layers: self.num_hidden_layers,
+                    hidden_act: self.hidden_act,
+                    layer_norm_eps: self.layer_norm_eps,
+                }
+            }
+        }
+    )*};
+}
+encoder_of_tower!(ClipTextConfig, ClipVisionConfig);
+
+impl EncoderConfig {
+    /// Errors unless the encoder's sizes and the tower's own `extra` sizes
+    /// (each `(field, value, max)`) are in `1..=max`, the heads divide the
+    /// width and the LayerNorm epsilon is a small positive number; errors
+    /// name the field under `section`.
+    fn validate(&self, section: &str, extra: &[(&str, usize, usize)]) -> Result<()> {
+        let shared = [
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_WIDTH),
+        ];
+        for (field, value, max) in extra.iter().chain(&shared) {
+            if *value == 0 || value > max {
+                return Err(Error::invalid_config(
+                    format!("{section}.{field}"),
+                    format!("({value}) must be 1 to {max}"),
+                ));
+            }
+        }
+        let eps = self.layer_norm_eps;
+        if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
+            return Err(Error::invalid_config(
+                format!("{section}.layer_norm_eps"),
+                format!("({eps}) must be a small positive number such as 1e-5"),
+            ));
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(Error::invalid_config(
+                format!("{section}.num_attention_heads"),
+                format!(
+                    "({}) must divide hidden_size ({})",
+                    self.num_attention_heads, self.hidden_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// About how many weights the blocks hold (attention and MLP matrices),
+    /// without overflow.
+    fn parameter_estimate(&self) -> u128 {
+        let (h, inter) = (self.hidden_size as u128, self.intermediate_size as u128);
+        self.num_hidden_layers as u128 * (4 * h * h + 2 * h * inter)
+    }
 }
 
 /// A CLIP model: both towers, the shared embedding width and the MoE
@@ -382,14 +429,11 @@ impl ClipConfig {
         let v = &self.vision_config;
         let t = &self.text_config;
         let n = |x: usize| x as u128;
-        let encoder = |h: usize, inter: usize, layers: usize| {
-            n(layers) * (4 * n(h) * n(h) + 2 * n(h) * n(inter))
-        };
         let vision = n(v.hidden_size) * n(v.num_channels) * n(v.patch_size) * n(v.patch_size)
             + n(v.num_positions()) * n(v.hidden_size)
-            + encoder(v.hidden_size, v.intermediate_size, v.num_hidden_layers);
+            + v.encoder().parameter_estimate();
         let text = (n(t.vocab_size) + n(t.max_position_embeddings)) * n(t.hidden_size)
-            + encoder(t.hidden_size, t.intermediate_size, t.num_hidden_layers);
+            + t.encoder().parameter_estimate();
         let moe = match self.moe.layer_config(v.hidden_size, v.intermediate_size) {
             Some(layer) => {
                 let blocks = (0..v.num_hidden_layers)
@@ -406,55 +450,16 @@ impl ClipConfig {
     }
 }
 
-/// Errors unless every listed `(field, value, max)` is in `1..=max`,
-/// `heads` divides `hidden` and `eps` is a small positive number.
-fn check_encoder(
-    section: &str,
-    sizes: &[(&str, usize, usize)],
-    hidden: usize,
-    heads: usize,
-    eps: f64,
-) -> Result<()> {
-    for (field, value, max) in sizes {
-        if *value == 0 || value > max {
-            return Err(Error::invalid_config(
-                format!("{section}.{field}"),
-                format!("({value}) must be 1 to {max}"),
-            ));
-        }
-    }
-    if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
-        return Err(Error::invalid_config(
-            format!("{section}.layer_norm_eps"),
-            format!("({eps}) must be a small positive number such as 1e-5"),
-        ));
-    }
-    if !hidden.is_multiple_of(heads) {
-        return Err(Error::invalid_config(
-            format!("{section}.num_attention_heads"),
-            format!("({heads}) must divide hidden_size ({hidden})"),
-        ));
-    }
-    Ok(())
-}
-
 impl ClipVisionConfig {
     /// Checks the tower's shapes, naming the first field at fault.
     pub fn validate(&self) -> Result<()> {
-        check_encoder(
+        self.encoder().validate(
             "vision_config",
             &[
-                ("hidden_size", self.hidden_size, MAX_WIDTH),
-                ("intermediate_size", self.intermediate_size, MAX_WIDTH),
-                ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
-                ("num_attention_heads", self.num_attention_heads, MAX_WIDTH),
                 ("num_channels", self.num_channels, 64),
                 ("patch_size", self.patch_size, LIMITS.0),
                 ("image_size", self.image_size, LIMITS.0),
             ],
-            self.hidden_size,
-            self.num_attention_heads,
-            self.layer_norm_eps,
         )?;
         if self.image_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(Error::invalid_config(
@@ -472,23 +477,16 @@ impl ClipVisionConfig {
 impl ClipTextConfig {
     /// Checks the tower's shapes, naming the first field at fault.
     pub fn validate(&self) -> Result<()> {
-        check_encoder(
+        self.encoder().validate(
             "text_config",
             &[
                 ("vocab_size", self.vocab_size, LIMITS.1),
-                ("hidden_size", self.hidden_size, MAX_WIDTH),
-                ("intermediate_size", self.intermediate_size, MAX_WIDTH),
-                ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
-                ("num_attention_heads", self.num_attention_heads, MAX_WIDTH),
                 (
                     "max_position_embeddings",
                     self.max_position_embeddings,
                     LIMITS.2,
                 ),
             ],
-            self.hidden_size,
-            self.num_attention_heads,
-            self.layer_norm_eps,
         )?;
         if self.end_of_text_id() as usize >= self.vocab_size {
             return Err(Error::invalid_config(

@@ -13,8 +13,12 @@
 //! `HF_HUB_OFFLINE=1` switches to the cache only, as in Python.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use hf_hub::api::sync::ApiBuilder;
+use hf_hub::api::sync::{ApiBuilder, ApiRepo};
+use hf_hub::api::Progress;
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::error::{Error, Result};
@@ -74,10 +78,14 @@ pub struct HubOptions {
     pub endpoint: Option<String>,
     /// Revisions to try, in order, for every file.
     pub revisions: Vec<String>,
-    /// How long the hub may take to answer before the model is reported
-    /// unreachable. hf-hub's client has no timeouts of its own, so a server
-    /// that accepts the connection and never answers would hang the caller:
-    /// the hub is asked first with this deadline.
+    /// How long the hub may take to answer, and how long a download may go
+    /// without receiving a byte, before the model is reported unreachable.
+    /// hf-hub's client has no timeouts of its own, so a server that accepts
+    /// the connection and never answers, or stalls in the middle of a
+    /// file, would hang the caller: the hub is asked first with this
+    /// deadline, and every download runs on a worker thread that is given
+    /// up when no data has arrived for this long (the partial file stays in
+    /// the cache's temporary file, and the next attempt resumes it).
     pub timeout: std::time::Duration,
 }
 
@@ -179,9 +187,22 @@ fn fetch_online(cache: &Cache, model: &str, file: &str, options: &HubOptions) ->
         .map_err(|e| Error::Hub(format!("cannot set up the Hugging Face hub client: {e}")))?;
     let mut failures = Vec::new();
     for rev in &options.revisions {
-        match api.repo(repo(model, rev)).get(file) {
+        if let Some(path) = cache.repo(repo(model, rev)).get(file) {
+            return Ok(path);
+        }
+        match download_watched(api.repo(repo(model, rev)), file, options.timeout) {
             Ok(path) => return Ok(path),
-            Err(e) => failures.push(format!("{rev}: {e}")),
+            // Another revision would stall the same way: stop here.
+            Err(Download::Stalled(idle)) => {
+                return Err(Error::Hub(format!(
+                    "downloading {file} of {model} (revision {rev}) from {}: no data for {:.1} s, \
+                     the transfer stalled (HubOptions::timeout). Run again to resume it. {}",
+                    endpoint.as_deref().unwrap_or("https://huggingface.co"),
+                    idle.as_secs_f64(),
+                    how_to_download(model)
+                )))
+            }
+            Err(Download::Failed(e)) => failures.push(format!("{rev}: {e}")),
         }
     }
     Err(Error::Hub(format!(
@@ -190,6 +211,82 @@ fn fetch_online(cache: &Cache, model: &str, file: &str, options: &HubOptions) ->
         failures.join("; "),
         how_to_download(model)
     )))
+}
+
+/// Why [`download_watched`] returned without a file.
+enum Download {
+    /// No byte arrived for this long.
+    Stalled(Duration),
+    /// hf-hub's error.
+    Failed(String),
+}
+
+/// hf-hub progress that only records when data last arrived.
+#[derive(Clone)]
+struct LastActivity(Arc<Mutex<Instant>>);
+
+impl LastActivity {
+    fn touch(&self) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Instant::now();
+        }
+    }
+
+    fn idle(&self) -> Duration {
+        self.0.lock().map(|last| last.elapsed()).unwrap_or_default()
+    }
+}
+
+impl Progress for LastActivity {
+    fn init(&mut self, _size: usize, _filename: &str) {
+        self.touch();
+    }
+    fn update(&mut self, _size: usize) {
+        self.touch();
+    }
+    fn finish(&mut self) {
+        self.touch();
+    }
+}
+
+/// Downloads `file` into the cache on a worker thread and waits as long as
+/// data keeps arriving: [`Download::Stalled`] once nothing has arrived for
+/// `stall` (the metadata request included). The abandoned thread holds only
+/// its connection and the cache's temporary file and lock, which the
+/// process's exit releases.
+fn download_watched(
+    repo: ApiRepo,
+    file: &str,
+    stall: Duration,
+) -> std::result::Result<PathBuf, Download> {
+    let activity = LastActivity(Arc::new(Mutex::new(Instant::now())));
+    let (done, result) = mpsc::channel();
+    let (progress, name) = (activity.clone(), file.to_owned());
+    std::thread::Builder::new()
+        .name(format!("hub download {file}"))
+        .spawn(move || {
+            let outcome = repo
+                .download_with_progress(&name, progress)
+                .map_err(|e| e.to_string());
+            // The receiver is gone only when the download was given up.
+            let _ = done.send(outcome);
+        })
+        .map_err(|e| Download::Failed(format!("cannot start the download thread: {e}")))?;
+    let poll = (stall / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        match result.recv_timeout(poll) {
+            Ok(outcome) => return outcome.map_err(Download::Failed),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let idle = activity.idle();
+                if idle >= stall {
+                    return Err(Download::Stalled(idle));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Download::Failed("the download thread panicked".into()))
+            }
+        }
+    }
 }
 
 /// The endpoint in use: the option, `$HF_ENDPOINT`, or the public hub.

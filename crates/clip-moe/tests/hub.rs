@@ -82,6 +82,26 @@ fn unreachable_hub_says_how_to_proceed() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resolves the default model from a hub at `127.0.0.1:port` with a
+/// `timeout_ms` deadline into the cache `cache`: the error, which must come
+/// within 20 s.
+fn resolve_quickly(port: u16, cache: &Path, timeout_ms: u64) -> String {
+    let options = HubOptions {
+        offline: false,
+        cache_dir: Some(cache.to_path_buf()),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        timeout: std::time::Duration::from_millis(timeout_ms),
+        ..HubOptions::default()
+    };
+    let start = std::time::Instant::now();
+    let err = resolve(DEFAULT_MODEL_ID, &options)
+        .expect_err("the hub cannot deliver")
+        .to_string();
+    let took = start.elapsed();
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    err
+}
+
 /// A server that accepts the connection and never answers: the error comes
 /// within the timeout instead of a hang.
 #[test]
@@ -96,24 +116,77 @@ fn silent_hub_times_out() -> anyhow::Result<()> {
         }
     });
     let cache = tempfile::tempdir()?;
-    let options = HubOptions {
-        offline: false,
-        cache_dir: Some(cache.path().to_path_buf()),
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
-        timeout: std::time::Duration::from_millis(500),
-        ..HubOptions::default()
-    };
-    let start = std::time::Instant::now();
-    let err = resolve(DEFAULT_MODEL_ID, &options).unwrap_err().to_string();
-    assert!(
-        start.elapsed() < std::time::Duration::from_secs(20),
-        "{:?}",
-        start.elapsed()
-    );
+    let err = resolve_quickly(port, cache.path(), 500);
     assert!(
         err.contains("no answer within 0.5 s") && err.contains("HF_HUB_OFFLINE"),
         "{err}"
     );
     drop(holder);
+    Ok(())
+}
+
+/// Answers the probe and the metadata request as the hub does, then sends
+/// the first bytes of the file and stalls: the download is given up once no
+/// data has arrived for the timeout, with an error that says so.
+#[test]
+fn stalled_download_is_given_up() -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        let mut stalled = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                request.push(line.to_ascii_lowercase());
+            }
+            let head = request.first().is_some_and(|l| l.starts_with("head"));
+            let range_start = request.iter().any(|l| l.starts_with("range: bytes=0-0"));
+            let common = "x-repo-commit: 0123456789abcdef\r\netag: \"abc\"\r\n";
+            if head {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\n{common}content-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            } else if range_start {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 206 Partial Content\r\n{common}content-range: bytes 0-0/1000\r\n\
+                     content-length: 1\r\nconnection: close\r\n\r\n{{"
+                );
+            } else {
+                // The download: 10 of 1000 bytes, then silence.
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes 0-999/1000\r\n\
+                     content-length: 1000\r\n\r\n{{\"a\": 1, "
+                );
+                let _ = stream.flush();
+                stalled.push(stream);
+            }
+        }
+    });
+    let cache = tempfile::tempdir()?;
+    let err = resolve_quickly(port, cache.path(), 800);
+    assert!(
+        err.contains("downloading config.json")
+            && err.contains("the transfer stalled")
+            && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+    // Nothing half-written was put where the model's files go.
+    let snapshot = cache
+        .path()
+        .join("models--openai--clip-vit-base-patch16/snapshots");
+    assert!(
+        !snapshot.exists(),
+        "{snapshot:?} exists after a stalled download"
+    );
     Ok(())
 }
