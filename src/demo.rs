@@ -148,6 +148,7 @@ pub fn experiment(root: &Path) -> ExperimentConfig {
             moe: moe_config(MoeKind::LaSoftMoe),
             frozen: Vec::new(),
             precision: Precision::F32,
+            tf32: true,
         },
         prompts: PromptConfig::default(),
         data: DataConfig {

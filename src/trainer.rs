@@ -122,6 +122,9 @@ impl Trainer {
             prepare_output(&run, &cfg, options.resume)?;
         }
         let device = options.device.clone();
+        if device.is_cuda() {
+            candle_core::cuda::set_gemm_reduced_precision_f32(cfg.model.tf32);
+        }
 
         let backbone = build(&cfg.model, cfg.seed, &device)?;
         let train = read_split(&cfg.data, Split::Train)?;
@@ -425,7 +428,10 @@ impl Trainer {
         grads: &mut [Option<Tensor>],
     ) -> Result<(f64, usize)> {
         let step = self.adam.step_count() + 1;
-        let pixels = batch.images.to_device(&self.device)?;
+        let pixels = batch
+            .images
+            .to_device(&self.device)?
+            .to_dtype(self.cfg.model.precision.compute_dtype())?;
         let targets: Vec<u32> = batch
             .labels
             .iter()

@@ -333,3 +333,80 @@ fn frozen_text_tower_keeps_its_weights() -> Result<()> {
     assert!(moved > 20, "only {moved} parameters moved");
     Ok(())
 }
+
+/// BF16 compute keeps F32 master weights: one step at the paper's learning
+/// rate (1e-6) moves the vision weights by about 1e-6 each, a change far
+/// below BF16's spacing at their size (at least 6e-5 for |w| >= 0.01), so a
+/// BF16 copy could not have moved at all; every parameter stays F32.
+#[test]
+fn bf16_steps_move_the_f32_master_weights() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&root);
+    cfg.training.max_steps = Some(1);
+    cfg.model.precision = uniattack::experiment::Precision::Bf16;
+    cfg.optim.lr = 1e-6;
+    cfg.optim.weight_decay = 0.0;
+    cfg.schedule.decay = uniattack::schedule::Decay::Constant;
+    let mut trainer = Trainer::new(cfg, common::options(&dir.path().join("run"), false))?;
+    let before = common::parameters(&trainer);
+    trainer.train()?;
+    for (name, var) in trainer.varmap().data().lock().unwrap().iter() {
+        assert_eq!(var.dtype(), candle_core::DType::F32, "{name}");
+    }
+    let after = common::parameters(&trainer);
+    let name = "vision_model.encoder.layers.0.mlp.fc1.weight";
+    let (old, new) = (&before[name], &after[name]);
+    let (mut moved, mut large) = (0, 0);
+    for (&a, &b) in old.iter().zip(new) {
+        // Adam's first step is at most lr per element; the F32 store rounds
+        // by up to one spacing of the weight.
+        let step = (b - a).abs();
+        let bound = 1e-6 + a.abs() * f32::EPSILON;
+        assert!(
+            step <= bound,
+            "{name}: a step of {step} from {a} exceeds Adam's bound {bound}"
+        );
+        if step > 0.5e-6 {
+            moved += 1;
+            if a.abs() >= 0.01 {
+                large += 1;
+            }
+        }
+    }
+    assert!(
+        moved * 2 > old.len(),
+        "{name}: {moved} of {} moved by ~lr",
+        old.len()
+    );
+    assert!(large > 100, "{name}: only {large} weights >= 0.01 moved");
+    // The step's loss is finite and close to what F32 computes.
+    let records = |run: &std::path::Path| -> Result<Vec<f64>> {
+        Ok(std::fs::read_to_string(run.join("metrics.jsonl"))?
+            .lines()
+            .filter_map(|l| match serde_json::from_str::<MetricsRecord>(l).ok()? {
+                MetricsRecord::Train { loss, .. } => Some(loss),
+                _ => None,
+            })
+            .collect())
+    };
+    let bf16 = records(&dir.path().join("run"))?;
+    let mut cfg = common::experiment(&root);
+    cfg.training.max_steps = Some(1);
+    cfg.optim.lr = 1e-6;
+    let mut f32_trainer = Trainer::new(cfg, common::options(&dir.path().join("f32"), false))?;
+    f32_trainer.train()?;
+    let f32 = records(&dir.path().join("f32"))?;
+    assert!(
+        !bf16.is_empty() && bf16.len() == f32.len(),
+        "{bf16:?} {f32:?}"
+    );
+    let (a, b) = (bf16[0], f32[0]);
+    // Close, but not equal: the step really ran in BF16.
+    assert!(
+        a.is_finite() && (a - b).abs() <= 0.02 * b.abs() && a != b,
+        "bf16 loss {a} vs f32 loss {b}"
+    );
+    eprintln!("first-step loss: bf16 {a}, f32 {b}");
+    Ok(())
+}

@@ -16,7 +16,7 @@ use crate::adam::WeightDecay;
 use crate::error::{Error, Result};
 use crate::evaluator::EvalReport;
 use crate::experiment::{
-    Dataset, EvalEvery, ExperimentConfig, FrozenPart, LossKind, ModelSource, Selection,
+    Dataset, EvalEvery, ExperimentConfig, FrozenPart, LossKind, ModelSource, Precision, Selection,
 };
 use crate::labels::IntegerLabels;
 use crate::schedule::Decay;
@@ -73,6 +73,14 @@ pub struct TrainArgs {
     /// Keep a part fixed (repeatable): text, vision-backbone, logit-scale.
     #[arg(long, value_enum)]
     pub freeze: Vec<FreezeArg>,
+    /// Training compute precision: f32, or bf16 (vision tower in BF16 from
+    /// F32 master weights, loss and Adam in F32) [default: f32].
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
+    /// On CUDA, keep F32 matmuls in full F32 instead of TF32 (TF32 is on by
+    /// default, as fast as PyTorch with `allow_tf32`).
+    #[arg(long)]
+    pub no_tf32: bool,
 
     /// Data root: the directory the list entries are relative to.
     #[arg(long)]
@@ -195,6 +203,15 @@ pub enum LossArg {
     CrossEntropy,
 }
 
+/// `--precision`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PrecisionArg {
+    /// F32 throughout.
+    F32,
+    /// BF16 compute in the vision tower, F32 weights and optimizer.
+    Bf16,
+}
+
 /// `--freeze`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum FreezeArg {
@@ -306,6 +323,15 @@ impl TrainArgs {
                 LossArg::Clip => LossKind::Clip,
                 LossArg::CrossEntropy => LossKind::CrossEntropy,
             };
+        }
+        if let Some(precision) = self.precision {
+            cfg.model.precision = match precision {
+                PrecisionArg::F32 => Precision::F32,
+                PrecisionArg::Bf16 => Precision::Bf16,
+            };
+        }
+        if self.no_tf32 {
+            cfg.model.tf32 = false;
         }
         for part in &self.freeze {
             let part = match part {

@@ -35,8 +35,15 @@ impl Dense {
         })
     }
 
-    /// `act(x Wᵀ + b)` over the last dimension of `xs`.
+    /// `act(x Wᵀ + b)` over the last dimension of `xs`, in `xs`'s dtype (the
+    /// F32 master weights are cast to it; a no-op in F32).
     pub fn forward(&self, xs: &Tensor, act: Option<Activation>) -> Result<Tensor> {
-        fused_ops::linear(xs, &self.weight, &self.bias, act)
+        let dtype = xs.dtype();
+        fused_ops::linear(
+            xs,
+            &self.weight.to_dtype(dtype)?,
+            &self.bias.to_dtype(dtype)?,
+            act,
+        )
     }
 }

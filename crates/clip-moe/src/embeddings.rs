@@ -75,12 +75,17 @@ impl VisionEmbeddings {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((b * g * g, c * p * p))?;
-        // (b·g², c·p²) x (c·p², d) -> (b, g², d)
-        let weight = self.patch_weight.reshape((d, c * p * p))?;
+        // (b·g², c·p²) x (c·p², d) -> (b, g², d), in the pixels' dtype.
+        let dtype = pixel_values.dtype();
+        let weight = self.patch_weight.to_dtype(dtype)?.reshape((d, c * p * p))?;
         let patch_embeds = fused_ops::matmul(&patches, &weight.t()?)?.reshape((b, g * g, d))?;
-        let class_embeds = self.class_embedding.reshape((1, 1, d))?.expand((b, 1, d))?;
+        let class_embeds = self
+            .class_embedding
+            .to_dtype(dtype)?
+            .reshape((1, 1, d))?
+            .expand((b, 1, d))?;
         Tensor::cat(&[&class_embeds, &patch_embeds], 1)?
-            .broadcast_add(&self.position_embedding.unsqueeze(0)?)
+            .broadcast_add(&self.position_embedding.to_dtype(dtype)?.unsqueeze(0)?)
     }
 }
 

@@ -29,6 +29,13 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        fused_ops::layer_norm(xs, &self.weight, &self.bias, self.eps)
+        // Statistics in F32 whatever the dtype of `xs`; the affine part in it.
+        let dtype = xs.dtype();
+        fused_ops::layer_norm(
+            xs,
+            &self.weight.to_dtype(dtype)?,
+            &self.bias.to_dtype(dtype)?,
+            self.eps,
+        )
     }
 }

@@ -68,10 +68,14 @@ impl ClipModel {
     }
 
     /// Projected image features, `(batch, projection_dim)`, not normalised
-    /// (transformers' `get_image_features`).
+    /// (transformers' `get_image_features`). F32 whatever the pixels' dtype:
+    /// with BF16 pixels the tower computes in BF16 and its pooled output is
+    /// widened before the projection, so logits and loss are F32.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let pooled = self.vision_model.forward(pixel_values)?;
-        Ok(self.visual_projection.forward(&pooled)?)
+        Ok(self
+            .visual_projection
+            .forward(&pooled.to_dtype(candle_core::DType::F32)?)?)
     }
 
     /// Projected text features, `(batch, projection_dim)`, not normalised

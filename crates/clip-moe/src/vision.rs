@@ -37,8 +37,13 @@ impl VisionTransformer {
         })
     }
 
-    /// `(batch, C, image_size, image_size)` F32 pixels -> `(batch, hidden)`
+    /// `(batch, C, image_size, image_size)` pixels -> `(batch, hidden)`
     /// pooled class-token states (transformers' `pooler_output`).
+    ///
+    /// The tower computes in the pixels' dtype: F32, or BF16 for mixed
+    /// precision, where every layer casts its F32 master weights to BF16
+    /// (their gradients flow back to the F32 weights), LayerNorm statistics
+    /// and the MoE routing stay in F32, and the result is BF16.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let (c, s) = (self.cfg.num_channels, self.cfg.image_size);
         match pixel_values.dims() {
@@ -50,10 +55,10 @@ impl VisionTransformer {
                 ))
             }
         }
-        if pixel_values.dtype() != DType::F32 {
+        if !matches!(pixel_values.dtype(), DType::F32 | DType::BF16) {
             return Err(Error::invalid_input(
                 "pixel_values",
-                format!("expected F32, got {:?}", pixel_values.dtype()),
+                format!("expected F32 or BF16, got {:?}", pixel_values.dtype()),
             ));
         }
         let tokens = self.embeddings.forward(pixel_values)?;
