@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds, on this machine (no GPU needed), what scripts/device/gpu_checks.sh
 # runs on a lent GPU machine that has no Rust toolchain: the CUDA builds of
-# the parity tests of softmoe and clip-moe, clip-moe's GPU test and the two benches,
-# copied with stable names to .gpu/bin (ignored by git) and packed into
-# .gpu/bin.tar.xz (about 33 MB, under the device call's 64 MiB; the binaries
-# embed candle's PTX). Carry `.gpu/bin.tar.xz` with the device call.
+# the parity tests of softmoe and clip-moe, clip-moe's GPU test, the two
+# benches, and the application (train_uniattack, eval_uniattack, detect,
+# fas-data's synth_dataset), copied with stable names to .gpu/bin (ignored by
+# git) and packed into .gpu/bin.tar.xz (the device call carries at most
+# 64 MiB; the binaries embed candle's PTX, which xz's large window shares
+# between them). Carry `.gpu/bin.tar.xz` with the device call.
 #   scripts/device/build_gpu_binaries.sh
 # Uses ../shared/tools/cuda-env.sh for nvcc and its own target directory
 # (CARGO_TARGET_DIR, default /tmp/target-cuda) so CPU builds stay warm.
@@ -24,8 +26,14 @@ cp "$(executable bench -p clip-moe --bench vision_throughput)" .gpu/bin/vision_t
 cp "$(executable test --release -p softmoe --test parity)" .gpu/bin/softmoe_parity
 cp "$(executable test --release -p clip-moe --test parity)" .gpu/bin/clip_moe_parity
 cp "$(executable test --release -p clip-moe --test cuda)" .gpu/bin/clip_moe_cuda
+cargo build --release --features "$features" \
+    --example train_uniattack --example eval_uniattack --example detect
+cargo build --release -p fas-data --features "$features" --example synth_dataset
+for tool in train_uniattack eval_uniattack detect synth_dataset; do
+    cp "$CARGO_TARGET_DIR/release/examples/$tool" .gpu/bin/
+done
 strip .gpu/bin/*
 pwd >.gpu/bin/checkout
 ls -l .gpu/bin
-tar -C .gpu -cf - bin | xz -T0 -6 >.gpu/bin.tar.xz
+tar -C .gpu -cf - bin | xz -T0 -9 >.gpu/bin.tar.xz
 ls -l .gpu/bin.tar.xz

@@ -5,8 +5,12 @@
 # which copies them to .gpu/bin (ignored by git, carried to the device). On
 # the device, from the repository root:
 #   OUT=/some/dir scripts/device/gpu_checks.sh
-# runs the CUDA parity tests, then the candle CUDA benches side by side with
-# PyTorch (and transformers) on the same GPU, and writes logs under $OUT.
+# runs the CUDA parity tests, a few steps of the demo on CUDA in F32 and
+# BF16, the training step of ViT-B/16 + La-SoftMoE at batch 32 through the
+# real train_uniattack binary against PyTorch's step (TF32 on both; BF16
+# against autocast), then the candle CUDA benches side by side with PyTorch
+# (and transformers) on the same GPU, and writes logs under $OUT.
+# STEP_BENCH=0 skips the training-step comparison.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -44,6 +48,54 @@ for t in softmoe_parity clip_moe_parity clip_moe_cuda; do
     timeout 300 "$BIN/$t" --test-threads 1 >"$OUT/$t.log" 2>&1 || status=1
     grep -E "^test |test result|panicked|rror" "$OUT/$t.log"
 done
+
+echo "== the demo on CUDA (40 steps), F32 and BF16"
+for precision in f32 bf16; do
+    UNIATTACK_CACHE="$OUT/demo-cache" timeout 300 "$BIN/train_uniattack" --demo --device cuda \
+        --precision "$precision" --max-steps 40 --output "$OUT/demo-$precision" \
+        >"$OUT/demo-$precision.log" 2>&1 || status=1
+    tail -n 12 "$OUT/demo-$precision.log"
+done
+
+if [ "${STEP_BENCH:-1}" = 1 ]; then
+    echo "== training step, ViT-B/16 + La-SoftMoE, 224 px, batch 32"
+    data="$OUT/step-data"
+    "$BIN/synth_dataset" --out "$data" --subjects 30 --size 224 >/dev/null 2>&1 || status=1
+    # The real binary: images/s per logged step (median after the first 3)
+    # and the peak GPU memory nvidia-smi sees for its process.
+    rust_step() { # precision
+        local out="$OUT/step-$1" peak=0
+        rm -rf "$out"
+        "$BIN/train_uniattack" --model random:vit-b16 --data "$data" --protocol p1 --device cuda \
+            --precision "$1" --batch-size 32 --workers "$(nproc)" --epochs 1000 --max-steps 23 \
+            --log-every 1 --eval-every 100000 --no-test-during-training --output "$out" \
+            >"$out.log" 2>&1 &
+        local pid=$!
+        while kill -0 "$pid" 2>/dev/null; do
+            used=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits |
+                awk -F', ' -v p="$pid" '$1 == p {print $2}')
+            [ -n "$used" ] && [ "$used" -gt "$peak" ] && peak=$used
+            sleep 0.5
+            [ -f "$out/metrics.jsonl" ] && [ "$(grep -c '"kind":"train"' "$out/metrics.jsonl")" -ge 23 ] && break
+        done
+        kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+        "$PY" - "$out/metrics.jsonl" "$1" "$peak" <<'PY'
+import json, statistics, sys
+rates = [r["images_per_second"] for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"][3:]
+print(json.dumps({"impl": "uniattack", "precision": sys.argv[2], "batch": 32,
+                  "images_per_s": statistics.median(rates), "steps": len(rates),
+                  "peak_gpu_mib": int(sys.argv[3])}))
+PY
+    }
+    for round in 1 2; do
+        for precision in f32 bf16; do
+            rust_step "$precision" || status=1
+            amp=none; [ "$precision" = bf16 ] && amp=bf16
+            "$PY" scripts/uniattack/bench_train_step_torch.py --device cuda --batch 32 --steps 20 \
+                --warmup 3 --tf32 --amp "$amp" || status=1
+        done
+    done 2>&1 | tee "$OUT/train_step.log"
+fi
 
 echo "== candle benches (CUDA groups only)"
 "$BIN"/moe_throughput --bench "$MOE_GROUPS" 2>&1 |

@@ -12,7 +12,11 @@ tensors (no image decoding: PyTorch's best case; the Rust binary decodes and
 augments its batches on the same cores).
 
 Prints one JSON object: median seconds per step over --steps after
---warmup steps, images/s, and the process's peak RSS.
+--warmup steps, images/s, the process's peak RSS and, on CUDA, the peak GPU
+memory. On CUDA, `--tf32` allows TF32 matmuls (as `train_uniattack` does by
+default) and `--amp bf16` runs the vision tower under
+`torch.autocast(dtype=torch.bfloat16)` (as `--precision bf16`: F32 weights
+and Adam state, loss in F32).
 
     /tmp/venv/bin/pip install torch transformers
     /tmp/venv/bin/python scripts/uniattack/bench_train_step_torch.py --threads 2 --batch 8
@@ -57,7 +61,11 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--moe", choices=["none", "soft", "la"], default="la")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA")
+    parser.add_argument("--amp", choices=["none", "bf16"], default="none")
     args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -79,8 +87,15 @@ def main():
     ids[:, 10:] = 49407
     labels = torch.arange(args.batch, device=device) % 2
 
+    def vision():
+        if args.amp == "bf16":
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                pooled = model.vision_model(pixel_values=pixels).pooler_output
+            return pooled.float()
+        return model.vision_model(pixel_values=pixels).pooler_output
+
     def step():
-        image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+        image = model.visual_projection(vision())
         text = model.text_projection(model.text_model(input_ids=ids).pooler_output)
         image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
         logits = model.logit_scale.exp() * image @ text.t()
@@ -94,6 +109,8 @@ def main():
     for _ in range(args.warmup):
         step()
     sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
@@ -107,6 +124,9 @@ def main():
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch": torch.__version__, "transformers": transformers.__version__,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "tf32": args.tf32, "amp": args.amp,
+        "peak_gpu_mib": (torch.cuda.max_memory_allocated(device) / 2**20
+                         if device.type == "cuda" else None),
     }))
 
 

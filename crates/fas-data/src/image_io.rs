@@ -45,7 +45,19 @@ pub fn decode_image(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
     }
     if bytes.starts_with(&[0xFF, 0xD8]) {
         let layout = jpeg_layout(bytes);
+        if let Some(fault) = layout.corruption {
+            return Err(format!("corrupt JPEG: {fault}"));
+        }
         if !layout.reaches_eoi {
+            // An end-of-image marker at the very end that the marker walk
+            // never reached means the segments in between are damaged.
+            if bytes.ends_with(&[0xFF, 0xD9]) {
+                return Err(
+                    "corrupt JPEG: its marker segments do not lead to the end-of-image marker \
+                     at the end of the file"
+                        .to_string(),
+                );
+            }
             return Err(
                 "truncated JPEG (the data ends before the end-of-image marker)".to_string(),
             );
@@ -76,6 +88,12 @@ struct JpegLayout {
     frame: Option<(u16, u16)>,
     /// Bytes of entropy-coded scan data.
     scan_bytes: usize,
+    /// A marker that cannot occur where it stands: a reserved marker, a
+    /// start-of-frame after the image data began, or restart markers out of
+    /// their cyclic order. Overwritten or shifted scan data shows up this
+    /// way whenever it holds an `FF` byte; damage without one decodes to
+    /// wrong pixels silently (no decoder can tell).
+    corruption: Option<String>,
 }
 
 /// Walks the JPEG marker segments after SOI, skipping each scan's
@@ -87,8 +105,10 @@ fn jpeg_layout(bytes: &[u8]) -> JpegLayout {
         reaches_eoi: false,
         frame: None,
         scan_bytes: 0,
+        corruption: None,
     };
     let mut i = 2;
+    let mut after_scan = false;
     loop {
         // Markers are `FF xx`, possibly preceded by fill bytes `FF`; like
         // libjpeg, skip stray bytes between segments.
@@ -106,6 +126,14 @@ fn jpeg_layout(bytes: &[u8]) -> JpegLayout {
             return layout;
         };
         i += 1;
+        let is_frame = matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
+        if after_scan && (matches!(marker, 0x02..=0xBF) || is_frame) {
+            layout.corruption = Some(format!(
+                "marker FF {marker:02X} at byte {} cannot follow image data (damaged scan)",
+                i - 2
+            ));
+            return layout;
+        }
         match marker {
             0xD9 => {
                 layout.reaches_eoi = true;
@@ -123,10 +151,7 @@ fn jpeg_layout(bytes: &[u8]) -> JpegLayout {
         };
         // Start of frame (baseline, extended, progressive, lossless, ...;
         // not DHT C4, JPG C8, DAC CC): precision, height, width.
-        if matches!(marker, 0xC0..=0xCF)
-            && !matches!(marker, 0xC4 | 0xC8 | 0xCC)
-            && layout.frame.is_none()
-        {
+        if is_frame && layout.frame.is_none() {
             if let Some(h) = bytes.get(i + 3..i + 7) {
                 let height = u16::from_be_bytes([h[0], h[1]]);
                 let width = u16::from_be_bytes([h[2], h[3]]);
@@ -136,8 +161,10 @@ fn jpeg_layout(bytes: &[u8]) -> JpegLayout {
         i += length;
         if marker == 0xDA {
             // Entropy-coded data runs to the next marker that is neither a
-            // stuffed zero nor a restart marker.
+            // stuffed zero nor a restart marker; restart markers count
+            // RST0, RST1, ..., RST7, RST0, ... from each scan's start.
             let start = i;
+            let mut next_restart = 0u8;
             loop {
                 let Some(offset) = bytes
                     .get(i..)
@@ -148,11 +175,24 @@ fn jpeg_layout(bytes: &[u8]) -> JpegLayout {
                 i += offset;
                 match bytes.get(i + 1) {
                     None => return layout,
-                    Some(0x00 | 0xD0..=0xD7) => i += 2,
+                    Some(0x00) => i += 2,
+                    Some(&rst @ 0xD0..=0xD7) => {
+                        if rst - 0xD0 != next_restart {
+                            layout.corruption = Some(format!(
+                                "restart marker RST{} at byte {i} where RST{next_restart} was due \
+                                 (damaged scan)",
+                                rst - 0xD0
+                            ));
+                            return layout;
+                        }
+                        next_restart = (next_restart + 1) % 8;
+                        i += 2;
+                    }
                     Some(_) => break,
                 }
             }
             layout.scan_bytes += i - start;
+            after_scan = true;
         }
     }
 }
@@ -184,5 +224,56 @@ mod tests {
             !jpeg_layout(&cut).reaches_eoi,
             "the FF D9 inside the APP segment does not count"
         );
+    }
+
+    /// SOI, SOS, entropy data with the given restart markers, EOI.
+    fn with_restarts(markers: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02, 0x12];
+        for &m in markers {
+            bytes.extend([0x34, 0xFF, m]);
+        }
+        bytes.extend([0x56, 0xFF, 0xD9]);
+        bytes
+    }
+
+    #[test]
+    fn restart_markers_must_cycle_in_order() {
+        let cycle: Vec<u8> = (0..10).map(|k| 0xD0 + k % 8).collect();
+        let layout = jpeg_layout(&with_restarts(&cycle));
+        assert!(layout.reaches_eoi && layout.corruption.is_none());
+        let skipped = jpeg_layout(&with_restarts(&[0xD0, 0xD2]));
+        let fault = skipped.corruption.expect("RST2 after RST0 is a fault");
+        assert!(
+            fault.contains("RST2") && fault.contains("RST1 was due"),
+            "{fault}"
+        );
+    }
+
+    #[test]
+    fn reserved_or_frame_markers_after_image_data_are_faults() {
+        for marker in [0x47, 0x02, 0xBF, 0xC0, 0xC2] {
+            let mut bytes = with_restarts(&[]);
+            let eoi = bytes.len() - 2;
+            bytes.splice(eoi..eoi, [0xFF, marker, 0x00, 0x02]);
+            let layout = jpeg_layout(&bytes);
+            let fault = layout.corruption.unwrap_or_default();
+            assert!(
+                fault.contains(&format!("FF {marker:02X}")),
+                "{marker:02X}: {fault:?}"
+            );
+        }
+        // What may follow a scan: tables, restart interval, comments, APPn,
+        // another scan, the end.
+        for marker in [0xC4, 0xDB, 0xDD, 0xFE, 0xE1, 0xDA] {
+            let mut bytes = with_restarts(&[]);
+            let eoi = bytes.len() - 2;
+            bytes.splice(eoi..eoi, [0xFF, marker, 0x00, 0x02]);
+            let layout = jpeg_layout(&bytes);
+            assert!(
+                layout.corruption.is_none(),
+                "{marker:02X}: {:?}",
+                layout.corruption
+            );
+        }
     }
 }

@@ -156,6 +156,34 @@ fn jpeg_header_claiming_more_pixels_than_it_holds_is_refused() {
     assert!(err.contains("line 2") && err.contains("claims"), "{err}");
 }
 
+/// A JPEG whose scan data was overwritten in the middle (garbage holding an
+/// `FF` byte, as almost any few dozen random bytes do) fails the decode
+/// check with an error naming the damage, where the lenient decoder would
+/// return wrong pixels; the undamaged file decodes.
+#[test]
+fn jpeg_with_a_damaged_scan_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged.jpg");
+    write_jpeg(&path, 64);
+    assert!(fas_data::image_io::load_image(&path).is_ok());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let sos = bytes
+        .windows(2)
+        .position(|w| w == [0xFF, 0xDA])
+        .expect("a scan");
+    let middle = sos + (bytes.len() - sos) / 2;
+    let garbage = [0x3C, 0x91, 0xFF, 0x47, 0x10, 0xE2, 0x7F, 0x05];
+    bytes[middle..middle + garbage.len()].copy_from_slice(&garbage);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = fas_data::image_io::load_image(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("damaged.jpg") && err.contains("corrupt JPEG") && err.contains("FF 47"),
+        "{err}"
+    );
+}
+
 fn root_file(dir: &Path) -> std::path::PathBuf {
     dir.join("ok.jpg")
 }
