@@ -31,6 +31,9 @@ pub mod evaluator;
 pub mod experiment;
 pub mod init;
 pub mod labels;
+pub mod launch;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod progress;
 pub mod run_dir;
 pub mod runtime;

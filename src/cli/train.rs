@@ -47,6 +47,13 @@ pub struct TrainArgs {
     /// cpu, cuda or cuda:N [default: the first GPU if built with cuda, else cpu].
     #[arg(long)]
     pub device: Option<String>,
+    /// Data parallelism over this many GPUs of this machine, one process
+    /// per GPU launched by this one (needs a build with `--features nccl`):
+    /// each GPU takes `--batch-size` images per step (the global batch is N
+    /// times that, as with PyTorch DDP); rank 0 evaluates and writes.
+    /// Multi-node: see docs/gpu.md.
+    #[arg(long)]
+    pub gpus: Option<usize>,
 
     /// CLIP weights: hub id or local directory [default: openai/clip-vit-base-patch16;
     /// demo: random:demo]. `random:vit-b16` is ViT-B/16 with random weights (benchmarks).
@@ -505,17 +512,35 @@ fn set<T>(slot: &mut T, value: Option<T>) {
 }
 
 /// Runs `train_uniattack`: trains, evaluates the best checkpoint, prints
-/// the metrics table and returns the report.
-pub fn run(args: &TrainArgs) -> Result<EvalReport> {
+/// the metrics table and returns the report (`None` on the ranks other
+/// than 0 of a data-parallel run, which only train).
+pub fn run(args: &TrainArgs) -> Result<Option<EvalReport>> {
     crate::runtime::init();
     let cfg = args.experiment()?;
-    let device = crate::runtime::device(args.device.as_deref())?;
     let output = args
         .output
         .clone()
         .unwrap_or_else(|| crate::runtime::default_run_dir(&args.run_name(&cfg)));
-    println!("run directory: {}", output.display());
-    if args.demo {
+    let rank = crate::launch::RankEnv::from_env()?;
+    let gpus = args.gpus.unwrap_or(1);
+    if gpus == 0 {
+        return Err(Error::config("--gpus", "must be at least 1"));
+    }
+    if gpus > 1 && rank.is_none() {
+        println!("run directory: {}", output.display());
+        let report = crate::launch::launch_ranks(gpus, &output, args.output.is_none())?;
+        println!("{}", summary_table(&report));
+        return Ok(Some(report));
+    }
+    let (device, sync) = match &rank {
+        Some(rank) => rank.join(args.device.as_deref(), &output)?,
+        None => (crate::runtime::device(args.device.as_deref())?, None),
+    };
+    let leader = rank.as_ref().is_none_or(|r| r.rank == 0);
+    if leader {
+        println!("run directory: {}", output.display());
+    }
+    if args.demo && leader {
         println!(
             "demo: synthetic data in {} (demo numbers say nothing about real data)",
             cfg.data.root.display()
@@ -528,13 +553,17 @@ pub fn run(args: &TrainArgs) -> Result<EvalReport> {
             resume: args.resume,
             device,
             report: args.report.clone(),
-            sync: None,
+            sync,
         },
     )?;
+    if !leader {
+        trainer.train()?;
+        return Ok(None);
+    }
     let report = trainer.run()?;
     println!("{}", summary_table(&report));
     println!("report: {}", trainer.run_dir().report().display());
-    Ok(report)
+    Ok(Some(report))
 }
 
 /// The dev and test metrics as a markdown table, in percent.

@@ -1,0 +1,191 @@
+//! [`GradientSync`] over NCCL, one process per GPU (`--features nccl`).
+//!
+//! Rank 0 creates the NCCL unique id and writes it, atomically, to a file
+//! every rank can read (the run's output directory on one machine, a shared
+//! directory across machines); the other ranks wait for that file, then all
+//! join one communicator on the stream candle computes on, so the
+//! all-reduce is ordered with the step's kernels. Every step's gradients are
+//! concatenated into one F32 buffer, summed by one `ncclAllReduce` and
+//! divided by the world size: the same buffer on every rank, so every rank
+//! takes the same Adam step.
+//!
+//! Not yet run on a GPU (no GPU was available while it was written): the
+//! CPU test of the data-parallel logic (`tests/data_parallel.rs`) covers the
+//! trainer's side through [`crate::distributed::InProcessGroup`], and
+//! `scripts/device/gpu_checks.sh` is where a world of one must be checked
+//! against the plain run.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+
+use crate::distributed::GradientSync;
+use crate::error::{Error, Result};
+
+/// An NCCL communicator, used by one thread at a time.
+struct CommCell(Comm);
+
+// SAFETY: NCCL allows a communicator to be used from any thread as long as
+// calls on it do not overlap; every use goes through the `Mutex` below.
+unsafe impl Send for CommCell {}
+
+/// This process's rank of an NCCL data-parallel group.
+pub struct NcclGroup {
+    comm: Arc<Mutex<CommCell>>,
+    rank: usize,
+    world: usize,
+}
+
+impl std::fmt::Debug for NcclGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NcclGroup(rank {} of {})", self.rank, self.world)
+    }
+}
+
+fn nccl_error(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::config("nccl", format!("{what}: {e:?}"))
+}
+
+impl NcclGroup {
+    /// Joins rank `rank` of `world` on `device` (a CUDA device), the group's
+    /// id exchanged through `id_file`: rank 0 writes it, the others wait up
+    /// to `timeout` for it to appear.
+    pub fn join(
+        device: &Device,
+        rank: usize,
+        world: usize,
+        id_file: &Path,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let Device::Cuda(cuda) = device else {
+            return Err(Error::config(
+                "nccl",
+                format!("rank {rank} needs a CUDA device, got {device:?}"),
+            ));
+        };
+        if rank >= world {
+            return Err(Error::config(
+                "nccl",
+                format!("rank {rank} is outside a world of {world}"),
+            ));
+        }
+        let id = if rank == 0 {
+            let id = Id::new().map_err(|e| nccl_error("cannot create the NCCL id", e))?;
+            let bytes: Vec<u8> = id.internal().iter().map(|&c| c as u8).collect();
+            atomic_io::write_bytes(id_file, &bytes).map_err(|failure| match failure {
+                atomic_io::Failure::Write(source) => Error::io("writing", id_file, source),
+                atomic_io::Failure::Io {
+                    action,
+                    path,
+                    source,
+                } => Error::io(action, path, source),
+            })?;
+            id
+        } else {
+            let start = Instant::now();
+            let bytes = loop {
+                match std::fs::read(id_file) {
+                    Ok(bytes) if bytes.len() == 128 => break bytes,
+                    _ if start.elapsed() > timeout => {
+                        return Err(Error::config(
+                            "nccl",
+                            format!(
+                                "rank {rank}: no NCCL id in {} after {} s (did rank 0 start?)",
+                                id_file.display(),
+                                timeout.as_secs()
+                            ),
+                        ))
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(50)),
+                }
+            };
+            let mut internal = [0 as std::ffi::c_char; 128];
+            for (dst, src) in internal.iter_mut().zip(bytes) {
+                *dst = src as std::ffi::c_char;
+            }
+            Id::uninit(internal)
+        };
+        let comm = Comm::from_rank(cuda.cuda_stream(), rank, world, id)
+            .map_err(|e| nccl_error("cannot join the NCCL group", e))?;
+        Ok(Self {
+            comm: Arc::new(Mutex::new(CommCell(comm))),
+            rank,
+            world,
+        })
+    }
+}
+
+/// Sum over the ranks of a contiguous F32 CUDA tensor.
+struct AllReduceSum(Arc<Mutex<CommCell>>);
+
+impl CustomOp1 for AllReduceSum {
+    fn name(&self) -> &'static str {
+        "nccl-all-reduce-sum"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("nccl-all-reduce-sum: the tensor must be on a CUDA device")
+    }
+
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("nccl-all-reduce-sum: the tensor must be contiguous")
+        };
+        let device = storage.device().clone();
+        let src = storage.as_cuda_slice::<f32>()?.slice(start..end);
+        let mut dst = device.alloc_zeros::<f32>(end - start)?;
+        let comm = self
+            .0
+            .lock()
+            .map_err(|_| candle_core::Error::msg("nccl-all-reduce-sum: lock poisoned"))?;
+        comm.0
+            .all_reduce(&src, &mut dst, &ReduceOp::Sum)
+            .map_err(|e| candle_core::Error::msg(format!("ncclAllReduce: {e:?}")))?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(dst, device),
+            layout.shape().clone(),
+        ))
+    }
+}
+
+impl GradientSync for NcclGroup {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_mean(&self, grads: &mut [Option<Tensor>]) -> Result<()> {
+        let present: Vec<usize> = (0..grads.len()).filter(|&i| grads[i].is_some()).collect();
+        if present.is_empty() {
+            return Ok(());
+        }
+        let mut flat = Vec::with_capacity(present.len());
+        let mut shapes = Vec::with_capacity(present.len());
+        for &i in &present {
+            let grad = grads[i].as_ref().expect("present");
+            shapes.push((grad.shape().clone(), grad.dtype()));
+            flat.push(grad.to_dtype(DType::F32)?.flatten_all()?);
+        }
+        let summed =
+            Tensor::cat(&flat, 0)?.apply_op1_no_bwd(&AllReduceSum(Arc::clone(&self.comm)))?;
+        let mean = (summed / self.world as f64)?;
+        let mut offset = 0;
+        for (&i, (shape, dtype)) in present.iter().zip(shapes) {
+            let n = shape.elem_count();
+            grads[i] = Some(mean.narrow(0, offset, n)?.reshape(shape)?.to_dtype(dtype)?);
+            offset += n;
+        }
+        Ok(())
+    }
+}
