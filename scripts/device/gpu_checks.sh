@@ -10,7 +10,8 @@
 # real train_uniattack binary against PyTorch's step (TF32 on both; BF16
 # against autocast), then the candle CUDA benches side by side with PyTorch
 # (and transformers) on the same GPU, and writes logs under $OUT.
-# STEP_BENCH=0 skips the training-step comparison.
+# STEP_BENCH=0 skips the training-step comparison; BENCHES=0 skips the
+# layer benches that follow it (the device call allows 600 s in all).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -97,6 +98,9 @@ PY
     done 2>&1 | tee "$OUT/train_step.log"
 fi
 
+if [ "${BENCHES:-1}" = 0 ]; then
+    exit $status
+fi
 echo "== candle benches (CUDA groups only)"
 "$BIN"/moe_throughput --bench "$MOE_GROUPS" 2>&1 |
     tee "$OUT/moe_throughput.log" |
