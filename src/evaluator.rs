@@ -147,7 +147,12 @@ impl SplitScores {
 
 /// Writes `text` to `path` atomically, creating the parent directory.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    atomic_io::write_bytes(path, text.as_bytes()).map_err(|failure| match failure {
+    write_bytes(path, text.as_bytes())
+}
+
+/// Writes `bytes` to `path` atomically, creating the parent directory.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomic_io::write_bytes(path, bytes).map_err(|failure| match failure {
         atomic_io::Failure::Write(source) => Error::io("writing", path, source),
         atomic_io::Failure::Io {
             action,

@@ -76,14 +76,7 @@ impl NcclGroup {
         let id = if rank == 0 {
             let id = Id::new().map_err(|e| nccl_error("cannot create the NCCL id", e))?;
             let bytes: Vec<u8> = id.internal().iter().map(|&c| c as u8).collect();
-            atomic_io::write_bytes(id_file, &bytes).map_err(|failure| match failure {
-                atomic_io::Failure::Write(source) => Error::io("writing", id_file, source),
-                atomic_io::Failure::Io {
-                    action,
-                    path,
-                    source,
-                } => Error::io(action, path, source),
-            })?;
+            crate::evaluator::write_bytes(id_file, &bytes)?;
             id
         } else {
             let start = Instant::now();

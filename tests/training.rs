@@ -381,22 +381,13 @@ fn bf16_steps_move_the_f32_master_weights() -> Result<()> {
     );
     assert!(large > 100, "{name}: only {large} weights >= 0.01 moved");
     // The step's loss is finite and close to what F32 computes.
-    let records = |run: &std::path::Path| -> Result<Vec<f64>> {
-        Ok(std::fs::read_to_string(run.join("metrics.jsonl"))?
-            .lines()
-            .filter_map(|l| match serde_json::from_str::<MetricsRecord>(l).ok()? {
-                MetricsRecord::Train { loss, .. } => Some(loss),
-                _ => None,
-            })
-            .collect())
-    };
-    let bf16 = records(&dir.path().join("run"))?;
+    let bf16 = losses(&dir.path().join("run/metrics.jsonl"));
     let mut cfg = common::experiment(&root);
     cfg.training.max_steps = Some(1);
     cfg.optim.lr = 1e-6;
     let mut f32_trainer = Trainer::new(cfg, common::options(&dir.path().join("f32"), false))?;
     f32_trainer.train()?;
-    let f32 = records(&dir.path().join("f32"))?;
+    let f32 = losses(&dir.path().join("f32/metrics.jsonl"));
     assert!(
         !bf16.is_empty() && bf16.len() == f32.len(),
         "{bf16:?} {f32:?}"

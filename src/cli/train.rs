@@ -522,12 +522,15 @@ pub fn run(args: &TrainArgs) -> Result<Option<EvalReport>> {
         .clone()
         .unwrap_or_else(|| crate::runtime::default_run_dir(&args.run_name(&cfg)));
     let rank = crate::launch::RankEnv::from_env()?;
+    let leader = rank.as_ref().is_none_or(|r| r.rank == 0);
+    if leader {
+        println!("run directory: {}", output.display());
+    }
     let gpus = args.gpus.unwrap_or(1);
     if gpus == 0 {
         return Err(Error::config("--gpus", "must be at least 1"));
     }
     if gpus > 1 && rank.is_none() {
-        println!("run directory: {}", output.display());
         let report = crate::launch::launch_ranks(gpus, &output, args.output.is_none())?;
         println!("{}", summary_table(&report));
         return Ok(Some(report));
@@ -536,10 +539,6 @@ pub fn run(args: &TrainArgs) -> Result<Option<EvalReport>> {
         Some(rank) => rank.join(args.device.as_deref(), &output)?,
         None => (crate::runtime::device(args.device.as_deref())?, None),
     };
-    let leader = rank.as_ref().is_none_or(|r| r.rank == 0);
-    if leader {
-        println!("run directory: {}", output.display());
-    }
     if args.demo && leader {
         println!(
             "demo: synthetic data in {} (demo numbers say nothing about real data)",

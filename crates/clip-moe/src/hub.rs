@@ -174,15 +174,10 @@ fn fetch_cached(cache: &Cache, model: &str, file: &str, options: &HubOptions) ->
 }
 
 fn fetch_online(cache: &Cache, model: &str, file: &str, options: &HubOptions) -> Result<PathBuf> {
-    let mut builder = ApiBuilder::from_cache(cache.clone()).with_progress(false);
-    let endpoint = options
-        .endpoint
-        .clone()
-        .or_else(|| std::env::var("HF_ENDPOINT").ok());
-    if let Some(endpoint) = &endpoint {
-        builder = builder.with_endpoint(endpoint.clone());
-    }
-    let api = builder
+    let endpoint = endpoint(options);
+    let api = ApiBuilder::from_cache(cache.clone())
+        .with_progress(false)
+        .with_endpoint(endpoint.clone())
         .build()
         .map_err(|e| Error::Hub(format!("cannot set up the Hugging Face hub client: {e}")))?;
     let mut failures = Vec::new();
@@ -197,7 +192,7 @@ fn fetch_online(cache: &Cache, model: &str, file: &str, options: &HubOptions) ->
                 return Err(Error::Hub(format!(
                     "downloading {file} of {model} (revision {rev}) from {}: no data for {:.1} s, \
                      the transfer stalled (HubOptions::timeout). Run again to resume it. {}",
-                    endpoint.as_deref().unwrap_or("https://huggingface.co"),
+                    endpoint,
                     idle.as_secs_f64(),
                     how_to_download(model)
                 )))
@@ -207,7 +202,7 @@ fn fetch_online(cache: &Cache, model: &str, file: &str, options: &HubOptions) ->
     }
     Err(Error::Hub(format!(
         "could not fetch {file} of {model} from {} ({}). {}",
-        endpoint.as_deref().unwrap_or("https://huggingface.co"),
+        endpoint,
         failures.join("; "),
         how_to_download(model)
     )))
