@@ -60,11 +60,11 @@ pub fn clip_config(moe: MoeConfig) -> ClipConfig {
 /// La-SoftMoE sized for the demo model: 4 experts x 16 slots (64 slots for
 /// 65 tokens, the paper's ratio of slots to patches).
 pub fn moe_config(kind: MoeKind) -> MoeConfig {
-    MoeConfig {
-        kind,
-        slots_per_expert: 16,
-        ..MoeConfig::la_soft_moe()
+    let mut moe = MoeConfig::la_soft_moe();
+    if let Some(options) = moe.layer.as_mut() {
+        options.slots_per_expert = 16;
     }
+    moe.with_kind(kind)
 }
 
 /// The directory the demo caches its data in:

@@ -108,7 +108,8 @@ fn yes() -> bool {
 pub struct ModelConfig {
     /// Pretrained weights or the demo model.
     pub source: ModelSource,
-    /// The MoE branches of the vision tower (kind, blocks, experts, slots).
+    /// The MoE branches of the vision tower (blocks, expert width, and the
+    /// branch's `softmoe` options; see `clip_moe::MoeConfig`).
     pub moe: MoeConfig,
     /// Parameters that do not train; empty = all train (the field's code).
     #[serde(default)]
@@ -452,5 +453,26 @@ mod tests {
         let mut json: serde_json::Value = serde_json::from_str(&cfg.to_json()).unwrap();
         json["trainig"] = serde_json::json!({});
         assert!(serde_json::from_value::<ExperimentConfig>(json).is_err());
+    }
+
+    /// Run configurations written before the MoE placement took its options
+    /// from `softmoe` (commit c1a3118's demo preset with data root
+    /// `/data/demo`, La-SoftMoE and no MoE; `tests/fixtures/legacy/`) still
+    /// load, so old run directories resume and old checkpoints evaluate.
+    #[test]
+    fn legacy_run_configs_keep_loading() {
+        use clip_moe::MoeKind;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy");
+        let la = ExperimentConfig::from_file(&dir.join("experiment_demo_la.json")).unwrap();
+        let options = la.model.moe.layer.as_ref().expect("a MoE branch");
+        assert_eq!(la.model.moe.kind(), MoeKind::LaSoftMoe);
+        assert_eq!((options.num_experts, options.slots_per_expert), (4, 16));
+        assert_eq!(la.model.moe.layers, clip_moe::MoeLayers::All);
+        assert_eq!(la.model.moe.expert_hidden_dim, None);
+        let demo = crate::demo::experiment(std::path::Path::new("/data/demo"));
+        assert_eq!(la, demo);
+        let none = ExperimentConfig::from_file(&dir.join("experiment_demo_none.json")).unwrap();
+        assert_eq!(none.model.moe, MoeConfig::none());
+        assert_eq!(none.training, demo.training);
     }
 }

@@ -37,7 +37,7 @@ pub fn variants(study: Study, base: &ExperimentConfig) -> Vec<(String, Experimen
         .into_iter()
         .map(|(name, kind)| {
             let mut cfg = base.clone();
-            cfg.model.moe.kind = kind;
+            cfg.model.moe = cfg.model.moe.with_kind(kind);
             (name.to_string(), cfg)
         })
         .collect(),
@@ -125,7 +125,7 @@ mod tests {
             ExperimentConfig::paper("/data".into(), fas_data::protocol::uniattack::Protocol::P1);
         let moe = variants(Study::Moe, &base);
         assert_eq!(moe.len(), 3);
-        assert_eq!(moe[0].1.model.moe.kind, MoeKind::None);
+        assert_eq!(moe[0].1.model.moe.kind(), MoeKind::None);
         assert_eq!(moe[2].1, base);
         let prompts = variants(Study::Prompts, &base);
         assert_eq!(prompts.len(), 8);

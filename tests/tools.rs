@@ -235,6 +235,25 @@ fn training_without_data_says_what_to_give() {
     assert!(err.contains("--data") && err.contains("--demo"), "{err}");
 }
 
+/// `--moe` switches the branch and keeps its other settings; `--experts` and
+/// `--slots` apply to it, and without a branch they are refused, not lost.
+#[test]
+fn moe_flags_set_the_branch() {
+    let parse = |argv: &[&str]| {
+        let argv = [&["train_uniattack", "--demo"], argv].concat();
+        TrainArgs::try_parse_from(argv).unwrap().experiment()
+    };
+    let soft = parse(&["--moe", "soft", "--experts", "8"]).unwrap().model.moe;
+    assert_eq!(soft.kind(), clip_moe::MoeKind::SoftMoe);
+    let options = soft.layer.expect("a branch");
+    // 8 from the flag, 16 slots from the demo preset.
+    assert_eq!((options.num_experts, options.slots_per_expert), (8, 16));
+    let plain = parse(&["--moe", "none"]).unwrap().model.moe;
+    assert_eq!(plain, clip_moe::MoeConfig::none());
+    let err = parse(&["--moe", "none", "--slots", "4"]).unwrap_err().to_string();
+    assert!(err.contains("--experts/--slots"), "{err}");
+}
+
 /// The MoE study on the small set: three runs, one table row each; a second
 /// call reads the finished runs instead of training them again.
 #[test]

@@ -181,7 +181,13 @@ fn checkpoint_of_another_shape_is_refused() -> Result<()> {
     Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
     // Other MoE settings: the resumed run is refused before anything loads.
     let mut other = cfg.clone();
-    other.model.moe.slots_per_expert = 8;
+    other
+        .model
+        .moe
+        .layer
+        .as_mut()
+        .expect("a MoE branch")
+        .slots_per_expert = 8;
     let err = Trainer::new(other, common::options(&out, true))
         .err()
         .expect("resumed with other settings")

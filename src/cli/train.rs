@@ -300,14 +300,14 @@ impl TrainArgs {
                      or --demo for the offline demo",
                 )),
             };
-        self.apply_model(&mut cfg);
+        self.apply_model(&mut cfg)?;
         self.apply_data(&mut cfg)?;
         self.apply_optim(&mut cfg)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    fn apply_model(&self, cfg: &mut ExperimentConfig) {
+    fn apply_model(&self, cfg: &mut ExperimentConfig) -> Result<()> {
         if let Some(model) = &self.model {
             cfg.model.source = match model.as_str() {
                 "random:vit-b16" => ModelSource::RandomVitB16,
@@ -318,9 +318,22 @@ impl TrainArgs {
             };
         }
         let moe = &mut cfg.model.moe;
-        set(&mut moe.kind, self.moe);
-        set(&mut moe.num_experts, self.experts);
-        set(&mut moe.slots_per_expert, self.slots);
+        if let Some(kind) = self.moe {
+            *moe = moe.clone().with_kind(kind);
+        }
+        match moe.layer.as_mut() {
+            Some(options) => {
+                set(&mut options.num_experts, self.experts);
+                set(&mut options.slots_per_expert, self.slots);
+            }
+            None if self.experts.is_some() || self.slots.is_some() => {
+                return Err(Error::config(
+                    "--experts/--slots",
+                    "set the experts of a MoE branch, and this run has none (--moe none)",
+                ))
+            }
+            None => {}
+        }
         set(&mut moe.layers, self.moe_layers.clone());
         if !self.prompts.is_empty() {
             cfg.prompts.templates = self.prompts.clone();
@@ -350,6 +363,7 @@ impl TrainArgs {
                 cfg.model.frozen.push(part);
             }
         }
+        Ok(())
     }
 
     fn apply_data(&self, cfg: &mut ExperimentConfig) -> Result<()> {

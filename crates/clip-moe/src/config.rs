@@ -441,7 +441,9 @@ impl ClipConfig {
                     .count();
                 n(blocks)
                     * (n(layer.num_slots()) * n(v.hidden_size)
-                        + 2 * n(layer.num_experts) * n(v.hidden_size) * n(layer.expert_hidden_dim))
+                        + 2 * n(layer.options.num_experts)
+                            * n(v.hidden_size)
+                            * n(layer.expert_hidden_dim))
             }
             None => 0,
         };

@@ -60,6 +60,7 @@ mod layer_norm;
 mod limits;
 pub mod loss;
 mod model;
+mod moe_file;
 mod moe_placement;
 mod prompts;
 mod text;

@@ -3,11 +3,15 @@
 //! blocks, parallel with the MLP, 4 experts x 49 slots).
 
 use serde::{Deserialize, Serialize};
-use softmoe::{Activation, Combine, ExpertInit, LinearAttentionConfig, SoftMoeConfig};
+use softmoe::{
+    Activation, Combine, ExpertInit, LinearAttentionConfig, SoftMoeConfig, SoftMoeOptions,
+};
 
 use crate::error::{Error, Result};
 
-/// Which MoE layer, if any.
+/// Which MoE layer, if any: the three models the paper compares. Read from
+/// a placement with [`MoeConfig::kind`] and applied with
+/// [`MoeConfig::with_kind`]; a placement does not store it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MoeKind {
@@ -31,101 +35,120 @@ pub enum MoeLayers {
     List(Vec<usize>),
 }
 
-/// The MoE placement of the vision tower. Serialised as the `moe` entry of the
-/// model's `config.json`.
+/// The MoE placement of the vision tower: which blocks get a branch, how
+/// wide its experts are, and the `softmoe` options of the branch. Serialised
+/// as the `moe` entry of the model's `config.json`:
+///
+/// ```json
+/// {"layers": "all", "expert_hidden_dim": null,
+///  "layer": {"num_experts": 4, "slots_per_expert": 49, "activation": "quick_gelu",
+///            "normalize": true, "combine": {"linear_attention": {}},
+///            "expert_init": "zero_output"}}
+/// ```
+///
+/// `"layer": null` is plain CLIP. The flat layout of earlier versions
+/// (`{"kind": "la_soft_moe", "num_experts": 4, ...}`) still loads (the
+/// serde impls live in `moe_file.rs`).
 ///
 /// The parameters of the branch of block `i` are named
 /// `vision_model.encoder.layers.{i}.moe.*` (`phi`, `scale`,
 /// `experts.fc{1,2}.{weight,bias}`, `combine.*`, as `softmoe` names them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct MoeConfig {
-    /// None, Soft MoE or La-SoftMoE.
-    pub kind: MoeKind,
     /// Blocks that get the branch.
-    #[serde(default = "default_layers")]
+    #[serde(default = "MoeLayers::all")]
     pub layers: MoeLayers,
-    /// Experts per layer.
-    #[serde(default = "default_experts")]
-    pub num_experts: usize,
-    /// Slots per expert.
-    #[serde(default = "default_slots")]
-    pub slots_per_expert: usize,
     /// Hidden width of every expert; `None`: the block MLP's
-    /// `intermediate_size` (3072 for ViT-B/16).
+    /// `intermediate_size` (3072 for ViT-B/16), which a width-free
+    /// [`SoftMoeOptions`] cannot say.
     #[serde(default)]
     pub expert_hidden_dim: Option<usize>,
-    /// Expert initialisation. The default, [`ExpertInit::ZeroOutput`], zeroes
-    /// the experts' output layer, so the patched model computes exactly what
-    /// the pretrained one does until training moves it.
-    #[serde(default = "default_init")]
-    pub expert_init: ExpertInit,
-    /// Expert activation; CLIP's quick GELU by default.
-    #[serde(default = "default_activation")]
-    pub activation: Activation,
-    /// vmoe's normalised router (see `softmoe::SoftMoeConfig::normalize`).
-    #[serde(default = "default_normalize")]
-    pub normalize: bool,
-    /// La-SoftMoE combine options (ignored for Soft MoE).
-    #[serde(default)]
-    pub linear_attention: LinearAttentionConfig,
+    /// The branch's experts, slots, router and combine; `None`: no branch.
+    pub layer: Option<SoftMoeOptions>,
 }
 
-fn default_layers() -> MoeLayers {
-    MoeLayers::All
-}
-fn default_experts() -> usize {
-    4
-}
-fn default_slots() -> usize {
-    49
-}
-fn default_init() -> ExpertInit {
-    ExpertInit::ZeroOutput
-}
-fn default_activation() -> Activation {
-    Activation::QuickGelu
-}
-fn default_normalize() -> bool {
-    true
+impl MoeLayers {
+    fn all() -> Self {
+        Self::All
+    }
 }
 
 impl MoeConfig {
-    /// No MoE: plain CLIP.
-    pub fn none() -> Self {
-        Self {
-            kind: MoeKind::None,
-            ..Self::la_soft_moe()
+    /// The paper's branch: La-SoftMoE, 4 experts x 49 slots (196 slots for
+    /// ViT-B/16's 197 tokens), CLIP's quick GELU in the experts, vmoe's
+    /// normalised router, and zero-initialised expert outputs, so the patched
+    /// model computes exactly what the pretrained one does until training
+    /// moves it.
+    pub fn paper_options() -> SoftMoeOptions {
+        SoftMoeOptions {
+            activation: Activation::QuickGelu,
+            expert_init: ExpertInit::ZeroOutput,
+            ..SoftMoeOptions::la_soft_moe(4, 49)
         }
     }
 
-    /// The paper's placement: La-SoftMoE, 4 experts x 49 slots, in every
-    /// block, zero-initialised expert outputs.
+    /// No MoE: plain CLIP.
+    pub fn none() -> Self {
+        Self {
+            layers: MoeLayers::All,
+            expert_hidden_dim: None,
+            layer: None,
+        }
+    }
+
+    /// The paper's placement: [`MoeConfig::paper_options`] in every block,
+    /// experts as wide as the block's MLP.
     pub fn la_soft_moe() -> Self {
         Self {
-            kind: MoeKind::LaSoftMoe,
-            layers: default_layers(),
-            num_experts: default_experts(),
-            slots_per_expert: default_slots(),
-            expert_hidden_dim: None,
-            expert_init: default_init(),
-            activation: default_activation(),
-            normalize: default_normalize(),
-            linear_attention: LinearAttentionConfig::default(),
+            layer: Some(Self::paper_options()),
+            ..Self::none()
         }
     }
 
     /// As [`MoeConfig::la_soft_moe`] with Soft MoE's softmax combine.
     pub fn soft_moe() -> Self {
+        Self::la_soft_moe().with_kind(MoeKind::SoftMoe)
+    }
+
+    /// Which of the paper's three models this placement builds.
+    pub fn kind(&self) -> MoeKind {
+        match self.layer.as_ref().map(|options| &options.combine) {
+            None => MoeKind::None,
+            Some(Combine::Softmax) => MoeKind::SoftMoe,
+            Some(Combine::LinearAttention(_)) => MoeKind::LaSoftMoe,
+        }
+    }
+
+    /// This placement with a branch of `kind`: [`MoeKind::None`] drops the
+    /// branch; the others keep the branch's options (the paper's when there
+    /// is none) and set its combine, keeping La-SoftMoE's options when the
+    /// combine already is La-SoftMoE's.
+    pub fn with_kind(self, kind: MoeKind) -> Self {
+        let combine = match kind {
+            MoeKind::None => {
+                return Self {
+                    layer: None,
+                    ..self
+                }
+            }
+            MoeKind::SoftMoe => Combine::Softmax,
+            MoeKind::LaSoftMoe => Combine::LinearAttention(LinearAttentionConfig::default()),
+        };
+        let mut options = self.layer.clone().unwrap_or_else(Self::paper_options);
+        if self.kind() != kind {
+            options.combine = combine;
+        }
         Self {
-            kind: MoeKind::SoftMoe,
-            ..Self::la_soft_moe()
+            layer: Some(options),
+            ..self
         }
     }
 
     /// Whether block `layer` of `num_layers` gets a branch.
     pub fn applies_to(&self, layer: usize, num_layers: usize) -> bool {
-        match (&self.kind, &self.layers) {
-            (MoeKind::None, _) => false,
+        match (&self.layer, &self.layers) {
+            (None, _) => false,
             (_, MoeLayers::All) => true,
             (_, MoeLayers::Last(k)) => layer + k >= num_layers,
             (_, MoeLayers::List(list)) => list.contains(&layer),
@@ -133,31 +156,19 @@ impl MoeConfig {
     }
 
     /// The `softmoe` layer configuration for a block of width `dim` whose
-    /// MLP is `intermediate_size` wide; `None` when the kind is
-    /// [`MoeKind::None`].
+    /// MLP is `intermediate_size` wide; `None` without a branch.
     pub fn layer_config(&self, dim: usize, intermediate_size: usize) -> Option<SoftMoeConfig> {
-        let combine = match self.kind {
-            MoeKind::None => return None,
-            MoeKind::SoftMoe => Combine::Softmax,
-            MoeKind::LaSoftMoe => Combine::LinearAttention(self.linear_attention.clone()),
-        };
-        Some(SoftMoeConfig {
-            dim,
-            num_experts: self.num_experts,
-            slots_per_expert: self.slots_per_expert,
-            expert_hidden_dim: self.expert_hidden_dim.unwrap_or(intermediate_size),
-            activation: self.activation,
-            normalize: self.normalize,
-            combine,
-            expert_init: self.expert_init,
-        })
+        let hidden = self.expert_hidden_dim.unwrap_or(intermediate_size);
+        self.layer
+            .clone()
+            .map(|options| options.with_widths(dim, hidden))
     }
 
     /// Checks the placement against a tower of `num_layers` blocks.
     pub fn validate(&self, num_layers: usize) -> Result<()> {
-        if self.kind == MoeKind::None {
+        let Some(options) = &self.layer else {
             return Ok(());
-        }
+        };
         match &self.layers {
             MoeLayers::All => {}
             MoeLayers::Last(k) if *k > num_layers => {
@@ -176,12 +187,14 @@ impl MoeConfig {
                 }
             }
         }
-        if let Some(cfg) = self.layer_config(1, 1) {
-            cfg.validate()?;
-        }
+        options.validate()?;
         for (field, value, max) in [
-            ("moe.num_experts", self.num_experts, 4_096),
-            ("moe.slots_per_expert", self.slots_per_expert, 65_536),
+            ("moe.layer.num_experts", options.num_experts, 4_096),
+            (
+                "moe.layer.slots_per_expert",
+                options.slots_per_expert,
+                65_536,
+            ),
             (
                 "moe.expert_hidden_dim",
                 self.expert_hidden_dim.unwrap_or(1),
@@ -234,8 +247,9 @@ mod tests {
         let layer = cfg.layer_config(768, 3072).expect("a MoE layer");
         assert_eq!(layer.num_slots(), 196);
         assert_eq!(layer.expert_hidden_dim, 3072);
-        assert_eq!(layer.expert_init, ExpertInit::ZeroOutput);
-        assert!(matches!(layer.combine, Combine::LinearAttention(_)));
+        assert_eq!(layer.options.expert_init, ExpertInit::ZeroOutput);
+        assert_eq!(layer.options.activation, Activation::QuickGelu);
+        assert!(matches!(layer.options.combine, Combine::LinearAttention(_)));
         assert_eq!(MoeConfig::none().layer_config(768, 3072), None);
     }
 
@@ -250,10 +264,8 @@ mod tests {
             err.contains("moe.layers.list") && err.contains("12"),
             "{err}"
         );
-        let cfg = MoeConfig {
-            num_experts: 0,
-            ..MoeConfig::soft_moe()
-        };
+        let mut cfg = MoeConfig::soft_moe();
+        cfg.layer.as_mut().unwrap().num_experts = 0;
         assert!(cfg
             .validate(12)
             .unwrap_err()
@@ -262,13 +274,75 @@ mod tests {
     }
 
     #[test]
-    fn serde_round_trip_with_defaults() {
+    fn kind_is_read_from_the_branch_and_set_on_it() {
+        assert_eq!(MoeConfig::none().kind(), MoeKind::None);
+        assert_eq!(MoeConfig::soft_moe().kind(), MoeKind::SoftMoe);
+        assert_eq!(MoeConfig::la_soft_moe().kind(), MoeKind::LaSoftMoe);
+        // Switching keeps the rest of the branch and the placement.
+        let mut eight = MoeConfig {
+            layers: MoeLayers::Last(2),
+            ..MoeConfig::la_soft_moe()
+        };
+        let options = eight.layer.as_mut().unwrap();
+        options.num_experts = 8;
+        let Combine::LinearAttention(la) = &mut options.combine else {
+            unreachable!()
+        };
+        la.norm_eps = 1e-3;
+        let soft = eight.clone().with_kind(MoeKind::SoftMoe);
+        assert_eq!(soft.layers, MoeLayers::Last(2));
+        assert_eq!(soft.layer.as_ref().unwrap().num_experts, 8);
+        assert_eq!(soft.layer.as_ref().unwrap().combine, Combine::Softmax);
+        // The same kind changes nothing, La-SoftMoE's options included.
+        assert_eq!(eight.clone().with_kind(MoeKind::LaSoftMoe), eight);
+        assert_eq!(
+            MoeConfig::none().with_kind(MoeKind::LaSoftMoe),
+            MoeConfig::la_soft_moe()
+        );
+        let none = eight.with_kind(MoeKind::None);
+        assert_eq!(
+            (none.kind(), none.layer_config(768, 3072)),
+            (MoeKind::None, None)
+        );
+    }
+
+    #[test]
+    fn current_layout_round_trips_and_rejects_unknown_fields() {
+        for cfg in [
+            MoeConfig::none(),
+            MoeConfig::soft_moe(),
+            MoeConfig::la_soft_moe(),
+        ] {
+            let json = serde_json::to_value(&cfg).unwrap();
+            assert!(json.get("kind").is_none(), "{json}");
+            let back: MoeConfig = serde_json::from_value(json).unwrap();
+            assert_eq!(back, cfg);
+        }
+        let plain: MoeConfig = serde_json::from_str(r#"{"layer": null}"#).unwrap();
+        assert_eq!(plain, MoeConfig::none());
+        let err = serde_json::from_str::<MoeConfig>(r#"{"layer": null, "num_expert": 8}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("num_expert"), "{err}");
+    }
+
+    #[test]
+    fn legacy_flat_entry_fills_the_paper_defaults() {
+        // Written by hand in the old layout, as a user could have.
         let cfg: MoeConfig =
             serde_json::from_str(r#"{"kind": "soft_moe", "layers": {"last": 4}}"#).unwrap();
         assert_eq!(cfg.layers, MoeLayers::Last(4));
-        assert_eq!(cfg.num_experts, 4);
-        assert_eq!(cfg.slots_per_expert, 49);
-        let back: MoeConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
-        assert_eq!(back, cfg);
+        let options = cfg.layer.as_ref().unwrap();
+        assert_eq!((options.num_experts, options.slots_per_expert), (4, 49));
+        assert_eq!(options.combine, Combine::Softmax);
+        assert_eq!(options.activation, Activation::QuickGelu);
+        assert_eq!(options.expert_init, ExpertInit::ZeroOutput);
+        assert!(options.normalize);
+        let none: MoeConfig = serde_json::from_str(r#"{"kind": "none"}"#).unwrap();
+        assert_eq!(none, MoeConfig::none());
+        let err = serde_json::from_str::<MoeConfig>(r#"{"kind": "big_moe"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("big_moe"), "{err}");
     }
 }

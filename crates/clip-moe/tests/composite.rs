@@ -22,7 +22,7 @@ fn fused_kernels_and_composites_take_the_same_training_step() -> anyhow::Result<
         softmoe::set_fused_cpu_kernels(false);
         let composite = loss_and_gradients(&model, &vars, &Device::Cpu)?;
         softmoe::set_fused_cpu_kernels(true);
-        assert_same_training_step(&format!("{:?}", cfg.moe.kind), &fused, &composite, 1e-4);
+        assert_same_training_step(&format!("{:?}", cfg.moe.kind()), &fused, &composite, 1e-4);
     }
     Ok(())
 }

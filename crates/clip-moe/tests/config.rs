@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clip_moe::{ClipConfig, Error, MoeConfig, MoeKind, MoeLayers};
+use softmoe::{Activation, Combine, ExpertInit, FeatureMap, LinearAttentionConfig, SoftMoeOptions};
 
 fn openai(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -62,7 +63,7 @@ fn moe_entry_round_trips() -> anyhow::Result<()> {
     cfg.save(&path)?;
     let back = ClipConfig::from_file(&path)?;
     assert_eq!(back, cfg);
-    assert_eq!(back.moe.kind, MoeKind::SoftMoe);
+    assert_eq!(back.moe.kind(), MoeKind::SoftMoe);
     Ok(())
 }
 
@@ -82,5 +83,53 @@ fn errors_name_the_file_and_field() -> anyhow::Result<()> {
     assert!(err.to_string().contains("config.json"), "{err}");
     let err = ClipConfig::from_file(dir.path().join("absent.json")).unwrap_err();
     assert!(err.to_string().contains("absent.json"), "{err}");
+    Ok(())
+}
+
+/// `config.json` files written by the version before the MoE placement took
+/// its options from `softmoe` (commit c1a3118; `fixtures/legacy_moe/`), read
+/// back as the values they were written from.
+#[test]
+fn legacy_moe_entries_keep_loading() -> anyhow::Result<()> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy_moe");
+    let load = |name: &str| ClipConfig::from_file(dir.join(name));
+
+    let custom = load("clip_la_custom.json")?;
+    let options = SoftMoeOptions {
+        num_experts: 3,
+        slots_per_expert: 5,
+        activation: Activation::QuickGelu,
+        normalize: false,
+        combine: Combine::LinearAttention(LinearAttentionConfig {
+            feature_map: FeatureMap::Relu,
+            normalizer_eps: None,
+            ..LinearAttentionConfig::default()
+        }),
+        expert_init: ExpertInit::Normal { std: 0.02 },
+    };
+    let want = MoeConfig {
+        layers: MoeLayers::List(vec![0, 1]),
+        expert_hidden_dim: Some(24),
+        layer: Some(options),
+    };
+    assert_eq!(custom, ClipConfig::tiny().with_moe(want));
+
+    let soft = load("clip_soft_last1.json")?;
+    let want = MoeConfig {
+        layers: MoeLayers::Last(1),
+        ..MoeConfig::soft_moe()
+    };
+    assert_eq!(soft, ClipConfig::tiny().with_moe(want));
+    assert_eq!(load("clip_none.json")?, ClipConfig::tiny());
+
+    // Saved again, they are written in the current layout and read back equal.
+    let out = tempfile::tempdir()?;
+    for cfg in [custom, soft] {
+        let path = out.path().join("config.json");
+        cfg.save(&path)?;
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        assert!(json["moe"].get("kind").is_none(), "{}", json["moe"]);
+        assert_eq!(ClipConfig::from_file(&path)?, cfg);
+    }
     Ok(())
 }

@@ -20,7 +20,7 @@ fn moe_model_on_gpu_matches_cpu_with_gradients() -> anyhow::Result<()> {
         let (gpu_vars, gpu_model) = build_model(&cfg, &gpu, Some(&cpu_vars))?;
         let on_cpu = loss_and_gradients(&cpu_model, &cpu_vars, &Device::Cpu)?;
         let on_gpu = loss_and_gradients(&gpu_model, &gpu_vars, &gpu)?;
-        assert_same_training_step(&format!("{:?}", cfg.moe.kind), &on_cpu, &on_gpu, 1e-4);
+        assert_same_training_step(&format!("{:?}", cfg.moe.kind()), &on_cpu, &on_gpu, 1e-4);
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use clip_moe::{
 };
 use common::{
     build_model, expected, fixture_config, fixture_dir, fixture_text, four_pair_loss, max_abs_diff,
-    tiny_moe_config,
+    three_slots, tiny_moe_config,
 };
 
 fn weights() -> std::path::PathBuf {
@@ -28,10 +28,7 @@ fn patched_model_equals_pretrained_at_step_zero() -> anyhow::Result<()> {
     let text = fixture_text(&fixture_config());
     let reference = plain.model.forward(pixels, &text)?;
     for moe in [MoeConfig::la_soft_moe(), MoeConfig::soft_moe()] {
-        let cfg = fixture_config().with_moe(MoeConfig {
-            slots_per_expert: 3,
-            ..moe
-        });
+        let cfg = fixture_config().with_moe(three_slots(moe));
         let patched = load_model(&cfg, weights(), &Device::Cpu, false)?;
         let report = &patched.report;
         assert!(
@@ -43,7 +40,7 @@ fn patched_model_equals_pretrained_at_step_zero() -> anyhow::Result<()> {
             .contains(&"vision_model.encoder.layers.1.moe.experts.fc2.weight".to_string()));
         let out = patched.model.forward(pixels, &text)?;
         let diff = max_abs_diff(&out.logits_per_image, &reference.logits_per_image);
-        assert_eq!(diff, 0.0, "{:?}: logits moved by {diff}", cfg.moe.kind);
+        assert_eq!(diff, 0.0, "{:?}: logits moved by {diff}", cfg.moe.kind());
         let diff = max_abs_diff(&out.image_embeds, &reference.image_embeds);
         assert_eq!(diff, 0.0);
     }
@@ -87,7 +84,7 @@ fn every_parameter_gets_a_gradient() -> anyhow::Result<()> {
         assert!(
             zero.is_empty(),
             "{:?}: no gradient for {zero:?}",
-            cfg.moe.kind
+            cfg.moe.kind()
         );
     }
     Ok(())
@@ -99,9 +96,8 @@ fn zero_output_init_trains_after_one_step() -> anyhow::Result<()> {
     // live, its output weights are zero); after one step every MoE parameter
     // does.
     let cfg = ClipConfig::tiny().with_moe(MoeConfig {
-        slots_per_expert: 3,
         layers: MoeLayers::Last(1),
-        ..MoeConfig::la_soft_moe()
+        ..three_slots(MoeConfig::la_soft_moe())
     });
     let varmap = VarMap::new();
     let model = ClipModel::new(
@@ -153,10 +149,7 @@ fn wrong_shape_names_the_tensor() -> anyhow::Result<()> {
 
 #[test]
 fn strict_mode_rejects_missing_and_unexpected() -> anyhow::Result<()> {
-    let cfg = fixture_config().with_moe(MoeConfig {
-        slots_per_expert: 3,
-        ..MoeConfig::soft_moe()
-    });
+    let cfg = fixture_config().with_moe(three_slots(MoeConfig::soft_moe()));
     let err = load_model(&cfg, weights(), &Device::Cpu, true)
         .err()
         .expect("strict error");
@@ -216,9 +209,8 @@ fn logits(model: &ClipModel) -> anyhow::Result<Tensor> {
 #[test]
 fn full_and_delta_checkpoints_round_trip() -> anyhow::Result<()> {
     let cfg = fixture_config().with_moe(MoeConfig {
-        slots_per_expert: 3,
         layers: MoeLayers::List(vec![1]),
-        ..MoeConfig::la_soft_moe()
+        ..three_slots(MoeConfig::la_soft_moe())
     });
     let tuned = load_model(&cfg, weights(), &Device::Cpu, false)?;
     perturb(&tuned.varmap)?;
@@ -263,10 +255,7 @@ fn full_and_delta_checkpoints_round_trip() -> anyhow::Result<()> {
 
 #[test]
 fn trainable_selection_for_an_optimizer() -> anyhow::Result<()> {
-    let cfg = ClipConfig::tiny().with_moe(MoeConfig {
-        slots_per_expert: 3,
-        ..MoeConfig::soft_moe()
-    });
+    let cfg = ClipConfig::tiny().with_moe(three_slots(MoeConfig::soft_moe()));
     let varmap = VarMap::new();
     ClipModel::new(
         &cfg,

@@ -57,10 +57,8 @@ fn build(cfg: &SoftMoeConfig, dense: bool, device: &Device) -> Result<(VarMap, L
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let layer = if dense {
-        let cfg = SoftMoeConfig {
-            num_experts: 1,
-            ..cfg.clone()
-        };
+        let mut cfg = cfg.clone();
+        cfg.options.num_experts = 1;
         Layer::Dense(Experts::new(&cfg, vb)?)
     } else {
         Layer::Moe(SoftMoe::new(cfg, vb)?)

@@ -20,7 +20,7 @@ pub(crate) enum CombineWeights {
 
 impl CombineWeights {
     pub(crate) fn new(cfg: &SoftMoeConfig, vb: VarBuilder) -> Result<Self> {
-        Ok(match &cfg.combine {
+        Ok(match &cfg.options.combine {
             Combine::Softmax => Self::Softmax,
             Combine::LinearAttention(la) => Self::LinearAttention(Box::new(
                 LinearAttentionCombine::new(la, cfg.num_slots(), vb)?,

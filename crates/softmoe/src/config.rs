@@ -140,17 +140,16 @@ impl Default for LinearAttentionConfig {
     }
 }
 
-/// Configuration of a [`crate::SoftMoe`] layer.
+/// Everything that shapes a Soft MoE layer except its two widths: the
+/// choices a host network makes once and applies to layers of different
+/// widths (clip-moe's placement holds one for all its vision blocks).
+/// Serialised flat inside [`SoftMoeConfig`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SoftMoeConfig {
-    /// Token dimension `d` of input and output.
-    pub dim: usize,
+pub struct SoftMoeOptions {
     /// Number of experts `e`.
     pub num_experts: usize,
     /// Slots per expert `s`; the layer has `m = e·s` slots.
     pub slots_per_expert: usize,
-    /// Hidden width of every expert MLP.
-    pub expert_hidden_dim: usize,
     /// Expert activation.
     pub activation: Activation,
     /// vmoe's router normalisation: L2-normalise tokens and slot vectors
@@ -164,15 +163,13 @@ pub struct SoftMoeConfig {
     pub expert_init: ExpertInit,
 }
 
-impl SoftMoeConfig {
-    /// Soft MoE (Puigcerver et al.) with vmoe's normalised router, GELU experts
-    /// of width `4·dim`.
-    pub fn soft_moe(dim: usize, num_experts: usize, slots_per_expert: usize) -> Self {
+impl SoftMoeOptions {
+    /// Soft MoE (Puigcerver et al.) with vmoe's normalised router and GELU
+    /// experts initialised as `torch.nn.Linear`.
+    pub fn soft_moe(num_experts: usize, slots_per_expert: usize) -> Self {
         Self {
-            dim,
             num_experts,
             slots_per_expert,
-            expert_hidden_dim: 4 * dim,
             activation: Activation::Gelu,
             normalize: true,
             combine: Combine::Softmax,
@@ -181,17 +178,11 @@ impl SoftMoeConfig {
     }
 
     /// La-SoftMoE (paper Algorithm 2) with the default [`LinearAttentionConfig`].
-    pub fn la_soft_moe(dim: usize, num_experts: usize, slots_per_expert: usize) -> Self {
+    pub fn la_soft_moe(num_experts: usize, slots_per_expert: usize) -> Self {
         Self {
             combine: Combine::LinearAttention(LinearAttentionConfig::default()),
-            ..Self::soft_moe(dim, num_experts, slots_per_expert)
+            ..Self::soft_moe(num_experts, slots_per_expert)
         }
-    }
-
-    /// The paper's layer for CLIP ViT-B/16: d = 768, 4 experts × 49 slots
-    /// (196 slots for 197 tokens).
-    pub fn paper_vit_b16() -> Self {
-        Self::la_soft_moe(768, 4, 49)
     }
 
     /// Total number of slots `m = e·s`.
@@ -199,13 +190,20 @@ impl SoftMoeConfig {
         self.num_experts * self.slots_per_expert
     }
 
-    /// Checks the configuration, naming the first field at fault.
+    /// The layer of token width `dim` with experts `expert_hidden_dim` wide.
+    pub fn with_widths(self, dim: usize, expert_hidden_dim: usize) -> SoftMoeConfig {
+        SoftMoeConfig {
+            dim,
+            expert_hidden_dim,
+            options: self,
+        }
+    }
+
+    /// Checks the options, naming the first field at fault.
     pub fn validate(&self) -> Result<()> {
         let positive = [
-            ("dim", self.dim),
             ("num_experts", self.num_experts),
             ("slots_per_expert", self.slots_per_expert),
-            ("expert_hidden_dim", self.expert_hidden_dim),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -251,6 +249,60 @@ impl SoftMoeConfig {
     }
 }
 
+/// Configuration of a [`crate::SoftMoe`] layer: its widths and its
+/// [`SoftMoeOptions`], which serialise as fields of this struct
+/// (`{"dim": .., "expert_hidden_dim": .., "num_experts": .., ...}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SoftMoeConfig {
+    /// Token dimension `d` of input and output.
+    pub dim: usize,
+    /// Hidden width of every expert MLP.
+    pub expert_hidden_dim: usize,
+    /// Experts, slots, activation, router and combine.
+    #[serde(flatten)]
+    pub options: SoftMoeOptions,
+}
+
+impl SoftMoeConfig {
+    /// Soft MoE (Puigcerver et al.) with vmoe's normalised router, GELU experts
+    /// of width `4·dim`.
+    pub fn soft_moe(dim: usize, num_experts: usize, slots_per_expert: usize) -> Self {
+        SoftMoeOptions::soft_moe(num_experts, slots_per_expert).with_widths(dim, 4 * dim)
+    }
+
+    /// La-SoftMoE (paper Algorithm 2) with the default [`LinearAttentionConfig`].
+    pub fn la_soft_moe(dim: usize, num_experts: usize, slots_per_expert: usize) -> Self {
+        SoftMoeOptions::la_soft_moe(num_experts, slots_per_expert).with_widths(dim, 4 * dim)
+    }
+
+    /// The paper's layer for CLIP ViT-B/16: d = 768, 4 experts × 49 slots
+    /// (196 slots for 197 tokens).
+    pub fn paper_vit_b16() -> Self {
+        Self::la_soft_moe(768, 4, 49)
+    }
+
+    /// Total number of slots `m = e·s`.
+    pub fn num_slots(&self) -> usize {
+        self.options.num_slots()
+    }
+
+    /// Checks the configuration, naming the first field at fault.
+    pub fn validate(&self) -> Result<()> {
+        for (field, value) in [
+            ("dim", self.dim),
+            ("expert_hidden_dim", self.expert_hidden_dim),
+        ] {
+            if value == 0 {
+                return Err(Error::InvalidConfig {
+                    field,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        self.options.validate()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,12 +311,12 @@ mod tests {
     fn presets_match_the_issue_defaults() {
         let cfg = SoftMoeConfig::soft_moe(768, 4, 49);
         assert_eq!(cfg.expert_hidden_dim, 3072);
-        assert_eq!(cfg.activation, Activation::Gelu);
-        assert!(cfg.normalize);
-        assert_eq!(cfg.combine, Combine::Softmax);
+        assert_eq!(cfg.options.activation, Activation::Gelu);
+        assert!(cfg.options.normalize);
+        assert_eq!(cfg.options.combine, Combine::Softmax);
         assert_eq!(cfg.num_slots(), 196);
         let la = SoftMoeConfig::la_soft_moe(768, 4, 49);
-        assert!(matches!(la.combine, Combine::LinearAttention(_)));
+        assert!(matches!(la.options.combine, Combine::LinearAttention(_)));
         assert_eq!(la.expert_hidden_dim, 3072);
         assert_eq!(SoftMoeConfig::paper_vit_b16(), la);
     }
@@ -281,10 +333,10 @@ mod tests {
                 "combine": {"linear_attention": {"norm_axis": "per_slot", "norm_affine": true}}}"#,
         )
         .unwrap();
-        assert_eq!(cfg.activation, Activation::QuickGelu);
-        assert_eq!(cfg.expert_init, ExpertInit::TorchLinear);
-        let Combine::LinearAttention(la) = &cfg.combine else {
-            panic!("expected linear attention, got {:?}", cfg.combine)
+        assert_eq!(cfg.options.activation, Activation::QuickGelu);
+        assert_eq!(cfg.options.expert_init, ExpertInit::TorchLinear);
+        let Combine::LinearAttention(la) = &cfg.options.combine else {
+            panic!("expected linear attention, got {:?}", cfg.options.combine)
         };
         assert_eq!(la.norm_axis, InstanceNormAxis::PerSlot);
         assert_eq!(la.feature_map, FeatureMap::EluPlusOne);
@@ -295,19 +347,43 @@ mod tests {
     }
 
     #[test]
+    fn options_serialise_flat_inside_the_layer_config() {
+        // The layout the committed fixtures and earlier versions wrote: one
+        // flat object, no `options` key.
+        let value = serde_json::to_value(SoftMoeConfig::la_soft_moe(8, 2, 3)).unwrap();
+        let mut keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "activation",
+                "combine",
+                "dim",
+                "expert_hidden_dim",
+                "expert_init",
+                "normalize",
+                "num_experts",
+                "slots_per_expert"
+            ]
+        );
+        assert_eq!(value["num_experts"], 2);
+        assert_eq!(value["expert_hidden_dim"], 32);
+    }
+
+    #[test]
     fn validation_names_the_field() {
         let mut cfg = SoftMoeConfig::soft_moe(8, 0, 2);
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("num_experts"), "{err}");
-        cfg.num_experts = 2;
-        cfg.slots_per_expert = 0;
+        cfg.options.num_experts = 2;
+        cfg.options.slots_per_expert = 0;
         assert!(cfg
             .validate()
             .unwrap_err()
             .to_string()
             .contains("slots_per_expert"));
         let mut la = SoftMoeConfig::la_soft_moe(8, 2, 2);
-        if let Combine::LinearAttention(c) = &mut la.combine {
+        if let Combine::LinearAttention(c) = &mut la.options.combine {
             c.norm_affine = true;
         }
         let err = la.validate().unwrap_err().to_string();

@@ -50,11 +50,11 @@ fn linear_inits(init: ExpertInit, fan_in: usize, zero: bool) -> (Init, Init) {
 impl Experts {
     /// Builds the experts of `cfg` under `vb` (names `fc1.*`, `fc2.*`).
     pub fn new(cfg: &SoftMoeConfig, vb: VarBuilder) -> Result<Self> {
-        let (e, d, h) = (cfg.num_experts, cfg.dim, cfg.expert_hidden_dim);
+        let (e, d, h) = (cfg.options.num_experts, cfg.dim, cfg.expert_hidden_dim);
         let dtype = crate::param_dtype(&vb);
-        let (w1, b1) = linear_inits(cfg.expert_init, d, false);
-        let zero_out = cfg.expert_init == ExpertInit::ZeroOutput;
-        let (w2, b2) = linear_inits(cfg.expert_init, h, zero_out);
+        let (w1, b1) = linear_inits(cfg.options.expert_init, d, false);
+        let zero_out = cfg.options.expert_init == ExpertInit::ZeroOutput;
+        let (w2, b2) = linear_inits(cfg.options.expert_init, h, zero_out);
         let fc1 = vb.pp("fc1");
         let fc2 = vb.pp("fc2");
         Ok(Self {
@@ -62,7 +62,7 @@ impl Experts {
             fc1_bias: fc1.get_with_hints_dtype((e, h), "bias", b1, dtype)?,
             fc2_weight: fc2.get_with_hints_dtype((e, d, h), "weight", w2, dtype)?,
             fc2_bias: fc2.get_with_hints_dtype((e, d), "bias", b2, dtype)?,
-            activation: cfg.activation,
+            activation: cfg.options.activation,
         })
     }
 

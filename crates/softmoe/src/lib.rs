@@ -30,7 +30,7 @@ mod soft_moe;
 
 pub use config::{
     Activation, Combine, CombineOutput, ExpertInit, FeatureMap, InstanceNormAxis,
-    LinearAttentionConfig, QkvProjection, SoftMoeConfig,
+    LinearAttentionConfig, QkvProjection, SoftMoeConfig, SoftMoeOptions,
 };
 pub use error::{Error, Result};
 pub use experts::Experts;

@@ -26,7 +26,11 @@ pub(crate) fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 
 impl Router {
     pub(crate) fn new(cfg: &SoftMoeConfig, vb: &VarBuilder) -> Result<Self> {
-        let (e, s, d) = (cfg.num_experts, cfg.slots_per_expert, cfg.dim);
+        let (e, s, d) = (
+            cfg.options.num_experts,
+            cfg.options.slots_per_expert,
+            cfg.dim,
+        );
         let dtype = crate::param_dtype(vb);
         // LeCun normal (variance 1/d, as vmoe's mu_init). Untruncated; with
         // `normalize` only the direction of each slot vector matters anyway.
@@ -35,7 +39,7 @@ impl Router {
             stdev: 1.0 / (d as f64).sqrt(),
         };
         let phi = vb.get_with_hints_dtype((e, s, d), "phi", init, dtype)?;
-        let scale = if cfg.normalize {
+        let scale = if cfg.options.normalize {
             Some(vb.get_with_hints_dtype((), "scale", Init::Const(1.0), dtype)?)
         } else {
             None

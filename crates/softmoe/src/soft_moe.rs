@@ -74,7 +74,10 @@ impl SoftMoe {
                 })
             }
         };
-        let (e, s) = (self.cfg.num_experts, self.cfg.slots_per_expert);
+        let (e, s) = (
+            self.cfg.options.num_experts,
+            self.cfg.options.slots_per_expert,
+        );
         let dtype = xs.dtype();
 
         // (b, n, m), in the router's dtype.

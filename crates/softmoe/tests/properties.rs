@@ -19,12 +19,12 @@ fn layer(cfg: &SoftMoeConfig, dtype: DType) -> Result<(VarMap, SoftMoe)> {
 
 fn variants() -> Vec<(&'static str, SoftMoeConfig)> {
     let mut projected = SoftMoeConfig::la_soft_moe(12, 3, 2);
-    projected.combine = Combine::LinearAttention(LinearAttentionConfig {
+    projected.options.combine = Combine::LinearAttention(LinearAttentionConfig {
         projection: QkvProjection::Linear,
         ..Default::default()
     });
     let mut raw = SoftMoeConfig::soft_moe(12, 3, 2);
-    raw.normalize = false;
+    raw.options.normalize = false;
     vec![
         ("soft_moe", SoftMoeConfig::soft_moe(12, 3, 2)),
         ("soft_moe_raw", raw),
@@ -60,7 +60,7 @@ fn dispatch_columns_and_softmax_combine_rows_sum_to_one() -> Result<()> {
                 .to_scalar::<f32>()?
                 >= 0.0
         );
-        if cfg.combine == Combine::Softmax {
+        if cfg.options.combine == Combine::Softmax {
             let combine_sums = out.combine_weights.flatten_from(2)?.sum(D::Minus1)?;
             assert!(
                 max_abs(&(combine_sums - 1.0)?)? < 1e-5,
@@ -139,8 +139,8 @@ fn every_parameter_gets_a_nonzero_gradient() -> Result<()> {
         let vars = varmap.data().lock().unwrap();
         // phi + 4 expert tensors, scale when normalising, q/k/v weight + bias
         // when projecting.
-        let projected = matches!(&cfg.combine, Combine::LinearAttention(la) if la.projection == QkvProjection::Linear);
-        let expected = 5 + usize::from(cfg.normalize) + if projected { 6 } else { 0 };
+        let projected = matches!(&cfg.options.combine, Combine::LinearAttention(la) if la.projection == QkvProjection::Linear);
+        let expected = 5 + usize::from(cfg.options.normalize) + if projected { 6 } else { 0 };
         assert_eq!(vars.len(), expected, "{name}: {:?}", vars.keys());
         for (pname, var) in vars.iter() {
             let g = grads
@@ -213,7 +213,7 @@ fn gradients_match_finite_differences_in_f64() -> Result<()> {
 #[test]
 fn zero_output_init_leaves_a_host_network_unchanged() -> Result<()> {
     let mut cfg = SoftMoeConfig::la_soft_moe(12, 3, 2);
-    cfg.expert_init = ExpertInit::ZeroOutput;
+    cfg.options.expert_init = ExpertInit::ZeroOutput;
     let (_, moe) = layer(&cfg, DType::F32)?;
     let x = Tensor::randn(0f32, 1.0, (2, 9, 12), &Device::Cpu)?;
     assert_eq!(max_abs(&moe.forward(&x)?)?, 0.0);
@@ -245,7 +245,7 @@ fn bad_configuration_is_an_error_naming_the_field() {
         .expect("invalid config accepted")
         .to_string();
     assert!(err.contains("num_experts"), "{err}");
-    cfg.num_experts = 2;
+    cfg.options.num_experts = 2;
     cfg.expert_hidden_dim = 0;
     let err = layer(&cfg, DType::F32)
         .err()
@@ -308,7 +308,7 @@ fn wrong_weight_shape_in_a_checkpoint_names_the_tensor() -> Result<()> {
 fn parameter_names_and_shapes_are_the_documented_ones() -> Result<()> {
     let mut cfg = SoftMoeConfig::la_soft_moe(12, 3, 2);
     cfg.expert_hidden_dim = 20;
-    cfg.combine = Combine::LinearAttention(LinearAttentionConfig {
+    cfg.options.combine = Combine::LinearAttention(LinearAttentionConfig {
         projection: QkvProjection::Linear,
         norm_axis: softmoe::InstanceNormAxis::PerSlot,
         norm_affine: true,

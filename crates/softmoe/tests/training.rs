@@ -46,7 +46,7 @@ fn both_variants_approach_a_teacher_layer() -> Result<()> {
         assert!(
             last < 0.5 * first,
             "{:?}: loss {first} -> {last}",
-            cfg.combine
+            cfg.options.combine
         );
     }
     Ok(())

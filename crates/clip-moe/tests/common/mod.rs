@@ -67,11 +67,20 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 /// The tiny CLIP with a MoE branch of `moe`'s kind (3 slots per expert,
 /// live expert outputs) in every vision block.
 pub fn tiny_moe_config(moe: MoeConfig) -> ClipConfig {
-    ClipConfig::tiny().with_moe(MoeConfig {
-        slots_per_expert: 3,
-        expert_init: ExpertInit::TorchLinear,
-        ..moe
-    })
+    let mut moe = three_slots(moe);
+    if let Some(options) = moe.layer.as_mut() {
+        options.expert_init = ExpertInit::TorchLinear;
+    }
+    ClipConfig::tiny().with_moe(moe)
+}
+
+/// `moe` with 3 slots per expert (12 slots for the tiny tower's 17 tokens).
+#[allow(dead_code)] // not every test binary uses it
+pub fn three_slots(mut moe: MoeConfig) -> MoeConfig {
+    if let Some(options) = moe.layer.as_mut() {
+        options.slots_per_expert = 3;
+    }
+    moe
 }
 
 /// Builds `cfg` on `device` from random weights, or with the values of
