@@ -243,14 +243,19 @@ fn moe_flags_set_the_branch() {
         let argv = [&["train_uniattack", "--demo"], argv].concat();
         TrainArgs::try_parse_from(argv).unwrap().experiment()
     };
-    let soft = parse(&["--moe", "soft", "--experts", "8"]).unwrap().model.moe;
+    let soft = parse(&["--moe", "soft", "--experts", "8"])
+        .unwrap()
+        .model
+        .moe;
     assert_eq!(soft.kind(), clip_moe::MoeKind::SoftMoe);
     let options = soft.layer.expect("a branch");
     // 8 from the flag, 16 slots from the demo preset.
     assert_eq!((options.num_experts, options.slots_per_expert), (8, 16));
     let plain = parse(&["--moe", "none"]).unwrap().model.moe;
     assert_eq!(plain, clip_moe::MoeConfig::none());
-    let err = parse(&["--moe", "none", "--slots", "4"]).unwrap_err().to_string();
+    let err = parse(&["--moe", "none", "--slots", "4"])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("--experts/--slots"), "{err}");
 }
 
