@@ -19,6 +19,10 @@ use std::path::PathBuf;
 /// Read a dataset list (or an image-folder layout), decode every image, and
 /// report counts and every problem with its file and line.
 ///
+/// Baseline JPEGs are also walked block by block, so damaged scan data that
+/// the lenient decoder would turn into wrong pixels is reported (JPEG has no
+/// checksum: damage that still decodes as a valid scan cannot be seen).
+///
 /// Conventions: blank lines are skipped, CRLF and a UTF-8 byte-order mark
 /// are accepted, there are no comment lines (a `#` line is an entry and
 /// fails as a missing file), entries are normalised (`./a` = `a`, `a//b` =

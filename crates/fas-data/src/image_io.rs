@@ -21,7 +21,8 @@ pub fn is_image_file(path: &Path) -> bool {
 /// The JPEG decoder is lenient and would return a half-grey picture for a
 /// file cut short; like PIL (without `LOAD_TRUNCATED_IMAGES`) we reject JPEGs
 /// whose scans do not reach the end-of-image marker. Data after that marker
-/// (camera trailers) is ignored, as PIL ignores it.
+/// (camera trailers) is ignored, as PIL ignores it. [`verify_image`] checks
+/// more, at the cost of a second entropy decode.
 pub fn load_image(path: &Path) -> Result<DynamicImage> {
     read_and_decode(path).map_err(|message| Error::Image {
         path: path.to_path_buf(),
@@ -30,16 +31,49 @@ pub fn load_image(path: &Path) -> Result<DynamicImage> {
 }
 
 /// Reads and decodes `path`; the error is a message without the path.
-pub(crate) fn read_and_decode(path: &Path) -> std::result::Result<DynamicImage, String> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+fn read_and_decode(path: &Path) -> std::result::Result<DynamicImage, String> {
+    decode_image(&read_bytes(path)?)
+}
+
+fn read_bytes(path: &Path) -> std::result::Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => "file not found".to_string(),
         _ => format!("cannot read: {e}"),
-    })?;
-    decode_image(&bytes)
+    })
+}
+
+/// Reads and [verifies](verify_image) `path`; the error is a message
+/// without the path.
+pub(crate) fn read_and_verify(path: &Path) -> std::result::Result<DynamicImage, String> {
+    let bytes = read_bytes(path)?;
+    verify_image(&bytes)
+}
+
+/// [`decode_image`] after walking the entropy-coded data of baseline and
+/// extended JPEGs block by block, so damaged scan data is refused where its
+/// structure shows it (`jpeg_scan.rs` lists what that finds and what no
+/// check can) instead of decoding to wrong pixels. The walk costs about
+/// one more entropy decode (a dataset check of detailed 384 px files takes
+/// 1.8x as long, `docs/benchmarks.md`), so the dataset check
+/// ([`crate::FileCheck::Decode`], `inspect_dataset`) runs it once and the
+/// training loader does not.
+pub fn verify_image(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
+    check_markers(bytes)?;
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        crate::jpeg_scan::check(bytes).map_err(|fault| format!("corrupt JPEG: {fault}"))?;
+    }
+    image::load_from_memory(bytes).map_err(|e| format!("cannot decode: {e}"))
 }
 
 /// Decodes image bytes; the error is a message for [`Error::Image`].
 pub fn decode_image(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
+    check_markers(bytes)?;
+    image::load_from_memory(bytes).map_err(|e| format!("cannot decode: {e}"))
+}
+
+/// The cheap checks of [`decode_image`]: an empty file, and the JPEG marker
+/// structure against truncation, stray markers and lying headers.
+fn check_markers(bytes: &[u8]) -> std::result::Result<(), String> {
     if bytes.is_empty() {
         return Err("empty file".to_string());
     }
@@ -77,7 +111,7 @@ pub fn decode_image(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
             }
         }
     }
-    image::load_from_memory(bytes).map_err(|e| format!("cannot decode: {e}"))
+    Ok(())
 }
 
 /// What [`jpeg_layout`] finds in a JPEG's marker structure.

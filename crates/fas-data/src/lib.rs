@@ -40,6 +40,7 @@ pub struct ReadmeDoctests;
 pub mod augment;
 mod error;
 pub mod image_io;
+mod jpeg_scan;
 mod label;
 pub mod loader;
 pub mod preprocess;

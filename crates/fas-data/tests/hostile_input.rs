@@ -129,10 +129,7 @@ fn jpeg_header_claiming_more_pixels_than_it_holds_is_refused() {
     let path = dir.path().join("liar.jpg");
     write_jpeg(&path, 16);
     let mut bytes = std::fs::read(&path).unwrap();
-    let sof = bytes
-        .windows(2)
-        .position(|w| w == [0xFF, 0xC0])
-        .expect("baseline SOF");
+    let sof = marker_at(&bytes, 0xC0);
     // FF C0, length (2), precision (1), height (2), width (2).
     bytes[sof + 5..sof + 9].copy_from_slice(&[0x0F, 0xA0, 0x0F, 0xA0]);
     std::fs::write(&path, &bytes).unwrap();
@@ -167,10 +164,7 @@ fn jpeg_with_a_damaged_scan_is_refused() {
     write_jpeg(&path, 64);
     assert!(fas_data::image_io::load_image(&path).is_ok());
     let mut bytes = std::fs::read(&path).unwrap();
-    let sos = bytes
-        .windows(2)
-        .position(|w| w == [0xFF, 0xDA])
-        .expect("a scan");
+    let sos = marker_at(&bytes, 0xDA);
     let middle = sos + (bytes.len() - sos) / 2;
     let garbage = [0x3C, 0x91, 0xFF, 0x47, 0x10, 0xE2, 0x7F, 0x05];
     bytes[middle..middle + garbage.len()].copy_from_slice(&garbage);
@@ -182,6 +176,46 @@ fn jpeg_with_a_damaged_scan_is_refused() {
         err.contains("damaged.jpg") && err.contains("corrupt JPEG") && err.contains("FF 47"),
         "{err}"
     );
+}
+
+/// Scan data damaged without any stray marker (16 bytes cut from the
+/// middle, no `FF` among them, the end marker intact) decodes to wrong
+/// pixels, so the lenient loader takes it; the dataset's decode check walks
+/// the scan and refuses the file on its line.
+#[test]
+fn jpeg_scan_damage_without_markers_fails_the_decode_check() {
+    let dir = tempfile::tempdir().unwrap();
+    write_jpeg(&root_file(dir.path()), 64);
+    let path = dir.path().join("cut.jpg");
+    write_jpeg(&path, 64);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let sos = marker_at(&bytes, 0xDA);
+    let mut middle = sos + (bytes.len() - sos) / 2;
+    while bytes[middle - 1..middle + 16].contains(&0xFF) {
+        middle += 1;
+    }
+    bytes.drain(middle..middle + 16);
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(fas_data::image_io::load_image(&path).is_ok());
+    let options = ListOptions {
+        check: FileCheck::Decode,
+        ..ListOptions::default()
+    };
+    let err = read(dir.path(), "ok.jpg 0\ncut.jpg 0\n", &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 2") && err.contains("corrupt JPEG") && err.contains("MCU"),
+        "{err}"
+    );
+}
+
+/// Offset of the first `FF marker` in `bytes`.
+fn marker_at(bytes: &[u8], marker: u8) -> usize {
+    bytes
+        .windows(2)
+        .position(|w| w == [0xFF, marker])
+        .unwrap_or_else(|| panic!("no FF {marker:02X}"))
 }
 
 fn root_file(dir: &Path) -> std::path::PathBuf {

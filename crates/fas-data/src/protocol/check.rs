@@ -1,11 +1,12 @@
 //! Checking that listed files exist (or decode), on all cores.
 
-use crate::image_io::read_and_decode;
+use crate::image_io::read_and_verify;
 use crate::sample::{Media, Sample};
 use crate::video::list_frames;
 
 /// Checks one sample: the file (or a frame directory with at least one
-/// frame) exists, and with `decode` every image decodes.
+/// frame) exists, and with `decode` every image decodes and passes
+/// [`crate::image_io::verify_image`].
 fn check_sample(sample: &Sample, decode: bool) -> std::result::Result<(), String> {
     let images = match sample.media {
         Media::Image => vec![sample.path.clone()],
@@ -18,7 +19,7 @@ fn check_sample(sample: &Sample, decode: bool) -> std::result::Result<(), String
             }
             continue;
         }
-        read_and_decode(&image).map_err(|m| {
+        read_and_verify(&image).map_err(|m| {
             if image == sample.path {
                 m
             } else {

@@ -40,8 +40,9 @@ pub enum FileCheck {
     /// Default: the image file (or frame directory with at least one image) exists.
     #[default]
     Exists,
-    /// Fully decode every image (every frame of frame directories); catches
-    /// unreadable and truncated files. Runs on all cores.
+    /// Fully decode every image (every frame of frame directories) and walk
+    /// the scans of baseline JPEGs ([`crate::image_io::verify_image`]);
+    /// catches unreadable, truncated and damaged files. Runs on all cores.
     Decode,
 }
 
