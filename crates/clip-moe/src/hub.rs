@@ -79,13 +79,17 @@ pub struct HubOptions {
     /// Revisions to try, in order, for every file.
     pub revisions: Vec<String>,
     /// How long the hub may take to answer, and how long a download may go
-    /// without receiving a byte, before the model is reported unreachable.
-    /// hf-hub's client has no timeouts of its own, so a server that accepts
-    /// the connection and never answers, or stalls in the middle of a
-    /// file, would hang the caller: the hub is asked first with this
-    /// deadline, and every download runs on a worker thread that is given
-    /// up when no data has arrived for this long (the partial file stays in
-    /// the cache's temporary file, and the next attempt resumes it).
+    /// without receiving [`MIN_PROGRESS_BYTES`], before the model is
+    /// reported unreachable. hf-hub's client has no timeouts of its own, so
+    /// a server that accepts the connection and never answers, stalls in
+    /// the middle of a file, or trickles a byte now and then, would hang the
+    /// caller: the hub is asked first with this deadline, and every download
+    /// runs on a worker thread that is given up when less than that much
+    /// data has arrived for this long (the partial file stays in the cache's
+    /// temporary file, and the next attempt resumes it). The default, 16 KiB
+    /// per 30 s, is about 550 bytes/s: any working line, however slow,
+    /// delivers more; a transfer slower than that would take days for the
+    /// ViT-B/16 weights.
     pub timeout: std::time::Duration,
 }
 
@@ -190,9 +194,11 @@ fn fetch_online(cache: &Cache, model: &str, file: &str, options: &HubOptions) ->
             // Another revision would stall the same way: stop here.
             Err(Download::Stalled(idle)) => {
                 return Err(Error::Hub(format!(
-                    "downloading {file} of {model} (revision {rev}) from {}: no data for {:.1} s, \
-                     the transfer stalled (HubOptions::timeout). Run again to resume it. {}",
+                    "downloading {file} of {model} (revision {rev}) from {}: less than {} KiB \
+                     in {:.1} s, the transfer stalled (HubOptions::timeout). Run again to resume \
+                     it. {}",
                     endpoint,
+                    MIN_PROGRESS_BYTES / 1024,
                     idle.as_secs_f64(),
                     how_to_download(model)
                 )))
@@ -210,43 +216,60 @@ fn fetch_online(cache: &Cache, model: &str, file: &str, options: &HubOptions) ->
 
 /// Why [`download_watched`] returned without a file.
 enum Download {
-    /// No byte arrived for this long.
+    /// Less than [`MIN_PROGRESS_BYTES`] arrived for this long.
     Stalled(Duration),
     /// hf-hub's error.
     Failed(String),
 }
 
-/// hf-hub progress that only records when data last arrived.
-#[derive(Clone)]
-struct LastActivity(Arc<Mutex<Instant>>);
+/// The data a download must deliver per [`HubOptions::timeout`] to count
+/// as alive.
+pub const MIN_PROGRESS_BYTES: usize = 16 * 1024;
 
-impl LastActivity {
-    fn touch(&self) {
+/// hf-hub progress that records when the download last made progress: a
+/// (re)connection, or [`MIN_PROGRESS_BYTES`] more since the last progress.
+#[derive(Clone)]
+struct LastProgress(Arc<Mutex<(Instant, usize)>>);
+
+impl LastProgress {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new((Instant::now(), 0))))
+    }
+
+    fn received(&self, bytes: Option<usize>) {
         if let Ok(mut last) = self.0.lock() {
-            *last = Instant::now();
+            let pending = last.1;
+            match bytes {
+                Some(n) if pending + n < MIN_PROGRESS_BYTES => last.1 = pending + n,
+                _ => *last = (Instant::now(), 0),
+            }
         }
     }
 
     fn idle(&self) -> Duration {
-        self.0.lock().map(|last| last.elapsed()).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|last| last.0.elapsed())
+            .unwrap_or_default()
     }
 }
 
-impl Progress for LastActivity {
+impl Progress for LastProgress {
     fn init(&mut self, _size: usize, _filename: &str) {
-        self.touch();
+        self.received(None);
     }
-    fn update(&mut self, _size: usize) {
-        self.touch();
+    fn update(&mut self, size: usize) {
+        self.received(Some(size));
     }
     fn finish(&mut self) {
-        self.touch();
+        self.received(None);
     }
 }
 
 /// Downloads `file` into the cache on a worker thread and waits as long as
-/// data keeps arriving: [`Download::Stalled`] once nothing has arrived for
-/// `stall` (the metadata request included). The abandoned thread holds only
+/// data keeps arriving: [`Download::Stalled`] once less than
+/// [`MIN_PROGRESS_BYTES`] has arrived for `stall` (the metadata request
+/// included). The abandoned thread holds only
 /// its connection and the cache's temporary file and lock, which the
 /// process's exit releases.
 fn download_watched(
@@ -254,7 +277,7 @@ fn download_watched(
     file: &str,
     stall: Duration,
 ) -> std::result::Result<PathBuf, Download> {
-    let activity = LastActivity(Arc::new(Mutex::new(Instant::now())));
+    let activity = LastProgress::new();
     let (done, result) = mpsc::channel();
     let (progress, name) = (activity.clone(), file.to_owned());
     std::thread::Builder::new()

@@ -125,16 +125,14 @@ fn silent_hub_times_out() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Answers the probe and the metadata request as the hub does, then sends
-/// the first bytes of the file and stalls: the download is given up once no
-/// data has arrived for the timeout, with an error that says so.
-#[test]
-fn stalled_download_is_given_up() -> anyhow::Result<()> {
+/// A local server that answers the probe and the metadata request as the
+/// hub does and hands each file download, after its response head for 1000
+/// bytes, to `body` on a thread of its own; returns the port.
+fn fake_hub(body: fn(std::net::TcpStream)) -> anyhow::Result<u16> {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     std::thread::spawn(move || {
-        let mut stalled = Vec::new();
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut request = Vec::new();
@@ -161,21 +159,34 @@ fn stalled_download_is_given_up() -> anyhow::Result<()> {
                      content-length: 1\r\nconnection: close\r\n\r\n{{"
                 );
             } else {
-                // The download: 10 of 1000 bytes, then silence.
                 let _ = write!(
                     stream,
                     "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes 0-999/1000\r\n\
-                     content-length: 1000\r\n\r\n{{\"a\": 1, "
+                     content-length: 1000\r\n\r\n"
                 );
-                let _ = stream.flush();
-                stalled.push(stream);
+                std::thread::spawn(move || body(stream));
             }
         }
     });
+    Ok(port)
+}
+
+/// The download sends 10 of its 1000 bytes, then silence: it is given up
+/// once too little data has arrived for the timeout, with an error that
+/// says so.
+#[test]
+fn stalled_download_is_given_up() -> anyhow::Result<()> {
+    let port = fake_hub(|mut stream| {
+        use std::io::Write;
+        let _ = stream.write_all(b"{\"a\": 1, ");
+        let _ = stream.flush();
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    })?;
     let cache = tempfile::tempdir()?;
     let err = resolve_quickly(port, cache.path(), 800);
     assert!(
         err.contains("downloading config.json")
+            && err.contains("less than 16 KiB")
             && err.contains("the transfer stalled")
             && err.contains("HF_HUB_OFFLINE"),
         "{err}"
@@ -187,6 +198,33 @@ fn stalled_download_is_given_up() -> anyhow::Result<()> {
     assert!(
         !snapshot.exists(),
         "{snapshot:?} exists after a stalled download"
+    );
+    Ok(())
+}
+
+/// A server that trickles the file, a byte every 50 ms, never silent for
+/// the 0.8 s timeout: it is given up all the same, since 16 KiB does not
+/// arrive in 0.8 s.
+#[test]
+fn trickling_download_is_given_up() -> anyhow::Result<()> {
+    let port = fake_hub(|mut stream| {
+        use std::io::Write;
+        for _ in 0..1000 {
+            if stream
+                .write_all(b" ")
+                .and_then(|()| stream.flush())
+                .is_err()
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    })?;
+    let cache = tempfile::tempdir()?;
+    let err = resolve_quickly(port, cache.path(), 800);
+    assert!(
+        err.contains("downloading config.json") && err.contains("less than 16 KiB in"),
+        "{err}"
     );
     Ok(())
 }
