@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds, on this machine (no GPU needed), what scripts/device/gpu_checks.sh
 # runs on a lent GPU machine that has no Rust toolchain: the CUDA builds of
-# the parity tests of softmoe and clip-moe, clip-moe's GPU test, the two
+# the parity tests of softmoe and clip-moe, clip-moe's GPU test, fused-ops'
+# CUDA kernels against the composites, the two
 # benches, and the application (train_uniattack, eval_uniattack, detect,
 # fas-data's synth_dataset), copied with stable names to .gpu/bin (ignored by
 # git) and packed into .gpu/bin.tar.xz: 9 binaries, 455 MB stripped, 25 MB
-# packed (2026-12-02; the device call carries at most 64 MiB, and xz -9's
+# packed (2026-12-02, before fused_ops_cuda made it 10; the device call
+# carries at most 64 MiB, and xz -9's
 # window shares the PTX every binary embeds). About 17 minutes from a cold
 # release target on 2 cores. Carry `.gpu/bin.tar.xz` with the device call.
 #   scripts/device/build_gpu_binaries.sh
@@ -24,9 +26,11 @@ executable() {
 rm -rf .gpu/bin && mkdir -p .gpu/bin
 cp "$(executable bench -p softmoe --bench moe_throughput)" .gpu/bin/moe_throughput
 cp "$(executable bench -p clip-moe --bench vision_throughput)" .gpu/bin/vision_throughput
+cp "$(executable bench -p fused-ops --bench cuda_rows)" .gpu/bin/cuda_rows
 cp "$(executable test --release -p softmoe --test parity)" .gpu/bin/softmoe_parity
 cp "$(executable test --release -p clip-moe --test parity)" .gpu/bin/clip_moe_parity
 cp "$(executable test --release -p clip-moe --test cuda)" .gpu/bin/clip_moe_cuda
+cp "$(executable test --release -p fused-ops --test cuda_parity)" .gpu/bin/fused_ops_cuda
 cargo build --release --features "$features" \
     --example train_uniattack --example eval_uniattack --example detect
 cargo build --release -p fas-data --features "$features" --example synth_dataset

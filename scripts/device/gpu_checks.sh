@@ -10,6 +10,9 @@
 # real train_uniattack binary against PyTorch's step (TF32 on both; BF16
 # against autocast), then the candle CUDA benches side by side with PyTorch
 # (and transformers) on the same GPU, and writes logs under $OUT.
+# fused-ops' CUDA kernels are checked first; where they pass, the step is
+# also timed with them on (FUSED_OPS_CUDA=1), and cuda_rows times each row
+# op as composite and kernel (ROWS_BENCH=0 skips it).
 # STEP_BENCH=0 skips the training-step comparison; BENCHES=0 skips the
 # layer benches that follow it (the device call allows 600 s in all).
 set -uo pipefail
@@ -45,6 +48,12 @@ built_at=$(cat "$BIN/checkout")
 if [ "$built_at" != "$PWD" ] && [ ! -e "$built_at" ]; then
     mkdir -p "$(dirname "$built_at")" && ln -s "$PWD" "$built_at"
 fi
+# fused_ops_cuda first: it decides whether the step bench below may turn
+# the CUDA kernels on (FUSED_OPS_CUDA=1).
+kernels_ok=0
+timeout 120 "$BIN/fused_ops_cuda" --test-threads 1 --nocapture >"$OUT/fused_ops_cuda.log" 2>&1 &&
+    kernels_ok=1 || status=1
+grep -E "max diff|^test |test result|panicked|rror" "$OUT/fused_ops_cuda.log" | tail -n 40
 for t in softmoe_parity clip_moe_parity clip_moe_cuda; do
     timeout 300 "$BIN/$t" --test-threads 1 >"$OUT/$t.log" 2>&1 || status=1
     grep -E "^test |test result|panicked|rror" "$OUT/$t.log"
@@ -58,16 +67,23 @@ for precision in f32 bf16; do
     tail -n 12 "$OUT/demo-$precision.log"
 done
 
+if [ "${ROWS_BENCH:-1}" = 1 ]; then
+    # Per-op profile at the step's shapes: composite vs kernel (about 60 s).
+    echo "== row ops at batch 32 (attention softmax, LayerNorm, combine softmax)"
+    "$BIN"/cuda_rows --bench 2>&1 | tee "$OUT/cuda_rows.log" |
+        grep -E "^cuda_rows|^ +time: +\[" | paste - - | awk '{printf "%-60s median %s %s\n", $1, $5, $6}'
+fi
+
 if [ "${STEP_BENCH:-1}" = 1 ]; then
     echo "== training step, ViT-B/16 + La-SoftMoE, 224 px, batch 32"
     data="$OUT/step-data"
     "$BIN/synth_dataset" --out "$data" --subjects 30 --size 224 >/dev/null 2>&1 || status=1
     # The real binary: images/s per logged step (median after the first 3)
     # and the peak GPU memory nvidia-smi sees for its process.
-    rust_step() { # precision
-        local out="$OUT/step-$1" peak=0
+    rust_step() { # precision [kernels: 0 or 1]
+        local out="$OUT/step-$1-k${2:-0}" peak=0
         rm -rf "$out"
-        "$BIN/train_uniattack" --model random:vit-b16 --data "$data" --protocol p1 --device cuda \
+        FUSED_OPS_CUDA=${2:-0} "$BIN/train_uniattack" --model random:vit-b16 --data "$data" --protocol p1 --device cuda \
             --precision "$1" --batch-size 32 --workers "$(nproc)" --epochs 1000 --max-steps 23 \
             --log-every 1 --eval-every 100000 --no-test-during-training --output "$out" \
             >"$out.log" 2>&1 &
@@ -80,17 +96,19 @@ if [ "${STEP_BENCH:-1}" = 1 ]; then
             [ -f "$out/metrics.jsonl" ] && [ "$(grep -c '"kind":"train"' "$out/metrics.jsonl")" -ge 23 ] && break
         done
         kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-        "$PY" - "$out/metrics.jsonl" "$1" "$peak" <<'PY'
+        "$PY" - "$out/metrics.jsonl" "$1" "$peak" "${2:-0}" <<'PY'
 import json, statistics, sys
 rates = [r["images_per_second"] for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"][3:]
 print(json.dumps({"impl": "uniattack", "precision": sys.argv[2], "batch": 32,
+                  "fused_cuda_kernels": sys.argv[4] == "1",
                   "images_per_s": statistics.median(rates), "steps": len(rates),
                   "peak_gpu_mib": int(sys.argv[3])}))
 PY
     }
     for round in 1 2; do
         for precision in f32 bf16; do
-            rust_step "$precision" || status=1
+            rust_step "$precision" 0 || status=1
+            if [ "$kernels_ok" = 1 ]; then rust_step "$precision" 1 || status=1; fi
             amp=none; [ "$precision" = bf16 ] && amp=bf16
             "$PY" scripts/uniattack/bench_train_step_torch.py --device cuda --batch 32 --steps 20 \
                 --warmup 3 --tf32 --amp "$amp" || status=1

@@ -13,7 +13,7 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, WithDType,
 };
 use num_traits::{Float, NumAssign};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::activation::ActivationFloat;
 
@@ -41,6 +41,52 @@ pub fn set_fused_cpu_kernels(on: bool) {
 /// Whether the fused CPU kernels are on (see [`set_fused_cpu_kernels`]).
 pub fn fused_cpu_kernels() -> bool {
     FUSED_CPU_KERNELS.load(Ordering::Relaxed)
+}
+
+/// 0: not read yet, 1: off, 2: on.
+static FUSED_CUDA_KERNELS: AtomicU8 = AtomicU8::new(0);
+
+/// Turns this crate's CUDA kernels (softmax and LayerNorm, forward and
+/// backward, `--features cuda`) on or off for the whole process. Off by
+/// default, or on with `FUSED_OPS_CUDA=1`: they are compiled but have not
+/// yet been checked on a GPU against the composites they replace
+/// (`tests/cuda_parity.rs` does that). Without the `cuda` feature the
+/// switch has no effect.
+pub fn set_fused_cuda_kernels(on: bool) {
+    FUSED_CUDA_KERNELS.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+/// Whether this crate's CUDA kernels are on (see [`set_fused_cuda_kernels`]);
+/// always `false` without the `cuda` feature. `FUSED_OPS_CUDA=1` (exactly)
+/// turns them on when the process has not set the switch.
+pub fn fused_cuda_kernels() -> bool {
+    let state = match FUSED_CUDA_KERNELS.load(Ordering::Relaxed) {
+        0 => {
+            let env = if std::env::var("FUSED_OPS_CUDA").is_ok_and(|v| v == "1") {
+                2
+            } else {
+                1
+            };
+            // A switch set meanwhile wins over the environment.
+            match FUSED_CUDA_KERNELS.compare_exchange(0, env, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => env,
+                Err(set) => set,
+            }
+        }
+        state => state,
+    };
+    cfg!(feature = "cuda") && state == 2
+}
+
+/// Whether `x` takes this crate's CUDA kernels (non-empty, F32 or BF16 on a
+/// CUDA device, the switch on, a `cuda` build).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn cuda_path(x: &Tensor) -> bool {
+    x.device().is_cuda()
+        && x.elem_count() > 0
+        && matches!(x.dtype(), DType::F32 | DType::BF16)
+        && fused_cuda_kernels()
 }
 
 /// Whether `x` takes the fused CPU kernels that run in F32 and F64 (else
@@ -231,4 +277,22 @@ pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
         .max(0)?
         .to_dtype(DType::F64)?
         .to_scalar::<f64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CUDA switch never routes a CPU tensor to the CUDA kernels, and
+    /// without the `cuda` feature it stays off whatever is asked.
+    #[test]
+    fn cuda_switch_leaves_cpu_tensors_alone() -> Result<()> {
+        let x = Tensor::zeros((2, 3), DType::F32, &candle_core::Device::Cpu)?;
+        set_fused_cuda_kernels(true);
+        assert!(!cuda_path(&x));
+        assert_eq!(fused_cuda_kernels(), cfg!(feature = "cuda"));
+        set_fused_cuda_kernels(false);
+        assert!(!fused_cuda_kernels());
+        Ok(())
+    }
 }

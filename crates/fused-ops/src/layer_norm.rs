@@ -20,14 +20,18 @@ use crate::dispatch::{f32_operand, fused_path_f32};
 /// (`torch.nn.LayerNorm`); statistics in F32.
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
     if fused_path_f32(xs) && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
-        xs.contiguous()?.apply_op3(
+        return xs.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
             LayerNorm { eps },
-        )
-    } else {
-        candle_nn::ops::layer_norm_slow(xs, weight, bias, eps)
+        );
     }
+    #[cfg(feature = "cuda")]
+    if crate::dispatch::cuda_path(xs) && weight.dtype() == xs.dtype() && bias.dtype() == xs.dtype()
+    {
+        return crate::cuda_ops::layer_norm(xs, weight, bias, eps);
+    }
+    candle_nn::ops::layer_norm_slow(xs, weight, bias, eps)
 }
 
 /// Per row: mean and `1 / sqrt(var + eps)`.

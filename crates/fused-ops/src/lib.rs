@@ -23,11 +23,18 @@
 //! [`set_fused_cpu_kernels`]`(false)` makes the CPU run the composites too:
 //! a machine without a GPU can test the GPU's code path that way.
 //!
+//! With `--features cuda` (nvcc at build time, `CUDA_COMPUTE_CAP`),
+//! [`softmax`] over the last axis and [`layer_norm`] also have CUDA kernels
+//! with backward passes, off by default until they have been checked on a
+//! GPU: [`set_fused_cuda_kernels`] or `FUSED_OPS_CUDA=1` turns them on.
+//!
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 mod activation;
 mod attention;
+#[cfg(feature = "cuda")]
+mod cuda_ops;
 mod dispatch;
 mod expert_linear;
 mod expert_mlp;
@@ -40,7 +47,9 @@ mod rows;
 
 pub use activation::Activation;
 pub use attention::attention;
-pub use dispatch::{fused_cpu_kernels, set_fused_cpu_kernels};
+pub use dispatch::{
+    fused_cpu_kernels, fused_cuda_kernels, set_fused_cpu_kernels, set_fused_cuda_kernels,
+};
 pub use expert_linear::linear;
 pub use expert_mlp::ExpertMlp;
 pub use layer_norm::layer_norm;

@@ -34,9 +34,12 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use experts::Experts;
-/// The process-wide switch between the fused CPU kernels and candle's
-/// composites (what a GPU runs), re-exported from `fused-ops`.
-pub use fused_ops::{fused_cpu_kernels, set_fused_cpu_kernels};
+/// The process-wide switches between the fused kernels and candle's
+/// composites, on the CPU (on by default) and on CUDA (off by default, see
+/// `fused_ops::set_fused_cuda_kernels`), re-exported from `fused-ops`.
+pub use fused_ops::{
+    fused_cpu_kernels, fused_cuda_kernels, set_fused_cpu_kernels, set_fused_cuda_kernels,
+};
 pub use soft_moe::{SoftMoe, SoftMoeOutput};
 
 /// Dtype of trainable parameters: F64 when the builder asks for it (gradient

@@ -1,0 +1,96 @@
+//! Per-op GPU timings at the shapes of the ViT-B/16 + La-SoftMoE training
+//! step at batch 32 (`--features cuda`, GPU 0): each row op as candle's
+//! composite and as this crate's CUDA kernel, forward and forward +
+//! backward, the device synchronised inside the timed region. With the
+//! step's own time (`scripts/device/gpu_checks.sh`) this says where the
+//! step's time goes and what the kernels take off it.
+//!
+//! * attention softmax: `(32 x 12 x 197, 197)` per block;
+//! * LayerNorm: `(32 x 197, 768)`, three per block;
+//! * combine softmax over slots: `(32 x 197, 196)` per MoE branch.
+//!
+//! Without `--features cuda` the bench has nothing to time and says so.
+
+#[cfg(feature = "cuda")]
+fn main() {
+    use candle_core::{DType, Device, Result, Tensor, Var};
+    use criterion::Criterion;
+
+    fn step(
+        gpu: &Device,
+        x: &Var,
+        params: &[Var],
+        probe: &Tensor,
+        backward: bool,
+        f: &dyn Fn(&Tensor, &[Var]) -> Result<Tensor>,
+    ) -> Result<()> {
+        let y = f(x.as_tensor(), params)?;
+        if backward {
+            (y * probe)?.sum_all()?.backward()?;
+        }
+        gpu.synchronize()
+    }
+
+    let gpu = Device::new_cuda(0).expect("GPU 0");
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    type Op = Box<dyn Fn(&Tensor, &[Var]) -> Result<Tensor>>;
+    let cases: Vec<(&str, (usize, usize), usize, Op)> = vec![
+        (
+            "attention_softmax",
+            (32 * 12 * 197, 197),
+            0,
+            Box::new(|x, _| fused_ops::softmax(x, 1)),
+        ),
+        (
+            "layer_norm",
+            (32 * 197, 768),
+            2,
+            Box::new(|x, p| fused_ops::layer_norm(x, p[0].as_tensor(), p[1].as_tensor(), 1e-5)),
+        ),
+        (
+            "combine_softmax",
+            (32 * 197, 196),
+            0,
+            Box::new(|x, _| fused_ops::softmax(x, 1)),
+        ),
+    ];
+    for dtype in [DType::F32, DType::BF16] {
+        let mut group = c.benchmark_group(format!("cuda_rows_{dtype:?}").to_lowercase());
+        for (name, shape, n_params, f) in &cases {
+            let x = Var::from_tensor(
+                &Tensor::randn(0f32, 1.0, *shape, &gpu)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .unwrap(),
+            )
+            .unwrap();
+            let params: Vec<Var> = (0..*n_params)
+                .map(|_| Var::from_tensor(&Tensor::ones(shape.1, dtype, &gpu).unwrap()).unwrap())
+                .collect();
+            let probe = Tensor::randn(0f32, 1.0, *shape, &gpu)
+                .and_then(|t| t.to_dtype(dtype))
+                .unwrap();
+            for kernels in [false, true] {
+                fused_ops::set_fused_cuda_kernels(kernels);
+                let path = if kernels { "kernel" } else { "composite" };
+                for backward in [false, true] {
+                    let pass = if backward { "fwd_bwd" } else { "fwd" };
+                    group.bench_function(format!("{name}_{pass}_{path}"), |b| {
+                        b.iter(|| step(&gpu, &x, &params, &probe, backward, f.as_ref()).unwrap())
+                    });
+                }
+            }
+        }
+        group.finish();
+    }
+    fused_ops::set_fused_cuda_kernels(false);
+    c.final_summary();
+}
+
+#[cfg(not(feature = "cuda"))]
+fn main() {
+    println!("cuda_rows times CUDA kernels: build it with --features cuda");
+}

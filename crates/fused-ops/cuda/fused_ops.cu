@@ -1,0 +1,192 @@
+// Row kernels of fused-ops for CUDA, forward and backward: softmax over the
+// last axis and LayerNorm over the last axis. One thread block per row;
+// statistics and accumulation in F32 for F32 and BF16 storage. Compiled to
+// PTX by build.rs (`--features cuda`), loaded by src/cuda_ops.rs.
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) {
+    return __bfloat162float(p[i]);
+}
+__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) {
+    p[i] = __float2bfloat16(v);
+}
+
+// Sum (or max) of one value per thread over the block. blockDim.x is a
+// multiple of 32 and at most 1024; `shared` holds 32 floats. Every thread
+// gets the result.
+template <bool MAX>
+__device__ float block_reduce(float v, float* shared) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float other = __shfl_xor_sync(0xffffffff, v, o);
+        v = MAX ? fmaxf(v, other) : v + other;
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();  // the previous reduction's readers are done
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    const int warps = blockDim.x >> 5;
+    if (warp == 0) {
+        v = lane < warps ? shared[lane] : (MAX ? -INFINITY : 0.0f);
+        for (int o = 16; o > 0; o >>= 1) {
+            float other = __shfl_xor_sync(0xffffffff, v, o);
+            v = MAX ? fmaxf(v, other) : v + other;
+        }
+        if (lane == 0) shared[0] = v;
+    }
+    __syncthreads();
+    return shared[0];
+}
+
+// y = exp(x - max) / sum(exp(x - max)) per row of `cols`.
+template <typename T>
+__device__ void softmax_fwd(const T* x, T* y, int cols) {
+    __shared__ float shared[32];
+    const int64_t base = (int64_t)blockIdx.x * cols;
+    float m = -INFINITY;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, load(x, base + c));
+    m = block_reduce<true>(m, shared);
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) s += expf(load(x, base + c) - m);
+    s = block_reduce<false>(s, shared);
+    const float inv = 1.0f / s;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+        store(y, base + c, expf(load(x, base + c) - m) * inv);
+}
+
+// dx = y * (dy - sum(dy * y)) per row.
+template <typename T>
+__device__ void softmax_bwd(const T* y, const T* dy, T* dx, int cols) {
+    __shared__ float shared[32];
+    const int64_t base = (int64_t)blockIdx.x * cols;
+    float dot = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+        dot += load(y, base + c) * load(dy, base + c);
+    dot = block_reduce<false>(dot, shared);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+        store(dx, base + c, load(y, base + c) * (load(dy, base + c) - dot));
+}
+
+// Mean and 1/sqrt(var + eps) of one row (two passes, as the composite).
+template <typename T>
+__device__ void row_stats(const T* x, int64_t base, int cols, float eps, float* shared,
+                          float* mean, float* rstd) {
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) s += load(x, base + c);
+    const float mu = block_reduce<false>(s, shared) / cols;
+    float v = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float d = load(x, base + c) - mu;
+        v += d * d;
+    }
+    const float var = block_reduce<false>(v, shared) / cols;
+    *mean = mu;
+    *rstd = rsqrtf(var + eps);
+}
+
+// y = (x - mean) * rstd * gamma + beta per row.
+template <typename T>
+__device__ void layer_norm_fwd(const T* x, const T* gamma, const T* beta, T* y, int cols,
+                               float eps) {
+    __shared__ float shared[32];
+    const int64_t base = (int64_t)blockIdx.x * cols;
+    float mean, rstd;
+    row_stats(x, base, cols, eps, shared, &mean, &rstd);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+        store(y, base + c,
+              (load(x, base + c) - mean) * rstd * load(gamma, c) + load(beta, c));
+}
+
+// Input gradient of one row, and the row's mean and rstd into `stats`
+// (2 floats per row) for the parameter gradients:
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma.
+template <typename T>
+__device__ void layer_norm_bwd_input(const T* x, const T* gamma, const T* dy, T* dx,
+                                     float* stats, int cols, float eps) {
+    __shared__ float shared[32];
+    const int64_t base = (int64_t)blockIdx.x * cols;
+    float mean, rstd;
+    row_stats(x, base, cols, eps, shared, &mean, &rstd);
+    float sg = 0.0f, sgx = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float g = load(dy, base + c) * load(gamma, c);
+        sg += g;
+        sgx += g * (load(x, base + c) - mean) * rstd;
+    }
+    const float mg = block_reduce<false>(sg, shared) / cols;
+    const float mgx = block_reduce<false>(sgx, shared) / cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float xhat = (load(x, base + c) - mean) * rstd;
+        const float g = load(dy, base + c) * load(gamma, c);
+        store(dx, base + c, rstd * (g - mg - xhat * mgx));
+    }
+    if (threadIdx.x == 0) {
+        stats[2 * blockIdx.x] = mean;
+        stats[2 * blockIdx.x + 1] = rstd;
+    }
+}
+
+// Partial parameter gradients over the rows of chunk blockIdx.y, one
+// column per thread: partial[chunk][0][c] = sum dy * xhat (gamma),
+// partial[chunk][1][c] = sum dy (beta). Fixed order: deterministic.
+template <typename T>
+__device__ void layer_norm_bwd_params(const T* x, const T* dy, const float* stats,
+                                      float* partial, int rows, int cols, int rows_per_chunk) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    const int start = blockIdx.y * rows_per_chunk;
+    const int end = min(rows, start + rows_per_chunk);
+    float dg = 0.0f, db = 0.0f;
+    for (int r = start; r < end; ++r) {
+        const int64_t i = (int64_t)r * cols + c;
+        const float d = load(dy, i);
+        dg += d * (load(x, i) - stats[2 * r]) * stats[2 * r + 1];
+        db += d;
+    }
+    float* out = partial + (int64_t)blockIdx.y * 2 * cols;
+    out[c] = dg;
+    out[cols + c] = db;
+}
+
+// Sums the chunks' partial gradients in order into `grads` (gamma's
+// gradient, then beta's: 2 * cols values).
+template <typename T>
+__device__ void layer_norm_params_sum(const float* partial, T* grads, int chunks, int cols) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= 2 * cols) return;
+    float s = 0.0f;
+    for (int k = 0; k < chunks; ++k) s += partial[(int64_t)k * 2 * cols + c];
+    store(grads, c, s);
+}
+
+#define ROW_KERNELS(T, SUFFIX)                                                                  \
+    extern "C" __global__ void softmax_fwd_##SUFFIX(const T* x, T* y, int cols) {              \
+        softmax_fwd(x, y, cols);                                                                \
+    }                                                                                           \
+    extern "C" __global__ void softmax_bwd_##SUFFIX(const T* y, const T* dy, T* dx, int cols) { \
+        softmax_bwd(y, dy, dx, cols);                                                           \
+    }                                                                                           \
+    extern "C" __global__ void layer_norm_fwd_##SUFFIX(const T* x, const T* gamma,              \
+                                                       const T* beta, T* y, int cols,           \
+                                                       float eps) {                             \
+        layer_norm_fwd(x, gamma, beta, y, cols, eps);                                           \
+    }                                                                                           \
+    extern "C" __global__ void layer_norm_bwd_input_##SUFFIX(                                   \
+        const T* x, const T* gamma, const T* dy, T* dx, float* stats, int cols, float eps) {    \
+        layer_norm_bwd_input(x, gamma, dy, dx, stats, cols, eps);                               \
+    }                                                                                           \
+    extern "C" __global__ void layer_norm_bwd_params_##SUFFIX(                                  \
+        const T* x, const T* dy, const float* stats, float* partial, int rows, int cols,        \
+        int rows_per_chunk) {                                                                   \
+        layer_norm_bwd_params(x, dy, stats, partial, rows, cols, rows_per_chunk);               \
+    }                                                                                           \
+    extern "C" __global__ void layer_norm_params_sum_##SUFFIX(const float* partial, T* grads,   \
+                                                              int chunks, int cols) {           \
+        layer_norm_params_sum(partial, grads, chunks, cols);                                    \
+    }
+
+ROW_KERNELS(float, f32)
+ROW_KERNELS(__nv_bfloat16, bf16)

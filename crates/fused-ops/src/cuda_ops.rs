@@ -1,0 +1,426 @@
+//! CUDA twins of the row kernels (`cuda/fused_ops.cu`, compiled to PTX by
+//! `build.rs` under `--features cuda`): softmax over the last axis and
+//! LayerNorm over the last axis, each a candle custom op whose backward is
+//! one more kernel (two for LayerNorm's parameter gradients), in F32 and
+//! BF16 with F32 statistics.
+//!
+//! The composites they replace launch one kernel per primitive op forward
+//! (max, subtract, exp, sum, divide; mean, subtract, square, mean, root,
+//! divide, scale, shift), and backward every node allocates, zeroes and adds
+//! into a gradient buffer. Off unless [`crate::set_fused_cuda_kernels`] or
+//! `FUSED_OPS_CUDA=1` turns them on: they have been compiled, not yet run
+//! on a GPU (`tests/cuda_parity.rs` compares them with the composites).
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{
+    CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result,
+    Shape, Tensor,
+};
+use half::bf16;
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused_ops.ptx"));
+const MODULE: &str = "fused_ops_rows";
+
+/// Softmax over the last axis of a non-empty CUDA tensor in F32 or BF16.
+pub(crate) fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+/// LayerNorm over the last axis of a non-empty tensor; `weight` and `bias`
+/// in `x`'s dtype.
+pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNorm { eps },
+    )
+}
+
+/// Threads per row: a multiple of 32 covering the row, at most 512.
+fn block_for(cols: usize) -> u32 {
+    (cols.div_ceil(32) * 32).clamp(32, 512) as u32
+}
+
+fn suffix(dtype: DType, op: &str) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::BF16 => Ok("bf16"),
+        other => candle_core::bail!("{op}: CUDA kernels run in F32 and BF16, not {other:?}"),
+    }
+}
+
+/// The contiguous elements of operand `what` of `op`.
+fn view<'a, T: CudaDType>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    op: &str,
+    what: &str,
+) -> Result<CudaView<'a, T>> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(s.as_cuda_slice::<T>()?.slice(start..end)),
+        None => candle_core::bail!("{op}: {what} must be contiguous"),
+    }
+}
+
+/// Rows and row length of a contiguous layout.
+fn rows_cols(l: &Layout) -> (usize, usize) {
+    let cols = l.dims().last().copied().unwrap_or(1).max(1);
+    (l.shape().elem_count() / cols, cols)
+}
+
+fn row_launch(rows: usize, cols: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (block_for(cols), 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn cpu_refused(op: &str) -> Result<(CpuStorage, Shape)> {
+    candle_core::bail!("{op} runs on CUDA only")
+}
+
+/// Runs `$f::<T>` for the storage's dtype.
+macro_rules! by_dtype {
+    ($s:expr, $op:expr, $f:ident ( $($arg:expr),* )) => {
+        match $s.dtype() {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::BF16 => $f::<bf16>($($arg),*),
+            other => candle_core::bail!("{}: CUDA kernels run in F32 and BF16, not {other:?}", $op),
+        }
+    };
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "fused-softmax-cuda"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_refused(self.name())
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(s, self.name(), softmax_fwd(s, l))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            y.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward)?,
+        ))
+    }
+}
+
+fn softmax_fwd<T: CudaDType + DeviceRepr>(
+    s: &CudaStorage,
+    l: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let op = "fused-softmax-cuda";
+    let x = view::<T>(s, l, op, "the input")?;
+    let (rows, cols) = rows_cols(l);
+    let dev = &s.device;
+    // SAFETY: every element is written by the kernel below.
+    let y = unsafe { dev.alloc::<T>(rows * cols)? };
+    let f = dev.get_or_load_custom_func(
+        &format!("softmax_fwd_{}", suffix(s.dtype(), op)?),
+        MODULE,
+        PTX,
+    )?;
+    let mut b = f.builder();
+    let n = cols as i32;
+    b.arg(&x).arg(&y).arg(&n);
+    // SAFETY: the kernel's arguments match its signature.
+    unsafe { b.launch(row_launch(rows, cols)) }.w()?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(y, dev.clone()),
+        l.shape().clone(),
+    ))
+}
+
+/// `(y, dy) -> dx` of [`Softmax`].
+struct SoftmaxBackward;
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "fused-softmax-cuda-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_refused(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        y: &CudaStorage,
+        ly: &Layout,
+        dy: &CudaStorage,
+        ldy: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(y, self.name(), softmax_bwd(y, ly, dy, ldy))
+    }
+}
+
+fn softmax_bwd<T: CudaDType + DeviceRepr>(
+    ys: &CudaStorage,
+    ly: &Layout,
+    dys: &CudaStorage,
+    ldy: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let op = "fused-softmax-cuda-backward";
+    let y = view::<T>(ys, ly, op, "the output")?;
+    let dy = view::<T>(dys, ldy, op, "the gradient")?;
+    let (rows, cols) = rows_cols(ly);
+    let dev = &ys.device;
+    // SAFETY: every element is written by the kernel below.
+    let dx = unsafe { dev.alloc::<T>(rows * cols)? };
+    let f = dev.get_or_load_custom_func(
+        &format!("softmax_bwd_{}", suffix(ys.dtype(), op)?),
+        MODULE,
+        PTX,
+    )?;
+    let mut b = f.builder();
+    let n = cols as i32;
+    b.arg(&y).arg(&dy).arg(&dx).arg(&n);
+    // SAFETY: the kernel's arguments match its signature.
+    unsafe { b.launch(row_launch(rows, cols)) }.w()?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(dx, dev.clone()),
+        ly.shape().clone(),
+    ))
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-cuda"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_refused(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        lx: &Layout,
+        w: &CudaStorage,
+        lw: &Layout,
+        b: &CudaStorage,
+        lb: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(
+            x,
+            self.name(),
+            layer_norm_fwd(x, lx, w, lw, b, lb, self.eps)
+        )
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // One op gives all three gradients, packed: dx, then the weight's,
+        // then the bias's.
+        let packed = x.apply_op3_no_bwd(
+            weight,
+            &grad.contiguous()?,
+            &LayerNormBackward { eps: self.eps },
+        )?;
+        let (n, cols) = (x.elem_count(), weight.elem_count());
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n, cols)?.reshape(weight.shape())?;
+        let db = packed.narrow(0, n + cols, cols)?.reshape(bias.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+fn layer_norm_fwd<T: CudaDType + DeviceRepr>(
+    xs: &CudaStorage,
+    lx: &Layout,
+    ws: &CudaStorage,
+    lw: &Layout,
+    bs: &CudaStorage,
+    lb: &Layout,
+    eps: f32,
+) -> Result<(CudaStorage, Shape)> {
+    let op = "fused-layer-norm-cuda";
+    let (rows, cols) = rows_cols(lx);
+    if lw.shape().elem_count() != cols || lb.shape().elem_count() != cols {
+        candle_core::bail!(
+            "{op}: weight {:?} and bias {:?} must hold the {cols} features of the input",
+            lw.shape(),
+            lb.shape()
+        )
+    }
+    let x = view::<T>(xs, lx, op, "the input")?;
+    let w = view::<T>(ws, lw, op, "the weight")?;
+    let b = view::<T>(bs, lb, op, "the bias")?;
+    let dev = &xs.device;
+    // SAFETY: every element is written by the kernel below.
+    let y = unsafe { dev.alloc::<T>(rows * cols)? };
+    let f = dev.get_or_load_custom_func(
+        &format!("layer_norm_fwd_{}", suffix(xs.dtype(), op)?),
+        MODULE,
+        PTX,
+    )?;
+    let mut launch = f.builder();
+    let n = cols as i32;
+    launch.arg(&x).arg(&w).arg(&b).arg(&y).arg(&n).arg(&eps);
+    // SAFETY: the kernel's arguments match its signature.
+    unsafe { launch.launch(row_launch(rows, cols)) }.w()?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(y, dev.clone()),
+        lx.shape().clone(),
+    ))
+}
+
+/// `(x, weight, dy) -> [dx, d weight, d bias]` (flat) of [`LayerNorm`].
+struct LayerNormBackward {
+    eps: f32,
+}
+
+/// Rows per block of the parameter-gradient reduction.
+const ROWS_PER_CHUNK: usize = 64;
+
+impl CustomOp3 for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-cuda-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_refused(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        lx: &Layout,
+        w: &CudaStorage,
+        lw: &Layout,
+        dy: &CudaStorage,
+        ldy: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(
+            x,
+            self.name(),
+            layer_norm_bwd(x, lx, w, lw, dy, ldy, self.eps)
+        )
+    }
+}
+
+fn layer_norm_bwd<T: CudaDType + DeviceRepr>(
+    xs: &CudaStorage,
+    lx: &Layout,
+    ws: &CudaStorage,
+    lw: &Layout,
+    dys: &CudaStorage,
+    ldy: &Layout,
+    eps: f32,
+) -> Result<(CudaStorage, Shape)> {
+    let op = "fused-layer-norm-cuda-backward";
+    let (rows, cols) = rows_cols(lx);
+    let x = view::<T>(xs, lx, op, "the input")?;
+    let w = view::<T>(ws, lw, op, "the weight")?;
+    let dy = view::<T>(dys, ldy, op, "the gradient")?;
+    let dev: &CudaDevice = &xs.device;
+    let sfx = suffix(xs.dtype(), op)?;
+    let load = |name: &str| dev.get_or_load_custom_func(&format!("{name}_{sfx}"), MODULE, PTX);
+    let (cols_i, rows_i) = (cols as i32, rows as i32);
+
+    // SAFETY: the kernels below write every element of both buffers.
+    let mut out = unsafe { dev.alloc::<T>(rows * cols + 2 * cols)? };
+    let stats = unsafe { dev.alloc::<f32>(2 * rows)? };
+    {
+        let mut dx = out.slice_mut(0..rows * cols);
+        let f = load("layer_norm_bwd_input")?;
+        let mut b = f.builder();
+        b.arg(&x)
+            .arg(&w)
+            .arg(&dy)
+            .arg(&mut dx)
+            .arg(&stats)
+            .arg(&cols_i)
+            .arg(&eps);
+        // SAFETY: the kernel's arguments match its signature.
+        unsafe { b.launch(row_launch(rows, cols)) }.w()?;
+    }
+    // Rows per chunk: at least ROWS_PER_CHUNK, more when the chunks would
+    // exceed the grid's 65535 in y.
+    let per_chunk = ROWS_PER_CHUNK.max(rows.div_ceil(65_535));
+    let chunks = rows.div_ceil(per_chunk).max(1);
+    // SAFETY: the partial kernel writes every element.
+    let partial = unsafe { dev.alloc::<f32>(chunks * 2 * cols)? };
+    {
+        let f = load("layer_norm_bwd_params")?;
+        let mut b = f.builder();
+        let per_chunk_i = per_chunk as i32;
+        b.arg(&x)
+            .arg(&dy)
+            .arg(&stats)
+            .arg(&partial)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&per_chunk_i);
+        let cfg = LaunchConfig {
+            grid_dim: (cols.div_ceil(256) as u32, chunks as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel's arguments match its signature.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    {
+        let mut grads = out.slice_mut(rows * cols..);
+        let f = load("layer_norm_params_sum")?;
+        let mut b = f.builder();
+        let k = chunks as i32;
+        b.arg(&partial).arg(&mut grads).arg(&k).arg(&cols_i);
+        let cfg = LaunchConfig {
+            grid_dim: ((2 * cols).div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel's arguments match its signature.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    let len = rows * cols + 2 * cols;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(len),
+    ))
+}

@@ -1,0 +1,138 @@
+//! This crate's CUDA kernels (`--features cuda`, GPU 0) against the candle
+//! composites they replace, on the same GPU and the same inputs: softmax
+//! over the last axis, LayerNorm, and attention (whose softmax is the
+//! kernel), values and every gradient, in F32 and BF16. One test, because
+//! the switch between kernels and composites is process-wide.
+
+#![cfg(feature = "cuda")]
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()
+}
+
+/// Whether every element is finite (a sum carries NaN and infinities,
+/// which candle's max reduction on CUDA skips).
+fn finite(a: &Tensor) -> Result<bool> {
+    Ok(a.to_dtype(DType::F32)?
+        .abs()?
+        .sum_all()?
+        .to_scalar::<f32>()?
+        .is_finite())
+}
+
+fn max_abs(a: &Tensor) -> Result<f32> {
+    a.to_dtype(DType::F32)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()
+}
+
+/// `f` on `inputs` (as variables in `dtype`), the output and each input's
+/// gradient of `sum(output * probe)`.
+fn run(
+    inputs: &[Tensor],
+    dtype: DType,
+    probe: &Tensor,
+    f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<Vec<Tensor>> {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(&t.to_dtype(dtype)?))
+        .collect::<Result<_>>()?;
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let out = f(&tensors)?;
+    let grads = (out.to_dtype(DType::F32)? * probe)?.sum_all()?.backward()?;
+    let mut all = vec![out];
+    for v in &vars {
+        all.push(grads.get(v).expect("a gradient").clone());
+    }
+    Ok(all)
+}
+
+/// Kernels against composites for one case; `tol` relative to the largest
+/// magnitude of each compared tensor.
+fn compare(
+    name: &str,
+    inputs: &[Tensor],
+    dtype: DType,
+    tol: f32,
+    f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<()> {
+    let probe = {
+        let out = f(inputs)?;
+        Tensor::randn(0f32, 1.0, out.shape(), out.device())?
+    };
+    fused_ops::set_fused_cuda_kernels(false);
+    let composite = run(inputs, dtype, &probe, f)?;
+    fused_ops::set_fused_cuda_kernels(true);
+    assert!(
+        fused_ops::fused_cuda_kernels(),
+        "the switch did not turn the kernels on"
+    );
+    let fused = run(inputs, dtype, &probe, f)?;
+    fused_ops::set_fused_cuda_kernels(false);
+    for (i, (a, b)) in composite.iter().zip(&fused).enumerate() {
+        let what = if i == 0 {
+            "output".to_string()
+        } else {
+            format!("gradient {i}")
+        };
+        assert!(
+            finite(a)? && finite(b)?,
+            "{name} {dtype:?} {what}: not finite"
+        );
+        let (diff, scale) = (max_diff(a, b)?, max_abs(a)?.max(1e-6));
+        println!("{name} {dtype:?} {what}: max diff {diff:e} (scale {scale:e})");
+        assert!(
+            diff <= tol * scale,
+            "{name} {dtype:?} {what}: {diff} > {tol} x {scale}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn cuda_kernels_match_the_composites() -> anyhow::Result<()> {
+    let gpu = Device::new_cuda(0)?;
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 2e-2)] {
+        // Widths below a warp, the paper's 197 tokens and 196 slots,
+        // ViT-B/16's 768 features, and more than a block's 512 threads.
+        for cols in [7, 196, 197, 768, 1030] {
+            let x = Tensor::randn(0f32, 2.0, (3, 5, cols), &gpu)?;
+            compare(
+                &format!("softmax {cols}"),
+                std::slice::from_ref(&x),
+                dtype,
+                tol,
+                &|t| fused_ops::softmax(&t[0], 2),
+            )?;
+            let w = Tensor::randn(1f32, 0.5, cols, &gpu)?;
+            let b = Tensor::randn(0f32, 0.5, cols, &gpu)?;
+            compare(
+                &format!("layer norm {cols}"),
+                &[x, w, b],
+                dtype,
+                tol,
+                &|t| fused_ops::layer_norm(&t[0], &t[1], &t[2], 1e-5),
+            )?;
+        }
+        // ViT-B/16 attention at batch 2: 197 tokens, 12 heads of 64.
+        let qkv: Vec<Tensor> = (0..3)
+            .map(|_| Tensor::randn(0f32, 1.0, (2, 197, 768), &gpu))
+            .collect::<Result<_>>()?;
+        compare("attention", &qkv, dtype, tol, &|t| {
+            fused_ops::attention(&t[0], &t[1], &t[2], 12, 0.125, false)
+        })?;
+        compare("causal attention", &qkv, dtype, tol, &|t| {
+            fused_ops::attention(&t[0], &t[1], &t[2], 12, 0.125, true)
+        })?;
+    }
+    Ok(())
+}
