@@ -7,7 +7,10 @@
 //!
 //! * attention softmax: `(32 x 12 x 197, 197)` per block;
 //! * LayerNorm: `(32 x 197, 768)`, three per block;
-//! * combine softmax over slots: `(32 x 197, 196)` per MoE branch.
+//! * combine softmax over slots: `(32 x 197, 196)` per MoE branch;
+//! * the block MLP's first linear, `(32 x 197, 768) -> 3072` with quick
+//!   GELU: the bias + activation after cuBLAS's product (the experts' take
+//!   the same kernel).
 //!
 //! Without `--features cuda` the bench has nothing to time and says so.
 
@@ -38,41 +41,57 @@ fn main() {
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
     type Op = Box<dyn Fn(&Tensor, &[Var]) -> Result<Tensor>>;
-    let cases: Vec<(&str, (usize, usize), usize, Op)> = vec![
+    // Name, input shape, output width, parameter shapes, the op.
+    type Case = (&'static str, (usize, usize), usize, Vec<Vec<usize>>, Op);
+    let cases: Vec<Case> = vec![
         (
             "attention_softmax",
             (32 * 12 * 197, 197),
-            0,
+            197,
+            vec![],
             Box::new(|x, _| fused_ops::softmax(x, 1)),
         ),
         (
             "layer_norm",
             (32 * 197, 768),
-            2,
+            768,
+            vec![vec![768], vec![768]],
             Box::new(|x, p| fused_ops::layer_norm(x, p[0].as_tensor(), p[1].as_tensor(), 1e-5)),
         ),
         (
             "combine_softmax",
             (32 * 197, 196),
-            0,
+            196,
+            vec![],
             Box::new(|x, _| fused_ops::softmax(x, 1)),
+        ),
+        // The block MLP's first linear with CLIP's quick GELU: the matmul is
+        // cuBLAS either way, the bias + activation the kernel or composite.
+        (
+            "mlp_fc1_quick_gelu",
+            (32 * 197, 768),
+            3072,
+            vec![vec![3072, 768], vec![3072]],
+            Box::new(|x, p| {
+                let act = Some(fused_ops::Activation::QuickGelu);
+                fused_ops::linear(x, p[0].as_tensor(), p[1].as_tensor(), act)
+            }),
         ),
     ];
     for dtype in [DType::F32, DType::BF16] {
         let mut group = c.benchmark_group(format!("cuda_rows_{dtype:?}").to_lowercase());
-        for (name, shape, n_params, f) in &cases {
-            let x = Var::from_tensor(
-                &Tensor::randn(0f32, 1.0, *shape, &gpu)
+        for (name, shape, out_cols, param_shapes, f) in &cases {
+            let random = |shape: &[usize], scale: f64| {
+                (Tensor::randn(0f32, 1.0, shape, &gpu).unwrap() * scale)
                     .and_then(|t| t.to_dtype(dtype))
-                    .unwrap(),
-            )
-            .unwrap();
-            let params: Vec<Var> = (0..*n_params)
-                .map(|_| Var::from_tensor(&Tensor::ones(shape.1, dtype, &gpu).unwrap()).unwrap())
+                    .unwrap()
+            };
+            let x = Var::from_tensor(&random(&[shape.0, shape.1], 1.0)).unwrap();
+            let params: Vec<Var> = param_shapes
+                .iter()
+                .map(|s| Var::from_tensor(&random(s, 0.03)).unwrap())
                 .collect();
-            let probe = Tensor::randn(0f32, 1.0, *shape, &gpu)
-                .and_then(|t| t.to_dtype(dtype))
-                .unwrap();
+            let probe = random(&[shape.0, *out_cols], 1.0);
             for kernels in [false, true] {
                 fused_ops::set_fused_cuda_kernels(kernels);
                 let path = if kernels { "kernel" } else { "composite" };

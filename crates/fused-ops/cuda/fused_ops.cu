@@ -1,6 +1,7 @@
-// Row kernels of fused-ops for CUDA, forward and backward: softmax over the
-// last axis and LayerNorm over the last axis. One thread block per row;
-// statistics and accumulation in F32 for F32 and BF16 storage. Compiled to
+// Kernels of fused-ops for CUDA, forward and backward: softmax over the
+// last axis and LayerNorm over the last axis (one thread block per row),
+// and a linear layer's bias + activation (one thread per element).
+// Statistics and accumulation in F32 for F32 and BF16 storage. Compiled to
 // PTX by build.rs (`--features cuda`), loaded by src/cuda_ops.rs.
 
 #include <cuda_bf16.h>
@@ -162,6 +163,76 @@ __device__ void layer_norm_params_sum(const float* partial, T* grads, int chunks
     store(grads, c, s);
 }
 
+
+// Activations, by index: 0 none, 1 GELU (erf), 2 quick GELU x * sigmoid(1.702 x).
+__device__ __forceinline__ float act_fwd(float x, int act) {
+    if (act == 1) return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    if (act == 2) return x / (1.0f + expf(-1.702f * x));
+    return x;
+}
+
+__device__ __forceinline__ float act_grad(float x, int act) {
+    if (act == 1) {
+        const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+        const float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+        return cdf + x * pdf;
+    }
+    if (act == 2) {
+        const float s = 1.0f / (1.0f + expf(-1.702f * x));
+        return s + 1.702f * x * s * (1.0f - s);
+    }
+    return 1.0f;
+}
+
+// y = act(pre + bias) for pre (groups, rows, cols), bias (groups, cols).
+template <typename T>
+__device__ void bias_act_fwd(const T* pre, const T* bias, T* y, int64_t n, int rows, int cols,
+                             int act) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const int64_t g = i / ((int64_t)rows * cols);
+    const int c = (int)(i % cols);
+    store(y, i, act_fwd(load(pre, i) + load(bias, g * cols + c), act));
+}
+
+// dpre = dy * act'(pre + bias).
+template <typename T>
+__device__ void bias_act_bwd_input(const T* pre, const T* bias, const T* dy, T* dpre, int64_t n,
+                                   int rows, int cols, int act) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const int64_t g = i / ((int64_t)rows * cols);
+    const int c = (int)(i % cols);
+    store(dpre, i, load(dy, i) * act_grad(load(pre, i) + load(bias, g * cols + c), act));
+}
+
+// Partial bias gradients: partial[(g * chunks + chunk) * cols + c] = sum of
+// dpre over the rows of chunk blockIdx.y of group blockIdx.z.
+template <typename T>
+__device__ void bias_grad_partial(const T* dpre, float* partial, int rows, int cols,
+                                  int rows_per_chunk) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    const int start = blockIdx.y * rows_per_chunk;
+    const int end = min(rows, start + rows_per_chunk);
+    const int64_t base = (int64_t)blockIdx.z * rows * cols;
+    float s = 0.0f;
+    for (int r = start; r < end; ++r) s += load(dpre, base + (int64_t)r * cols + c);
+    partial[((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * cols + c] = s;
+}
+
+// dbias[g][c] = sum over the chunks of group g, in order.
+template <typename T>
+__device__ void bias_grad_sum(const float* partial, T* dbias, int groups, int chunks, int cols) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)groups * cols) return;
+    const int64_t g = i / cols;
+    const int c = (int)(i % cols);
+    float s = 0.0f;
+    for (int k = 0; k < chunks; ++k) s += partial[(g * chunks + k) * cols + c];
+    store(dbias, i, s);
+}
+
 #define ROW_KERNELS(T, SUFFIX)                                                                  \
     extern "C" __global__ void softmax_fwd_##SUFFIX(const T* x, T* y, int cols) {              \
         softmax_fwd(x, y, cols);                                                                \
@@ -186,6 +257,24 @@ __device__ void layer_norm_params_sum(const float* partial, T* grads, int chunks
     extern "C" __global__ void layer_norm_params_sum_##SUFFIX(const float* partial, T* grads,   \
                                                               int chunks, int cols) {           \
         layer_norm_params_sum(partial, grads, chunks, cols);                                    \
+    }                                                                                           \
+    extern "C" __global__ void bias_act_fwd_##SUFFIX(const T* pre, const T* bias, T* y,         \
+                                                     int64_t n, int rows, int cols, int act) {  \
+        bias_act_fwd(pre, bias, y, n, rows, cols, act);                                         \
+    }                                                                                           \
+    extern "C" __global__ void bias_act_bwd_input_##SUFFIX(const T* pre, const T* bias,         \
+                                                           const T* dy, T* dpre, int64_t n,     \
+                                                           int rows, int cols, int act) {       \
+        bias_act_bwd_input(pre, bias, dy, dpre, n, rows, cols, act);                            \
+    }                                                                                           \
+    extern "C" __global__ void bias_grad_partial_##SUFFIX(const T* dpre, float* partial,        \
+                                                          int rows, int cols,                   \
+                                                          int rows_per_chunk) {                 \
+        bias_grad_partial(dpre, partial, rows, cols, rows_per_chunk);                           \
+    }                                                                                           \
+    extern "C" __global__ void bias_grad_sum_##SUFFIX(const float* partial, T* dbias,           \
+                                                      int groups, int chunks, int cols) {       \
+        bias_grad_sum(partial, dbias, groups, chunks, cols);                                    \
     }
 
 ROW_KERNELS(float, f32)

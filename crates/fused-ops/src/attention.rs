@@ -77,7 +77,7 @@ fn merge_heads(per_head: &[f32], dims: Dims) -> Vec<f32> {
 /// Multi-head attention on `(batch, tokens, heads · head_dim)` projections,
 /// the context returned in the same layout: the fused kernel on CPU in F32
 /// (unless [`crate::set_fused_cpu_kernels`]`(false)`), candle's ops
-/// ([`composite_attention`]) elsewhere.
+/// (`composite_attention`) elsewhere.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,

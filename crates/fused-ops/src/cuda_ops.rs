@@ -1,13 +1,14 @@
-//! CUDA twins of the row kernels (`cuda/fused_ops.cu`, compiled to PTX by
-//! `build.rs` under `--features cuda`): softmax over the last axis and
-//! LayerNorm over the last axis, each a candle custom op whose backward is
-//! one more kernel (two for LayerNorm's parameter gradients), in F32 and
-//! BF16 with F32 statistics.
+//! CUDA kernels of this crate (`cuda/fused_ops.cu`, compiled to PTX by
+//! `build.rs` under `--features cuda`): softmax over the last axis,
+//! LayerNorm over the last axis, and a linear layer's bias + activation,
+//! each a candle custom op whose backward is one more kernel (plus two for
+//! the parameter gradients' deterministic reduction), in F32 and BF16 with
+//! F32 statistics.
 //!
 //! The composites they replace launch one kernel per primitive op forward
 //! (max, subtract, exp, sum, divide; mean, subtract, square, mean, root,
-//! divide, scale, shift), and backward every node allocates, zeroes and adds
-//! into a gradient buffer. Off unless [`crate::set_fused_cuda_kernels`] or
+//! divide, scale, shift; add, then the activation's ops), and backward every
+//! node allocates, zeroes and adds into a gradient buffer. Off unless [`crate::set_fused_cuda_kernels`] or
 //! `FUSED_OPS_CUDA=1` turns them on: they have been compiled, not yet run
 //! on a GPU (`tests/cuda_parity.rs` compares them with the composites).
 
@@ -21,6 +22,8 @@ use candle_core::{
     Shape, Tensor,
 };
 use half::bf16;
+
+use crate::activation::Activation;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused_ops.ptx"));
 const MODULE: &str = "fused_ops_rows";
@@ -38,6 +41,27 @@ pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -
         &bias.contiguous()?,
         LayerNorm { eps },
     )
+}
+
+/// `act(pre + bias)` for `pre (groups, rows, cols)` (or `(..., cols)` with
+/// one group) and `bias (groups, cols)` (or `(cols)`), in one dtype.
+pub(crate) fn bias_act(pre: &Tensor, bias: &Tensor, act: Option<Activation>) -> Result<Tensor> {
+    let cols = pre.dims().last().copied().unwrap_or(1).max(1);
+    let groups = bias.elem_count() / cols;
+    if groups * cols != bias.elem_count() || (groups > 1 && pre.dims().first() != Some(&groups)) {
+        candle_core::bail!(
+            "fused bias + activation: bias {:?} does not fit {:?}",
+            bias.shape(),
+            pre.shape()
+        )
+    }
+    let act = match act {
+        None => 0,
+        Some(Activation::Gelu) => 1,
+        Some(Activation::QuickGelu) => 2,
+    };
+    pre.contiguous()?
+        .apply_op2(&bias.contiguous()?, BiasAct { act, groups })
 }
 
 /// Threads per row: a multiple of 32 covering the row, at most 512.
@@ -379,9 +403,7 @@ fn layer_norm_bwd<T: CudaDType + DeviceRepr>(
         // SAFETY: the kernel's arguments match its signature.
         unsafe { b.launch(row_launch(rows, cols)) }.w()?;
     }
-    // Rows per chunk: at least ROWS_PER_CHUNK, more when the chunks would
-    // exceed the grid's 65535 in y.
-    let per_chunk = ROWS_PER_CHUNK.max(rows.div_ceil(65_535));
+    let per_chunk = rows_per_chunk(rows);
     let chunks = rows.div_ceil(per_chunk).max(1);
     // SAFETY: the partial kernel writes every element.
     let partial = unsafe { dev.alloc::<f32>(chunks * 2 * cols)? };
@@ -419,6 +441,239 @@ fn layer_norm_bwd<T: CudaDType + DeviceRepr>(
         unsafe { b.launch(cfg) }.w()?;
     }
     let len = rows * cols + 2 * cols;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(len),
+    ))
+}
+
+/// Rows per block of a column reduction over `rows`: at least
+/// [`ROWS_PER_CHUNK`], more when the chunks would exceed the grid's 65535
+/// in y.
+fn rows_per_chunk(rows: usize) -> usize {
+    ROWS_PER_CHUNK.max(rows.div_ceil(65_535))
+}
+
+fn elementwise_launch(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `act(pre + bias)`; `act` 0 none, 1 GELU, 2 quick GELU (the kernels'
+/// numbering); `groups` bias rows.
+struct BiasAct {
+    act: i32,
+    groups: usize,
+}
+
+impl CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "fused-bias-act-cuda"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_refused(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        pre: &CudaStorage,
+        lp: &Layout,
+        bias: &CudaStorage,
+        lb: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(pre, self.name(), bias_act_fwd(self, pre, lp, bias, lb))
+    }
+
+    fn bwd(
+        &self,
+        pre: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let packed = pre.apply_op3_no_bwd(
+            bias,
+            &grad.contiguous()?,
+            &BiasActBackward {
+                act: self.act,
+                groups: self.groups,
+            },
+        )?;
+        let n = pre.elem_count();
+        let dpre = packed.narrow(0, 0, n)?.reshape(pre.shape())?;
+        let dbias = packed
+            .narrow(0, n, bias.elem_count())?
+            .reshape(bias.shape())?;
+        Ok((Some(dpre), Some(dbias)))
+    }
+}
+
+/// `(n, rows per group, cols)` of `pre` for `groups` groups, as the
+/// kernels take them.
+fn group_dims(l: &Layout, groups: usize) -> (usize, usize, usize) {
+    let (rows, cols) = rows_cols(l);
+    (rows * cols, rows / groups.max(1), cols)
+}
+
+fn bias_act_fwd<T: CudaDType + DeviceRepr>(
+    op: &BiasAct,
+    ps: &CudaStorage,
+    lp: &Layout,
+    bs: &CudaStorage,
+    lb: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let name = "fused-bias-act-cuda";
+    let (n, rows, cols) = group_dims(lp, op.groups);
+    let pre = view::<T>(ps, lp, name, "the pre-activation")?;
+    let bias = view::<T>(bs, lb, name, "the bias")?;
+    let dev = &ps.device;
+    // SAFETY: every element is written by the kernel below.
+    let y = unsafe { dev.alloc::<T>(n)? };
+    let f = dev.get_or_load_custom_func(
+        &format!("bias_act_fwd_{}", suffix(ps.dtype(), name)?),
+        MODULE,
+        PTX,
+    )?;
+    let mut b = f.builder();
+    let (n_i, rows_i, cols_i) = (n as i64, rows as i32, cols as i32);
+    b.arg(&pre)
+        .arg(&bias)
+        .arg(&y)
+        .arg(&n_i)
+        .arg(&rows_i)
+        .arg(&cols_i)
+        .arg(&op.act);
+    // SAFETY: the kernel's arguments match its signature.
+    unsafe { b.launch(elementwise_launch(n)) }.w()?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(y, dev.clone()),
+        lp.shape().clone(),
+    ))
+}
+
+/// `(pre, bias, dy) -> [d pre, d bias]` (flat) of [`BiasAct`].
+struct BiasActBackward {
+    act: i32,
+    groups: usize,
+}
+
+impl CustomOp3 for BiasActBackward {
+    fn name(&self) -> &'static str {
+        "fused-bias-act-cuda-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_refused(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        pre: &CudaStorage,
+        lp: &Layout,
+        bias: &CudaStorage,
+        lb: &Layout,
+        dy: &CudaStorage,
+        ldy: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        by_dtype!(
+            pre,
+            self.name(),
+            bias_act_bwd(self, pre, lp, bias, lb, dy, ldy)
+        )
+    }
+}
+
+fn bias_act_bwd<T: CudaDType + DeviceRepr>(
+    op: &BiasActBackward,
+    ps: &CudaStorage,
+    lp: &Layout,
+    bs: &CudaStorage,
+    lb: &Layout,
+    dys: &CudaStorage,
+    ldy: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let name = "fused-bias-act-cuda-backward";
+    let (n, rows, cols) = group_dims(lp, op.groups);
+    let pre = view::<T>(ps, lp, name, "the pre-activation")?;
+    let bias = view::<T>(bs, lb, name, "the bias")?;
+    let dy = view::<T>(dys, ldy, name, "the gradient")?;
+    let dev: &CudaDevice = &ps.device;
+    let sfx = suffix(ps.dtype(), name)?;
+    let load = |kernel: &str| dev.get_or_load_custom_func(&format!("{kernel}_{sfx}"), MODULE, PTX);
+    let (n_i, rows_i, cols_i) = (n as i64, rows as i32, cols as i32);
+    let groups = op.groups.max(1);
+
+    // SAFETY: the kernels below write every element.
+    let mut out = unsafe { dev.alloc::<T>(n + groups * cols)? };
+    {
+        let mut dpre = out.slice_mut(0..n);
+        let f = load("bias_act_bwd_input")?;
+        let mut b = f.builder();
+        b.arg(&pre)
+            .arg(&bias)
+            .arg(&dy)
+            .arg(&mut dpre)
+            .arg(&n_i)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&op.act);
+        // SAFETY: the kernel's arguments match its signature.
+        unsafe { b.launch(elementwise_launch(n)) }.w()?;
+    }
+    let per_chunk = rows_per_chunk(rows);
+    let chunks = rows.div_ceil(per_chunk).max(1);
+    // SAFETY: the partial kernel writes every element.
+    let partial = unsafe { dev.alloc::<f32>(groups * chunks * cols)? };
+    {
+        let dpre = out.slice(0..n);
+        let f = load("bias_grad_partial")?;
+        let mut b = f.builder();
+        let per_chunk_i = per_chunk as i32;
+        b.arg(&dpre)
+            .arg(&partial)
+            .arg(&rows_i)
+            .arg(&cols_i)
+            .arg(&per_chunk_i);
+        let cfg = LaunchConfig {
+            grid_dim: (cols.div_ceil(256) as u32, chunks as u32, groups as u32),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel's arguments match its signature.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    {
+        let mut dbias = out.slice_mut(n..);
+        let f = load("bias_grad_sum")?;
+        let mut b = f.builder();
+        let (groups_i, chunks_i) = (groups as i32, chunks as i32);
+        b.arg(&partial)
+            .arg(&mut dbias)
+            .arg(&groups_i)
+            .arg(&chunks_i)
+            .arg(&cols_i);
+        // SAFETY: the kernel's arguments match its signature.
+        unsafe { b.launch(elementwise_launch(groups * cols)) }.w()?;
+    }
+    let len = n + groups * cols;
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
         Shape::from(len),

@@ -46,8 +46,8 @@ pub fn fused_cpu_kernels() -> bool {
 /// 0: not read yet, 1: off, 2: on.
 static FUSED_CUDA_KERNELS: AtomicU8 = AtomicU8::new(0);
 
-/// Turns this crate's CUDA kernels (softmax and LayerNorm, forward and
-/// backward, `--features cuda`) on or off for the whole process. Off by
+/// Turns this crate's CUDA kernels (softmax, LayerNorm, bias + activation,
+/// forward and backward, `--features cuda`) on or off for the whole process. Off by
 /// default, or on with `FUSED_OPS_CUDA=1`: they are compiled but have not
 /// yet been checked on a GPU against the composites they replace
 /// (`tests/cuda_parity.rs` does that). Without the `cuda` feature the

@@ -62,9 +62,13 @@ pub(crate) fn expert_linear_ordered(
     }
     let e = weight.dim(0)?;
     let x = reorder(x, input, RowOrder::ExpertMajor, e)?;
-    let pre = x
-        .matmul(&weight.transpose(1, 2)?)?
-        .broadcast_add(&bias.unsqueeze(1)?)?;
+    let product = x.matmul(&weight.transpose(1, 2)?)?;
+    #[cfg(feature = "cuda")]
+    if crate::dispatch::cuda_path(&product) && bias.dtype() == product.dtype() {
+        let y = crate::cuda_ops::bias_act(&product, bias, act)?;
+        return reorder(&y, RowOrder::ExpertMajor, output, e);
+    }
+    let pre = product.broadcast_add(&bias.unsqueeze(1)?)?;
     let y = activate_composite(pre, act)?;
     reorder(&y, RowOrder::ExpertMajor, output, e)
 }
@@ -173,8 +177,12 @@ pub fn linear(
         let op = ExpertLinear::new(act, (expert_major, expert_major), true, [x, weight, bias]);
         return x.contiguous()?.apply_op3(weight, &bias.contiguous()?, op);
     }
-    let pre = x.broadcast_matmul(&weight.t()?)?.broadcast_add(bias)?;
-    activate_composite(pre, act)
+    let product = x.broadcast_matmul(&weight.t()?)?;
+    #[cfg(feature = "cuda")]
+    if crate::dispatch::cuda_path(&product) && bias.dtype() == product.dtype() {
+        return crate::cuda_ops::bias_act(&product, bias, act);
+    }
+    activate_composite(product.broadcast_add(bias)?, act)
 }
 
 /// `act(pre)` with candle's differentiable ops.

@@ -1,12 +1,14 @@
 //! This crate's CUDA kernels (`--features cuda`, GPU 0) against the candle
 //! composites they replace, on the same GPU and the same inputs: softmax
-//! over the last axis, LayerNorm, and attention (whose softmax is the
-//! kernel), values and every gradient, in F32 and BF16. One test, because
+//! over the last axis, LayerNorm, attention (whose softmax is the kernel),
+//! and the bias + activation of a dense linear and of stacked experts,
+//! values and every gradient, in F32 and BF16. One test, because
 //! the switch between kernels and composites is process-wide.
 
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Result, Tensor, Var};
+use fused_ops::{Activation, ExpertMlp};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
@@ -121,6 +123,56 @@ fn cuda_kernels_match_the_composites() -> anyhow::Result<()> {
                 dtype,
                 tol,
                 &|t| fused_ops::layer_norm(&t[0], &t[1], &t[2], 1e-5),
+            )?;
+        }
+        // A ViT-B/16 block MLP's first linear at batch 2 with each
+        // activation, and 4 experts of 128 on 2 x 49 slots each, both row
+        // orders (bias gradients over several chunks of 64 rows).
+        let x = Tensor::randn(0f32, 1.0, (2, 197, 768), &gpu)?;
+        let w = (Tensor::randn(0f32, 1.0, (3072, 768), &gpu)? * 0.03)?;
+        let b = Tensor::randn(0f32, 0.5, 3072, &gpu)?;
+        for act in [None, Some(Activation::Gelu), Some(Activation::QuickGelu)] {
+            let inputs = [x.clone(), w.clone(), b.clone()];
+            compare(&format!("linear {act:?}"), &inputs, dtype, tol, &|t| {
+                fused_ops::linear(&t[0], &t[1], &t[2], act)
+            })?;
+        }
+        let experts = [
+            Tensor::randn(0f32, 1.0, (4, 98, 64), &gpu)?,
+            (Tensor::randn(0f32, 1.0, (4, 128, 64), &gpu)? * 0.1)?,
+            Tensor::randn(0f32, 0.5, (4, 128), &gpu)?,
+            (Tensor::randn(0f32, 1.0, (4, 64, 128), &gpu)? * 0.1)?,
+            Tensor::randn(0f32, 0.5, (4, 64), &gpu)?,
+        ];
+        for act in [Activation::Gelu, Activation::QuickGelu] {
+            let mlp = |t: &[Tensor]| {
+                ExpertMlp {
+                    fc1_weight: &t[1],
+                    fc1_bias: &t[2],
+                    fc2_weight: &t[3],
+                    fc2_bias: &t[4],
+                    activation: act,
+                }
+                .forward(&t[0])
+            };
+            compare(&format!("experts {act:?}"), &experts, dtype, tol, &mlp)?;
+            let slots = |t: &[Tensor]| {
+                let x = t[0].reshape((2, 196, 64))?;
+                ExpertMlp {
+                    fc1_weight: &t[1],
+                    fc1_bias: &t[2],
+                    fc2_weight: &t[3],
+                    fc2_bias: &t[4],
+                    activation: act,
+                }
+                .forward_slots(&x)
+            };
+            compare(
+                &format!("expert slots {act:?}"),
+                &experts,
+                dtype,
+                tol,
+                &slots,
             )?;
         }
         // ViT-B/16 attention at batch 2: 197 tokens, 12 heads of 64.
