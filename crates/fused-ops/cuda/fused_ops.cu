@@ -184,14 +184,29 @@ __device__ __forceinline__ float act_grad(float x, int act) {
     return 1.0f;
 }
 
+// Group and column of element i of (groups, rows, cols): 32-bit division
+// when the tensor allows it (64-bit division is emulated, and slow).
+__device__ __forceinline__ void group_col(int64_t i, int64_t n, int rows, int cols, int64_t* g,
+                                          int* c) {
+    if (n <= 0x7fffffff) {
+        const unsigned u = (unsigned)i;
+        *g = u / ((unsigned)rows * (unsigned)cols);
+        *c = (int)(u % (unsigned)cols);
+    } else {
+        *g = i / ((int64_t)rows * cols);
+        *c = (int)(i % cols);
+    }
+}
+
 // y = act(pre + bias) for pre (groups, rows, cols), bias (groups, cols).
 template <typename T>
 __device__ void bias_act_fwd(const T* pre, const T* bias, T* y, int64_t n, int rows, int cols,
                              int act) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const int64_t g = i / ((int64_t)rows * cols);
-    const int c = (int)(i % cols);
+    int64_t g;
+    int c;
+    group_col(i, n, rows, cols, &g, &c);
     store(y, i, act_fwd(load(pre, i) + load(bias, g * cols + c), act));
 }
 
@@ -201,8 +216,9 @@ __device__ void bias_act_bwd_input(const T* pre, const T* bias, const T* dy, T* 
                                    int rows, int cols, int act) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const int64_t g = i / ((int64_t)rows * cols);
-    const int c = (int)(i % cols);
+    int64_t g;
+    int c;
+    group_col(i, n, rows, cols, &g, &c);
     store(dpre, i, load(dy, i) * act_grad(load(pre, i) + load(bias, g * cols + c), act));
 }
 

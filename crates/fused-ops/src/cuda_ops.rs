@@ -43,18 +43,31 @@ pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -
     )
 }
 
+/// Whether [`bias_act`] takes `bias` for `pre`: `bias (cols)` for `pre (...,
+/// cols)`, or `bias (groups, cols)` for `pre (groups, rows, cols)` with at
+/// most 65535 groups (the grid's z); other shapes take the composite.
+pub(crate) fn bias_act_fits(pre: &Tensor, bias: &Tensor) -> bool {
+    let cols = pre.dims().last().copied();
+    match (bias.dims(), pre.dims()) {
+        ([c], _) => Some(*c) == cols && *c > 0,
+        ([g, c], [pg, _, pc]) => g == pg && c == pc && (1..=65_535).contains(g) && *c > 0,
+        _ => false,
+    }
+}
+
 /// `act(pre + bias)` for `pre (groups, rows, cols)` (or `(..., cols)` with
-/// one group) and `bias (groups, cols)` (or `(cols)`), in one dtype.
+/// one group) and `bias (groups, cols)` (or `(cols)`), in one dtype; the
+/// shapes as [`bias_act_fits`] accepts them.
 pub(crate) fn bias_act(pre: &Tensor, bias: &Tensor, act: Option<Activation>) -> Result<Tensor> {
-    let cols = pre.dims().last().copied().unwrap_or(1).max(1);
-    let groups = bias.elem_count() / cols;
-    if groups * cols != bias.elem_count() || (groups > 1 && pre.dims().first() != Some(&groups)) {
+    if !bias_act_fits(pre, bias) {
         candle_core::bail!(
             "fused bias + activation: bias {:?} does not fit {:?}",
             bias.shape(),
             pre.shape()
         )
     }
+    let cols = pre.dims().last().copied().unwrap_or(1);
+    let groups = bias.elem_count() / cols;
     let act = match act {
         None => 0,
         Some(Activation::Gelu) => 1,

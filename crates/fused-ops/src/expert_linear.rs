@@ -64,7 +64,10 @@ pub(crate) fn expert_linear_ordered(
     let x = reorder(x, input, RowOrder::ExpertMajor, e)?;
     let product = x.matmul(&weight.transpose(1, 2)?)?;
     #[cfg(feature = "cuda")]
-    if crate::dispatch::cuda_path(&product) && bias.dtype() == product.dtype() {
+    if crate::dispatch::cuda_path(&product)
+        && bias.dtype() == product.dtype()
+        && crate::cuda_ops::bias_act_fits(&product, bias)
+    {
         let y = crate::cuda_ops::bias_act(&product, bias, act)?;
         return reorder(&y, RowOrder::ExpertMajor, output, e);
     }
@@ -179,7 +182,10 @@ pub fn linear(
     }
     let product = x.broadcast_matmul(&weight.t()?)?;
     #[cfg(feature = "cuda")]
-    if crate::dispatch::cuda_path(&product) && bias.dtype() == product.dtype() {
+    if crate::dispatch::cuda_path(&product)
+        && bias.dtype() == product.dtype()
+        && crate::cuda_ops::bias_act_fits(&product, bias)
+    {
         return crate::cuda_ops::bias_act(&product, bias, act);
     }
     activate_composite(product.broadcast_add(bias)?, act)

@@ -100,6 +100,37 @@ fn compare(
     Ok(())
 }
 
+/// Random input `(e, rows, dim)` and weights of `e` experts `dim -> hidden
+/// -> dim`, the weights scaled by `scale`.
+fn expert_inputs(
+    gpu: &Device,
+    e: usize,
+    rows: usize,
+    dim: usize,
+    hidden: usize,
+    scale: f64,
+) -> Result<[Tensor; 5]> {
+    Ok([
+        Tensor::randn(0f32, 1.0, (e, rows, dim), gpu)?,
+        (Tensor::randn(0f32, 1.0, (e, hidden, dim), gpu)? * scale)?,
+        Tensor::randn(0f32, 0.5, (e, hidden), gpu)?,
+        (Tensor::randn(0f32, 1.0, (e, dim, hidden), gpu)? * scale)?,
+        Tensor::randn(0f32, 0.5, (e, dim), gpu)?,
+    ])
+}
+
+/// The experts whose weights are `t[1..5]` (fc1 weight and bias, fc2
+/// weight and bias).
+fn experts_of(t: &[Tensor], activation: Activation) -> ExpertMlp<'_> {
+    ExpertMlp {
+        fc1_weight: &t[1],
+        fc1_bias: &t[2],
+        fc2_weight: &t[3],
+        fc2_bias: &t[4],
+        activation,
+    }
+}
+
 #[test]
 fn cuda_kernels_match_the_composites() -> anyhow::Result<()> {
     let gpu = Device::new_cuda(0)?;
@@ -137,35 +168,33 @@ fn cuda_kernels_match_the_composites() -> anyhow::Result<()> {
                 fused_ops::linear(&t[0], &t[1], &t[2], act)
             })?;
         }
-        let experts = [
-            Tensor::randn(0f32, 1.0, (4, 98, 64), &gpu)?,
-            (Tensor::randn(0f32, 1.0, (4, 128, 64), &gpu)? * 0.1)?,
-            Tensor::randn(0f32, 0.5, (4, 128), &gpu)?,
-            (Tensor::randn(0f32, 1.0, (4, 64, 128), &gpu)? * 0.1)?,
-            Tensor::randn(0f32, 0.5, (4, 64), &gpu)?,
-        ];
+        // Sizes that are no multiple of the 256-thread blocks: a 3-D and a
+        // 2-D input into 1030 outputs.
+        for x in [
+            Tensor::randn(0f32, 1.0, (3, 7, 33), &gpu)?,
+            Tensor::randn(0f32, 1.0, (5, 33), &gpu)?,
+        ] {
+            let inputs = [
+                x,
+                (Tensor::randn(0f32, 1.0, (1030, 33), &gpu)? * 0.2)?,
+                Tensor::randn(0f32, 0.5, 1030, &gpu)?,
+            ];
+            compare("linear odd sizes", &inputs, dtype, tol, &|t| {
+                fused_ops::linear(&t[0], &t[1], &t[2], Some(Activation::Gelu))
+            })?;
+        }
+        // One expert on 37 rows of 33 into 65 hidden units.
+        let single = expert_inputs(&gpu, 1, 37, 33, 65, 0.2)?;
+        compare("one expert", &single, dtype, tol, &|t| {
+            experts_of(t, Activation::QuickGelu).forward(&t[0])
+        })?;
+        let experts = expert_inputs(&gpu, 4, 98, 64, 128, 0.1)?;
         for act in [Activation::Gelu, Activation::QuickGelu] {
-            let mlp = |t: &[Tensor]| {
-                ExpertMlp {
-                    fc1_weight: &t[1],
-                    fc1_bias: &t[2],
-                    fc2_weight: &t[3],
-                    fc2_bias: &t[4],
-                    activation: act,
-                }
-                .forward(&t[0])
-            };
+            let mlp = |t: &[Tensor]| experts_of(t, act).forward(&t[0]);
             compare(&format!("experts {act:?}"), &experts, dtype, tol, &mlp)?;
             let slots = |t: &[Tensor]| {
                 let x = t[0].reshape((2, 196, 64))?;
-                ExpertMlp {
-                    fc1_weight: &t[1],
-                    fc1_bias: &t[2],
-                    fc2_weight: &t[3],
-                    fc2_bias: &t[4],
-                    activation: act,
-                }
-                .forward_slots(&x)
+                experts_of(t, act).forward_slots(&x)
             };
             compare(
                 &format!("expert slots {act:?}"),
