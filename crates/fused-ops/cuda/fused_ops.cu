@@ -131,8 +131,9 @@ __device__ void layer_norm_bwd_input(const T* x, const T* gamma, const T* dy, T*
 }
 
 // Partial parameter gradients over the rows of chunk blockIdx.y, one
-// column per thread: partial[chunk][0][c] = sum dy * xhat (gamma),
-// partial[chunk][1][c] = sum dy (beta). Fixed order: deterministic.
+// column per thread, laid out for sum_chunks with two groups:
+// partial[chunk][c] = sum dy * xhat (gamma), partial[chunks + chunk][c] =
+// sum dy (beta). Fixed order: deterministic.
 template <typename T>
 __device__ void layer_norm_bwd_params(const T* x, const T* dy, const float* stats,
                                       float* partial, int rows, int cols, int rows_per_chunk) {
@@ -147,22 +148,9 @@ __device__ void layer_norm_bwd_params(const T* x, const T* dy, const float* stat
         dg += d * (load(x, i) - stats[2 * r]) * stats[2 * r + 1];
         db += d;
     }
-    float* out = partial + (int64_t)blockIdx.y * 2 * cols;
-    out[c] = dg;
-    out[cols + c] = db;
+    partial[(int64_t)blockIdx.y * cols + c] = dg;
+    partial[((int64_t)gridDim.y + blockIdx.y) * cols + c] = db;
 }
-
-// Sums the chunks' partial gradients in order into `grads` (gamma's
-// gradient, then beta's: 2 * cols values).
-template <typename T>
-__device__ void layer_norm_params_sum(const float* partial, T* grads, int chunks, int cols) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= 2 * cols) return;
-    float s = 0.0f;
-    for (int k = 0; k < chunks; ++k) s += partial[(int64_t)k * 2 * cols + c];
-    store(grads, c, s);
-}
-
 
 // Activations, by index: 0 none, 1 GELU (erf), 2 quick GELU x * sigmoid(1.702 x).
 __device__ __forceinline__ float act_fwd(float x, int act) {
@@ -237,16 +225,18 @@ __device__ void bias_grad_partial(const T* dpre, float* partial, int rows, int c
     partial[((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * cols + c] = s;
 }
 
-// dbias[g][c] = sum over the chunks of group g, in order.
+// out[g][c] = sum over the chunks of group g of partial[(g * chunks + k) *
+// cols + c], in order: the second half of every parameter-gradient
+// reduction (LayerNorm's weight and bias as two groups, a bias per expert).
 template <typename T>
-__device__ void bias_grad_sum(const float* partial, T* dbias, int groups, int chunks, int cols) {
+__device__ void sum_chunks(const float* partial, T* out, int groups, int chunks, int cols) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (int64_t)groups * cols) return;
     const int64_t g = i / cols;
     const int c = (int)(i % cols);
     float s = 0.0f;
     for (int k = 0; k < chunks; ++k) s += partial[(g * chunks + k) * cols + c];
-    store(dbias, i, s);
+    store(out, i, s);
 }
 
 #define ROW_KERNELS(T, SUFFIX)                                                                  \
@@ -270,10 +260,6 @@ __device__ void bias_grad_sum(const float* partial, T* dbias, int groups, int ch
         int rows_per_chunk) {                                                                   \
         layer_norm_bwd_params(x, dy, stats, partial, rows, cols, rows_per_chunk);               \
     }                                                                                           \
-    extern "C" __global__ void layer_norm_params_sum_##SUFFIX(const float* partial, T* grads,   \
-                                                              int chunks, int cols) {           \
-        layer_norm_params_sum(partial, grads, chunks, cols);                                    \
-    }                                                                                           \
     extern "C" __global__ void bias_act_fwd_##SUFFIX(const T* pre, const T* bias, T* y,         \
                                                      int64_t n, int rows, int cols, int act) {  \
         bias_act_fwd(pre, bias, y, n, rows, cols, act);                                         \
@@ -288,9 +274,9 @@ __device__ void bias_grad_sum(const float* partial, T* dbias, int groups, int ch
                                                           int rows_per_chunk) {                 \
         bias_grad_partial(dpre, partial, rows, cols, rows_per_chunk);                           \
     }                                                                                           \
-    extern "C" __global__ void bias_grad_sum_##SUFFIX(const float* partial, T* dbias,           \
-                                                      int groups, int chunks, int cols) {       \
-        bias_grad_sum(partial, dbias, groups, chunks, cols);                                    \
+    extern "C" __global__ void sum_chunks_##SUFFIX(const float* partial, T* out, int groups,    \
+                                                   int chunks, int cols) {                      \
+        sum_chunks(partial, out, groups, chunks, cols);                                         \
     }
 
 ROW_KERNELS(float, f32)

@@ -14,7 +14,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{
@@ -132,6 +132,65 @@ macro_rules! by_dtype {
     };
 }
 
+/// Launches kernel `$kernel` of [`MODULE`] for `$dtype` with `$cfg` and the
+/// arguments in order. Every argument is a reference to a local that lives
+/// until the launch (a temporary would dangle).
+macro_rules! launch {
+    ($dev:expr, $kernel:expr, $dtype:expr, $op:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
+        let func = $dev.get_or_load_custom_func(
+            &format!("{}_{}", $kernel, suffix($dtype, $op)?),
+            MODULE,
+            PTX,
+        )?;
+        let mut builder = func.builder();
+        $(builder.arg($arg);)*
+        // SAFETY: each call site passes its kernel's arguments in the order
+        // and types of its signature in `cuda/fused_ops.cu`.
+        unsafe { builder.launch($cfg) }.w()?;
+    }};
+}
+
+/// The gradients a backward op packed into one flat tensor, one per shape,
+/// in order.
+fn unpack(packed: &Tensor, shapes: &[&Shape]) -> Result<Vec<Tensor>> {
+    let mut start = 0;
+    shapes
+        .iter()
+        .map(|&shape| {
+            let n = shape.elem_count();
+            let piece = packed.narrow(0, start, n)?.reshape(shape)?;
+            start += n;
+            Ok(piece)
+        })
+        .collect()
+}
+
+/// Sums `groups x chunks` partial column sums (`partial[(g * chunks + k) *
+/// cols + c]`) over the chunks, in order, into `out[g * cols + c]`: the
+/// deterministic second half of every parameter-gradient reduction.
+#[allow(clippy::too_many_arguments)]
+fn sum_chunks<T: DeviceRepr>(
+    dev: &CudaDevice,
+    dtype: DType,
+    op: &str,
+    partial: &CudaSlice<f32>,
+    out: &mut CudaViewMut<'_, T>,
+    groups: usize,
+    chunks: usize,
+    cols: usize,
+) -> Result<()> {
+    let (groups_i, chunks_i, cols_i) = (groups as i32, chunks as i32, cols as i32);
+    launch!(
+        dev,
+        "sum_chunks",
+        dtype,
+        op,
+        elementwise_launch(groups * cols),
+        [partial, out, &groups_i, &chunks_i, &cols_i]
+    );
+    Ok(())
+}
+
 struct Softmax;
 
 impl CustomOp1 for Softmax {
@@ -164,16 +223,15 @@ fn softmax_fwd<T: CudaDType + DeviceRepr>(
     let dev = &s.device;
     // SAFETY: every element is written by the kernel below.
     let y = unsafe { dev.alloc::<T>(rows * cols)? };
-    let f = dev.get_or_load_custom_func(
-        &format!("softmax_fwd_{}", suffix(s.dtype(), op)?),
-        MODULE,
-        PTX,
-    )?;
-    let mut b = f.builder();
     let n = cols as i32;
-    b.arg(&x).arg(&y).arg(&n);
-    // SAFETY: the kernel's arguments match its signature.
-    unsafe { b.launch(row_launch(rows, cols)) }.w()?;
+    launch!(
+        dev,
+        "softmax_fwd",
+        s.dtype(),
+        op,
+        row_launch(rows, cols),
+        [&x, &y, &n]
+    );
     Ok((
         CudaStorage::wrap_cuda_slice(y, dev.clone()),
         l.shape().clone(),
@@ -222,16 +280,9 @@ fn softmax_bwd<T: CudaDType + DeviceRepr>(
     let dev = &ys.device;
     // SAFETY: every element is written by the kernel below.
     let dx = unsafe { dev.alloc::<T>(rows * cols)? };
-    let f = dev.get_or_load_custom_func(
-        &format!("softmax_bwd_{}", suffix(ys.dtype(), op)?),
-        MODULE,
-        PTX,
-    )?;
-    let mut b = f.builder();
     let n = cols as i32;
-    b.arg(&y).arg(&dy).arg(&dx).arg(&n);
-    // SAFETY: the kernel's arguments match its signature.
-    unsafe { b.launch(row_launch(rows, cols)) }.w()?;
+    let cfg = row_launch(rows, cols);
+    launch!(dev, "softmax_bwd", ys.dtype(), op, cfg, [&y, &dy, &dx, &n]);
     Ok((
         CudaStorage::wrap_cuda_slice(dx, dev.clone()),
         ly.shape().clone(),
@@ -290,11 +341,10 @@ impl CustomOp3 for LayerNorm {
             &grad.contiguous()?,
             &LayerNormBackward { eps: self.eps },
         )?;
-        let (n, cols) = (x.elem_count(), weight.elem_count());
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, n, cols)?.reshape(weight.shape())?;
-        let db = packed.narrow(0, n + cols, cols)?.reshape(bias.shape())?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let mut grads = unpack(&packed, &[x.shape(), weight.shape(), bias.shape()])?;
+        let db = grads.pop();
+        let dw = grads.pop();
+        Ok((grads.pop(), dw, db))
     }
 }
 
@@ -322,16 +372,16 @@ fn layer_norm_fwd<T: CudaDType + DeviceRepr>(
     let dev = &xs.device;
     // SAFETY: every element is written by the kernel below.
     let y = unsafe { dev.alloc::<T>(rows * cols)? };
-    let f = dev.get_or_load_custom_func(
-        &format!("layer_norm_fwd_{}", suffix(xs.dtype(), op)?),
-        MODULE,
-        PTX,
-    )?;
-    let mut launch = f.builder();
     let n = cols as i32;
-    launch.arg(&x).arg(&w).arg(&b).arg(&y).arg(&n).arg(&eps);
-    // SAFETY: the kernel's arguments match its signature.
-    unsafe { launch.launch(row_launch(rows, cols)) }.w()?;
+    let cfg = row_launch(rows, cols);
+    launch!(
+        dev,
+        "layer_norm_fwd",
+        xs.dtype(),
+        op,
+        cfg,
+        [&x, &w, &b, &y, &n, &eps]
+    );
     Ok((
         CudaStorage::wrap_cuda_slice(y, dev.clone()),
         lx.shape().clone(),
@@ -395,64 +445,39 @@ fn layer_norm_bwd<T: CudaDType + DeviceRepr>(
     let w = view::<T>(ws, lw, op, "the weight")?;
     let dy = view::<T>(dys, ldy, op, "the gradient")?;
     let dev: &CudaDevice = &xs.device;
-    let sfx = suffix(xs.dtype(), op)?;
-    let load = |name: &str| dev.get_or_load_custom_func(&format!("{name}_{sfx}"), MODULE, PTX);
+    let dtype = xs.dtype();
     let (cols_i, rows_i) = (cols as i32, rows as i32);
 
     // SAFETY: the kernels below write every element of both buffers.
     let mut out = unsafe { dev.alloc::<T>(rows * cols + 2 * cols)? };
     let stats = unsafe { dev.alloc::<f32>(2 * rows)? };
-    {
-        let mut dx = out.slice_mut(0..rows * cols);
-        let f = load("layer_norm_bwd_input")?;
-        let mut b = f.builder();
-        b.arg(&x)
-            .arg(&w)
-            .arg(&dy)
-            .arg(&mut dx)
-            .arg(&stats)
-            .arg(&cols_i)
-            .arg(&eps);
-        // SAFETY: the kernel's arguments match its signature.
-        unsafe { b.launch(row_launch(rows, cols)) }.w()?;
-    }
+    let mut dx = out.slice_mut(0..rows * cols);
+    let cfg = row_launch(rows, cols);
+    launch!(
+        dev,
+        "layer_norm_bwd_input",
+        dtype,
+        op,
+        cfg,
+        [&x, &w, &dy, &mut dx, &stats, &cols_i, &eps]
+    );
     let per_chunk = rows_per_chunk(rows);
     let chunks = rows.div_ceil(per_chunk).max(1);
     // SAFETY: the partial kernel writes every element.
-    let partial = unsafe { dev.alloc::<f32>(chunks * 2 * cols)? };
-    {
-        let f = load("layer_norm_bwd_params")?;
-        let mut b = f.builder();
-        let per_chunk_i = per_chunk as i32;
-        b.arg(&x)
-            .arg(&dy)
-            .arg(&stats)
-            .arg(&partial)
-            .arg(&rows_i)
-            .arg(&cols_i)
-            .arg(&per_chunk_i);
-        let cfg = LaunchConfig {
-            grid_dim: (cols.div_ceil(256) as u32, chunks as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: the kernel's arguments match its signature.
-        unsafe { b.launch(cfg) }.w()?;
-    }
-    {
-        let mut grads = out.slice_mut(rows * cols..);
-        let f = load("layer_norm_params_sum")?;
-        let mut b = f.builder();
-        let k = chunks as i32;
-        b.arg(&partial).arg(&mut grads).arg(&k).arg(&cols_i);
-        let cfg = LaunchConfig {
-            grid_dim: ((2 * cols).div_ceil(256) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: the kernel's arguments match its signature.
-        unsafe { b.launch(cfg) }.w()?;
-    }
+    let partial = unsafe { dev.alloc::<f32>(2 * chunks * cols)? };
+    let per_chunk_i = per_chunk as i32;
+    let cfg = chunked_launch(cols, chunks, 1);
+    launch!(
+        dev,
+        "layer_norm_bwd_params",
+        dtype,
+        op,
+        cfg,
+        [&x, &dy, &stats, &partial, &rows_i, &cols_i, &per_chunk_i]
+    );
+    // The weight's gradients, then the bias's: two groups of columns.
+    let mut grads = out.slice_mut(rows * cols..);
+    sum_chunks(dev, dtype, op, &partial, &mut grads, 2, chunks, cols)?;
     let len = rows * cols + 2 * cols;
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
@@ -465,6 +490,16 @@ fn layer_norm_bwd<T: CudaDType + DeviceRepr>(
 /// in y.
 fn rows_per_chunk(rows: usize) -> usize {
     ROWS_PER_CHUNK.max(rows.div_ceil(65_535))
+}
+
+/// Column tiles of 256 threads (x) over `chunks` row chunks (y) of
+/// `groups` groups (z): the first half of a parameter-gradient reduction.
+fn chunked_launch(cols: usize, chunks: usize, groups: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (cols.div_ceil(256) as u32, chunks as u32, groups as u32),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 fn elementwise_launch(n: usize) -> LaunchConfig {
@@ -522,12 +557,9 @@ impl CustomOp2 for BiasAct {
                 groups: self.groups,
             },
         )?;
-        let n = pre.elem_count();
-        let dpre = packed.narrow(0, 0, n)?.reshape(pre.shape())?;
-        let dbias = packed
-            .narrow(0, n, bias.elem_count())?
-            .reshape(bias.shape())?;
-        Ok((Some(dpre), Some(dbias)))
+        let mut grads = unpack(&packed, &[pre.shape(), bias.shape()])?;
+        let dbias = grads.pop();
+        Ok((grads.pop(), dbias))
     }
 }
 
@@ -552,22 +584,15 @@ fn bias_act_fwd<T: CudaDType + DeviceRepr>(
     let dev = &ps.device;
     // SAFETY: every element is written by the kernel below.
     let y = unsafe { dev.alloc::<T>(n)? };
-    let f = dev.get_or_load_custom_func(
-        &format!("bias_act_fwd_{}", suffix(ps.dtype(), name)?),
-        MODULE,
-        PTX,
-    )?;
-    let mut b = f.builder();
     let (n_i, rows_i, cols_i) = (n as i64, rows as i32, cols as i32);
-    b.arg(&pre)
-        .arg(&bias)
-        .arg(&y)
-        .arg(&n_i)
-        .arg(&rows_i)
-        .arg(&cols_i)
-        .arg(&op.act);
-    // SAFETY: the kernel's arguments match its signature.
-    unsafe { b.launch(elementwise_launch(n)) }.w()?;
+    launch!(
+        dev,
+        "bias_act_fwd",
+        ps.dtype(),
+        name,
+        elementwise_launch(n),
+        [&pre, &bias, &y, &n_i, &rows_i, &cols_i, &op.act]
+    );
     Ok((
         CudaStorage::wrap_cuda_slice(y, dev.clone()),
         lp.shape().clone(),
@@ -629,63 +654,38 @@ fn bias_act_bwd<T: CudaDType + DeviceRepr>(
     let bias = view::<T>(bs, lb, name, "the bias")?;
     let dy = view::<T>(dys, ldy, name, "the gradient")?;
     let dev: &CudaDevice = &ps.device;
-    let sfx = suffix(ps.dtype(), name)?;
-    let load = |kernel: &str| dev.get_or_load_custom_func(&format!("{kernel}_{sfx}"), MODULE, PTX);
+    let dtype = ps.dtype();
     let (n_i, rows_i, cols_i) = (n as i64, rows as i32, cols as i32);
     let groups = op.groups.max(1);
 
     // SAFETY: the kernels below write every element.
     let mut out = unsafe { dev.alloc::<T>(n + groups * cols)? };
-    {
-        let mut dpre = out.slice_mut(0..n);
-        let f = load("bias_act_bwd_input")?;
-        let mut b = f.builder();
-        b.arg(&pre)
-            .arg(&bias)
-            .arg(&dy)
-            .arg(&mut dpre)
-            .arg(&n_i)
-            .arg(&rows_i)
-            .arg(&cols_i)
-            .arg(&op.act);
-        // SAFETY: the kernel's arguments match its signature.
-        unsafe { b.launch(elementwise_launch(n)) }.w()?;
-    }
+    let mut dpre = out.slice_mut(0..n);
+    launch!(
+        dev,
+        "bias_act_bwd_input",
+        dtype,
+        name,
+        elementwise_launch(n),
+        [&pre, &bias, &dy, &mut dpre, &n_i, &rows_i, &cols_i, &op.act]
+    );
     let per_chunk = rows_per_chunk(rows);
     let chunks = rows.div_ceil(per_chunk).max(1);
     // SAFETY: the partial kernel writes every element.
     let partial = unsafe { dev.alloc::<f32>(groups * chunks * cols)? };
-    {
-        let dpre = out.slice(0..n);
-        let f = load("bias_grad_partial")?;
-        let mut b = f.builder();
-        let per_chunk_i = per_chunk as i32;
-        b.arg(&dpre)
-            .arg(&partial)
-            .arg(&rows_i)
-            .arg(&cols_i)
-            .arg(&per_chunk_i);
-        let cfg = LaunchConfig {
-            grid_dim: (cols.div_ceil(256) as u32, chunks as u32, groups as u32),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: the kernel's arguments match its signature.
-        unsafe { b.launch(cfg) }.w()?;
-    }
-    {
-        let mut dbias = out.slice_mut(n..);
-        let f = load("bias_grad_sum")?;
-        let mut b = f.builder();
-        let (groups_i, chunks_i) = (groups as i32, chunks as i32);
-        b.arg(&partial)
-            .arg(&mut dbias)
-            .arg(&groups_i)
-            .arg(&chunks_i)
-            .arg(&cols_i);
-        // SAFETY: the kernel's arguments match its signature.
-        unsafe { b.launch(elementwise_launch(groups * cols)) }.w()?;
-    }
+    let dpre = out.slice(0..n);
+    let per_chunk_i = per_chunk as i32;
+    let cfg = chunked_launch(cols, chunks, groups);
+    launch!(
+        dev,
+        "bias_grad_partial",
+        dtype,
+        name,
+        cfg,
+        [&dpre, &partial, &rows_i, &cols_i, &per_chunk_i]
+    );
+    let mut dbias = out.slice_mut(n..);
+    sum_chunks(dev, dtype, name, &partial, &mut dbias, groups, chunks, cols)?;
     let len = n + groups * cols;
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
