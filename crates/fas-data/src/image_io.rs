@@ -1,6 +1,7 @@
 //! Reading images from disk, with errors that say which file and why.
 
 use crate::error::{Error, Result};
+use crate::jpeg_segments::segment_at;
 use image::DynamicImage;
 use std::path::Path;
 
@@ -143,56 +144,30 @@ fn jpeg_layout(bytes: &[u8]) -> JpegLayout {
     };
     let mut i = 2;
     let mut after_scan = false;
-    loop {
-        // Markers are `FF xx`, possibly preceded by fill bytes `FF`; like
-        // libjpeg, skip stray bytes between segments.
-        let Some(offset) = bytes
-            .get(i..)
-            .and_then(|b| b.iter().position(|&v| v == 0xFF))
-        else {
-            return layout;
-        };
-        i += offset;
-        while bytes.get(i) == Some(&0xFF) {
-            i += 1;
-        }
-        let Some(&marker) = bytes.get(i) else {
-            return layout;
-        };
-        i += 1;
+    while let Some(segment) = segment_at(bytes, i) {
+        let marker = segment.marker;
         let is_frame = matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
         if after_scan && (matches!(marker, 0x02..=0xBF) || is_frame) {
             layout.corruption = Some(format!(
                 "marker FF {marker:02X} at byte {} cannot follow image data (damaged scan)",
-                i - 2
+                segment.at
             ));
             return layout;
         }
-        match marker {
-            0xD9 => {
-                layout.reaches_eoi = true;
-                return layout;
-            }
-            // Standalone markers without a length.
-            0x00 | 0x01 | 0xD0..=0xD7 => continue,
-            _ => {}
-        }
-        let Some(length) = bytes
-            .get(i..i + 2)
-            .map(|l| usize::from(l[0]) << 8 | usize::from(l[1]))
-        else {
+        if marker == 0xD9 {
+            layout.reaches_eoi = true;
             return layout;
-        };
+        }
         // Start of frame (baseline, extended, progressive, lossless, ...;
         // not DHT C4, JPG C8, DAC CC): precision, height, width.
         if is_frame && layout.frame.is_none() {
-            if let Some(h) = bytes.get(i + 3..i + 7) {
+            if let Some(h) = segment.body.get(1..5) {
                 let height = u16::from_be_bytes([h[0], h[1]]);
                 let width = u16::from_be_bytes([h[2], h[3]]);
                 layout.frame = Some((width, height));
             }
         }
-        i += length;
+        i = segment.next;
         if marker == 0xDA {
             // Entropy-coded data runs to the next marker that is neither a
             // stuffed zero nor a restart marker; restart markers count
@@ -229,6 +204,7 @@ fn jpeg_layout(bytes: &[u8]) -> JpegLayout {
             after_scan = true;
         }
     }
+    layout
 }
 
 #[cfg(test)]

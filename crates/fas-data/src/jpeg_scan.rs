@@ -26,12 +26,17 @@
 //! undetectably. Progressive, lossless and arithmetic-coded files, and
 //! files whose height is given later by a DNL marker, are not walked.
 
+use crate::jpeg_segments::{segment_at, Segment};
+
 /// Walks every scan of `bytes` (a whole JPEG starting with SOI). `Ok` for
 /// files it does not walk (see the module docs).
 pub(crate) fn check(bytes: &[u8]) -> Result<(), String> {
     let mut state = State::default();
     let mut i = 2;
-    while let Some((marker, body, next)) = segment(bytes, i) {
+    while let Some(Segment {
+        marker, body, next, ..
+    }) = segment_at(bytes, i)
+    {
         match marker {
             0xC0 | 0xC1 => {
                 let walked = state.read_frame(body)?;
@@ -60,26 +65,6 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), String> {
         i = next;
     }
     Ok(())
-}
-
-/// The marker at `i` (fill bytes skipped), its segment body (empty for
-/// markers without one) and the offset after it; `None` at the end of the
-/// data or where no marker stands (the marker checks of `image_io` report
-/// those).
-fn segment(bytes: &[u8], mut i: usize) -> Option<(u8, &[u8], usize)> {
-    while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
-        i += 1;
-    }
-    if bytes.get(i) != Some(&0xFF) {
-        return None;
-    }
-    let marker = *bytes.get(i + 1)?;
-    if matches!(marker, 0x01 | 0xD0..=0xD9) {
-        return Some((marker, &[], i + 2));
-    }
-    let len = usize::from(u16::from_be_bytes([*bytes.get(i + 2)?, *bytes.get(i + 3)?]));
-    let body = bytes.get(i + 4..i + 2 + len.max(2))?;
-    Some((marker, body, i + 2 + len.max(2)))
 }
 
 /// A frame component: sampling factors and quantiser table.

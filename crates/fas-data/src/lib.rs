@@ -41,6 +41,7 @@ pub mod augment;
 mod error;
 pub mod image_io;
 mod jpeg_scan;
+mod jpeg_segments;
 mod label;
 pub mod loader;
 pub mod preprocess;
