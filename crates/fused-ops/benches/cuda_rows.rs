@@ -8,6 +8,8 @@
 //! * attention softmax: `(32 x 12 x 197, 197)` per block;
 //! * LayerNorm: `(32 x 197, 768)`, three per block;
 //! * combine softmax over slots: `(32 x 197, 196)` per MoE branch;
+//! * dispatch softmax over tokens: `(32, 197, 196)` along axis 1, per MoE
+//!   branch;
 //! * the block MLP's first linear, `(32 x 197, 768) -> 3072` with quick
 //!   GELU: the bias + activation after cuBLAS's product (the experts' take
 //!   the same kernel).
@@ -64,6 +66,18 @@ fn main() {
             196,
             vec![],
             Box::new(|x, _| fused_ops::softmax(x, 1)),
+        ),
+        // Soft MoE's dispatch: softmax over the 197 tokens of each of the
+        // 196 slots, `(32, 197, 196)` along axis 1.
+        (
+            "dispatch_softmax",
+            (32 * 197, 196),
+            196,
+            vec![],
+            Box::new(|x, _| {
+                let dims = x.dims().to_vec();
+                fused_ops::softmax(&x.reshape((32, 197, 196))?, 1)?.reshape(dims)
+            }),
         ),
         // The block MLP's first linear with CLIP's quick GELU: the matmul is
         // cuBLAS either way, the bias + activation the kernel or composite.

@@ -1,5 +1,6 @@
 // Kernels of fused-ops for CUDA, forward and backward: softmax over the
 // last axis and LayerNorm over the last axis (one thread block per row),
+// softmax over another axis (one thread per column),
 // and a linear layer's bias + activation (one thread per element).
 // Statistics and accumulation in F32 for F32 and BF16 storage. Compiled to
 // PTX by build.rs (`--features cuda`), loaded by src/cuda_ops.rs.
@@ -69,6 +70,45 @@ __device__ void softmax_bwd(const T* y, const T* dy, T* dx, int cols) {
     dot = block_reduce<false>(dot, shared);
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         store(dx, base + c, load(y, base + c) * (load(dy, base + c) - dot));
+}
+
+// Softmax along an axis that is not the last: `lines` = outer x inner
+// columns of `len` elements each, `inner` apart (Soft MoE's dispatch over
+// the tokens of a `(batch, tokens, slots)` tensor). One thread per column;
+// neighbouring threads read neighbouring elements, so every pass is
+// coalesced.
+template <typename T>
+__device__ void softmax_cols_fwd(const T* x, T* y, int64_t lines, int len, int inner) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= lines) return;
+    const int64_t base = (i / inner) * len * inner + i % inner;
+    float m = -INFINITY;
+    for (int k = 0; k < len; ++k) m = fmaxf(m, load(x, base + (int64_t)k * inner));
+    float s = 0.0f;
+    for (int k = 0; k < len; ++k) s += expf(load(x, base + (int64_t)k * inner) - m);
+    const float inv = 1.0f / s;
+    for (int k = 0; k < len; ++k) {
+        const int64_t j = base + (int64_t)k * inner;
+        store(y, j, expf(load(x, j) - m) * inv);
+    }
+}
+
+// dx = y * (dy - sum(dy * y)) per column of softmax_cols_fwd.
+template <typename T>
+__device__ void softmax_cols_bwd(const T* y, const T* dy, T* dx, int64_t lines, int len,
+                                 int inner) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= lines) return;
+    const int64_t base = (i / inner) * len * inner + i % inner;
+    float dot = 0.0f;
+    for (int k = 0; k < len; ++k) {
+        const int64_t j = base + (int64_t)k * inner;
+        dot += load(y, j) * load(dy, j);
+    }
+    for (int k = 0; k < len; ++k) {
+        const int64_t j = base + (int64_t)k * inner;
+        store(dx, j, load(y, j) * (load(dy, j) - dot));
+    }
 }
 
 // Mean and 1/sqrt(var + eps) of one row (two passes, as the composite).
@@ -245,6 +285,14 @@ __device__ void sum_chunks(const float* partial, T* out, int groups, int chunks,
     }                                                                                           \
     extern "C" __global__ void softmax_bwd_##SUFFIX(const T* y, const T* dy, T* dx, int cols) { \
         softmax_bwd(y, dy, dx, cols);                                                           \
+    }                                                                                           \
+    extern "C" __global__ void softmax_cols_fwd_##SUFFIX(const T* x, T* y, int64_t lines,      \
+                                                         int len, int inner) {                  \
+        softmax_cols_fwd(x, y, lines, len, inner);                                              \
+    }                                                                                           \
+    extern "C" __global__ void softmax_cols_bwd_##SUFFIX(const T* y, const T* dy, T* dx,        \
+                                                         int64_t lines, int len, int inner) {   \
+        softmax_cols_bwd(y, dy, dx, lines, len, inner);                                         \
     }                                                                                           \
     extern "C" __global__ void layer_norm_fwd_##SUFFIX(const T* x, const T* gamma,              \
                                                        const T* beta, T* y, int cols,           \

@@ -1,5 +1,5 @@
 //! CUDA kernels of this crate (`cuda/fused_ops.cu`, compiled to PTX by
-//! `build.rs` under `--features cuda`): softmax over the last axis,
+//! `build.rs` under `--features cuda`): softmax along any axis,
 //! LayerNorm over the last axis, and a linear layer's bias + activation,
 //! each a candle custom op whose backward is one more kernel (plus two for
 //! the parameter gradients' deterministic reduction), in F32 and BF16 with
@@ -28,9 +28,29 @@ use crate::activation::Activation;
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused_ops.ptx"));
 const MODULE: &str = "fused_ops_rows";
 
-/// Softmax over the last axis of a non-empty CUDA tensor in F32 or BF16.
-pub(crate) fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Softmax)
+/// Softmax along `axis` of a non-empty CUDA tensor in F32 or BF16: one
+/// thread block per row for the last axis, one thread per column for any
+/// other (Soft MoE's dispatch over tokens).
+pub(crate) fn softmax(x: &Tensor, axis: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax { axis })
+}
+
+/// `(outer, len, inner)` of a softmax along `axis` of `l`: the line length
+/// and its stride, checked to fit the kernels' 32-bit lengths.
+fn axis_split(l: &Layout, axis: usize, op: &str) -> Result<(usize, usize, usize)> {
+    let dims = l.dims();
+    if axis >= dims.len() {
+        candle_core::bail!("{op}: axis {axis} of a {dims:?} tensor")
+    }
+    let (outer, len, inner) = (
+        dims[..axis].iter().product::<usize>(),
+        dims[axis],
+        dims[axis + 1..].iter().product::<usize>(),
+    );
+    if len > i32::MAX as usize || inner > i32::MAX as usize {
+        candle_core::bail!("{op}: a {dims:?} tensor is too long along axis {axis} or after it")
+    }
+    Ok((outer, len, inner))
 }
 
 /// LayerNorm over the last axis of a non-empty tensor; `weight` and `bias`
@@ -191,7 +211,9 @@ fn sum_chunks<T: DeviceRepr>(
     Ok(())
 }
 
-struct Softmax;
+struct Softmax {
+    axis: usize,
+}
 
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
@@ -203,35 +225,42 @@ impl CustomOp1 for Softmax {
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(s, self.name(), softmax_fwd(s, l))
+        by_dtype!(s, self.name(), softmax_fwd(s, l, self.axis))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            y.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward)?,
-        ))
+        let backward = SoftmaxBackward { axis: self.axis };
+        Ok(Some(y.apply_op2_no_bwd(&grad.contiguous()?, &backward)?))
     }
 }
 
 fn softmax_fwd<T: CudaDType + DeviceRepr>(
     s: &CudaStorage,
     l: &Layout,
+    axis: usize,
 ) -> Result<(CudaStorage, Shape)> {
     let op = "fused-softmax-cuda";
     let x = view::<T>(s, l, op, "the input")?;
-    let (rows, cols) = rows_cols(l);
+    let (outer, len, inner) = axis_split(l, axis, op)?;
     let dev = &s.device;
     // SAFETY: every element is written by the kernel below.
-    let y = unsafe { dev.alloc::<T>(rows * cols)? };
-    let n = cols as i32;
-    launch!(
-        dev,
-        "softmax_fwd",
-        s.dtype(),
-        op,
-        row_launch(rows, cols),
-        [&x, &y, &n]
-    );
+    let y = unsafe { dev.alloc::<T>(outer * len * inner)? };
+    let (len_i, inner_i, lines) = (len as i32, inner as i32, (outer * inner) as i64);
+    if inner == 1 {
+        let cfg = row_launch(outer, len);
+        launch!(dev, "softmax_fwd", s.dtype(), op, cfg, [&x, &y, &len_i]);
+    } else {
+        let cfg = elementwise_launch(outer * inner);
+        let kernel = "softmax_cols_fwd";
+        launch!(
+            dev,
+            kernel,
+            s.dtype(),
+            op,
+            cfg,
+            [&x, &y, &lines, &len_i, &inner_i]
+        );
+    }
     Ok((
         CudaStorage::wrap_cuda_slice(y, dev.clone()),
         l.shape().clone(),
@@ -239,7 +268,9 @@ fn softmax_fwd<T: CudaDType + DeviceRepr>(
 }
 
 /// `(y, dy) -> dx` of [`Softmax`].
-struct SoftmaxBackward;
+struct SoftmaxBackward {
+    axis: usize,
+}
 
 impl CustomOp2 for SoftmaxBackward {
     fn name(&self) -> &'static str {
@@ -263,7 +294,7 @@ impl CustomOp2 for SoftmaxBackward {
         dy: &CudaStorage,
         ldy: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(y, self.name(), softmax_bwd(y, ly, dy, ldy))
+        by_dtype!(y, self.name(), softmax_bwd(y, ly, dy, ldy, self.axis))
     }
 }
 
@@ -272,17 +303,38 @@ fn softmax_bwd<T: CudaDType + DeviceRepr>(
     ly: &Layout,
     dys: &CudaStorage,
     ldy: &Layout,
+    axis: usize,
 ) -> Result<(CudaStorage, Shape)> {
     let op = "fused-softmax-cuda-backward";
     let y = view::<T>(ys, ly, op, "the output")?;
     let dy = view::<T>(dys, ldy, op, "the gradient")?;
-    let (rows, cols) = rows_cols(ly);
+    let (outer, len, inner) = axis_split(ly, axis, op)?;
     let dev = &ys.device;
     // SAFETY: every element is written by the kernel below.
-    let dx = unsafe { dev.alloc::<T>(rows * cols)? };
-    let n = cols as i32;
-    let cfg = row_launch(rows, cols);
-    launch!(dev, "softmax_bwd", ys.dtype(), op, cfg, [&y, &dy, &dx, &n]);
+    let dx = unsafe { dev.alloc::<T>(outer * len * inner)? };
+    let (len_i, inner_i, lines) = (len as i32, inner as i32, (outer * inner) as i64);
+    if inner == 1 {
+        let cfg = row_launch(outer, len);
+        launch!(
+            dev,
+            "softmax_bwd",
+            ys.dtype(),
+            op,
+            cfg,
+            [&y, &dy, &dx, &len_i]
+        );
+    } else {
+        let cfg = elementwise_launch(outer * inner);
+        let kernel = "softmax_cols_bwd";
+        launch!(
+            dev,
+            kernel,
+            ys.dtype(),
+            op,
+            cfg,
+            [&y, &dy, &dx, &lines, &len_i, &inner_i]
+        );
+    }
     Ok((
         CudaStorage::wrap_cuda_slice(dx, dev.clone()),
         ly.shape().clone(),

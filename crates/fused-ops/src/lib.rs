@@ -24,7 +24,7 @@
 //! a machine without a GPU can test the GPU's code path that way.
 //!
 //! With `--features cuda` (nvcc at build time, `CUDA_COMPUTE_CAP`),
-//! [`softmax`] over the last axis, [`layer_norm`], and the bias +
+//! [`softmax`] along any axis, [`layer_norm`], and the bias +
 //! activation of [`linear`] and [`ExpertMlp`] also have CUDA kernels with
 //! backward passes, off by default until they have been checked on a GPU: [`set_fused_cuda_kernels`] or `FUSED_OPS_CUDA=1` turns them on.
 //!

@@ -40,8 +40,8 @@ pub fn softmax(x: &Tensor, axis: usize) -> Result<Tensor> {
         return x.contiguous()?.apply_op1(Op(Softmax { axis }));
     }
     #[cfg(feature = "cuda")]
-    if axis + 1 == x.rank() && crate::dispatch::cuda_path(x) {
-        return crate::cuda_ops::softmax_last(x);
+    if axis < x.rank() && crate::dispatch::cuda_path(x) {
+        return crate::cuda_ops::softmax(x, axis);
     }
     {
         let max = x.max_keepdim(axis)?.detach();

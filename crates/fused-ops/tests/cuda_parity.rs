@@ -1,6 +1,6 @@
 //! This crate's CUDA kernels (`--features cuda`, GPU 0) against the candle
 //! composites they replace, on the same GPU and the same inputs: softmax
-//! over the last axis, LayerNorm, attention (whose softmax is the kernel),
+//! over the last axis and over other axes, LayerNorm, attention (whose softmax is the kernel),
 //! and the bias + activation of a dense linear and of stacked experts,
 //! values and every gradient, in F32 and BF16. One test, because
 //! the switch between kernels and composites is process-wide.
@@ -154,6 +154,24 @@ fn cuda_kernels_match_the_composites() -> anyhow::Result<()> {
                 dtype,
                 tol,
                 &|t| fused_ops::layer_norm(&t[0], &t[1], &t[2], 1e-5),
+            )?;
+        }
+        // Softmax along an axis that is not the last (one thread per
+        // column): Soft MoE's dispatch over the paper's 197 tokens into 196
+        // slots, a first axis, and columns off the 256-thread blocks.
+        for (shape, axis) in [
+            ((2, 197, 196), 1),
+            ((6, 5, 7), 0),
+            ((3, 33, 1030), 1),
+            ((2, 1, 9), 1),
+        ] {
+            let x = Tensor::randn(0f32, 2.0, shape, &gpu)?;
+            compare(
+                &format!("softmax {shape:?} axis {axis}"),
+                std::slice::from_ref(&x),
+                dtype,
+                tol,
+                &|t| fused_ops::softmax(&t[0], axis),
             )?;
         }
         // A ViT-B/16 block MLP's first linear at batch 2 with each
