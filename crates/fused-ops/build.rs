@@ -1,19 +1,53 @@
 //! With `--features cuda`, compiles `cuda/fused_ops.cu` to PTX for the
 //! compute capability in `CUDA_COMPUTE_CAP` (e.g. `90` or `9.0`; default
 //! 80, whose PTX newer GPUs compile at load time) with `nvcc` (`$NVCC`, else
-//! on `PATH`). Without the feature it does nothing, so the default build
-//! needs no CUDA toolkit.
+//! on `PATH`). With `--features cuda-emulation`, compiles the same file as
+//! C++ with the CPU emulator of `cuda/emulation/` (a C++17 compiler, no
+//! CUDA toolkit). Without either it does nothing, so the default build
+//! needs neither.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=cuda/fused_ops.cu");
+    println!("cargo:rerun-if-changed=cuda/emulation");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=NVCC");
-    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
-        return;
+    println!("cargo::rustc-check-cfg=cfg(cuda_kernels)");
+    let cuda = std::env::var_os("CARGO_FEATURE_CUDA").is_some();
+    let emulation = std::env::var_os("CARGO_FEATURE_CUDA_EMULATION").is_some();
+    if cuda || emulation {
+        // The CUDA ops' host code, shared by both.
+        println!("cargo:rustc-cfg=cuda_kernels");
     }
+    #[cfg(feature = "cuda-emulation")]
+    compile_emulator();
+    if cuda {
+        compile_ptx();
+    }
+}
+
+/// The kernels and the emulator's scheduler as one static library.
+#[cfg(feature = "cuda-emulation")]
+fn compile_emulator() {
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .include("cuda/emulation")
+        .file("cuda/emulation/emulator.cpp")
+        .file("cuda/emulation/kernels.cpp")
+        .file("cuda/emulation/self_test_kernels.cpp")
+        .warnings(true)
+        // `#pragma unroll` is for nvcc.
+        .flag("-Wno-unknown-pragmas")
+        // The kernels register themselves with the launcher from static
+        // initialisers that nothing else refers to: keep them linked.
+        .link_lib_modifier("+whole-archive")
+        .compile("fused_ops_emulation");
+}
+
+fn compile_ptx() {
     let digits: String = std::env::var("CUDA_COMPUTE_CAP")
         .unwrap_or_default()
         .chars()

@@ -10,9 +10,11 @@
 # real train_uniattack binary against PyTorch's step (TF32 on both; BF16
 # against autocast), then the candle CUDA benches side by side with PyTorch
 # (and transformers) on the same GPU, and writes logs under $OUT.
-# fused-ops' CUDA kernels are checked first; where they pass, the step is
-# also timed with them on (FUSED_OPS_CUDA=1), and cuda_rows times each row
-# op as composite and kernel (ROWS_BENCH=0 skips it).
+# fused-ops' CUDA kernels are checked first (they already pass on the CPU
+# emulator, `cargo test`), then the tiny model with them on; where they
+# pass, the step is also timed with them on (FUSED_OPS_CUDA=1), and
+# cuda_rows times each op (row ops, La-SoftMoE's combine ops, attention)
+# as composite and kernel (ROWS_BENCH=0 skips it).
 # STEP_BENCH=0 skips the training-step comparison; BENCHES=0 skips the
 # layer benches that follow it (the device call allows 600 s in all).
 set -uo pipefail
@@ -58,6 +60,12 @@ for t in softmoe_parity clip_moe_parity clip_moe_cuda; do
     timeout 300 "$BIN/$t" --test-threads 1 >"$OUT/$t.log" 2>&1 || status=1
     grep -E "^test |test result|panicked|rror" "$OUT/$t.log"
 done
+# The whole tiny model on GPU with the fused kernels on, against the CPU.
+if [ "$kernels_ok" = 1 ]; then
+    FUSED_OPS_CUDA=1 timeout 300 "$BIN/clip_moe_cuda" --test-threads 1 \
+        >"$OUT/clip_moe_cuda_kernels.log" 2>&1 || { status=1; kernels_ok=0; }
+    grep -E "^test |test result|panicked|rror" "$OUT/clip_moe_cuda_kernels.log"
+fi
 
 echo "== the demo on CUDA (40 steps), F32 and BF16"
 for precision in f32 bf16; do

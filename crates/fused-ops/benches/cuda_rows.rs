@@ -10,6 +10,11 @@
 //! * combine softmax over slots: `(32 x 197, 196)` per MoE branch;
 //! * dispatch softmax over tokens: `(32, 197, 196)` along axis 1, per MoE
 //!   branch;
+//! * La-SoftMoE's combine: elu + 1 and the instance norm per token,
+//!   `(32 x 197, 196)` per MoE branch;
+//! * the router's L2 normalisation of the tokens, `(32 x 197, 768)`;
+//! * attention, 12 heads of 64 over `(32, 197, 768)`: candle's matmuls
+//!   around the softmax kernel against the memory-efficient kernel;
 //! * the block MLP's first linear, `(32 x 197, 768) -> 3072` with quick
 //!   GELU: the bias + activation after cuBLAS's product (the experts' take
 //!   the same kernel).
@@ -77,6 +82,47 @@ fn main() {
             Box::new(|x, _| {
                 let dims = x.dims().to_vec();
                 fused_ops::softmax(&x.reshape((32, 197, 196))?, 1)?.reshape(dims)
+            }),
+        ),
+        // La-SoftMoE's combine: the elu + 1 feature map and the instance
+        // norm per token, both on `(32 x 197, 196)` per MoE branch.
+        (
+            "combine_elu_plus_one",
+            (32 * 197, 196),
+            196,
+            vec![],
+            Box::new(|x, _| fused_ops::elu_plus_one(x)),
+        ),
+        (
+            "combine_instance_norm",
+            (32 * 197, 196),
+            196,
+            vec![],
+            Box::new(|x, _| fused_ops::standardize(x, 1, 1e-5)),
+        ),
+        // The router's L2 normalisation of the tokens, per MoE branch.
+        (
+            "router_l2_normalize",
+            (32 * 197, 768),
+            768,
+            vec![],
+            Box::new(|x, _| fused_ops::l2_normalize(x, 1e-6)),
+        ),
+        // Attention of a ViT-B/16 block: 12 heads of 64 over 197 tokens,
+        // the input as q, the two parameters as k and v.
+        (
+            "attention",
+            (32 * 197, 768),
+            768,
+            vec![vec![32 * 197, 768], vec![32 * 197, 768]],
+            Box::new(|x, p| {
+                let split = |t: &Tensor| t.reshape((32, 197, 768));
+                let (q, k, v) = (
+                    split(x)?,
+                    split(p[0].as_tensor())?,
+                    split(p[1].as_tensor())?,
+                );
+                fused_ops::attention(&q, &k, &v, 12, 0.125, false)?.reshape((32 * 197, 768))
             }),
         ),
         // The block MLP's first linear with CLIP's quick GELU: the matmul is

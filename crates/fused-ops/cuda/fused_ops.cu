@@ -1,7 +1,8 @@
-// Kernels of fused-ops for CUDA, forward and backward: softmax over the
-// last axis and LayerNorm over the last axis (one thread block per row),
-// softmax over another axis (one thread per column),
-// and a linear layer's bias + activation (one thread per element).
+// Kernels of fused-ops for CUDA, forward and backward: softmax, LayerNorm,
+// La-SoftMoE's instance norm (LayerNorm without affine) and vmoe's L2
+// normalisation over the last axis (one thread block per row), softmax over
+// another axis (one thread per column), a linear layer's bias + activation
+// and La-SoftMoE's elu + 1 feature map (one thread per element).
 // Statistics and accumulation in F32 for F32 and BF16 storage. Compiled to
 // PTX by build.rs (`--features cuda`), loaded by src/cuda_ops.rs.
 
@@ -128,7 +129,14 @@ __device__ void row_stats(const T* x, int64_t base, int cols, float eps, float* 
     *rstd = rsqrtf(var + eps);
 }
 
-// y = (x - mean) * rstd * gamma + beta per row.
+// gamma[c], or 1 without an affine part (standardize).
+template <typename T>
+__device__ __forceinline__ float scale_at(const T* gamma, int c) {
+    return gamma ? load(gamma, c) : 1.0f;
+}
+
+// y = (x - mean) * rstd * gamma + beta per row; gamma and beta null for
+// La-SoftMoE's instance norm (no affine part).
 template <typename T>
 __device__ void layer_norm_fwd(const T* x, const T* gamma, const T* beta, T* y, int cols,
                                float eps) {
@@ -138,12 +146,14 @@ __device__ void layer_norm_fwd(const T* x, const T* gamma, const T* beta, T* y, 
     row_stats(x, base, cols, eps, shared, &mean, &rstd);
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         store(y, base + c,
-              (load(x, base + c) - mean) * rstd * load(gamma, c) + load(beta, c));
+              (load(x, base + c) - mean) * rstd * scale_at(gamma, c) +
+                  (beta ? load(beta, c) : 0.0f));
 }
 
 // Input gradient of one row, and the row's mean and rstd into `stats`
-// (2 floats per row) for the parameter gradients:
-// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma.
+// (2 floats per row; null when no parameter gradient follows) for the
+// parameter gradients: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),
+// g = dy * gamma (dy without an affine part).
 template <typename T>
 __device__ void layer_norm_bwd_input(const T* x, const T* gamma, const T* dy, T* dx,
                                      float* stats, int cols, float eps) {
@@ -153,7 +163,7 @@ __device__ void layer_norm_bwd_input(const T* x, const T* gamma, const T* dy, T*
     row_stats(x, base, cols, eps, shared, &mean, &rstd);
     float sg = 0.0f, sgx = 0.0f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        const float g = load(dy, base + c) * load(gamma, c);
+        const float g = load(dy, base + c) * scale_at(gamma, c);
         sg += g;
         sgx += g * (load(x, base + c) - mean) * rstd;
     }
@@ -161,13 +171,64 @@ __device__ void layer_norm_bwd_input(const T* x, const T* gamma, const T* dy, T*
     const float mgx = block_reduce<false>(sgx, shared) / cols;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         const float xhat = (load(x, base + c) - mean) * rstd;
-        const float g = load(dy, base + c) * load(gamma, c);
+        const float g = load(dy, base + c) * scale_at(gamma, c);
         store(dx, base + c, rstd * (g - mg - xhat * mgx));
     }
-    if (threadIdx.x == 0) {
+    if (stats && threadIdx.x == 0) {
         stats[2 * blockIdx.x] = mean;
         stats[2 * blockIdx.x + 1] = rstd;
     }
+}
+
+// y = x / sqrt(sum(x^2) + eps) per row (vmoe's normalisation of the
+// router's tokens and parameters, epsilon inside the root).
+template <typename T>
+__device__ void l2_normalize_fwd(const T* x, T* y, int cols, float eps) {
+    __shared__ float shared[32];
+    const int64_t base = (int64_t)blockIdx.x * cols;
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float v = load(x, base + c);
+        s += v * v;
+    }
+    const float r = rsqrtf(block_reduce<false>(s, shared) + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) store(y, base + c, load(x, base + c) * r);
+}
+
+// dx = r * (dy - y * sum(dy * y)), y = x * r, per row.
+template <typename T>
+__device__ void l2_normalize_bwd(const T* x, const T* dy, T* dx, int cols, float eps) {
+    __shared__ float shared[32];
+    const int64_t base = (int64_t)blockIdx.x * cols;
+    float s = 0.0f, d = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float v = load(x, base + c);
+        s += v * v;
+        d += v * load(dy, base + c);
+    }
+    const float r = rsqrtf(block_reduce<false>(s, shared) + eps);
+    // sum(dy * y) = r * sum(dy * x)
+    const float dot = r * block_reduce<false>(d, shared);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+        store(dx, base + c, r * (load(dy, base + c) - load(x, base + c) * r * dot));
+}
+
+// y = elu(x) + 1: x + 1 for x > 0, e^x otherwise (La-SoftMoE's feature map).
+template <typename T>
+__device__ void elu_plus_one_fwd(const T* x, T* y, int64_t n) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float v = load(x, i);
+    store(y, i, v > 0.0f ? v + 1.0f : expf(v));
+}
+
+// dx = dy where the output is above 1 (x > 0), dy * y elsewhere.
+template <typename T>
+__device__ void elu_plus_one_bwd(const T* y, const T* dy, T* dx, int64_t n) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float out = load(y, i), g = load(dy, i);
+    store(dx, i, out > 1.0f ? g : g * out);
 }
 
 // Partial parameter gradients over the rows of chunk blockIdx.y, one
@@ -279,53 +340,311 @@ __device__ void sum_chunks(const float* partial, T* out, int groups, int chunks,
     store(out, i, s);
 }
 
-#define ROW_KERNELS(T, SUFFIX)                                                                  \
-    extern "C" __global__ void softmax_fwd_##SUFFIX(const T* x, T* y, int cols) {              \
-        softmax_fwd(x, y, cols);                                                                \
-    }                                                                                           \
-    extern "C" __global__ void softmax_bwd_##SUFFIX(const T* y, const T* dy, T* dx, int cols) { \
-        softmax_bwd(y, dy, dx, cols);                                                           \
-    }                                                                                           \
-    extern "C" __global__ void softmax_cols_fwd_##SUFFIX(const T* x, T* y, int64_t lines,      \
-                                                         int len, int inner) {                  \
-        softmax_cols_fwd(x, y, lines, len, inner);                                              \
-    }                                                                                           \
-    extern "C" __global__ void softmax_cols_bwd_##SUFFIX(const T* y, const T* dy, T* dx,        \
-                                                         int64_t lines, int len, int inner) {   \
-        softmax_cols_bwd(y, dy, dx, lines, len, inner);                                         \
-    }                                                                                           \
-    extern "C" __global__ void layer_norm_fwd_##SUFFIX(const T* x, const T* gamma,              \
-                                                       const T* beta, T* y, int cols,           \
-                                                       float eps) {                             \
-        layer_norm_fwd(x, gamma, beta, y, cols, eps);                                           \
-    }                                                                                           \
-    extern "C" __global__ void layer_norm_bwd_input_##SUFFIX(                                   \
-        const T* x, const T* gamma, const T* dy, T* dx, float* stats, int cols, float eps) {    \
-        layer_norm_bwd_input(x, gamma, dy, dx, stats, cols, eps);                               \
-    }                                                                                           \
-    extern "C" __global__ void layer_norm_bwd_params_##SUFFIX(                                  \
-        const T* x, const T* dy, const float* stats, float* partial, int rows, int cols,        \
-        int rows_per_chunk) {                                                                   \
-        layer_norm_bwd_params(x, dy, stats, partial, rows, cols, rows_per_chunk);               \
-    }                                                                                           \
-    extern "C" __global__ void bias_act_fwd_##SUFFIX(const T* pre, const T* bias, T* y,         \
-                                                     int64_t n, int rows, int cols, int act) {  \
-        bias_act_fwd(pre, bias, y, n, rows, cols, act);                                         \
-    }                                                                                           \
-    extern "C" __global__ void bias_act_bwd_input_##SUFFIX(const T* pre, const T* bias,         \
-                                                           const T* dy, T* dpre, int64_t n,     \
-                                                           int rows, int cols, int act) {       \
-        bias_act_bwd_input(pre, bias, dy, dpre, n, rows, cols, act);                            \
-    }                                                                                           \
-    extern "C" __global__ void bias_grad_partial_##SUFFIX(const T* dpre, float* partial,        \
-                                                          int rows, int cols,                   \
-                                                          int rows_per_chunk) {                 \
-        bias_grad_partial(dpre, partial, rows, cols, rows_per_chunk);                           \
-    }                                                                                           \
-    extern "C" __global__ void sum_chunks_##SUFFIX(const float* partial, T* out, int groups,    \
-                                                   int chunks, int cols) {                      \
-        sum_chunks(partial, out, groups, chunks, cols);                                         \
+// Memory-efficient attention over all heads, for q, k, v and the output in
+// `(batch, tokens, heads * HD)` rows (the projections' layout: no head
+// split or merge copies): softmax(scale q k^T [+ causal mask]) v, one
+// thread per query (per key for dk, dv), keys or queries streamed through
+// shared memory in tiles, softmax statistics in F32 and online (nothing of
+// size tokens x tokens is stored). Grid: (ceil(tokens / 64), heads, batch),
+// 64 threads. The backward recomputes the probabilities from the
+// statistics (log-sum-exp and sum(dout * out) per query, kernel
+// attention_stats) instead of saving them.
+
+// Keys (or queries) per shared-memory tile: two tiles of TILE x HD floats
+// stay within 32 KiB.
+template <int HD>
+struct AttentionTile {
+    static constexpr int SIZE = HD <= 64 ? 64 : 32;
+};
+
+// Where head `head` of token `t` starts in a (batch, tokens, heads * HD) tensor.
+template <int HD>
+__device__ __forceinline__ int64_t head_row(int b, int t, int head, int tokens, int heads) {
+    return ((int64_t)b * tokens + t) * heads * HD + (int64_t)head * HD;
+}
+
+// Loads TILE rows of one head from `t0` into `tile` (rows past the end
+// zeroed); every thread of the block takes part.
+template <typename T, int HD, int TILE>
+__device__ void load_tile(const T* src, float (*tile)[HD], int b, int t0, int head, int tokens,
+                          int heads) {
+    for (int e = threadIdx.x; e < TILE * HD; e += blockDim.x) {
+        const int r = e / HD, c = e % HD;
+        const int t = t0 + r;
+        tile[r][c] = t < tokens ? load(src, head_row<HD>(b, t, head, tokens, heads) + c) : 0.0f;
     }
+}
+
+template <int HD>
+__device__ __forceinline__ float dot(const float* a, const float* b) {
+    float s = 0.0f;
+#pragma unroll
+    for (int d = 0; d < HD; ++d) s += a[d] * b[d];
+    return s;
+}
+
+// Calls f(key row, value row) for every key the query `i` of this thread
+// attends to (all, or up to itself when causal), in order, streaming one
+// head's keys (and values, unless v is null) through shared memory in
+// tiles. Every thread of the block takes part in the loads, whether its
+// query exists (`active`) or not.
+template <typename T, int HD, typename F>
+__device__ void for_each_key(const T* k, const T* v, int b, int head, int tokens, int heads,
+                             int i, bool active, int causal, F f) {
+    constexpr int TILE = AttentionTile<HD>::SIZE;
+    __shared__ float ks[TILE][HD];
+    __shared__ float vs[TILE][HD];
+    // Causal: no key after the block's last query is needed.
+    const int last = causal ? min(tokens, (int)((blockIdx.x + 1) * blockDim.x)) : tokens;
+    for (int j0 = 0; j0 < last; j0 += TILE) {
+        __syncthreads();  // the previous tile's readers are done
+        load_tile<T, HD, TILE>(k, ks, b, j0, head, tokens, heads);
+        if (v) load_tile<T, HD, TILE>(v, vs, b, j0, head, tokens, heads);
+        __syncthreads();
+        const int end = min(TILE, tokens - j0);
+        for (int jj = 0; active && jj < end; ++jj) {
+            if (causal && j0 + jj > i) break;
+            f(ks[jj], vs[jj]);
+        }
+    }
+}
+
+// out = softmax(scale q k^T) v for the query of this thread.
+template <typename T, int HD>
+__device__ void attention_fwd(const T* q, const T* k, const T* v, T* out, int tokens, int heads,
+                              float scale, int causal) {
+    const int head = blockIdx.y, b = blockIdx.z;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const bool active = i < tokens;
+    float qi[HD], acc[HD];
+    const int64_t row = head_row<HD>(b, active ? i : 0, head, tokens, heads);
+#pragma unroll
+    for (int d = 0; d < HD; ++d) {
+        qi[d] = active ? load(q, row + d) * scale : 0.0f;
+        acc[d] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for_each_key<T, HD>(k, v, b, head, tokens, heads, i, active, causal,
+                        [&](const float* kj, const float* vj) {
+                            const float s = dot<HD>(qi, kj);
+                            if (s > m) {
+                                const float correction = expf(m - s);
+                                l *= correction;
+#pragma unroll
+                                for (int d = 0; d < HD; ++d) acc[d] *= correction;
+                                m = s;
+                            }
+                            const float p = expf(s - m);
+                            l += p;
+#pragma unroll
+                            for (int d = 0; d < HD; ++d) acc[d] += p * vj[d];
+                        });
+    if (!active) return;
+    const float inv = 1.0f / l;
+#pragma unroll
+    for (int d = 0; d < HD; ++d) store(out, row + d, acc[d] * inv);
+}
+
+// Per query: stats[2 r] = log-sum-exp of its scaled scores, stats[2 r + 1]
+// = sum(dout * out), r = (b * heads + head) * tokens + i.
+template <typename T, int HD>
+__device__ void attention_stats(const T* q, const T* k, const T* out, const T* dout, float* stats,
+                                int tokens, int heads, float scale, int causal) {
+    const int head = blockIdx.y, b = blockIdx.z;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const bool active = i < tokens;
+    float qi[HD];
+    const int64_t row = head_row<HD>(b, active ? i : 0, head, tokens, heads);
+    float delta = 0.0f;
+#pragma unroll
+    for (int d = 0; d < HD; ++d) {
+        qi[d] = active ? load(q, row + d) * scale : 0.0f;
+        delta += active ? load(dout, row + d) * load(out, row + d) : 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for_each_key<T, HD>(k, (const T*)nullptr, b, head, tokens, heads, i, active, causal,
+                        [&](const float* kj, const float*) {
+                            const float s = dot<HD>(qi, kj);
+                            if (s > m) {
+                                l *= expf(m - s);
+                                m = s;
+                            }
+                            l += expf(s - m);
+                        });
+    if (!active) return;
+    const int64_t r = ((int64_t)b * heads + head) * tokens + i;
+    stats[2 * r] = m + logf(l);
+    stats[2 * r + 1] = delta;
+}
+
+// dq for the query of this thread: scale * sum_j p_ij (dout_i . v_j - delta_i) k_j.
+template <typename T, int HD>
+__device__ void attention_bwd_dq(const T* q, const T* k, const T* v, const T* dout,
+                                 const float* stats, T* dq, int tokens, int heads, float scale,
+                                 int causal) {
+    const int head = blockIdx.y, b = blockIdx.z;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const bool active = i < tokens;
+    float qi[HD], gi[HD], acc[HD];
+    const int64_t row = head_row<HD>(b, active ? i : 0, head, tokens, heads);
+#pragma unroll
+    for (int d = 0; d < HD; ++d) {
+        qi[d] = active ? load(q, row + d) * scale : 0.0f;
+        gi[d] = active ? load(dout, row + d) : 0.0f;
+        acc[d] = 0.0f;
+    }
+    const int64_t r = ((int64_t)b * heads + head) * tokens + (active ? i : 0);
+    const float lse = stats[2 * r], delta = stats[2 * r + 1];
+    for_each_key<T, HD>(k, v, b, head, tokens, heads, i, active, causal,
+                        [&](const float* kj, const float* vj) {
+                            const float p = expf(dot<HD>(qi, kj) - lse);
+                            const float ds = p * (dot<HD>(gi, vj) - delta);
+#pragma unroll
+                            for (int d = 0; d < HD; ++d) acc[d] += ds * kj[d];
+                        });
+    if (!active) return;
+#pragma unroll
+    for (int d = 0; d < HD; ++d) store(dq, row + d, acc[d] * scale);
+}
+
+// dk and dv for the key of this thread: dv_j = sum_i p_ij dout_i,
+// dk_j = scale * sum_i p_ij (dout_i . v_j - delta_i) q_i.
+// dk fills the first (batch, tokens, heads * HD) elements of `dkv`, dv the
+// next ones.
+template <typename T, int HD>
+__device__ void attention_bwd_dkv(const T* q, const T* k, const T* v, const T* dout,
+                                  const float* stats, T* dkv, int tokens, int heads, float scale,
+                                  int causal) {
+    T* dk = dkv;
+    T* dv = dkv + (int64_t)gridDim.z * tokens * heads * HD;
+    constexpr int TILE = AttentionTile<HD>::SIZE;
+    __shared__ float qs[TILE][HD];
+    __shared__ float gs[TILE][HD];
+    __shared__ float lse[TILE], delta[TILE];
+    const int head = blockIdx.y, b = blockIdx.z;
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    const bool active = j < tokens;
+    float kj[HD], vj[HD], dkj[HD], dvj[HD];
+    const int64_t row = head_row<HD>(b, active ? j : 0, head, tokens, heads);
+#pragma unroll
+    for (int d = 0; d < HD; ++d) {
+        kj[d] = active ? load(k, row + d) : 0.0f;
+        vj[d] = active ? load(v, row + d) : 0.0f;
+        dkj[d] = 0.0f;
+        dvj[d] = 0.0f;
+    }
+    // Causal: no query before the block's first key sees it.
+    const int first = causal ? (int)(blockIdx.x * blockDim.x) / TILE * TILE : 0;
+    for (int i0 = first; i0 < tokens; i0 += TILE) {
+        __syncthreads();
+        load_tile<T, HD, TILE>(q, qs, b, i0, head, tokens, heads);
+        load_tile<T, HD, TILE>(dout, gs, b, i0, head, tokens, heads);
+        for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
+            const int64_t at = ((int64_t)b * heads + head) * tokens + min(i0 + r, tokens - 1);
+            lse[r] = stats[2 * at];
+            delta[r] = stats[2 * at + 1];
+        }
+        __syncthreads();
+        const int end = min(TILE, tokens - i0);
+        for (int ii = 0; active && ii < end; ++ii) {
+            if (causal && i0 + ii < j) continue;
+            const float p = expf(scale * dot<HD>(qs[ii], kj) - lse[ii]);
+            const float ds = p * (dot<HD>(gs[ii], vj) - delta[ii]);
+#pragma unroll
+            for (int d = 0; d < HD; ++d) {
+                dvj[d] += p * gs[ii][d];
+                dkj[d] += ds * qs[ii][d];
+            }
+        }
+    }
+    if (!active) return;
+#pragma unroll
+    for (int d = 0; d < HD; ++d) {
+        store(dk, row + d, dkj[d] * scale);
+        store(dv, row + d, dvj[d]);
+    }
+}
+
+// Every entry point is defined through KERNEL(name, (parameters), call);
+// the CPU emulator (emulation/emulator.h) defines it first to also register
+// the kernel under its name.
+#ifndef KERNEL
+#define KERNEL(NAME, PARAMS, CALL) \
+    extern "C" __global__ void NAME PARAMS { CALL; }
+#endif
+
+#define ROW_KERNELS(T, S)                                                                        \
+    KERNEL(softmax_fwd_##S, (const T* x, T* y, int cols), softmax_fwd(x, y, cols))               \
+    KERNEL(softmax_bwd_##S, (const T* y, const T* dy, T* dx, int cols),                          \
+           softmax_bwd(y, dy, dx, cols))                                                         \
+    KERNEL(softmax_cols_fwd_##S, (const T* x, T* y, int64_t lines, int len, int inner),          \
+           softmax_cols_fwd(x, y, lines, len, inner))                                            \
+    KERNEL(softmax_cols_bwd_##S,                                                                 \
+           (const T* y, const T* dy, T* dx, int64_t lines, int len, int inner),                  \
+           softmax_cols_bwd(y, dy, dx, lines, len, inner))                                       \
+    KERNEL(layer_norm_fwd_##S,                                                                   \
+           (const T* x, const T* gamma, const T* beta, T* y, int cols, float eps),               \
+           layer_norm_fwd(x, gamma, beta, y, cols, eps))                                         \
+    KERNEL(layer_norm_bwd_input_##S,                                                             \
+           (const T* x, const T* gamma, const T* dy, T* dx, float* stats, int cols, float eps),  \
+           layer_norm_bwd_input(x, gamma, dy, dx, stats, cols, eps))                             \
+    KERNEL(standardize_fwd_##S, (const T* x, T* y, int cols, float eps),                       \
+           layer_norm_fwd(x, (const T*)nullptr, (const T*)nullptr, y, cols, eps))                \
+    KERNEL(standardize_bwd_##S, (const T* x, const T* dy, T* dx, int cols, float eps),          \
+           layer_norm_bwd_input(x, (const T*)nullptr, dy, dx, (float*)nullptr, cols, eps))      \
+    KERNEL(l2_normalize_fwd_##S, (const T* x, T* y, int cols, float eps),                      \
+           l2_normalize_fwd(x, y, cols, eps))                                                    \
+    KERNEL(l2_normalize_bwd_##S, (const T* x, const T* dy, T* dx, int cols, float eps),         \
+           l2_normalize_bwd(x, dy, dx, cols, eps))                                               \
+    KERNEL(elu_plus_one_fwd_##S, (const T* x, T* y, int64_t n), elu_plus_one_fwd(x, y, n))      \
+    KERNEL(elu_plus_one_bwd_##S, (const T* y, const T* dy, T* dx, int64_t n),                  \
+           elu_plus_one_bwd(y, dy, dx, n))                                                       \
+    KERNEL(layer_norm_bwd_params_##S,                                                            \
+           (const T* x, const T* dy, const float* stats, float* partial, int rows, int cols,     \
+            int rows_per_chunk),                                                                 \
+           layer_norm_bwd_params(x, dy, stats, partial, rows, cols, rows_per_chunk))             \
+    KERNEL(bias_act_fwd_##S,                                                                     \
+           (const T* pre, const T* bias, T* y, int64_t n, int rows, int cols, int act),          \
+           bias_act_fwd(pre, bias, y, n, rows, cols, act))                                       \
+    KERNEL(bias_act_bwd_input_##S,                                                               \
+           (const T* pre, const T* bias, const T* dy, T* dpre, int64_t n, int rows, int cols,    \
+            int act),                                                                            \
+           bias_act_bwd_input(pre, bias, dy, dpre, n, rows, cols, act))                          \
+    KERNEL(bias_grad_partial_##S,                                                                \
+           (const T* dpre, float* partial, int rows, int cols, int rows_per_chunk),              \
+           bias_grad_partial(dpre, partial, rows, cols, rows_per_chunk))                         \
+    KERNEL(sum_chunks_##S, (const float* partial, T* out, int groups, int chunks, int cols),     \
+           sum_chunks(partial, out, groups, chunks, cols))
 
 ROW_KERNELS(float, f32)
 ROW_KERNELS(__nv_bfloat16, bf16)
+
+#define ATTENTION_KERNELS(T, S, HD)                                                              \
+    KERNEL(attention_fwd_##S##_##HD,                                                             \
+           (const T* q, const T* k, const T* v, T* out, int tokens, int heads, float scale,      \
+            int causal),                                                                         \
+           (attention_fwd<T, HD>(q, k, v, out, tokens, heads, scale, causal)))                   \
+    KERNEL(attention_stats_##S##_##HD,                                                           \
+           (const T* q, const T* k, const T* out, const T* dout, float* stats, int tokens,       \
+            int heads, float scale, int causal),                                                 \
+           (attention_stats<T, HD>(q, k, out, dout, stats, tokens, heads, scale, causal)))       \
+    KERNEL(attention_bwd_dq_##S##_##HD,                                                          \
+           (const T* q, const T* k, const T* v, const T* dout, const float* stats, T* dq,        \
+            int tokens, int heads, float scale, int causal),                                     \
+           (attention_bwd_dq<T, HD>(q, k, v, dout, stats, dq, tokens, heads, scale, causal)))    \
+    KERNEL(attention_bwd_dkv_##S##_##HD,                                                         \
+           (const T* q, const T* k, const T* v, const T* dout, const float* stats, T* dkv,       \
+            int tokens, int heads, float scale, int causal),                                     \
+           (attention_bwd_dkv<T, HD>(q, k, v, dout, stats, dkv, tokens, heads, scale, causal)))
+
+// The head widths the attention kernels are compiled for (ViT-B/16 and
+// CLIP's text tower: 64; the test models': 8); others take the composite.
+#define ATTENTION_WIDTHS(T, S)  \
+    ATTENTION_KERNELS(T, S, 8)  \
+    ATTENTION_KERNELS(T, S, 16) \
+    ATTENTION_KERNELS(T, S, 32) \
+    ATTENTION_KERNELS(T, S, 64) \
+    ATTENTION_KERNELS(T, S, 128)
+
+ATTENTION_WIDTHS(float, f32)
+ATTENTION_WIDTHS(__nv_bfloat16, bf16)

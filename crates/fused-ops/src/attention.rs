@@ -76,8 +76,11 @@ fn merge_heads(per_head: &[f32], dims: Dims) -> Vec<f32> {
 
 /// Multi-head attention on `(batch, tokens, heads · head_dim)` projections,
 /// the context returned in the same layout: the fused kernel on CPU in F32
-/// (unless [`crate::set_fused_cpu_kernels`]`(false)`), candle's ops
-/// (`composite_attention`) elsewhere.
+/// (unless [`crate::set_fused_cpu_kernels`]`(false)`); with the CUDA switch
+/// on ([`crate::set_fused_cuda_kernels`]), this crate's memory-efficient
+/// CUDA kernels for head widths 8, 16, 32, 64 and 128 in F32 and BF16 (no
+/// `tokens x tokens` tensor is stored; the backward recomputes the
+/// probabilities); candle's ops (`composite_attention`) elsewhere.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -87,10 +90,13 @@ pub fn attention(
     causal: bool,
 ) -> Result<Tensor> {
     if fused_path_f32(q) {
-        fused_attention(q, k, v, heads, scale as f32, causal)
-    } else {
-        composite_attention(q, k, v, heads, scale, causal)
+        return fused_attention(q, k, v, heads, scale as f32, causal);
     }
+    #[cfg(cuda_kernels)]
+    if crate::dispatch::cuda_path(q) && crate::cuda_ops::attention_fits(q, k, v, heads) {
+        return crate::cuda_ops::attention(q, k, v, heads, scale as f32, causal);
+    }
+    composite_attention(q, k, v, heads, scale, causal)
 }
 
 /// The same maths with candle's ops (which candle differentiates), the

@@ -1,56 +1,41 @@
-//! CUDA kernels of this crate (`cuda/fused_ops.cu`, compiled to PTX by
-//! `build.rs` under `--features cuda`): softmax along any axis,
-//! LayerNorm over the last axis, and a linear layer's bias + activation,
-//! each a candle custom op whose backward is one more kernel (plus two for
-//! the parameter gradients' deterministic reduction), in F32 and BF16 with
-//! F32 statistics.
+//! CUDA kernels of this crate (`cuda/fused_ops.cu`): softmax along any
+//! axis, LayerNorm, La-SoftMoE's instance norm (standardisation) and
+//! vmoe's L2 normalisation over the last axis, La-SoftMoE's elu + 1 feature
+//! map, a linear layer's bias + activation, and memory-efficient attention
+//! over all heads, each a candle custom op whose backward is one more kernel
+//! (plus two for the parameter gradients' deterministic reduction, three
+//! for attention), in F32 and BF16 with F32 statistics.
 //!
 //! The composites they replace launch one kernel per primitive op forward
 //! (max, subtract, exp, sum, divide; mean, subtract, square, mean, root,
 //! divide, scale, shift; add, then the activation's ops), and backward every
-//! node allocates, zeroes and adds into a gradient buffer. Off unless [`crate::set_fused_cuda_kernels`] or
-//! `FUSED_OPS_CUDA=1` turns them on: they have been compiled, not yet run
-//! on a GPU (`tests/cuda_parity.rs` compares them with the composites).
+//! node allocates, zeroes and adds into a gradient buffer. Off unless
+//! [`crate::set_fused_cuda_kernels`] or `FUSED_OPS_CUDA=1` turns them on:
+//! they have not yet run on a GPU (`tests/cuda_parity.rs` compares them
+//! with the composites there; `tests/cuda_emulation.rs` does the same on
+//! the CPU emulator).
+//!
+//! The host code of each op is written once over [`KernelDevice`]:
+//! `cuda_fwd` runs it on the CUDA device, `cpu_fwd` on the emulator
+//! (`--features cuda-emulation`; without it a CPU tensor is refused).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg,
-};
-use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{
-    CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result,
-    Shape, Tensor,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
 };
-use half::bf16;
 
 use crate::activation::Activation;
+use crate::cuda_emulation::Emulator;
+use crate::kernel_launch::{
+    chunked_launch, elementwise_launch, kernel_name, row_launch, rows_per_chunk, Arg, Grid,
+    KernelDevice,
+};
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused_ops.ptx"));
-const MODULE: &str = "fused_ops_rows";
-
-/// Softmax along `axis` of a non-empty CUDA tensor in F32 or BF16: one
-/// thread block per row for the last axis, one thread per column for any
-/// other (Soft MoE's dispatch over tokens).
+/// Softmax along `axis` of a non-empty tensor in F32 or BF16: one thread
+/// block per row for the last axis, one thread per column for any other
+/// (Soft MoE's dispatch over tokens).
 pub(crate) fn softmax(x: &Tensor, axis: usize) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Softmax { axis })
-}
-
-/// `(outer, len, inner)` of a softmax along `axis` of `l`: the line length
-/// and its stride, checked to fit the kernels' 32-bit lengths.
-fn axis_split(l: &Layout, axis: usize, op: &str) -> Result<(usize, usize, usize)> {
-    let dims = l.dims();
-    if axis >= dims.len() {
-        candle_core::bail!("{op}: axis {axis} of a {dims:?} tensor")
-    }
-    let (outer, len, inner) = (
-        dims[..axis].iter().product::<usize>(),
-        dims[axis],
-        dims[axis + 1..].iter().product::<usize>(),
-    );
-    if len > i32::MAX as usize || inner > i32::MAX as usize {
-        candle_core::bail!("{op}: a {dims:?} tensor is too long along axis {axis} or after it")
-    }
-    Ok((outer, len, inner))
 }
 
 /// LayerNorm over the last axis of a non-empty tensor; `weight` and `bias`
@@ -60,6 +45,64 @@ pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -
         &weight.contiguous()?,
         &bias.contiguous()?,
         LayerNorm { eps },
+    )
+}
+
+/// `(x - mean) / sqrt(var + eps)` over the last axis of a non-empty tensor.
+pub(crate) fn standardize(x: &Tensor, eps: f32) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Unary::Standardize { eps })
+}
+
+/// `x / sqrt(Σ x² + eps)` over the last axis of a non-empty tensor.
+pub(crate) fn l2_normalize(x: &Tensor, eps: f32) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Unary::L2Normalize { eps })
+}
+
+/// `elu(x) + 1` of a non-empty tensor.
+pub(crate) fn elu_plus_one(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Unary::EluPlusOne)
+}
+
+/// The head widths the attention kernels are compiled for.
+const ATTENTION_HEAD_DIMS: [usize; 5] = [8, 16, 32, 64, 128];
+
+/// Whether [`attention`] takes these operands: `(batch, tokens, heads x
+/// head_dim)` each, one shape and dtype, a compiled head width, and a grid
+/// inside CUDA's limits; others take the composite.
+pub(crate) fn attention_fits(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> bool {
+    let Ok((b, n, d)) = q.dims3() else {
+        return false;
+    };
+    heads > 0
+        && d % heads == 0
+        && ATTENTION_HEAD_DIMS.contains(&(d / heads))
+        && k.shape() == q.shape()
+        && v.shape() == q.shape()
+        && k.dtype() == q.dtype()
+        && v.dtype() == q.dtype()
+        && (1..=65_535).contains(&b)
+        && heads <= 65_535
+        && n <= i32::MAX as usize
+}
+
+/// Multi-head attention on `(batch, tokens, heads x head_dim)` projections
+/// as [`attention_fits`] accepts them, the context in the same layout.
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+    causal: bool,
+) -> Result<Tensor> {
+    q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        Attention {
+            heads,
+            scale,
+            causal,
+        },
     )
 }
 
@@ -97,28 +140,28 @@ pub(crate) fn bias_act(pre: &Tensor, bias: &Tensor, act: Option<Activation>) -> 
         .apply_op2(&bias.contiguous()?, BiasAct { act, groups })
 }
 
-/// Threads per row: a multiple of 32 covering the row, at most 512.
-fn block_for(cols: usize) -> u32 {
-    (cols.div_ceil(32) * 32).clamp(32, 512) as u32
-}
-
-fn suffix(dtype: DType, op: &str) -> Result<&'static str> {
-    match dtype {
-        DType::F32 => Ok("f32"),
-        DType::BF16 => Ok("bf16"),
-        other => candle_core::bail!("{op}: CUDA kernels run in F32 and BF16, not {other:?}"),
+/// `(outer, len, inner)` of a softmax along `axis` of `l`: the line length
+/// and its stride, checked to fit the kernels' 32-bit lengths.
+fn axis_split(l: &Layout, axis: usize, op: &str) -> Result<(usize, usize, usize)> {
+    let dims = l.dims();
+    if axis >= dims.len() {
+        candle_core::bail!("{op}: axis {axis} of a {dims:?} tensor")
     }
+    let (outer, len, inner) = (
+        dims[..axis].iter().product::<usize>(),
+        dims[axis],
+        dims[axis + 1..].iter().product::<usize>(),
+    );
+    if len > i32::MAX as usize || inner > i32::MAX as usize {
+        candle_core::bail!("{op}: a {dims:?} tensor is too long along axis {axis} or after it")
+    }
+    Ok((outer, len, inner))
 }
 
-/// The contiguous elements of operand `what` of `op`.
-fn view<'a, T: CudaDType>(
-    s: &'a CudaStorage,
-    l: &Layout,
-    op: &str,
-    what: &str,
-) -> Result<CudaView<'a, T>> {
+/// The first element of operand `what` of `op`, which must be contiguous.
+fn start(l: &Layout, op: &str, what: &str) -> Result<usize> {
     match l.contiguous_offsets() {
-        Some((start, end)) => Ok(s.as_cuda_slice::<T>()?.slice(start..end)),
+        Some((start, _)) => Ok(start),
         None => candle_core::bail!("{op}: {what} must be contiguous"),
     }
 }
@@ -129,45 +172,14 @@ fn rows_cols(l: &Layout) -> (usize, usize) {
     (l.shape().elem_count() / cols, cols)
 }
 
-fn row_launch(rows: usize, cols: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (block_for(cols), 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-fn cpu_refused(op: &str) -> Result<(CpuStorage, Shape)> {
-    candle_core::bail!("{op} runs on CUDA only")
-}
-
-/// Runs `$f::<T>` for the storage's dtype.
-macro_rules! by_dtype {
-    ($s:expr, $op:expr, $f:ident ( $($arg:expr),* )) => {
-        match $s.dtype() {
-            DType::F32 => $f::<f32>($($arg),*),
-            DType::BF16 => $f::<bf16>($($arg),*),
-            other => candle_core::bail!("{}: CUDA kernels run in F32 and BF16, not {other:?}", $op),
-        }
-    };
-}
-
-/// Launches kernel `$kernel` of [`MODULE`] for `$dtype` with `$cfg` and the
-/// arguments in order. Every argument is a reference to a local that lives
-/// until the launch (a temporary would dangle).
-macro_rules! launch {
-    ($dev:expr, $kernel:expr, $dtype:expr, $op:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
-        let func = $dev.get_or_load_custom_func(
-            &format!("{}_{}", $kernel, suffix($dtype, $op)?),
-            MODULE,
-            PTX,
-        )?;
-        let mut builder = func.builder();
-        $(builder.arg($arg);)*
-        // SAFETY: each call site passes its kernel's arguments in the order
-        // and types of its signature in `cuda/fused_ops.cu`.
-        unsafe { builder.launch($cfg) }.w()?;
-    }};
+/// An op's host code on CPU storage: the CPU emulator's run of its kernels
+/// (`--features cuda-emulation`), an error without that feature.
+fn on_cpu(
+    run: impl FnOnce(&Emulator) -> Result<CpuStorage>,
+    shape: Shape,
+) -> Result<(CpuStorage, Shape)> {
+    let out = run(&Emulator)?;
+    Ok((Emulator::finish(out, &shape)?, shape))
 }
 
 /// The gradients a backward op packed into one flat tensor, one per shape,
@@ -186,29 +198,30 @@ fn unpack(packed: &Tensor, shapes: &[&Shape]) -> Result<Vec<Tensor>> {
 }
 
 /// Sums `groups x chunks` partial column sums (`partial[(g * chunks + k) *
-/// cols + c]`) over the chunks, in order, into `out[g * cols + c]`: the
-/// deterministic second half of every parameter-gradient reduction.
+/// cols + c]`) over the chunks, in order, into `out[g * cols + c]` from
+/// element `at`: the deterministic second half of every parameter-gradient
+/// reduction.
 #[allow(clippy::too_many_arguments)]
-fn sum_chunks<T: DeviceRepr>(
-    dev: &CudaDevice,
+fn sum_chunks<D: KernelDevice>(
+    dev: &D,
     dtype: DType,
     op: &str,
-    partial: &CudaSlice<f32>,
-    out: &mut CudaViewMut<'_, T>,
-    groups: usize,
-    chunks: usize,
-    cols: usize,
+    partial: &D::Storage,
+    out: &mut D::Storage,
+    at: usize,
+    (groups, chunks, cols): (usize, usize, usize),
 ) -> Result<()> {
-    let (groups_i, chunks_i, cols_i) = (groups as i32, chunks as i32, cols as i32);
-    launch!(
-        dev,
-        "sum_chunks",
-        dtype,
-        op,
+    dev.launch(
+        &kernel_name("sum_chunks", dtype, op)?,
         elementwise_launch(groups * cols),
-        [partial, out, &groups_i, &chunks_i, &cols_i]
-    );
-    Ok(())
+        &mut [
+            Arg::In(partial, 0),
+            Arg::Out(out, at),
+            Arg::I32(groups as i32),
+            Arg::I32(chunks as i32),
+            Arg::I32(cols as i32),
+        ],
+    )
 }
 
 struct Softmax {
@@ -220,12 +233,17 @@ impl CustomOp1 for Softmax {
         "fused-softmax-cuda"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        on_cpu(|dev| softmax_fwd(dev, s, l, self.axis), l.shape().clone())
     }
 
-    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(s, self.name(), softmax_fwd(s, l, self.axis))
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((softmax_fwd(&s.device, s, l, self.axis)?, l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -234,37 +252,37 @@ impl CustomOp1 for Softmax {
     }
 }
 
-fn softmax_fwd<T: CudaDType + DeviceRepr>(
-    s: &CudaStorage,
+fn softmax_fwd<D: KernelDevice>(
+    dev: &D,
+    x: &D::Storage,
     l: &Layout,
     axis: usize,
-) -> Result<(CudaStorage, Shape)> {
+) -> Result<D::Storage> {
     let op = "fused-softmax-cuda";
-    let x = view::<T>(s, l, op, "the input")?;
+    let x_at = start(l, op, "the input")?;
     let (outer, len, inner) = axis_split(l, axis, op)?;
-    let dev = &s.device;
-    // SAFETY: every element is written by the kernel below.
-    let y = unsafe { dev.alloc::<T>(outer * len * inner)? };
-    let (len_i, inner_i, lines) = (len as i32, inner as i32, (outer * inner) as i64);
+    let dtype = x.dtype();
+    let mut y = dev.alloc(dtype, outer * len * inner)?;
     if inner == 1 {
-        let cfg = row_launch(outer, len);
-        launch!(dev, "softmax_fwd", s.dtype(), op, cfg, [&x, &y, &len_i]);
+        dev.launch(
+            &kernel_name("softmax_fwd", dtype, op)?,
+            row_launch(outer, len),
+            &mut [Arg::In(x, x_at), Arg::Out(&mut y, 0), Arg::I32(len as i32)],
+        )?;
     } else {
-        let cfg = elementwise_launch(outer * inner);
-        let kernel = "softmax_cols_fwd";
-        launch!(
-            dev,
-            kernel,
-            s.dtype(),
-            op,
-            cfg,
-            [&x, &y, &lines, &len_i, &inner_i]
-        );
+        dev.launch(
+            &kernel_name("softmax_cols_fwd", dtype, op)?,
+            elementwise_launch(outer * inner),
+            &mut [
+                Arg::In(x, x_at),
+                Arg::Out(&mut y, 0),
+                Arg::I64((outer * inner) as i64),
+                Arg::I32(len as i32),
+                Arg::I32(inner as i32),
+            ],
+        )?;
     }
-    Ok((
-        CudaStorage::wrap_cuda_slice(y, dev.clone()),
-        l.shape().clone(),
-    ))
+    Ok(y)
 }
 
 /// `(y, dy) -> dx` of [`Softmax`].
@@ -279,66 +297,203 @@ impl CustomOp2 for SoftmaxBackward {
 
     fn cpu_fwd(
         &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
+        y: &CpuStorage,
+        ly: &Layout,
+        dy: &CpuStorage,
+        ldy: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
+        on_cpu(
+            |dev| softmax_bwd(dev, (y, ly), (dy, ldy), self.axis),
+            ly.shape().clone(),
+        )
     }
 
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        y: &CudaStorage,
+        y: &candle_core::CudaStorage,
         ly: &Layout,
-        dy: &CudaStorage,
+        dy: &candle_core::CudaStorage,
         ldy: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(y, self.name(), softmax_bwd(y, ly, dy, ldy, self.axis))
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dx = softmax_bwd(&y.device, (y, ly), (dy, ldy), self.axis)?;
+        Ok((dx, ly.shape().clone()))
     }
 }
 
-fn softmax_bwd<T: CudaDType + DeviceRepr>(
-    ys: &CudaStorage,
-    ly: &Layout,
-    dys: &CudaStorage,
-    ldy: &Layout,
+fn softmax_bwd<D: KernelDevice>(
+    dev: &D,
+    (y, ly): (&D::Storage, &Layout),
+    (dy, ldy): (&D::Storage, &Layout),
     axis: usize,
-) -> Result<(CudaStorage, Shape)> {
+) -> Result<D::Storage> {
     let op = "fused-softmax-cuda-backward";
-    let y = view::<T>(ys, ly, op, "the output")?;
-    let dy = view::<T>(dys, ldy, op, "the gradient")?;
+    let (y_at, dy_at) = (
+        start(ly, op, "the output")?,
+        start(ldy, op, "the gradient")?,
+    );
     let (outer, len, inner) = axis_split(ly, axis, op)?;
-    let dev = &ys.device;
-    // SAFETY: every element is written by the kernel below.
-    let dx = unsafe { dev.alloc::<T>(outer * len * inner)? };
-    let (len_i, inner_i, lines) = (len as i32, inner as i32, (outer * inner) as i64);
+    let dtype = y.dtype();
+    let mut dx = dev.alloc(dtype, outer * len * inner)?;
     if inner == 1 {
-        let cfg = row_launch(outer, len);
-        launch!(
-            dev,
-            "softmax_bwd",
-            ys.dtype(),
-            op,
-            cfg,
-            [&y, &dy, &dx, &len_i]
-        );
+        dev.launch(
+            &kernel_name("softmax_bwd", dtype, op)?,
+            row_launch(outer, len),
+            &mut [
+                Arg::In(y, y_at),
+                Arg::In(dy, dy_at),
+                Arg::Out(&mut dx, 0),
+                Arg::I32(len as i32),
+            ],
+        )?;
     } else {
-        let cfg = elementwise_launch(outer * inner);
-        let kernel = "softmax_cols_bwd";
-        launch!(
-            dev,
-            kernel,
-            ys.dtype(),
-            op,
-            cfg,
-            [&y, &dy, &dx, &lines, &len_i, &inner_i]
-        );
+        dev.launch(
+            &kernel_name("softmax_cols_bwd", dtype, op)?,
+            elementwise_launch(outer * inner),
+            &mut [
+                Arg::In(y, y_at),
+                Arg::In(dy, dy_at),
+                Arg::Out(&mut dx, 0),
+                Arg::I64((outer * inner) as i64),
+                Arg::I32(len as i32),
+                Arg::I32(inner as i32),
+            ],
+        )?;
     }
-    Ok((
-        CudaStorage::wrap_cuda_slice(dx, dev.clone()),
-        ly.shape().clone(),
-    ))
+    Ok(dx)
+}
+
+/// One-input ops whose backward takes one saved tensor and the incoming
+/// gradient: row ops over the last axis (one block per row) and
+/// element-wise ones.
+#[derive(Debug, Clone, Copy)]
+enum Unary {
+    Standardize { eps: f32 },
+    L2Normalize { eps: f32 },
+    EluPlusOne,
+}
+
+impl Unary {
+    /// The kernels' name stem (`{stem}_fwd`, `{stem}_bwd`).
+    fn stem(self) -> &'static str {
+        match self {
+            Self::Standardize { .. } => "standardize",
+            Self::L2Normalize { .. } => "l2_normalize",
+            Self::EluPlusOne => "elu_plus_one",
+        }
+    }
+
+    /// The row op's epsilon; `None` for an element-wise op.
+    fn row_eps(self) -> Option<f32> {
+        match self {
+            Self::Standardize { eps } | Self::L2Normalize { eps } => Some(eps),
+            Self::EluPlusOne => None,
+        }
+    }
+}
+
+impl CustomOp1 for Unary {
+    fn name(&self) -> &'static str {
+        "fused-unary-cuda"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        on_cpu(
+            |dev| unary_run(dev, *self, "fwd", &[(s, l)]),
+            l.shape().clone(),
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let y = unary_run(&s.device, *self, "fwd", &[(s, l)])?;
+        Ok((y, l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // elu + 1's derivative reads the output; the norms recompute their
+        // statistics from the input.
+        let saved = match self {
+            Self::EluPlusOne => y,
+            _ => x,
+        };
+        let grad = grad.contiguous()?;
+        Ok(Some(saved.apply_op2_no_bwd(&grad, &UnaryBackward(*self))?))
+    }
+}
+
+/// `(saved, dy) -> dx` of [`Unary`].
+struct UnaryBackward(Unary);
+
+impl CustomOp2 for UnaryBackward {
+    fn name(&self) -> &'static str {
+        "fused-unary-cuda-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        dy: &CpuStorage,
+        ldy: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        on_cpu(
+            |dev| unary_run(dev, self.0, "bwd", &[(s, l), (dy, ldy)]),
+            l.shape().clone(),
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+        dy: &candle_core::CudaStorage,
+        ldy: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dx = unary_run(&s.device, self.0, "bwd", &[(s, l), (dy, ldy)])?;
+        Ok((dx, l.shape().clone()))
+    }
+}
+
+/// Kernel `{stem}_{pass}` of `op` on `inputs` (the input forward; the
+/// saved tensor and the gradient backward), all of one shape, into a new
+/// buffer.
+fn unary_run<D: KernelDevice>(
+    dev: &D,
+    op: Unary,
+    pass: &str,
+    inputs: &[(&D::Storage, &Layout)],
+) -> Result<D::Storage> {
+    let name = "fused-unary-cuda";
+    let (first, l) = inputs[0];
+    if inputs.iter().any(|(_, other)| other.shape() != l.shape()) {
+        candle_core::bail!("{name}: {} operands of different shapes", op.stem())
+    }
+    let (rows, cols) = rows_cols(l);
+    let dtype = first.dtype();
+    let mut out = dev.alloc(dtype, rows * cols)?;
+    let mut args = Vec::with_capacity(inputs.len() + 3);
+    for (s, l) in inputs {
+        args.push(Arg::In(*s, start(l, name, "an operand")?));
+    }
+    args.push(Arg::Out(&mut out, 0));
+    let kernel = kernel_name(&format!("{}_{pass}", op.stem()), dtype, name)?;
+    match op.row_eps() {
+        Some(eps) => {
+            args.extend([Arg::I32(cols as i32), Arg::F32(eps)]);
+            dev.launch(&kernel, row_launch(rows, cols), &mut args)?;
+        }
+        None => {
+            args.push(Arg::I64((rows * cols) as i64));
+            dev.launch(&kernel, elementwise_launch(rows * cols), &mut args)?;
+        }
+    }
+    Ok(out)
 }
 
 struct LayerNorm {
@@ -352,30 +507,31 @@ impl CustomOp3 for LayerNorm {
 
     fn cpu_fwd(
         &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+        b: &CpuStorage,
+        lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
+        on_cpu(
+            |dev| layer_norm_fwd(dev, (x, lx), (w, lw), (b, lb), self.eps),
+            lx.shape().clone(),
+        )
     }
 
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        x: &CudaStorage,
+        x: &candle_core::CudaStorage,
         lx: &Layout,
-        w: &CudaStorage,
+        w: &candle_core::CudaStorage,
         lw: &Layout,
-        b: &CudaStorage,
+        b: &candle_core::CudaStorage,
         lb: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(
-            x,
-            self.name(),
-            layer_norm_fwd(x, lx, w, lw, b, lb, self.eps)
-        )
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let y = layer_norm_fwd(&x.device, (x, lx), (w, lw), (b, lb), self.eps)?;
+        Ok((y, lx.shape().clone()))
     }
 
     fn bwd(
@@ -400,15 +556,13 @@ impl CustomOp3 for LayerNorm {
     }
 }
 
-fn layer_norm_fwd<T: CudaDType + DeviceRepr>(
-    xs: &CudaStorage,
-    lx: &Layout,
-    ws: &CudaStorage,
-    lw: &Layout,
-    bs: &CudaStorage,
-    lb: &Layout,
+fn layer_norm_fwd<D: KernelDevice>(
+    dev: &D,
+    (x, lx): (&D::Storage, &Layout),
+    (w, lw): (&D::Storage, &Layout),
+    (b, lb): (&D::Storage, &Layout),
     eps: f32,
-) -> Result<(CudaStorage, Shape)> {
+) -> Result<D::Storage> {
     let op = "fused-layer-norm-cuda";
     let (rows, cols) = rows_cols(lx);
     if lw.shape().elem_count() != cols || lb.shape().elem_count() != cols {
@@ -418,35 +572,30 @@ fn layer_norm_fwd<T: CudaDType + DeviceRepr>(
             lb.shape()
         )
     }
-    let x = view::<T>(xs, lx, op, "the input")?;
-    let w = view::<T>(ws, lw, op, "the weight")?;
-    let b = view::<T>(bs, lb, op, "the bias")?;
-    let dev = &xs.device;
-    // SAFETY: every element is written by the kernel below.
-    let y = unsafe { dev.alloc::<T>(rows * cols)? };
-    let n = cols as i32;
-    let cfg = row_launch(rows, cols);
-    launch!(
-        dev,
-        "layer_norm_fwd",
-        xs.dtype(),
-        op,
-        cfg,
-        [&x, &w, &b, &y, &n, &eps]
-    );
-    Ok((
-        CudaStorage::wrap_cuda_slice(y, dev.clone()),
-        lx.shape().clone(),
-    ))
+    let x_at = start(lx, op, "the input")?;
+    let w_at = start(lw, op, "the weight")?;
+    let b_at = start(lb, op, "the bias")?;
+    let dtype = x.dtype();
+    let mut y = dev.alloc(dtype, rows * cols)?;
+    dev.launch(
+        &kernel_name("layer_norm_fwd", dtype, op)?,
+        row_launch(rows, cols),
+        &mut [
+            Arg::In(x, x_at),
+            Arg::In(w, w_at),
+            Arg::In(b, b_at),
+            Arg::Out(&mut y, 0),
+            Arg::I32(cols as i32),
+            Arg::F32(eps),
+        ],
+    )?;
+    Ok(y)
 }
 
 /// `(x, weight, dy) -> [dx, d weight, d bias]` (flat) of [`LayerNorm`].
 struct LayerNormBackward {
     eps: f32,
 }
-
-/// Rows per block of the parameter-gradient reduction.
-const ROWS_PER_CHUNK: usize = 64;
 
 impl CustomOp3 for LayerNormBackward {
     fn name(&self) -> &'static str {
@@ -455,111 +604,85 @@ impl CustomOp3 for LayerNormBackward {
 
     fn cpu_fwd(
         &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
+        x: &CpuStorage,
         lx: &Layout,
-        w: &CudaStorage,
+        w: &CpuStorage,
         lw: &Layout,
-        dy: &CudaStorage,
+        dy: &CpuStorage,
         ldy: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(
-            x,
-            self.name(),
-            layer_norm_bwd(x, lx, w, lw, dy, ldy, self.eps)
+    ) -> Result<(CpuStorage, Shape)> {
+        let len = lx.shape().elem_count() + 2 * lw.shape().elem_count();
+        on_cpu(
+            |dev| layer_norm_bwd(dev, (x, lx), (w, lw), (dy, ldy), self.eps),
+            Shape::from(len),
         )
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+        w: &candle_core::CudaStorage,
+        lw: &Layout,
+        dy: &candle_core::CudaStorage,
+        ldy: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let len = lx.shape().elem_count() + 2 * lw.shape().elem_count();
+        let grads = layer_norm_bwd(&x.device, (x, lx), (w, lw), (dy, ldy), self.eps)?;
+        Ok((grads, Shape::from(len)))
+    }
 }
 
-fn layer_norm_bwd<T: CudaDType + DeviceRepr>(
-    xs: &CudaStorage,
-    lx: &Layout,
-    ws: &CudaStorage,
-    lw: &Layout,
-    dys: &CudaStorage,
-    ldy: &Layout,
+fn layer_norm_bwd<D: KernelDevice>(
+    dev: &D,
+    (x, lx): (&D::Storage, &Layout),
+    (w, lw): (&D::Storage, &Layout),
+    (dy, ldy): (&D::Storage, &Layout),
     eps: f32,
-) -> Result<(CudaStorage, Shape)> {
+) -> Result<D::Storage> {
     let op = "fused-layer-norm-cuda-backward";
     let (rows, cols) = rows_cols(lx);
-    let x = view::<T>(xs, lx, op, "the input")?;
-    let w = view::<T>(ws, lw, op, "the weight")?;
-    let dy = view::<T>(dys, ldy, op, "the gradient")?;
-    let dev: &CudaDevice = &xs.device;
-    let dtype = xs.dtype();
-    let (cols_i, rows_i) = (cols as i32, rows as i32);
-
-    // SAFETY: the kernels below write every element of both buffers.
-    let mut out = unsafe { dev.alloc::<T>(rows * cols + 2 * cols)? };
-    let stats = unsafe { dev.alloc::<f32>(2 * rows)? };
-    let mut dx = out.slice_mut(0..rows * cols);
-    let cfg = row_launch(rows, cols);
-    launch!(
-        dev,
-        "layer_norm_bwd_input",
-        dtype,
-        op,
-        cfg,
-        [&x, &w, &dy, &mut dx, &stats, &cols_i, &eps]
-    );
+    let x_at = start(lx, op, "the input")?;
+    let w_at = start(lw, op, "the weight")?;
+    let dy_at = start(ldy, op, "the gradient")?;
+    let dtype = x.dtype();
+    // dx, then the weight's and the bias's gradients.
+    let mut out = dev.alloc(dtype, rows * cols + 2 * cols)?;
+    let mut stats = dev.alloc(DType::F32, 2 * rows)?;
+    dev.launch(
+        &kernel_name("layer_norm_bwd_input", dtype, op)?,
+        row_launch(rows, cols),
+        &mut [
+            Arg::In(x, x_at),
+            Arg::In(w, w_at),
+            Arg::In(dy, dy_at),
+            Arg::Out(&mut out, 0),
+            Arg::Out(&mut stats, 0),
+            Arg::I32(cols as i32),
+            Arg::F32(eps),
+        ],
+    )?;
     let per_chunk = rows_per_chunk(rows);
     let chunks = rows.div_ceil(per_chunk).max(1);
-    // SAFETY: the partial kernel writes every element.
-    let partial = unsafe { dev.alloc::<f32>(2 * chunks * cols)? };
-    let per_chunk_i = per_chunk as i32;
-    let cfg = chunked_launch(cols, chunks, 1);
-    launch!(
-        dev,
-        "layer_norm_bwd_params",
-        dtype,
-        op,
-        cfg,
-        [&x, &dy, &stats, &partial, &rows_i, &cols_i, &per_chunk_i]
-    );
+    let mut partial = dev.alloc(DType::F32, 2 * chunks * cols)?;
+    dev.launch(
+        &kernel_name("layer_norm_bwd_params", dtype, op)?,
+        chunked_launch(cols, chunks, 1),
+        &mut [
+            Arg::In(x, x_at),
+            Arg::In(dy, dy_at),
+            Arg::In(&stats, 0),
+            Arg::Out(&mut partial, 0),
+            Arg::I32(rows as i32),
+            Arg::I32(cols as i32),
+            Arg::I32(per_chunk as i32),
+        ],
+    )?;
     // The weight's gradients, then the bias's: two groups of columns.
-    let mut grads = out.slice_mut(rows * cols..);
-    sum_chunks(dev, dtype, op, &partial, &mut grads, 2, chunks, cols)?;
-    let len = rows * cols + 2 * cols;
-    Ok((
-        CudaStorage::wrap_cuda_slice(out, dev.clone()),
-        Shape::from(len),
-    ))
-}
-
-/// Rows per block of a column reduction over `rows`: at least
-/// [`ROWS_PER_CHUNK`], more when the chunks would exceed the grid's 65535
-/// in y.
-fn rows_per_chunk(rows: usize) -> usize {
-    ROWS_PER_CHUNK.max(rows.div_ceil(65_535))
-}
-
-/// Column tiles of 256 threads (x) over `chunks` row chunks (y) of
-/// `groups` groups (z): the first half of a parameter-gradient reduction.
-fn chunked_launch(cols: usize, chunks: usize, groups: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (cols.div_ceil(256) as u32, chunks as u32, groups as u32),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-fn elementwise_launch(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(256) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    let at = rows * cols;
+    sum_chunks(dev, dtype, op, &partial, &mut out, at, (2, chunks, cols))?;
+    Ok(out)
 }
 
 /// `act(pre + bias)`; `act` 0 none, 1 GELU, 2 quick GELU (the kernels'
@@ -576,22 +699,27 @@ impl CustomOp2 for BiasAct {
 
     fn cpu_fwd(
         &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
+        pre: &CpuStorage,
+        lp: &Layout,
+        bias: &CpuStorage,
+        lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
+        on_cpu(
+            |dev| bias_act_fwd(dev, self, (pre, lp), (bias, lb)),
+            lp.shape().clone(),
+        )
     }
 
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        pre: &CudaStorage,
+        pre: &candle_core::CudaStorage,
         lp: &Layout,
-        bias: &CudaStorage,
+        bias: &candle_core::CudaStorage,
         lb: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(pre, self.name(), bias_act_fwd(self, pre, lp, bias, lb))
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let y = bias_act_fwd(&pre.device, self, (pre, lp), (bias, lb))?;
+        Ok((y, lp.shape().clone()))
     }
 
     fn bwd(
@@ -622,39 +750,45 @@ fn group_dims(l: &Layout, groups: usize) -> (usize, usize, usize) {
     (rows * cols, rows / groups.max(1), cols)
 }
 
-fn bias_act_fwd<T: CudaDType + DeviceRepr>(
+fn bias_act_fwd<D: KernelDevice>(
+    dev: &D,
     op: &BiasAct,
-    ps: &CudaStorage,
-    lp: &Layout,
-    bs: &CudaStorage,
-    lb: &Layout,
-) -> Result<(CudaStorage, Shape)> {
+    (pre, lp): (&D::Storage, &Layout),
+    (bias, lb): (&D::Storage, &Layout),
+) -> Result<D::Storage> {
     let name = "fused-bias-act-cuda";
     let (n, rows, cols) = group_dims(lp, op.groups);
-    let pre = view::<T>(ps, lp, name, "the pre-activation")?;
-    let bias = view::<T>(bs, lb, name, "the bias")?;
-    let dev = &ps.device;
-    // SAFETY: every element is written by the kernel below.
-    let y = unsafe { dev.alloc::<T>(n)? };
-    let (n_i, rows_i, cols_i) = (n as i64, rows as i32, cols as i32);
-    launch!(
-        dev,
-        "bias_act_fwd",
-        ps.dtype(),
-        name,
+    let pre_at = start(lp, name, "the pre-activation")?;
+    let bias_at = start(lb, name, "the bias")?;
+    let dtype = pre.dtype();
+    let mut y = dev.alloc(dtype, n)?;
+    dev.launch(
+        &kernel_name("bias_act_fwd", dtype, name)?,
         elementwise_launch(n),
-        [&pre, &bias, &y, &n_i, &rows_i, &cols_i, &op.act]
-    );
-    Ok((
-        CudaStorage::wrap_cuda_slice(y, dev.clone()),
-        lp.shape().clone(),
-    ))
+        &mut [
+            Arg::In(pre, pre_at),
+            Arg::In(bias, bias_at),
+            Arg::Out(&mut y, 0),
+            Arg::I64(n as i64),
+            Arg::I32(rows as i32),
+            Arg::I32(cols as i32),
+            Arg::I32(op.act),
+        ],
+    )?;
+    Ok(y)
 }
 
 /// `(pre, bias, dy) -> [d pre, d bias]` (flat) of [`BiasAct`].
 struct BiasActBackward {
     act: i32,
     groups: usize,
+}
+
+impl BiasActBackward {
+    fn len(&self, lp: &Layout) -> usize {
+        let (n, _, cols) = group_dims(lp, self.groups);
+        n + self.groups.max(1) * cols
+    }
 }
 
 impl CustomOp3 for BiasActBackward {
@@ -664,83 +798,319 @@ impl CustomOp3 for BiasActBackward {
 
     fn cpu_fwd(
         &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
+        pre: &CpuStorage,
+        lp: &Layout,
+        bias: &CpuStorage,
+        lb: &Layout,
+        dy: &CpuStorage,
+        ldy: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
+        on_cpu(
+            |dev| bias_act_bwd(dev, self, (pre, lp), (bias, lb), (dy, ldy)),
+            Shape::from(self.len(lp)),
+        )
     }
 
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        pre: &CudaStorage,
+        pre: &candle_core::CudaStorage,
         lp: &Layout,
-        bias: &CudaStorage,
+        bias: &candle_core::CudaStorage,
         lb: &Layout,
-        dy: &CudaStorage,
+        dy: &candle_core::CudaStorage,
         ldy: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(
-            pre,
-            self.name(),
-            bias_act_bwd(self, pre, lp, bias, lb, dy, ldy)
-        )
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let grads = bias_act_bwd(&pre.device, self, (pre, lp), (bias, lb), (dy, ldy))?;
+        Ok((grads, Shape::from(self.len(lp))))
     }
 }
 
-fn bias_act_bwd<T: CudaDType + DeviceRepr>(
+fn bias_act_bwd<D: KernelDevice>(
+    dev: &D,
     op: &BiasActBackward,
-    ps: &CudaStorage,
-    lp: &Layout,
-    bs: &CudaStorage,
-    lb: &Layout,
-    dys: &CudaStorage,
-    ldy: &Layout,
-) -> Result<(CudaStorage, Shape)> {
+    (pre, lp): (&D::Storage, &Layout),
+    (bias, lb): (&D::Storage, &Layout),
+    (dy, ldy): (&D::Storage, &Layout),
+) -> Result<D::Storage> {
     let name = "fused-bias-act-cuda-backward";
     let (n, rows, cols) = group_dims(lp, op.groups);
-    let pre = view::<T>(ps, lp, name, "the pre-activation")?;
-    let bias = view::<T>(bs, lb, name, "the bias")?;
-    let dy = view::<T>(dys, ldy, name, "the gradient")?;
-    let dev: &CudaDevice = &ps.device;
-    let dtype = ps.dtype();
-    let (n_i, rows_i, cols_i) = (n as i64, rows as i32, cols as i32);
+    let pre_at = start(lp, name, "the pre-activation")?;
+    let bias_at = start(lb, name, "the bias")?;
+    let dy_at = start(ldy, name, "the gradient")?;
+    let dtype = pre.dtype();
     let groups = op.groups.max(1);
-
-    // SAFETY: the kernels below write every element.
-    let mut out = unsafe { dev.alloc::<T>(n + groups * cols)? };
-    let mut dpre = out.slice_mut(0..n);
-    launch!(
-        dev,
-        "bias_act_bwd_input",
-        dtype,
-        name,
+    // d pre, then the bias's gradient.
+    let mut out = dev.alloc(dtype, n + groups * cols)?;
+    dev.launch(
+        &kernel_name("bias_act_bwd_input", dtype, name)?,
         elementwise_launch(n),
-        [&pre, &bias, &dy, &mut dpre, &n_i, &rows_i, &cols_i, &op.act]
-    );
+        &mut [
+            Arg::In(pre, pre_at),
+            Arg::In(bias, bias_at),
+            Arg::In(dy, dy_at),
+            Arg::Out(&mut out, 0),
+            Arg::I64(n as i64),
+            Arg::I32(rows as i32),
+            Arg::I32(cols as i32),
+            Arg::I32(op.act),
+        ],
+    )?;
     let per_chunk = rows_per_chunk(rows);
     let chunks = rows.div_ceil(per_chunk).max(1);
-    // SAFETY: the partial kernel writes every element.
-    let partial = unsafe { dev.alloc::<f32>(groups * chunks * cols)? };
-    let dpre = out.slice(0..n);
-    let per_chunk_i = per_chunk as i32;
-    let cfg = chunked_launch(cols, chunks, groups);
-    launch!(
+    let mut partial = dev.alloc(DType::F32, groups * chunks * cols)?;
+    dev.launch(
+        &kernel_name("bias_grad_partial", dtype, name)?,
+        chunked_launch(cols, chunks, groups),
+        &mut [
+            Arg::In(&out, 0),
+            Arg::Out(&mut partial, 0),
+            Arg::I32(rows as i32),
+            Arg::I32(cols as i32),
+            Arg::I32(per_chunk as i32),
+        ],
+    )?;
+    sum_chunks(
         dev,
-        "bias_grad_partial",
         dtype,
         name,
-        cfg,
-        [&dpre, &partial, &rows_i, &cols_i, &per_chunk_i]
+        &partial,
+        &mut out,
+        n,
+        (groups, chunks, cols),
+    )?;
+    Ok(out)
+}
+
+/// Queries (or keys) per block of the attention kernels.
+const ATTENTION_BLOCK: u32 = 64;
+
+/// `softmax(scale q kᵀ [+ causal mask]) v` over all heads, the context in
+/// the projections' layout.
+#[derive(Debug, Clone, Copy)]
+struct Attention {
+    heads: usize,
+    scale: f32,
+    causal: bool,
+}
+
+impl Attention {
+    /// `(batch, tokens, head_dim)` of operands shaped as `l`.
+    fn dims(&self, l: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+        let (b, n, d) = l.shape().dims3()?;
+        if self.heads == 0 || d % self.heads != 0 {
+            candle_core::bail!("{op}: {d} features do not split into {} heads", self.heads)
+        }
+        Ok((b, n, d / self.heads))
+    }
+
+    /// One block per 64 queries (or keys) of every head of every batch entry.
+    fn grid(&self, b: usize, n: usize) -> Grid {
+        Grid {
+            grid: (
+                n.div_ceil(ATTENTION_BLOCK as usize) as u32,
+                self.heads as u32,
+                b as u32,
+            ),
+            block: (ATTENTION_BLOCK, 1, 1),
+        }
+    }
+
+    /// The scalar arguments every attention kernel ends with.
+    fn tail<'a, S>(&self, n: usize) -> [Arg<'a, S>; 4] {
+        [
+            Arg::I32(n as i32),
+            Arg::I32(self.heads as i32),
+            Arg::F32(self.scale),
+            Arg::I32(self.causal as i32),
+        ]
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention-cuda"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        lq: &Layout,
+        k: &CpuStorage,
+        lk: &Layout,
+        v: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        on_cpu(
+            |dev| attention_fwd(dev, self, [(q, lq), (k, lk), (v, lv)]),
+            lq.shape().clone(),
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        lq: &Layout,
+        k: &candle_core::CudaStorage,
+        lk: &Layout,
+        v: &candle_core::CudaStorage,
+        lv: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = attention_fwd(&q.device, self, [(q, lq), (k, lk), (v, lv)])?;
+        Ok((out, lq.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // One op gives all three gradients, packed: dq, dk, dv.
+        let backward = AttentionBackward {
+            op: *self,
+            saved: [q.clone(), k.clone(), v.clone(), out.clone()],
+        };
+        let packed = grad.contiguous()?.apply_op1_no_bwd(&backward)?;
+        let mut grads = unpack(&packed, &[q.shape(), k.shape(), v.shape()])?;
+        let dv = grads.pop();
+        let dk = grads.pop();
+        Ok((grads.pop(), dk, dv))
+    }
+}
+
+fn attention_fwd<D: KernelDevice>(
+    dev: &D,
+    op: &Attention,
+    operands: [(&D::Storage, &Layout); 3],
+) -> Result<D::Storage> {
+    let name = "fused-attention-cuda";
+    let [(q, lq), (k, lk), (v, lv)] = operands;
+    let (b, n, hd) = op.dims(lq, name)?;
+    if lk.shape() != lq.shape() || lv.shape() != lq.shape() {
+        candle_core::bail!("{name}: q, k and v must have one shape")
+    }
+    let dtype = q.dtype();
+    let mut out = dev.alloc(dtype, lq.shape().elem_count())?;
+    let mut args = vec![
+        Arg::In(q, start(lq, name, "q")?),
+        Arg::In(k, start(lk, name, "k")?),
+        Arg::In(v, start(lv, name, "v")?),
+        Arg::Out(&mut out, 0),
+    ];
+    args.extend(op.tail(n));
+    let kernel = format!("{}_{hd}", kernel_name("attention_fwd", dtype, name)?);
+    dev.launch(&kernel, op.grid(b, n), &mut args)?;
+    Ok(out)
+}
+
+/// `dout -> [dq, dk, dv]` (flat) of [`Attention`], with the forward's
+/// operands and output.
+struct AttentionBackward {
+    op: Attention,
+    /// q, k, v and the forward's output.
+    saved: [Tensor; 4],
+}
+
+impl CustomOp1 for AttentionBackward {
+    fn name(&self) -> &'static str {
+        "fused-attention-cuda-backward"
+    }
+
+    fn cpu_fwd(&self, dout: &CpuStorage, ldout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let saved: Vec<_> = self.saved.iter().map(|t| t.storage_and_layout()).collect();
+        let mut operands = Vec::with_capacity(4);
+        for (storage, layout) in &saved {
+            match &**storage {
+                Storage::Cpu(s) => operands.push((s, *layout)),
+                _ => candle_core::bail!("{}: operands on different devices", self.name()),
+            }
+        }
+        let len = 3 * ldout.shape().elem_count();
+        on_cpu(
+            |dev| attention_bwd(dev, &self.op, &operands, (dout, ldout)),
+            Shape::from(len),
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dout: &candle_core::CudaStorage,
+        ldout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let saved: Vec<_> = self.saved.iter().map(|t| t.storage_and_layout()).collect();
+        let mut operands = Vec::with_capacity(4);
+        for (storage, layout) in &saved {
+            match &**storage {
+                Storage::Cuda(s) => operands.push((s, *layout)),
+                _ => candle_core::bail!("{}: operands on different devices", self.name()),
+            }
+        }
+        let grads = attention_bwd(&dout.device, &self.op, &operands, (dout, ldout))?;
+        Ok((grads, Shape::from(3 * ldout.shape().elem_count())))
+    }
+}
+
+fn attention_bwd<D: KernelDevice>(
+    dev: &D,
+    op: &Attention,
+    saved: &[(&D::Storage, &Layout)],
+    (dout, ldout): (&D::Storage, &Layout),
+) -> Result<D::Storage> {
+    let name = "fused-attention-cuda-backward";
+    let [(q, lq), (k, lk), (v, lv), (out, lo)] = saved else {
+        candle_core::bail!("{name}: needs q, k, v and the output")
+    };
+    let (b, n, hd) = op.dims(lq, name)?;
+    if [lk, lv, lo, &ldout].iter().any(|l| l.shape() != lq.shape()) {
+        candle_core::bail!("{name}: q, k, v, the output and its gradient must have one shape")
+    }
+    let dtype = q.dtype();
+    let len = lq.shape().elem_count();
+    let (q_at, k_at, v_at) = (
+        start(lq, name, "q")?,
+        start(lk, name, "k")?,
+        start(lv, name, "v")?,
     );
-    let mut dbias = out.slice_mut(n..);
-    sum_chunks(dev, dtype, name, &partial, &mut dbias, groups, chunks, cols)?;
-    let len = n + groups * cols;
-    Ok((
-        CudaStorage::wrap_cuda_slice(out, dev.clone()),
-        Shape::from(len),
-    ))
+    let (out_at, dout_at) = (start(lo, name, "the output")?, start(ldout, name, "dout")?);
+    let kernel =
+        |stem: &str| -> Result<String> { Ok(format!("{}_{hd}", kernel_name(stem, dtype, name)?)) };
+    // Per query: the log-sum-exp of its scores and sum(dout * out).
+    let mut stats = dev.alloc(DType::F32, 2 * b * op.heads * n)?;
+    let mut args = vec![
+        Arg::In(*q, q_at),
+        Arg::In(*k, k_at),
+        Arg::In(*out, out_at),
+        Arg::In(dout, dout_at),
+        Arg::Out(&mut stats, 0),
+    ];
+    args.extend(op.tail(n));
+    dev.launch(&kernel("attention_stats")?, op.grid(b, n), &mut args)?;
+    // dq, then dk and dv.
+    let mut grads = dev.alloc(dtype, 3 * len)?;
+    let mut args = vec![
+        Arg::In(*q, q_at),
+        Arg::In(*k, k_at),
+        Arg::In(*v, v_at),
+        Arg::In(dout, dout_at),
+        Arg::In(&stats, 0),
+        Arg::Out(&mut grads, 0),
+    ];
+    args.extend(op.tail(n));
+    dev.launch(&kernel("attention_bwd_dq")?, op.grid(b, n), &mut args)?;
+    let mut args = vec![
+        Arg::In(*q, q_at),
+        Arg::In(*k, k_at),
+        Arg::In(*v, v_at),
+        Arg::In(dout, dout_at),
+        Arg::In(&stats, 0),
+        Arg::Out(&mut grads, len),
+    ];
+    args.extend(op.tail(n));
+    dev.launch(&kernel("attention_bwd_dkv")?, op.grid(b, n), &mut args)?;
+    Ok(grads)
 }

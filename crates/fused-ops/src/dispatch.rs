@@ -48,16 +48,18 @@ static FUSED_CUDA_KERNELS: AtomicU8 = AtomicU8::new(0);
 
 /// Turns this crate's CUDA kernels (softmax, LayerNorm, bias + activation,
 /// forward and backward, `--features cuda`) on or off for the whole process. Off by
-/// default, or on with `FUSED_OPS_CUDA=1`: they are compiled but have not
-/// yet been checked on a GPU against the composites they replace
-/// (`tests/cuda_parity.rs` does that). Without the `cuda` feature the
-/// switch has no effect.
+/// default, or on with `FUSED_OPS_CUDA=1`: they have been checked against
+/// the composites they replace on the CPU emulator
+/// (`tests/cuda_emulation.rs`), not yet on a GPU (`tests/cuda_parity.rs`).
+/// Without the `cuda` or `cuda-emulation` feature the switch has no effect;
+/// with `cuda-emulation` it also sends F32/BF16 CPU tensors through the
+/// kernels' emulation.
 pub fn set_fused_cuda_kernels(on: bool) {
     FUSED_CUDA_KERNELS.store(if on { 2 } else { 1 }, Ordering::Relaxed);
 }
 
 /// Whether this crate's CUDA kernels are on (see [`set_fused_cuda_kernels`]);
-/// always `false` without the `cuda` feature. `FUSED_OPS_CUDA=1` (exactly)
+/// always `false` without the `cuda` or `cuda-emulation` feature. `FUSED_OPS_CUDA=1` (exactly)
 /// turns them on when the process has not set the switch.
 pub fn fused_cuda_kernels() -> bool {
     let state = match FUSED_CUDA_KERNELS.load(Ordering::Relaxed) {
@@ -76,14 +78,14 @@ pub fn fused_cuda_kernels() -> bool {
         }
         state => state,
     };
-    cfg!(feature = "cuda") && state == 2
+    cfg!(cuda_kernels) && state == 2
 }
 
-/// Whether `x` takes this crate's CUDA kernels (non-empty, F32 or BF16 on a
-/// CUDA device, the switch on, a `cuda` build).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+/// Whether `x` takes this crate's CUDA kernels: non-empty, F32 or BF16 on a
+/// CUDA device (or on the CPU under `cuda-emulation`), the switch on.
+#[cfg_attr(not(cuda_kernels), allow(dead_code))]
 pub(crate) fn cuda_path(x: &Tensor) -> bool {
-    x.device().is_cuda()
+    (x.device().is_cuda() || (cfg!(feature = "cuda-emulation") && x.device().is_cpu()))
         && x.elem_count() > 0
         && matches!(x.dtype(), DType::F32 | DType::BF16)
         && fused_cuda_kernels()
@@ -283,14 +285,15 @@ pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
 mod tests {
     use super::*;
 
-    /// The CUDA switch never routes a CPU tensor to the CUDA kernels, and
-    /// without the `cuda` feature it stays off whatever is asked.
+    /// The CUDA switch routes a CPU tensor to the CUDA kernels only under
+    /// the emulator, and without a CUDA feature it stays off whatever is
+    /// asked.
     #[test]
     fn cuda_switch_leaves_cpu_tensors_alone() -> Result<()> {
         let x = Tensor::zeros((2, 3), DType::F32, &candle_core::Device::Cpu)?;
         set_fused_cuda_kernels(true);
-        assert!(!cuda_path(&x));
-        assert_eq!(fused_cuda_kernels(), cfg!(feature = "cuda"));
+        assert_eq!(cuda_path(&x), cfg!(feature = "cuda-emulation"));
+        assert_eq!(fused_cuda_kernels(), cfg!(cuda_kernels));
         set_fused_cuda_kernels(false);
         assert!(!fused_cuda_kernels());
         Ok(())

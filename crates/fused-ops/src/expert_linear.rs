@@ -63,7 +63,7 @@ pub(crate) fn expert_linear_ordered(
     let e = weight.dim(0)?;
     let x = reorder(x, input, RowOrder::ExpertMajor, e)?;
     let product = x.matmul(&weight.transpose(1, 2)?)?;
-    #[cfg(feature = "cuda")]
+    #[cfg(cuda_kernels)]
     if crate::dispatch::cuda_path(&product)
         && bias.dtype() == product.dtype()
         && crate::cuda_ops::bias_act_fits(&product, bias)
@@ -181,7 +181,7 @@ pub fn linear(
         return x.contiguous()?.apply_op3(weight, &bias.contiguous()?, op);
     }
     let product = x.broadcast_matmul(&weight.t()?)?;
-    #[cfg(feature = "cuda")]
+    #[cfg(cuda_kernels)]
     if crate::dispatch::cuda_path(&product)
         && bias.dtype() == product.dtype()
         && crate::cuda_ops::bias_act_fits(&product, bias)

@@ -26,7 +26,7 @@ pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Resu
             LayerNorm { eps },
         );
     }
-    #[cfg(feature = "cuda")]
+    #[cfg(cuda_kernels)]
     if crate::dispatch::cuda_path(xs) && weight.dtype() == xs.dtype() && bias.dtype() == xs.dtype()
     {
         return crate::cuda_ops::layer_norm(xs, weight, bias, eps);

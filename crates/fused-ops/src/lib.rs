@@ -24,9 +24,15 @@
 //! a machine without a GPU can test the GPU's code path that way.
 //!
 //! With `--features cuda` (nvcc at build time, `CUDA_COMPUTE_CAP`),
-//! [`softmax`] along any axis, [`layer_norm`], and the bias +
-//! activation of [`linear`] and [`ExpertMlp`] also have CUDA kernels with
-//! backward passes, off by default until they have been checked on a GPU: [`set_fused_cuda_kernels`] or `FUSED_OPS_CUDA=1` turns them on.
+//! [`softmax`] along any axis, [`layer_norm`], [`standardize`] and
+//! [`l2_normalize`] over the last axis, [`elu_plus_one`], [`attention`]
+//! (memory-efficient, all heads in one launch) and the bias + activation
+//! of [`linear`] and [`ExpertMlp`] also have CUDA kernels with backward
+//! passes, off by default until they have been checked on a GPU:
+//! [`set_fused_cuda_kernels`] or `FUSED_OPS_CUDA=1` turns them on. With
+//! `--features cuda-emulation` (a C++ compiler, no CUDA toolkit) the same
+//! kernels run on the CPU, thread by thread, for tests: the switch then
+//! sends F32 and BF16 CPU tensors through them.
 //!
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
@@ -34,12 +40,18 @@
 mod activation;
 mod attention;
 #[cfg(feature = "cuda")]
+mod cuda_device;
+#[cfg(cuda_kernels)]
+mod cuda_emulation;
+#[cfg(cuda_kernels)]
 mod cuda_ops;
 mod dispatch;
 mod expert_linear;
 mod expert_mlp;
 mod fast_math;
 mod gemm;
+#[cfg(cuda_kernels)]
+mod kernel_launch;
 mod layer_norm;
 mod matmul;
 mod routing;
@@ -47,6 +59,8 @@ mod rows;
 
 pub use activation::Activation;
 pub use attention::attention;
+#[cfg(feature = "cuda-emulation")]
+pub use cuda_emulation::cuda_emulation_launches;
 pub use dispatch::{
     fused_cpu_kernels, fused_cuda_kernels, set_fused_cpu_kernels, set_fused_cuda_kernels,
 };

@@ -16,8 +16,10 @@
 //! (`standardize`, `dx = r (g - mean g - y mean(g ⊙ y))`) and the elu+1
 //! feature map of its linear attention.
 //!
-//! All run in F32 or F64 (the router's dtype); other devices and dtypes use
-//! candle's composites.
+//! All run in F32 or F64 (the router's dtype) on the CPU; with the CUDA
+//! switch on, F32 and BF16 CUDA tensors take this crate's CUDA kernels
+//! (softmax along any axis, the two norms over the last axis, elu + 1);
+//! everything else uses candle's composites.
 
 use candle_core::{Result, Shape, Tensor, D};
 use num_traits::Float;
@@ -39,7 +41,7 @@ pub fn softmax(x: &Tensor, axis: usize) -> Result<Tensor> {
     if fused_path(x) {
         return x.contiguous()?.apply_op1(Op(Softmax { axis }));
     }
-    #[cfg(feature = "cuda")]
+    #[cfg(cuda_kernels)]
     if axis < x.rank() && crate::dispatch::cuda_path(x) {
         return crate::cuda_ops::softmax(x, axis);
     }
@@ -55,8 +57,13 @@ pub fn softmax(x: &Tensor, axis: usize) -> Result<Tensor> {
 /// inside the root), differentiable.
 pub fn l2_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
     if fused_path(x) {
-        x.contiguous()?.apply_op1(Op(L2Normalize { eps }))
-    } else {
+        return x.contiguous()?.apply_op1(Op(L2Normalize { eps }));
+    }
+    #[cfg(cuda_kernels)]
+    if x.rank() > 0 && crate::dispatch::cuda_path(x) {
+        return crate::cuda_ops::l2_normalize(x, eps as f32);
+    }
+    {
         let inv_norm = (x.sqr()?.sum_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
         x.broadcast_mul(&inv_norm)
     }
@@ -68,8 +75,15 @@ pub fn l2_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
 /// (eq. 7), public for other layers' norms.
 pub fn standardize(x: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
     if fused_path(x) {
-        x.contiguous()?.apply_op1(Op(Standardize { axis, eps }))
-    } else {
+        return x.contiguous()?.apply_op1(Op(Standardize { axis, eps }));
+    }
+    // The CUDA kernel standardises rows: the last axis (per token, the
+    // paper's reading); other axes take the composite.
+    #[cfg(cuda_kernels)]
+    if axis + 1 == x.rank() && crate::dispatch::cuda_path(x) {
+        return crate::cuda_ops::standardize(x, eps as f32);
+    }
+    {
         let centred = x.broadcast_sub(&x.mean_keepdim(axis)?)?;
         let var = centred.sqr()?.mean_keepdim(axis)?;
         centred.broadcast_div(&(var + eps)?.sqrt()?)
@@ -82,8 +96,13 @@ pub fn standardize(x: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
 /// one pass over the saved output (`dy/dx = 1` or `e^x = y`).
 pub fn elu_plus_one(x: &Tensor) -> Result<Tensor> {
     if fused_path(x) {
-        x.contiguous()?.apply_op1(Op(EluPlusOne))
-    } else {
+        return x.contiguous()?.apply_op1(Op(EluPlusOne));
+    }
+    #[cfg(cuda_kernels)]
+    if crate::dispatch::cuda_path(x) {
+        return crate::cuda_ops::elu_plus_one(x);
+    }
+    {
         x.elu(1.0)? + 1.0
     }
 }

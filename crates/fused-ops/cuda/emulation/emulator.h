@@ -1,0 +1,108 @@
+// The CUDA built-ins that cuda/fused_ops.cu uses, for compiling its kernels
+// as C++ and running them on the CPU (fused-ops' `cuda-emulation` feature,
+// for tests on machines without a GPU). Force-included before the kernels;
+// emulator.cpp holds the scheduler.
+//
+// A launch runs the grid's blocks one after another. The threads of a block
+// are fibers on the launching OS thread, switched at __syncthreads() and at
+// warp shuffles, so a thread reaching a barrier waits for the others exactly
+// as on a GPU; between barriers, even blocks run their threads in ascending
+// order and odd blocks in descending order, so a missing barrier shows up
+// as a wrong result in one of them. What this does not model: timing, the
+// memory model beyond barriers, and hardware limits (registers, shared
+// memory size); the GPU parity test still has to run on a GPU.
+#pragma once
+
+#include <math.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+// One copy per OS thread, shared by the fibers (threads) of the block it runs.
+#define __shared__ static thread_local
+
+struct uint3 {
+    unsigned int x, y, z;
+};
+using dim3 = uint3;
+
+extern thread_local uint3 threadIdx, blockIdx, blockDim, gridDim;
+
+namespace emu {
+
+enum class Shuffle { Xor, Down, Up, Index };
+
+void syncthreads();
+uint64_t shuffle(unsigned mask, uint64_t bits, int arg, int width, Shuffle kind);
+
+template <typename T>
+T shuffle_value(unsigned mask, T v, int arg, int width, Shuffle kind) {
+    static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable<T>::value,
+                  "shuffles move values of at most 8 bytes");
+    uint64_t bits = 0;
+    std::memcpy(&bits, &v, sizeof v);
+    bits = shuffle(mask, bits, arg, width, kind);
+    T out;
+    std::memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
+// A kernel as the launcher calls it: with the addresses of its arguments,
+// as cuLaunchKernel takes them.
+using Invoker = void (*)(void** params);
+
+struct Registration {
+    Registration(const char* name, Invoker invoker);
+};
+
+template <typename... A, std::size_t... I>
+void invoke_with(void (*kernel)(A...), void** params, std::index_sequence<I...>) {
+    kernel(*static_cast<std::remove_reference_t<A>*>(params[I])...);
+}
+
+template <typename... A>
+void invoke(void (*kernel)(A...), void** params) {
+    invoke_with(kernel, params, std::index_sequence_for<A...>{});
+}
+
+}  // namespace emu
+
+// fused_ops.cu defines every kernel through KERNEL; here each one is also
+// registered under its name for the launcher.
+#define KERNEL(NAME, PARAMS, CALL)                                               \
+    extern "C" void NAME PARAMS { CALL; }                                        \
+    static const ::emu::Registration NAME##_registration(#NAME, [](void** p) { \
+        ::emu::invoke(NAME, p);                                                  \
+    });
+
+inline void __syncthreads() { emu::syncthreads(); }
+
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    return emu::shuffle_value(mask, v, lane_mask, width, emu::Shuffle::Xor);
+}
+template <typename T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    return emu::shuffle_value(mask, v, static_cast<int>(delta), width, emu::Shuffle::Down);
+}
+template <typename T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    return emu::shuffle_value(mask, v, static_cast<int>(delta), width, emu::Shuffle::Up);
+}
+template <typename T>
+T __shfl_sync(unsigned mask, T v, int lane, int width = 32) {
+    return emu::shuffle_value(mask, v, lane, width, emu::Shuffle::Index);
+}
+
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max(int64_t a, int64_t b) { return a > b ? a : b; }

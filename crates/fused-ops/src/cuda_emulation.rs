@@ -1,0 +1,337 @@
+//! The CPU emulator as a [`KernelDevice`]: `cuda/fused_ops.cu` compiled as
+//! C++ (`cuda/emulation/`, built by `build.rs` under `--features
+//! cuda-emulation`) and run thread by thread, each block's threads as
+//! fibers that switch at `__syncthreads()` and at warp shuffles, odd
+//! blocks in reverse thread order (a missing barrier shows as a wrong
+//! result).
+//!
+//! With the feature, the CUDA switch ([`crate::set_fused_cuda_kernels`])
+//! sends F32 and BF16 CPU tensors through the CUDA ops, host code and
+//! kernels alike, so `tests/cuda_emulation.rs` checks them against the
+//! composites on a machine without a GPU. It is for tests: a kernel's
+//! threads run one at a time. Without the feature, CPU storage reaching a
+//! CUDA op is refused.
+//!
+//! Buffers are filled with NaN, so an element no kernel wrote shows up,
+//! and end in guard elements that every launch checks, so a kernel writing
+//! past its buffer is an error naming it rather than silent corruption.
+
+#[cfg(feature = "cuda-emulation")]
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Result, Shape};
+#[cfg(feature = "cuda-emulation")]
+use half::bf16;
+
+use crate::kernel_launch::{Arg, Grid, KernelDevice};
+
+/// Runs this crate's CUDA kernels on the CPU (see the module docs).
+pub(crate) struct Emulator;
+
+#[cfg(feature = "cuda-emulation")]
+static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Kernel launches the CPU emulator has run in this process: how a test
+/// sees that the kernels, not the composites, computed a result.
+#[cfg(feature = "cuda-emulation")]
+pub fn cuda_emulation_launches() -> u64 {
+    LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Guard elements after the end of every buffer.
+#[cfg(feature = "cuda-emulation")]
+const GUARD: usize = 64;
+/// The guard elements' bits: NaNs with a payload no arithmetic produces.
+#[cfg(feature = "cuda-emulation")]
+const GUARD_F32: u32 = 0x7fc0_dead;
+#[cfg(feature = "cuda-emulation")]
+const GUARD_BF16: u16 = 0x7fde;
+
+impl Emulator {
+    /// `storage` without its guard elements, once they are checked: the
+    /// op's output of `shape`.
+    pub(crate) fn finish(storage: CpuStorage, shape: &Shape) -> Result<CpuStorage> {
+        #[cfg(feature = "cuda-emulation")]
+        {
+            check_guard(&storage, "the op's output")?;
+            let n = shape.elem_count();
+            Ok(match storage {
+                CpuStorage::F32(mut v) => {
+                    v.truncate(n);
+                    CpuStorage::F32(v)
+                }
+                CpuStorage::BF16(mut v) => {
+                    v.truncate(n);
+                    CpuStorage::BF16(v)
+                }
+                other => other,
+            })
+        }
+        #[cfg(not(feature = "cuda-emulation"))]
+        {
+            let _ = (storage, shape);
+            refused()
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda-emulation"))]
+fn refused<T>() -> Result<T> {
+    candle_core::bail!(
+        "this crate's CUDA kernels run on CUDA tensors (the CPU emulator needs the \
+         fused-ops feature cuda-emulation)"
+    )
+}
+
+#[cfg(feature = "cuda-emulation")]
+fn check_guard(s: &CpuStorage, what: &str) -> Result<()> {
+    let intact = match s {
+        CpuStorage::F32(v) => v[v.len() - GUARD..]
+            .iter()
+            .all(|x| x.to_bits() == GUARD_F32),
+        CpuStorage::BF16(v) => v[v.len() - GUARD..]
+            .iter()
+            .all(|x| x.to_bits() == GUARD_BF16),
+        other => candle_core::bail!("emulator: {what} is {:?}", other.dtype()),
+    };
+    if !intact {
+        candle_core::bail!("emulator: a kernel wrote past the end of {what}")
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda-emulation")]
+mod ffi {
+    use std::ffi::{c_char, c_int, c_uint, c_void};
+
+    extern "C" {
+        /// `cuda/emulation/emulator.cpp`: runs kernel `name` over `grid` x
+        /// `block` with `params` (the addresses of its arguments in order);
+        /// 0 on success, else 1 with a message in `error`.
+        pub(super) fn fused_ops_emulate_launch(
+            name: *const c_char,
+            grid: *const c_uint,
+            block: *const c_uint,
+            params: *mut *mut c_void,
+            error: *mut c_char,
+            error_len: usize,
+        ) -> c_int;
+    }
+}
+
+/// The address of element `at` of `s`, checked to lie inside it.
+#[cfg(feature = "cuda-emulation")]
+fn element_address(s: &CpuStorage, at: usize, kernel: &str) -> Result<*const u8> {
+    let (ptr, len, size) = match s {
+        CpuStorage::F32(v) => (v.as_ptr() as *const u8, v.len(), 4),
+        CpuStorage::BF16(v) => (v.as_ptr() as *const u8, v.len(), 2),
+        other => candle_core::bail!("emulator: {kernel} given a {:?} buffer", other.dtype()),
+    };
+    if at > len {
+        candle_core::bail!("emulator: {kernel} given element {at} of a {len}-element buffer")
+    }
+    // SAFETY: `at` is at most the length, so the address is in or one past
+    // the buffer.
+    Ok(unsafe { ptr.add(at * size) })
+}
+
+impl KernelDevice for Emulator {
+    type Storage = CpuStorage;
+
+    fn alloc(&self, dtype: DType, n: usize) -> Result<CpuStorage> {
+        #[cfg(feature = "cuda-emulation")]
+        {
+            let mut storage = match dtype {
+                DType::F32 => CpuStorage::F32(vec![f32::NAN; n + GUARD]),
+                DType::BF16 => CpuStorage::BF16(vec![bf16::NAN; n + GUARD]),
+                other => candle_core::bail!("emulator: no {other:?} buffers"),
+            };
+            match &mut storage {
+                CpuStorage::F32(v) => v[n..].fill(f32::from_bits(GUARD_F32)),
+                CpuStorage::BF16(v) => v[n..].fill(bf16::from_bits(GUARD_BF16)),
+                _ => {}
+            }
+            Ok(storage)
+        }
+        #[cfg(not(feature = "cuda-emulation"))]
+        {
+            let _ = (dtype, n);
+            refused()
+        }
+    }
+
+    fn launch(&self, kernel: &str, grid: Grid, args: &mut [Arg<'_, CpuStorage>]) -> Result<()> {
+        #[cfg(feature = "cuda-emulation")]
+        {
+            use std::ffi::{c_void, CString};
+            // Each argument's value at the start of its own 8-byte aligned
+            // slot, in native byte order (as the kernel reads it), the
+            // slots' addresses as the parameter array.
+            #[repr(align(8))]
+            struct Slot([u8; 8]);
+            fn slot(bytes: &[u8]) -> Slot {
+                let mut s = [0u8; 8];
+                s[..bytes.len()].copy_from_slice(bytes);
+                Slot(s)
+            }
+            let mut slots = Vec::with_capacity(args.len());
+            for arg in args.iter_mut() {
+                slots.push(match arg {
+                    Arg::In(s, at) => {
+                        slot(&(element_address(s, *at, kernel)? as usize).to_ne_bytes())
+                    }
+                    Arg::Out(s, at) => {
+                        slot(&(element_address(s, *at, kernel)? as usize).to_ne_bytes())
+                    }
+                    Arg::I32(v) => slot(&v.to_ne_bytes()),
+                    Arg::I64(v) => slot(&v.to_ne_bytes()),
+                    Arg::F32(v) => slot(&v.to_ne_bytes()),
+                });
+            }
+            let mut params: Vec<*mut c_void> = slots
+                .iter_mut()
+                .map(|slot| slot.0.as_mut_ptr() as *mut c_void)
+                .collect();
+            let name = CString::new(kernel).map_err(candle_core::Error::wrap)?;
+            let g = [grid.grid.0, grid.grid.1, grid.grid.2];
+            let b = [grid.block.0, grid.block.1, grid.block.2];
+            let mut error = vec![0u8; 512];
+            // SAFETY: every pointer argument addresses a live buffer of the
+            // kernel's element type (element_address); outputs come from
+            // `&mut` borrows held for the call; the launcher runs the
+            // kernel to its end before returning.
+            let failed = unsafe {
+                ffi::fused_ops_emulate_launch(
+                    name.as_ptr(),
+                    g.as_ptr(),
+                    b.as_ptr(),
+                    params.as_mut_ptr(),
+                    error.as_mut_ptr() as *mut std::ffi::c_char,
+                    error.len(),
+                )
+            };
+            LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if failed != 0 {
+                let end = error.iter().position(|&c| c == 0).unwrap_or(error.len());
+                candle_core::bail!("emulator: {}", String::from_utf8_lossy(&error[..end]))
+            }
+            for arg in args.iter() {
+                if let Arg::Out(s, _) = arg {
+                    check_guard(s, &format!("an output buffer of {kernel}"))?;
+                }
+            }
+            Ok(())
+        }
+        #[cfg(not(feature = "cuda-emulation"))]
+        {
+            let _ = (kernel, grid, args);
+            refused()
+        }
+    }
+}
+
+/// The emulator against kernels that break CUDA's rules on purpose
+/// (`cuda/emulation/self_test_kernels.cpp`): each kind of bug is reported.
+#[cfg(all(test, feature = "cuda-emulation"))]
+mod tests {
+    use super::*;
+
+    fn grid(blocks: u32, threads: u32) -> Grid {
+        Grid {
+            grid: (blocks, 1, 1),
+            block: (threads, 1, 1),
+        }
+    }
+
+    fn values(s: &CpuStorage, n: usize) -> Vec<f32> {
+        match s {
+            CpuStorage::F32(v) => v[..n].to_vec(),
+            _ => unreachable!("the tests use F32 buffers"),
+        }
+    }
+
+    /// Two blocks of 64 values; `kernel` sums each block.
+    fn block_sums(kernel: &str) -> Result<Vec<f32>> {
+        let x = CpuStorage::F32((0..128).map(|i| i as f32).collect());
+        let mut out = Emulator.alloc(DType::F32, 2)?;
+        Emulator.launch(
+            kernel,
+            grid(2, 64),
+            &mut [Arg::In(&x, 0), Arg::Out(&mut out, 0)],
+        )?;
+        Ok(values(&out, 2))
+    }
+
+    #[test]
+    fn a_missing_barrier_gives_a_wrong_sum() -> Result<()> {
+        let expected = [(0..64).sum::<i32>() as f32, (64..128).sum::<i32>() as f32];
+        assert_eq!(block_sums("emulator_test_synced_sum")?, expected);
+        // Block 0 runs thread 0 first, before the others have written.
+        assert_ne!(block_sums("emulator_test_unsynced_sum")?, expected);
+        Ok(())
+    }
+
+    #[test]
+    fn a_write_past_the_end_is_reported() -> Result<()> {
+        let mut y = Emulator.alloc(DType::F32, 10)?;
+        let err = Emulator
+            .launch(
+                "emulator_test_write_one_past",
+                grid(1, 32),
+                &mut [Arg::Out(&mut y, 0), Arg::I32(10)],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("wrote past the end"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn shuffles_exchange_lanes_and_refuse_what_cuda_does_not_define() -> Result<()> {
+        let mut y = Emulator.alloc(DType::F32, 64)?;
+        Emulator.launch(
+            "emulator_test_swap_pairs",
+            grid(1, 64),
+            &mut [Arg::Out(&mut y, 0)],
+        )?;
+        let expected: Vec<f32> = (0..64).map(|i| (i ^ 1) as f32).collect();
+        assert_eq!(values(&y, 64), expected);
+        // Half a warp at a full-warp shuffle, the other half gone on.
+        let mut y = Emulator.alloc(DType::F32, 32)?;
+        let err = Emulator
+            .launch(
+                "emulator_test_diverged_shuffle",
+                grid(1, 32),
+                &mut [Arg::Out(&mut y, 0), Arg::I32(16)],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("not every lane"), "{err}");
+        // A block of 48 threads: the second warp is partial.
+        let mut y = Emulator.alloc(DType::F32, 48)?;
+        let err = Emulator
+            .launch(
+                "emulator_test_diverged_shuffle",
+                grid(1, 48),
+                &mut [Arg::Out(&mut y, 0), Arg::I32(48)],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("partial warp"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_kernels_and_oversized_blocks_are_errors() -> Result<()> {
+        let mut y = Emulator.alloc(DType::F32, 4)?;
+        let err = Emulator
+            .launch("no_such_kernel", grid(1, 32), &mut [Arg::Out(&mut y, 0)])
+            .unwrap_err();
+        assert!(err.to_string().contains("no kernel named"), "{err}");
+        let err = Emulator
+            .launch(
+                "emulator_test_swap_pairs",
+                grid(1, 2048),
+                &mut [Arg::Out(&mut y, 0)],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("2048 threads"), "{err}");
+        Ok(())
+    }
+}

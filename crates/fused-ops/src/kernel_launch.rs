@@ -1,0 +1,110 @@
+//! What the host side of this crate's CUDA kernels needs from a device, and
+//! the launch geometry every op shares.
+//!
+//! The ops in `cuda_ops.rs` are written once against [`KernelDevice`]: a
+//! CUDA device runs them (`cuda_device.rs`, `--features cuda`), and so does
+//! the CPU emulator (`cuda_emulation.rs`, `--features cuda-emulation`), which
+//! compiles `cuda/fused_ops.cu` as C++ and runs its kernels thread by thread.
+//! The emulator lets a machine without a GPU test the kernels, the launch
+//! geometry and the host code around them through the public API.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{DType, Result};
+
+/// A kernel argument, in the order of the kernel's signature.
+pub(crate) enum Arg<'a, S> {
+    /// A contiguous operand the kernel reads, from element `start`.
+    In(&'a S, usize),
+    /// A buffer the kernel writes, from element `start`.
+    Out(&'a mut S, usize),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+
+/// Grid and block dimensions of a launch, `(x, y, z)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grid {
+    pub(crate) grid: (u32, u32, u32),
+    pub(crate) block: (u32, u32, u32),
+}
+
+/// A device that allocates kernel buffers and launches this crate's kernels.
+pub(crate) trait KernelDevice {
+    /// The device's storage (candle's `CudaStorage` or `CpuStorage`).
+    type Storage: BackendStorage;
+
+    /// `n` elements of `dtype` that the next kernels fill. Uninitialised on
+    /// a GPU; NaN under emulation, so an element no kernel wrote shows.
+    fn alloc(&self, dtype: DType, n: usize) -> Result<Self::Storage>;
+
+    /// Runs `kernel` (its full name, dtype suffix included) over `grid`.
+    fn launch(&self, kernel: &str, grid: Grid, args: &mut [Arg<'_, Self::Storage>]) -> Result<()>;
+}
+
+/// The kernel name for `dtype`: `{kernel}_f32` or `{kernel}_bf16`.
+pub(crate) fn kernel_name(kernel: &str, dtype: DType, op: &str) -> Result<String> {
+    let suffix = match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        other => candle_core::bail!("{op}: CUDA kernels run in F32 and BF16, not {other:?}"),
+    };
+    Ok(format!("{kernel}_{suffix}"))
+}
+
+/// Threads per row: a multiple of 32 covering the row, at most 512.
+fn block_for(cols: usize) -> u32 {
+    (cols.div_ceil(32) * 32).clamp(32, 512) as u32
+}
+
+/// One block per row of `cols`.
+pub(crate) fn row_launch(rows: usize, cols: usize) -> Grid {
+    Grid {
+        grid: (rows as u32, 1, 1),
+        block: (block_for(cols), 1, 1),
+    }
+}
+
+/// One thread per element, 256 to a block.
+pub(crate) fn elementwise_launch(n: usize) -> Grid {
+    Grid {
+        grid: (n.div_ceil(256) as u32, 1, 1),
+        block: (256, 1, 1),
+    }
+}
+
+/// Rows per block of the parameter-gradient reductions.
+const ROWS_PER_CHUNK: usize = 64;
+
+/// Rows per block of a column reduction over `rows`: at least
+/// [`ROWS_PER_CHUNK`], more when the chunks would exceed the grid's 65535
+/// in y.
+pub(crate) fn rows_per_chunk(rows: usize) -> usize {
+    ROWS_PER_CHUNK.max(rows.div_ceil(65_535))
+}
+
+/// Column tiles of 256 threads (x) over `chunks` row chunks (y) of
+/// `groups` groups (z): the first half of a parameter-gradient reduction.
+pub(crate) fn chunked_launch(cols: usize, chunks: usize, groups: usize) -> Grid {
+    Grid {
+        grid: (cols.div_ceil(256) as u32, chunks as u32, groups as u32),
+        block: (256, 1, 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_stays_inside_cuda_limits() {
+        assert_eq!(row_launch(5, 7).block, (32, 1, 1));
+        assert_eq!(row_launch(5, 197).block, (224, 1, 1));
+        assert_eq!(row_launch(5, 4096).block, (512, 1, 1));
+        assert_eq!(rows_per_chunk(10), 64);
+        // 5M rows: chunks stay within the grid's 65535 in y.
+        let rows: usize = 5_000_000;
+        assert!(rows.div_ceil(rows_per_chunk(rows)) <= 65_535);
+        assert_eq!(elementwise_launch(257).grid, (2, 1, 1));
+    }
+}

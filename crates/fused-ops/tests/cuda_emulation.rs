@@ -1,0 +1,19 @@
+//! This crate's CUDA kernels on the CPU emulator (`--features
+//! cuda-emulation`: `cuda/fused_ops.cu` compiled as C++ and run thread by
+//! thread, barriers and warp shuffles as on a GPU) against the candle
+//! composites they replace: the cases `cuda_parity.rs` runs on a GPU
+//! (`common/mod.rs`), values and every gradient, in F32 and BF16, through
+//! the public API and the same host code a GPU runs. What a GPU adds
+//! (its arithmetic, timing, the memory model, launch limits) still needs
+//! `cuda_parity.rs` on one.
+
+#![cfg(feature = "cuda-emulation")]
+
+mod common;
+
+#[test]
+fn emulated_cuda_kernels_match_the_composites() -> anyhow::Result<()> {
+    // The composites on the CPU, not this crate's fused CPU kernels.
+    fused_ops::set_fused_cpu_kernels(false);
+    common::kernels_match_composites(&candle_core::Device::Cpu)
+}
