@@ -364,8 +364,19 @@ impl Trainer {
                     images += n;
                 }
                 let step = self.adam.step_count() + 1;
+                let mut loss = loss_sum / group as f64;
                 if let Some(sync) = &self.sync {
+                    // The loss and image count ride along with the
+                    // gradients, so rank 0 logs the mean loss over every
+                    // rank's shard and the images of all ranks.
+                    let totals = [loss as f32, images as f32];
+                    grads.push(Some(Tensor::new(&totals, &self.device)?));
                     sync.0.all_reduce_mean(&mut grads)?;
+                    if let Some(Some(mean)) = grads.pop() {
+                        let mean = mean.to_vec1::<f32>()?;
+                        loss = mean[0] as f64;
+                        images = (mean[1] * sync.0.world_size() as f32).round() as usize;
+                    }
                 }
                 let grad_norm = self.clip_gradients(&mut grads, step)?;
                 let lr = cfg.schedule.lr_at(cfg.optim.lr, step, self.total_steps);
@@ -382,7 +393,7 @@ impl Trainer {
                         next_batch: next,
                     }
                 };
-                window.add(loss_sum / group as f64, grad_norm, images);
+                window.add(loss, grad_norm, images);
                 if step.is_multiple_of(cfg.training.log_every) || step == self.total_steps {
                     let record = window.record(step, epoch, lr);
                     if let Some(metrics) = &mut self.metrics {

@@ -1,6 +1,7 @@
 //! Data parallelism on the CPU (in-process ranks): two ranks of batch 8
-//! take the same steps as one rank of batch 16, each rank ends with
-//! identical parameters, and a group of one equals the plain run exactly.
+//! take the same steps as one rank of batch 16 and log its losses, each
+//! rank ends with identical parameters, and a group of one equals the plain
+//! run exactly.
 
 mod common;
 
@@ -81,5 +82,34 @@ fn two_ranks_of_eight_take_the_steps_of_one_rank_of_sixteen() -> Result<()> {
         }
     }
     assert!(worst < 1e-5, "largest relative difference {worst:e}");
+
+    // Rank 0 logs the mean loss over both shards (a mean of equal shards'
+    // means: the global batch's loss), step for step as the single run.
+    let one = train_losses(&dir.path().join("one"))?;
+    let two = train_losses(&dir.path().join("two"))?;
+    assert_eq!(one.len(), two.len(), "logged steps differ");
+    assert!(!one.is_empty(), "no training loss logged");
+    for ((step, a), (_, b)) in one.iter().zip(&two) {
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+            "step {step}: loss {a} logged by one rank of 16, {b} by two of 8"
+        );
+    }
     Ok(())
+}
+
+/// `(step, loss)` of each training record in a run's `metrics.jsonl`.
+fn train_losses(run: &std::path::Path) -> Result<Vec<(u64, f64)>> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl"))?;
+    let mut losses = Vec::new();
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line)?;
+        if record["kind"] == "train" {
+            losses.push((
+                record["step"].as_u64().unwrap_or(0),
+                record["loss"].as_f64().unwrap_or(f64::NAN),
+            ));
+        }
+    }
+    Ok(losses)
 }
