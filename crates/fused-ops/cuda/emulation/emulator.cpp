@@ -11,6 +11,7 @@
 
 #include <cstdio>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -188,6 +189,10 @@ extern "C" int fused_ops_emulate_launch(const char* name, const unsigned* grid,
     if (grid[0] == 0 || grid[1] == 0 || grid[2] == 0 || grid[1] > 65535 || grid[2] > 65535)
         return fail("grid dimensions out of CUDA's range");
     if (active != nullptr) return fail("a launch from inside a kernel");
+    // One launch at a time in the process: the kernels' shared memory is
+    // static, one copy for whichever block runs.
+    static std::mutex one_at_a_time;
+    const std::lock_guard<std::mutex> hold(one_at_a_time);
     Launch launch;
     launch.invoker = found->second;
     launch.params = params;

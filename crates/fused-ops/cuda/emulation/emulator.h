@@ -25,8 +25,9 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-// One copy per OS thread, shared by the fibers (threads) of the block it runs.
-#define __shared__ static thread_local
+// One copy in the process, shared by the fibers (threads) of the block that
+// runs: launches take turns (emulator.cpp), so no two blocks run at once.
+#define __shared__ static
 
 struct uint3 {
     unsigned int x, y, z;
