@@ -76,8 +76,9 @@ for precision in f32 bf16; do
 done
 
 if [ "${ROWS_BENCH:-1}" = 1 ]; then
-    # Per-op profile at the step's shapes: composite vs kernel (about 60 s).
-    echo "== row ops at batch 32 (attention softmax, LayerNorm, combine softmax)"
+    # Per-op profile at the step's shapes: composite vs kernel (72 cases at
+    # about 1.5 s: about 2 minutes).
+    echo "== per-op at batch 32 (softmaxes, LayerNorm, La-SoftMoE's combine ops, router norm, attention, MLP bias + activation)"
     "$BIN"/cuda_rows --bench 2>&1 | tee "$OUT/cuda_rows.log" |
         grep -E "^cuda_rows|^ +time: +\[" | paste - - | awk '{printf "%-60s median %s %s\n", $1, $5, $6}'
 fi

@@ -45,8 +45,10 @@ fn main() {
     let mut c = Criterion::default()
         .configure_from_args()
         .sample_size(20)
-        .warm_up_time(std::time::Duration::from_millis(500))
-        .measurement_time(std::time::Duration::from_secs(2));
+        // 9 ops x 2 dtypes x 4 variants: about 1.5 s each keeps the whole
+        // bench near 2 minutes of one device call.
+        .warm_up_time(std::time::Duration::from_millis(300))
+        .measurement_time(std::time::Duration::from_secs(1));
     type Op = Box<dyn Fn(&Tensor, &[Var]) -> Result<Tensor>>;
     // Name, input shape, output width, parameter shapes, the op.
     type Case = (&'static str, (usize, usize), usize, Vec<Vec<usize>>, Op);

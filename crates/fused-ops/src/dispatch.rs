@@ -46,9 +46,10 @@ pub fn fused_cpu_kernels() -> bool {
 /// 0: not read yet, 1: off, 2: on.
 static FUSED_CUDA_KERNELS: AtomicU8 = AtomicU8::new(0);
 
-/// Turns this crate's CUDA kernels (softmax, LayerNorm, bias + activation,
-/// forward and backward, `--features cuda`) on or off for the whole process. Off by
-/// default, or on with `FUSED_OPS_CUDA=1`: they have been checked against
+/// Turns this crate's CUDA kernels (softmax, LayerNorm, the routing norms,
+/// elu + 1, bias + activation, attention; forward and backward, `--features
+/// cuda`) on or off for the whole process. Off by default, or on with
+/// `FUSED_OPS_CUDA=1`: they have been checked against
 /// the composites they replace on the CPU emulator
 /// (`tests/cuda_emulation.rs`), not yet on a GPU (`tests/cuda_parity.rs`).
 /// Without the `cuda` or `cuda-emulation` feature the switch has no effect;
@@ -59,8 +60,9 @@ pub fn set_fused_cuda_kernels(on: bool) {
 }
 
 /// Whether this crate's CUDA kernels are on (see [`set_fused_cuda_kernels`]);
-/// always `false` without the `cuda` or `cuda-emulation` feature. `FUSED_OPS_CUDA=1` (exactly)
-/// turns them on when the process has not set the switch.
+/// always `false` without the `cuda` or `cuda-emulation` feature.
+/// `FUSED_OPS_CUDA=1` (exactly) turns them on when the process has not set
+/// the switch.
 pub fn fused_cuda_kernels() -> bool {
     let state = match FUSED_CUDA_KERNELS.load(Ordering::Relaxed) {
         0 => {
