@@ -9,6 +9,7 @@
 
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <mutex>
@@ -39,7 +40,8 @@ struct Fiber {
     uint64_t result;
 };
 
-// Stack of one fiber: the kernels keep a few scalars per thread.
+// Stack of one fiber: the kernels keep at most four rows of 128 floats per
+// thread (attention's backward), 2 KiB.
 constexpr std::size_t kStackBytes = 64 * 1024;
 
 struct Launch {
