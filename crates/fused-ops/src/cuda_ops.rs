@@ -182,6 +182,35 @@ fn on_cpu(
     Ok((Emulator::finish(out, &shape)?, shape))
 }
 
+/// `cpu_fwd` and `cuda_fwd` of a custom op whose host code `run` is
+/// written once over [`KernelDevice`]: on CPU storage it runs on the
+/// emulator ([`on_cpu`]), on CUDA storage on that storage's device. The
+/// storages and layouts are named in the op's operand order, then the
+/// output's shape; `$this` is the method's `self`.
+macro_rules! on_devices {
+    ($this:ident, ($s0:ident, $l0:ident) $(, ($s:ident, $l:ident))* => $shape:expr, $run:expr) => {
+        fn cpu_fwd(
+            &$this,
+            $s0: &CpuStorage,
+            $l0: &Layout,
+            $($s: &CpuStorage, $l: &Layout),*
+        ) -> Result<(CpuStorage, Shape)> {
+            on_cpu($run, $shape)
+        }
+
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &$this,
+            $s0: &candle_core::CudaStorage,
+            $l0: &Layout,
+            $($s: &candle_core::CudaStorage, $l: &Layout),*
+        ) -> Result<(candle_core::CudaStorage, Shape)> {
+            let out = ($run)(&$s0.device)?;
+            Ok((out, $shape))
+        }
+    };
+}
+
 /// The gradients a backward op packed into one flat tensor, one per shape,
 /// in order.
 fn unpack(packed: &Tensor, shapes: &[&Shape]) -> Result<Vec<Tensor>> {
@@ -233,18 +262,9 @@ impl CustomOp1 for Softmax {
         "fused-softmax-cuda"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        on_cpu(|dev| softmax_fwd(dev, s, l, self.axis), l.shape().clone())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        Ok((softmax_fwd(&s.device, s, l, self.axis)?, l.shape().clone()))
-    }
+    on_devices!(self, (s, l) => l.shape().clone(), |dev| {
+        softmax_run(dev, "fwd", &[(s, l)], self.axis)
+    });
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let backward = SoftmaxBackward { axis: self.axis };
@@ -252,37 +272,42 @@ impl CustomOp1 for Softmax {
     }
 }
 
-fn softmax_fwd<D: KernelDevice>(
+/// Softmax kernel `pass` (`fwd` on the input; `bwd` on the output and its
+/// gradient) along `axis` of `inputs`, all of one shape, into a new buffer:
+/// one block per row for the last axis, one thread per column for another.
+fn softmax_run<D: KernelDevice>(
     dev: &D,
-    x: &D::Storage,
-    l: &Layout,
+    pass: &str,
+    inputs: &[(&D::Storage, &Layout)],
     axis: usize,
 ) -> Result<D::Storage> {
     let op = "fused-softmax-cuda";
-    let x_at = start(l, op, "the input")?;
-    let (outer, len, inner) = axis_split(l, axis, op)?;
-    let dtype = x.dtype();
-    let mut y = dev.alloc(dtype, outer * len * inner)?;
-    if inner == 1 {
-        dev.launch(
-            &kernel_name("softmax_fwd", dtype, op)?,
-            row_launch(outer, len),
-            &mut [Arg::In(x, x_at), Arg::Out(&mut y, 0), Arg::I32(len as i32)],
-        )?;
-    } else {
-        dev.launch(
-            &kernel_name("softmax_cols_fwd", dtype, op)?,
-            elementwise_launch(outer * inner),
-            &mut [
-                Arg::In(x, x_at),
-                Arg::Out(&mut y, 0),
-                Arg::I64((outer * inner) as i64),
-                Arg::I32(len as i32),
-                Arg::I32(inner as i32),
-            ],
-        )?;
+    let (first, l) = inputs[0];
+    if inputs.iter().any(|(_, other)| other.shape() != l.shape()) {
+        candle_core::bail!("{op}: operands of different shapes")
     }
-    Ok(y)
+    let (outer, len, inner) = axis_split(l, axis, op)?;
+    let dtype = first.dtype();
+    let mut out = dev.alloc(dtype, outer * len * inner)?;
+    let mut args = Vec::with_capacity(inputs.len() + 4);
+    for (s, l) in inputs {
+        args.push(Arg::In(*s, start(l, op, "an operand")?));
+    }
+    args.push(Arg::Out(&mut out, 0));
+    if inner == 1 {
+        args.push(Arg::I32(len as i32));
+        let kernel = kernel_name(&format!("softmax_{pass}"), dtype, op)?;
+        dev.launch(&kernel, row_launch(outer, len), &mut args)?;
+    } else {
+        args.extend([
+            Arg::I64((outer * inner) as i64),
+            Arg::I32(len as i32),
+            Arg::I32(inner as i32),
+        ]);
+        let kernel = kernel_name(&format!("softmax_cols_{pass}"), dtype, op)?;
+        dev.launch(&kernel, elementwise_launch(outer * inner), &mut args)?;
+    }
+    Ok(out)
 }
 
 /// `(y, dy) -> dx` of [`Softmax`].
@@ -295,72 +320,9 @@ impl CustomOp2 for SoftmaxBackward {
         "fused-softmax-cuda-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        y: &CpuStorage,
-        ly: &Layout,
-        dy: &CpuStorage,
-        ldy: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        on_cpu(
-            |dev| softmax_bwd(dev, (y, ly), (dy, ldy), self.axis),
-            ly.shape().clone(),
-        )
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        y: &candle_core::CudaStorage,
-        ly: &Layout,
-        dy: &candle_core::CudaStorage,
-        ldy: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dx = softmax_bwd(&y.device, (y, ly), (dy, ldy), self.axis)?;
-        Ok((dx, ly.shape().clone()))
-    }
-}
-
-fn softmax_bwd<D: KernelDevice>(
-    dev: &D,
-    (y, ly): (&D::Storage, &Layout),
-    (dy, ldy): (&D::Storage, &Layout),
-    axis: usize,
-) -> Result<D::Storage> {
-    let op = "fused-softmax-cuda-backward";
-    let (y_at, dy_at) = (
-        start(ly, op, "the output")?,
-        start(ldy, op, "the gradient")?,
-    );
-    let (outer, len, inner) = axis_split(ly, axis, op)?;
-    let dtype = y.dtype();
-    let mut dx = dev.alloc(dtype, outer * len * inner)?;
-    if inner == 1 {
-        dev.launch(
-            &kernel_name("softmax_bwd", dtype, op)?,
-            row_launch(outer, len),
-            &mut [
-                Arg::In(y, y_at),
-                Arg::In(dy, dy_at),
-                Arg::Out(&mut dx, 0),
-                Arg::I32(len as i32),
-            ],
-        )?;
-    } else {
-        dev.launch(
-            &kernel_name("softmax_cols_bwd", dtype, op)?,
-            elementwise_launch(outer * inner),
-            &mut [
-                Arg::In(y, y_at),
-                Arg::In(dy, dy_at),
-                Arg::Out(&mut dx, 0),
-                Arg::I64((outer * inner) as i64),
-                Arg::I32(len as i32),
-                Arg::I32(inner as i32),
-            ],
-        )?;
-    }
-    Ok(dx)
+    on_devices!(self, (y, ly), (dy, ldy) => ly.shape().clone(), |dev| {
+        softmax_run(dev, "bwd", &[(y, ly), (dy, ldy)], self.axis)
+    });
 }
 
 /// One-input ops whose backward takes one saved tensor and the incoming
@@ -397,22 +359,9 @@ impl CustomOp1 for Unary {
         "fused-unary-cuda"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        on_cpu(
-            |dev| unary_run(dev, *self, "fwd", &[(s, l)]),
-            l.shape().clone(),
-        )
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let y = unary_run(&s.device, *self, "fwd", &[(s, l)])?;
-        Ok((y, l.shape().clone()))
-    }
+    on_devices!(self, (s, l) => l.shape().clone(), |dev| {
+        unary_run(dev, *self, "fwd", &[(s, l)])
+    });
 
     fn bwd(&self, x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         // elu + 1's derivative reads the output; the norms recompute their
@@ -434,30 +383,9 @@ impl CustomOp2 for UnaryBackward {
         "fused-unary-cuda-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        s: &CpuStorage,
-        l: &Layout,
-        dy: &CpuStorage,
-        ldy: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        on_cpu(
-            |dev| unary_run(dev, self.0, "bwd", &[(s, l), (dy, ldy)]),
-            l.shape().clone(),
-        )
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-        dy: &candle_core::CudaStorage,
-        ldy: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dx = unary_run(&s.device, self.0, "bwd", &[(s, l), (dy, ldy)])?;
-        Ok((dx, l.shape().clone()))
-    }
+    on_devices!(self, (s, l), (dy, ldy) => l.shape().clone(), |dev| {
+        unary_run(dev, self.0, "bwd", &[(s, l), (dy, ldy)])
+    });
 }
 
 /// Kernel `{stem}_{pass}` of `op` on `inputs` (the input forward; the
@@ -505,34 +433,9 @@ impl CustomOp3 for LayerNorm {
         "fused-layer-norm-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        lx: &Layout,
-        w: &CpuStorage,
-        lw: &Layout,
-        b: &CpuStorage,
-        lb: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        on_cpu(
-            |dev| layer_norm_fwd(dev, (x, lx), (w, lw), (b, lb), self.eps),
-            lx.shape().clone(),
-        )
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        lx: &Layout,
-        w: &candle_core::CudaStorage,
-        lw: &Layout,
-        b: &candle_core::CudaStorage,
-        lb: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let y = layer_norm_fwd(&x.device, (x, lx), (w, lw), (b, lb), self.eps)?;
-        Ok((y, lx.shape().clone()))
-    }
+    on_devices!(self, (x, lx), (w, lw), (b, lb) => lx.shape().clone(), |dev| {
+        layer_norm_fwd(dev, (x, lx), (w, lw), (b, lb), self.eps)
+    });
 
     fn bwd(
         &self,
@@ -602,36 +505,12 @@ impl CustomOp3 for LayerNormBackward {
         "fused-layer-norm-cuda-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        lx: &Layout,
-        w: &CpuStorage,
-        lw: &Layout,
-        dy: &CpuStorage,
-        ldy: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let len = lx.shape().elem_count() + 2 * lw.shape().elem_count();
-        on_cpu(
-            |dev| layer_norm_bwd(dev, (x, lx), (w, lw), (dy, ldy), self.eps),
-            Shape::from(len),
-        )
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        lx: &Layout,
-        w: &candle_core::CudaStorage,
-        lw: &Layout,
-        dy: &candle_core::CudaStorage,
-        ldy: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let len = lx.shape().elem_count() + 2 * lw.shape().elem_count();
-        let grads = layer_norm_bwd(&x.device, (x, lx), (w, lw), (dy, ldy), self.eps)?;
-        Ok((grads, Shape::from(len)))
-    }
+    on_devices!(
+        self,
+        (x, lx), (w, lw), (dy, ldy)
+            => Shape::from(lx.shape().elem_count() + 2 * lw.shape().elem_count()),
+        |dev| layer_norm_bwd(dev, (x, lx), (w, lw), (dy, ldy), self.eps)
+    );
 }
 
 fn layer_norm_bwd<D: KernelDevice>(
@@ -697,30 +576,9 @@ impl CustomOp2 for BiasAct {
         "fused-bias-act-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        pre: &CpuStorage,
-        lp: &Layout,
-        bias: &CpuStorage,
-        lb: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        on_cpu(
-            |dev| bias_act_fwd(dev, self, (pre, lp), (bias, lb)),
-            lp.shape().clone(),
-        )
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        pre: &candle_core::CudaStorage,
-        lp: &Layout,
-        bias: &candle_core::CudaStorage,
-        lb: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let y = bias_act_fwd(&pre.device, self, (pre, lp), (bias, lb))?;
-        Ok((y, lp.shape().clone()))
-    }
+    on_devices!(self, (pre, lp), (bias, lb) => lp.shape().clone(), |dev| {
+        bias_act_fwd(dev, self, (pre, lp), (bias, lb))
+    });
 
     fn bwd(
         &self,
@@ -796,34 +654,9 @@ impl CustomOp3 for BiasActBackward {
         "fused-bias-act-cuda-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        pre: &CpuStorage,
-        lp: &Layout,
-        bias: &CpuStorage,
-        lb: &Layout,
-        dy: &CpuStorage,
-        ldy: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        on_cpu(
-            |dev| bias_act_bwd(dev, self, (pre, lp), (bias, lb), (dy, ldy)),
-            Shape::from(self.len(lp)),
-        )
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        pre: &candle_core::CudaStorage,
-        lp: &Layout,
-        bias: &candle_core::CudaStorage,
-        lb: &Layout,
-        dy: &candle_core::CudaStorage,
-        ldy: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let grads = bias_act_bwd(&pre.device, self, (pre, lp), (bias, lb), (dy, ldy))?;
-        Ok((grads, Shape::from(self.len(lp))))
-    }
+    on_devices!(self, (pre, lp), (bias, lb), (dy, ldy) => Shape::from(self.len(lp)), |dev| {
+        bias_act_bwd(dev, self, (pre, lp), (bias, lb), (dy, ldy))
+    });
 }
 
 fn bias_act_bwd<D: KernelDevice>(
@@ -932,34 +765,9 @@ impl CustomOp3 for Attention {
         "fused-attention-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        q: &CpuStorage,
-        lq: &Layout,
-        k: &CpuStorage,
-        lk: &Layout,
-        v: &CpuStorage,
-        lv: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        on_cpu(
-            |dev| attention_fwd(dev, self, [(q, lq), (k, lk), (v, lv)]),
-            lq.shape().clone(),
-        )
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        q: &candle_core::CudaStorage,
-        lq: &Layout,
-        k: &candle_core::CudaStorage,
-        lk: &Layout,
-        v: &candle_core::CudaStorage,
-        lv: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let out = attention_fwd(&q.device, self, [(q, lq), (k, lk), (v, lv)])?;
-        Ok((out, lq.shape().clone()))
-    }
+    on_devices!(self, (q, lq), (k, lk), (v, lv) => lq.shape().clone(), |dev| {
+        attention_fwd(dev, self, [(q, lq), (k, lk), (v, lv)])
+    });
 
     fn bwd(
         &self,
