@@ -35,7 +35,7 @@ use crate::kernel_launch::{
 /// block per row for the last axis, one thread per column for any other
 /// (Soft MoE's dispatch over tokens).
 pub(crate) fn softmax(x: &Tensor, axis: usize) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Softmax { axis })
+    x.contiguous()?.apply_op1(Unary::Softmax { axis })
 }
 
 /// LayerNorm over the last axis of a non-empty tensor; `weight` and `bias`
@@ -253,83 +253,13 @@ fn sum_chunks<D: KernelDevice>(
     )
 }
 
-struct Softmax {
-    axis: usize,
-}
-
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "fused-softmax-cuda"
-    }
-
-    on_devices!(self, (s, l) => l.shape().clone(), |dev| {
-        softmax_run(dev, "fwd", &[(s, l)], self.axis)
-    });
-
-    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let backward = SoftmaxBackward { axis: self.axis };
-        Ok(Some(y.apply_op2_no_bwd(&grad.contiguous()?, &backward)?))
-    }
-}
-
-/// Softmax kernel `pass` (`fwd` on the input; `bwd` on the output and its
-/// gradient) along `axis` of `inputs`, all of one shape, into a new buffer:
-/// one block per row for the last axis, one thread per column for another.
-fn softmax_run<D: KernelDevice>(
-    dev: &D,
-    pass: &str,
-    inputs: &[(&D::Storage, &Layout)],
-    axis: usize,
-) -> Result<D::Storage> {
-    let op = "fused-softmax-cuda";
-    let (first, l) = inputs[0];
-    if inputs.iter().any(|(_, other)| other.shape() != l.shape()) {
-        candle_core::bail!("{op}: operands of different shapes")
-    }
-    let (outer, len, inner) = axis_split(l, axis, op)?;
-    let dtype = first.dtype();
-    let mut out = dev.alloc(dtype, outer * len * inner)?;
-    let mut args = Vec::with_capacity(inputs.len() + 4);
-    for (s, l) in inputs {
-        args.push(Arg::In(*s, start(l, op, "an operand")?));
-    }
-    args.push(Arg::Out(&mut out, 0));
-    if inner == 1 {
-        args.push(Arg::I32(len as i32));
-        let kernel = kernel_name(&format!("softmax_{pass}"), dtype, op)?;
-        dev.launch(&kernel, row_launch(outer, len), &mut args)?;
-    } else {
-        args.extend([
-            Arg::I64((outer * inner) as i64),
-            Arg::I32(len as i32),
-            Arg::I32(inner as i32),
-        ]);
-        let kernel = kernel_name(&format!("softmax_cols_{pass}"), dtype, op)?;
-        dev.launch(&kernel, elementwise_launch(outer * inner), &mut args)?;
-    }
-    Ok(out)
-}
-
-/// `(y, dy) -> dx` of [`Softmax`].
-struct SoftmaxBackward {
-    axis: usize,
-}
-
-impl CustomOp2 for SoftmaxBackward {
-    fn name(&self) -> &'static str {
-        "fused-softmax-cuda-backward"
-    }
-
-    on_devices!(self, (y, ly), (dy, ldy) => ly.shape().clone(), |dev| {
-        softmax_run(dev, "bwd", &[(y, ly), (dy, ldy)], self.axis)
-    });
-}
-
 /// One-input ops whose backward takes one saved tensor and the incoming
-/// gradient: row ops over the last axis (one block per row) and
-/// element-wise ones.
+/// gradient: the softmax along any axis (one block per row for the last,
+/// one thread per column for another), row ops over the last axis (one
+/// block per row) and element-wise ones.
 #[derive(Debug, Clone, Copy)]
 enum Unary {
+    Softmax { axis: usize },
     Standardize { eps: f32 },
     L2Normalize { eps: f32 },
     EluPlusOne,
@@ -339,17 +269,10 @@ impl Unary {
     /// The kernels' name stem (`{stem}_fwd`, `{stem}_bwd`).
     fn stem(self) -> &'static str {
         match self {
+            Self::Softmax { .. } => "softmax",
             Self::Standardize { .. } => "standardize",
             Self::L2Normalize { .. } => "l2_normalize",
             Self::EluPlusOne => "elu_plus_one",
-        }
-    }
-
-    /// The row op's epsilon; `None` for an element-wise op.
-    fn row_eps(self) -> Option<f32> {
-        match self {
-            Self::Standardize { eps } | Self::L2Normalize { eps } => Some(eps),
-            Self::EluPlusOne => None,
         }
     }
 }
@@ -364,11 +287,11 @@ impl CustomOp1 for Unary {
     });
 
     fn bwd(&self, x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        // elu + 1's derivative reads the output; the norms recompute their
-        // statistics from the input.
+        // The softmax's and elu + 1's derivatives read the output; the
+        // norms recompute their statistics from the input.
         let saved = match self {
-            Self::EluPlusOne => y,
-            _ => x,
+            Self::Softmax { .. } | Self::EluPlusOne => y,
+            Self::Standardize { .. } | Self::L2Normalize { .. } => x,
         };
         let grad = grad.contiguous()?;
         Ok(Some(saved.apply_op2_no_bwd(&grad, &UnaryBackward(*self))?))
@@ -390,7 +313,8 @@ impl CustomOp2 for UnaryBackward {
 
 /// Kernel `{stem}_{pass}` of `op` on `inputs` (the input forward; the
 /// saved tensor and the gradient backward), all of one shape, into a new
-/// buffer.
+/// buffer; a softmax along another axis than the last takes the
+/// `softmax_cols_{pass}` kernel.
 fn unary_run<D: KernelDevice>(
     dev: &D,
     op: Unary,
@@ -403,24 +327,45 @@ fn unary_run<D: KernelDevice>(
         candle_core::bail!("{name}: {} operands of different shapes", op.stem())
     }
     let (rows, cols) = rows_cols(l);
+    let n = rows * cols;
+    // Kernel stem, launch and the arguments after the buffers.
+    let (stem, grid, tail) = match op {
+        Unary::Softmax { axis } => match axis_split(l, axis, name)? {
+            (outer, len, 1) => (
+                "softmax",
+                row_launch(outer, len),
+                vec![Arg::I32(len as i32)],
+            ),
+            (outer, len, inner) => (
+                "softmax_cols",
+                elementwise_launch(outer * inner),
+                vec![
+                    Arg::I64((outer * inner) as i64),
+                    Arg::I32(len as i32),
+                    Arg::I32(inner as i32),
+                ],
+            ),
+        },
+        Unary::Standardize { eps } | Unary::L2Normalize { eps } => (
+            op.stem(),
+            row_launch(rows, cols),
+            vec![Arg::I32(cols as i32), Arg::F32(eps)],
+        ),
+        Unary::EluPlusOne => (op.stem(), elementwise_launch(n), vec![Arg::I64(n as i64)]),
+    };
     let dtype = first.dtype();
-    let mut out = dev.alloc(dtype, rows * cols)?;
-    let mut args = Vec::with_capacity(inputs.len() + 3);
+    let mut out = dev.alloc(dtype, n)?;
+    let mut args = Vec::with_capacity(inputs.len() + 1 + tail.len());
     for (s, l) in inputs {
         args.push(Arg::In(*s, start(l, name, "an operand")?));
     }
     args.push(Arg::Out(&mut out, 0));
-    let kernel = kernel_name(&format!("{}_{pass}", op.stem()), dtype, name)?;
-    match op.row_eps() {
-        Some(eps) => {
-            args.extend([Arg::I32(cols as i32), Arg::F32(eps)]);
-            dev.launch(&kernel, row_launch(rows, cols), &mut args)?;
-        }
-        None => {
-            args.push(Arg::I64((rows * cols) as i64));
-            dev.launch(&kernel, elementwise_launch(rows * cols), &mut args)?;
-        }
-    }
+    args.extend(tail);
+    dev.launch(
+        &kernel_name(&format!("{stem}_{pass}"), dtype, name)?,
+        grid,
+        &mut args,
+    )?;
     Ok(out)
 }
 
