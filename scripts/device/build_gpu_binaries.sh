@@ -2,7 +2,7 @@
 # Builds, on this machine (no GPU needed), what scripts/device/gpu_checks.sh
 # runs on a lent GPU machine that has no Rust toolchain: the CUDA builds of
 # the parity tests of softmoe and clip-moe, clip-moe's GPU test, fused-ops'
-# CUDA kernels against the composites, the two
+# CUDA kernels against the composites, the
 # benches, and the application (train_uniattack, eval_uniattack, detect,
 # fas-data's synth_dataset), copied with stable names to .gpu/bin (ignored by
 # git) and packed into .gpu/bin.tar.xz: 9 binaries, 455 MB stripped, 25 MB
@@ -27,6 +27,7 @@ rm -rf .gpu/bin && mkdir -p .gpu/bin
 cp "$(executable bench -p softmoe --bench moe_throughput)" .gpu/bin/moe_throughput
 cp "$(executable bench -p clip-moe --bench vision_throughput)" .gpu/bin/vision_throughput
 cp "$(executable bench -p fused-ops --bench cuda_rows)" .gpu/bin/cuda_rows
+cp "$(executable bench -p clip-moe --bench grad_accumulation)" .gpu/bin/grad_accumulation
 cp "$(executable test --release -p softmoe --test parity)" .gpu/bin/softmoe_parity
 cp "$(executable test --release -p clip-moe --test parity)" .gpu/bin/clip_moe_parity
 cp "$(executable test --release -p clip-moe --test cuda)" .gpu/bin/clip_moe_cuda

@@ -14,7 +14,8 @@
 # emulator, `cargo test`), then the tiny model with them on; where they
 # pass, the step is also timed with them on (FUSED_OPS_CUDA=1), and
 # cuda_rows times each op (row ops, La-SoftMoE's combine ops, attention)
-# as composite and kernel (ROWS_BENCH=0 skips it).
+# as composite and kernel (ROWS_BENCH=0 skips it), and grad_accumulation
+# measures candle's zero-and-add share of the backward (GRAD_BENCH=0 skips it).
 # STEP_BENCH=0 skips the training-step comparison; BENCHES=0 skips the
 # layer benches that follow it (the device call allows 600 s in all).
 set -uo pipefail
@@ -81,6 +82,20 @@ if [ "${ROWS_BENCH:-1}" = 1 ]; then
     echo "== per-op at batch 32 (softmaxes, LayerNorm, La-SoftMoE's combine ops, router norm, attention, MLP bias + activation)"
     "$BIN"/cuda_rows --bench 2>&1 | tee "$OUT/cuda_rows.log" |
         grep -E "^cuda_rows|^ +time: +\[" | paste - - | awk '{printf "%-60s median %s %s\n", $1, $5, $6}'
+fi
+
+if [ "${GRAD_BENCH:-1}" = 1 ]; then
+    # candle's zero-and-add gradient accumulation at batch 32: its replay
+    # over the real graph's nodes against the timed backward (F32 + TF32 and
+    # BF16, plain and La-SoftMoE, the largest shapes; about 40 s, and again
+    # with the fused kernels on when they passed).
+    echo "== zero-and-add share of the backward, ViT-B/16, batch 32"
+    timeout 180 "$BIN"/grad_accumulation --bench 2>&1 | tee "$OUT/grad_accumulation.log" || status=1
+    if [ "$kernels_ok" = 1 ]; then
+        echo "-- with the fused CUDA kernels on (fewer graph nodes)"
+        FUSED_OPS_CUDA=1 timeout 180 "$BIN"/grad_accumulation --bench 2>&1 |
+            tee "$OUT/grad_accumulation_kernels.log" || status=1
+    fi
 fi
 
 if [ "${STEP_BENCH:-1}" = 1 ]; then
