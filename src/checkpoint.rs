@@ -110,7 +110,8 @@ pub struct CheckpointMeta {
 pub struct LoadedCheckpoint {
     /// Its header.
     pub meta: CheckpointMeta,
-    /// Every tensor, on the CPU.
+    /// The tensors read, on the CPU: every one ([`read_checkpoint`]), or the
+    /// parameters and prompt embeddings ([`read_model_checkpoint`]).
     pub tensors: HashMap<String, Tensor>,
     /// The file.
     pub path: PathBuf,
@@ -238,14 +239,75 @@ fn meta_json(meta: &CheckpointMeta, path: &Path) -> Result<String> {
     })
 }
 
+/// The largest header `read_checkpoint` accepts (safetensors' own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
 /// Reads and verifies a checkpoint: its format, its checksum, and that every
 /// parameter the header lists is present.
+///
+/// The file is read one tensor at a time, so the peak memory is the tensors
+/// plus one tensor's bytes, not a copy of the whole file besides them (a
+/// CLIP ViT-B/16 + La-SoftMoE training checkpoint with Adam's moments is
+/// 4.5 GB). Every size is checked against the file's length before anything
+/// is allocated.
 pub fn read_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    read_keeping(path, |_, _| true)
+}
+
+/// [`read_checkpoint`] for scoring: verifies the whole file the same way
+/// but keeps only the model parameters and the prompt embeddings, not a
+/// training checkpoint's optimizer moments (two thirds of its bytes).
+pub fn read_model_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
+    read_keeping(path, |name, meta| {
+        name == CLASS_EMBEDDINGS || meta.parameters.iter().any(|p| p == name)
+    })
+}
+
+/// Reads and verifies `path`, keeping the tensors `keep` accepts (every
+/// byte is checksummed either way).
+fn read_keeping(
+    path: &Path,
+    keep: impl Fn(&str, &CheckpointMeta) -> bool,
+) -> Result<LoadedCheckpoint> {
+    use std::io::{Read, Seek, SeekFrom};
     let fail = |reason: String| Error::checkpoint(path, reason);
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| fail(format!("not a safetensors file or cut short ({e})")))?;
-    let json = header
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io("reading", path, e))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| Error::io("reading", path, e))?
+        .len();
+    let io = |e: std::io::Error| Error::io("reading", path, e);
+    let mut n = [0u8; 8];
+    if file_len < 8 {
+        return Err(fail(format!(
+            "not a safetensors file or cut short ({file_len} bytes)"
+        )));
+    }
+    file.read_exact(&mut n).map_err(io)?;
+    let header_len = u64::from_le_bytes(n);
+    if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
+        return Err(fail(format!(
+            "not a safetensors file or cut short (header of {header_len} bytes in a file of \
+             {file_len})"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let header = std::str::from_utf8(&header)
+        .map_err(|e| fail(format!("not a safetensors file (header: {e})")))?;
+    // safetensors' own parse checks every tensor's offsets against its dtype
+    // and shape, and that the data is one contiguous run.
+    let layout: safetensors::tensor::Metadata = serde_json::from_str(header)
+        .map_err(|e| fail(format!("not a safetensors file or corrupted header ({e})")))?;
+    let data_start = 8 + header_len;
+    if data_start + layout.data_len() as u64 != file_len {
+        return Err(fail(format!(
+            "cut short or padded: the header lists {} bytes of tensors, the file holds {}",
+            layout.data_len(),
+            file_len - data_start
+        )));
+    }
+    let json = layout
         .metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY))
@@ -263,18 +325,26 @@ pub fn read_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
             meta.format
         )));
     }
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| fail(format!("corrupted ({e})")))?;
-    let mut views = file.tensors();
-    views.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut names: Vec<(String, &safetensors::tensor::TensorInfo)> =
+        layout.tensors().into_iter().collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
     let mut sum = Checksum::new();
-    for (name, view) in &views {
-        sum.add(
-            name,
-            &format!("{:?}", view.dtype()),
-            view.shape(),
-            view.data(),
-        );
+    let mut tensors = HashMap::with_capacity(names.len());
+    let mut bytes = Vec::new();
+    for (name, info) in &names {
+        let (begin, end) = info.data_offsets;
+        bytes.resize(end - begin, 0);
+        file.seek(SeekFrom::Start(data_start + begin as u64))
+            .map_err(io)?;
+        file.read_exact(&mut bytes).map_err(io)?;
+        sum.add(name, &format!("{:?}", info.dtype), &info.shape, &bytes);
+        let view = safetensors::tensor::TensorView::new(info.dtype, info.shape.clone(), &bytes)
+            .map_err(|e| fail(format!("tensor {name}: {e}")))?;
+        if keep(name, &meta) {
+            let tensor = candle_core::safetensors::Load::load(&view, &Device::Cpu)
+                .map_err(|e| fail(format!("tensor {name}: {e}")))?;
+            tensors.insert(name.clone(), tensor);
+        }
     }
     // The header as written before its checksum was filled in: the stored
     // text with the checksum's value emptied (textually, so no float goes
@@ -292,12 +362,6 @@ pub fn read_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
              to resume from the previous checkpoint",
             meta.checksum
         )));
-    }
-    let mut tensors = HashMap::with_capacity(views.len());
-    for (name, view) in &views {
-        let tensor = candle_core::safetensors::Load::load(view, &Device::Cpu)
-            .map_err(|e| fail(format!("tensor {name}: {e}")))?;
-        tensors.insert(name.clone(), tensor);
     }
     if let Some(missing) = meta.parameters.iter().find(|n| !tensors.contains_key(*n)) {
         return Err(fail(format!("parameter {missing} is missing")));

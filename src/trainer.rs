@@ -677,7 +677,7 @@ impl Trainer {
         if !best_path.is_file() {
             self.evaluate_and_checkpoint()?;
         }
-        let best = read_checkpoint(&best_path)?;
+        let best = crate::checkpoint::read_model_checkpoint(&best_path)?;
         let detector = Detector::from_checkpoint(&best, &self.device)?;
         let report = evaluate_run(
             &detector,

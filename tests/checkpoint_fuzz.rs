@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use uniattack::checkpoint::read_checkpoint;
+use uniattack::checkpoint::{read_checkpoint, read_model_checkpoint, CLASS_EMBEDDINGS};
 use uniattack::Trainer;
 
 #[test]
@@ -48,12 +48,83 @@ fn damaged_checkpoints_are_refused_naming_the_file() -> anyhow::Result<()> {
         }
         std::fs::write(&path, &damaged)?;
         let start = Instant::now();
-        let err = match read_checkpoint(&path) {
-            Ok(_) => panic!("round {round}: a damaged checkpoint was accepted"),
-            Err(e) => e.to_string(),
-        };
-        assert!(err.contains("damaged.safetensors"), "round {round}: {err}");
+        for read in [read_checkpoint, read_model_checkpoint] {
+            let err = match read(&path) {
+                Ok(_) => panic!("round {round}: a damaged checkpoint was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains("damaged.safetensors"), "round {round}: {err}");
+        }
         assert!(start.elapsed() < Duration::from_secs(5));
     }
+    Ok(())
+}
+
+/// The scoring reader keeps a training checkpoint's parameters and prompt
+/// embeddings, not its optimizer moments, and still checks the moments'
+/// bytes.
+#[test]
+fn the_model_reader_drops_the_moments_but_checks_them() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&data);
+    cfg.training.epochs = 1;
+    let out = dir.path().join("run");
+    Trainer::new(cfg, common::options(&out, false))?.train()?;
+    let training = std::fs::read_dir(out.join("checkpoints"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+        })
+        .expect("a training checkpoint");
+    let full = read_checkpoint(&training)?;
+    let model = read_model_checkpoint(&training)?;
+    let mut kept: Vec<&String> = model.tensors.keys().collect();
+    kept.sort();
+    let mut expected: Vec<&String> = full
+        .meta
+        .parameters
+        .iter()
+        .chain(
+            full.tensors
+                .keys()
+                .filter(|n| n.as_str() == CLASS_EMBEDDINGS),
+        )
+        .collect();
+    expected.sort();
+    assert_eq!(kept, expected);
+    let moments: Vec<&String> = full
+        .tensors
+        .keys()
+        .filter(|n| !model.tensors.contains_key(*n))
+        .collect();
+    assert!(!moments.is_empty(), "a training checkpoint holds moments");
+    for (name, tensor) in &model.tensors {
+        let same = full.tensors[name]
+            .flatten_all()?
+            .eq(&tensor.flatten_all()?)?
+            .to_dtype(candle_core::DType::F32)?
+            .min(0)?
+            .to_scalar::<f32>()?;
+        assert_eq!(same, 1.0, "{name}");
+    }
+
+    // One flipped bit inside a moment tensor's bytes is still refused.
+    let mut bytes = std::fs::read(&training)?;
+    let (header_len, layout) = safetensors::SafeTensors::read_metadata(&bytes)?;
+    let info = layout
+        .info(moments[0])
+        .expect("the moment is in the header");
+    bytes[8 + header_len + info.data_offsets.0] ^= 0x10;
+    let damaged = dir.path().join("moment-flipped.safetensors");
+    std::fs::write(&damaged, &bytes)?;
+    let err = read_model_checkpoint(&damaged)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("checksum mismatch"), "{err}");
     Ok(())
 }

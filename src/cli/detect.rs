@@ -8,7 +8,7 @@ use clap::Parser;
 use fas_data::image_io::is_image_file;
 use fas_data::{BadInputPolicy, Loader, Media, Problem, Sample};
 
-use crate::checkpoint::{read_checkpoint, resolve_checkpoint};
+use crate::checkpoint::{read_model_checkpoint, resolve_checkpoint};
 use crate::data::evaluation_loader;
 use crate::detector::Detector;
 use crate::error::{Error, Result};
@@ -212,7 +212,7 @@ pub fn run(args: &DetectArgs, out: &mut dyn Write) -> Result<usize> {
         return Err(Error::config("--batch-size", "must be at least 1"));
     }
     let path = resolve_checkpoint(&args.checkpoint)?;
-    let checkpoint = read_checkpoint(&path)?;
+    let checkpoint = read_model_checkpoint(&path)?;
     let device = crate::runtime::device(args.run.device.as_deref())?;
     let detector = Detector::from_checkpoint(&checkpoint, &device)?;
     let threshold = args

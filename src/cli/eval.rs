@@ -8,7 +8,7 @@ use fas_data::protocol::uniattack::{Modality, Protocol, Split};
 use serde::Serialize;
 
 use super::parse_protocol;
-use crate::checkpoint::{read_checkpoint, resolve_checkpoint};
+use crate::checkpoint::{read_model_checkpoint, resolve_checkpoint};
 use crate::data::{protocol_name, read_split};
 use crate::detector::Detector;
 use crate::error::{Error, Result};
@@ -125,7 +125,7 @@ pub fn evaluate_checkpoint(
     output: Option<&Path>,
 ) -> Result<EvalReport> {
     let path = resolve_checkpoint(checkpoint)?;
-    let loaded = read_checkpoint(&path)?;
+    let loaded = read_model_checkpoint(&path)?;
     let device = crate::runtime::device(args.run.device.as_deref())?;
     let detector = Detector::from_checkpoint(&loaded, &device)?;
     let data = data_config(args, &loaded.meta.experiment.data);
