@@ -151,7 +151,7 @@ fn measure(
             None => by_shape.push((shape, 1, shape.elem_count())),
         }
     }
-    by_shape.sort_by(|a, b| b.2.cmp(&a.2));
+    by_shape.sort_by_key(|entry| std::cmp::Reverse(entry.2));
     for (shape, count, total) in by_shape.iter().take(4) {
         println!(
             "     {count:>4} nodes of {:<22} {:>7.1} M elements",

@@ -11,7 +11,8 @@
 //! * dispatch softmax over tokens: `(32, 197, 196)` along axis 1, per MoE
 //!   branch;
 //! * La-SoftMoE's combine: elu + 1 and the instance norm per token,
-//!   `(32 x 197, 196)` per MoE branch;
+//!   `(32 x 197, 196)` per MoE branch, and the instance norm per slot,
+//!   `(32, 197, 196)` along axis 1;
 //! * the router's L2 normalisation of the tokens, `(32 x 197, 768)`;
 //! * attention, 12 heads of 64 over `(32, 197, 768)`: candle's matmuls
 //!   around the softmax kernel against the memory-efficient kernel;
@@ -101,6 +102,18 @@ fn main() {
             196,
             vec![],
             Box::new(|x, _| fused_ops::standardize(x, 1, 1e-5)),
+        ),
+        // The instance norm per slot (`norm_axis: per_slot`): over the 197
+        // tokens, `(32, 197, 196)` along axis 1.
+        (
+            "combine_instance_norm_per_slot",
+            (32 * 197, 196),
+            196,
+            vec![],
+            Box::new(|x, _| {
+                let dims = x.dims().to_vec();
+                fused_ops::standardize(&x.reshape((32, 197, 196))?, 1, 1e-5)?.reshape(dims)
+            }),
         ),
         // The router's L2 normalisation of the tokens, per MoE branch.
         (

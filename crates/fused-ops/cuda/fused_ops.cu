@@ -1,8 +1,9 @@
 // Kernels of fused-ops for CUDA, forward and backward: softmax, LayerNorm,
 // La-SoftMoE's instance norm (LayerNorm without affine) and vmoe's L2
-// normalisation over the last axis (one thread block per row), softmax over
-// another axis (one thread per column), a linear layer's bias + activation
-// and La-SoftMoE's elu + 1 feature map (one thread per element).
+// normalisation over the last axis (one thread block per row), softmax and
+// the instance norm over another axis (one thread per column), a linear
+// layer's bias + activation and La-SoftMoE's elu + 1 feature map (one
+// thread per element), and memory-efficient attention.
 // Statistics and accumulation in F32 for F32 and BF16 storage. Compiled to
 // PTX by build.rs (`--features cuda`), loaded by src/cuda_ops.rs.
 
@@ -177,6 +178,63 @@ __device__ void layer_norm_bwd_input(const T* x, const T* gamma, const T* dy, T*
     if (stats && threadIdx.x == 0) {
         stats[2 * blockIdx.x] = mean;
         stats[2 * blockIdx.x + 1] = rstd;
+    }
+}
+
+// Mean and 1/sqrt(var + eps) of the column starting at `base` (`len`
+// elements `inner` apart), two passes as row_stats.
+template <typename T>
+__device__ void column_stats(const T* x, int64_t base, int len, int inner, float eps, float* mean,
+                             float* rstd) {
+    float s = 0.0f;
+    for (int k = 0; k < len; ++k) s += load(x, base + (int64_t)k * inner);
+    const float mu = s / len;
+    float v = 0.0f;
+    for (int k = 0; k < len; ++k) {
+        const float d = load(x, base + (int64_t)k * inner) - mu;
+        v += d * d;
+    }
+    *mean = mu;
+    *rstd = rsqrtf(v / len + eps);
+}
+
+// Standardisation along an axis that is not the last (La-SoftMoE's
+// instance norm per slot: over the tokens of a `(batch, tokens, slots)`
+// tensor), one thread per column as softmax_cols_fwd.
+template <typename T>
+__device__ void standardize_cols_fwd(const T* x, T* y, int64_t lines, int len, int inner,
+                                     float eps) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= lines) return;
+    const int64_t base = (i / inner) * len * inner + i % inner;
+    float mean, rstd;
+    column_stats(x, base, len, inner, eps, &mean, &rstd);
+    for (int k = 0; k < len; ++k) {
+        const int64_t j = base + (int64_t)k * inner;
+        store(y, j, (load(x, j) - mean) * rstd);
+    }
+}
+
+// dx = rstd * (dy - mean(dy) - xhat * mean(dy * xhat)) per column.
+template <typename T>
+__device__ void standardize_cols_bwd(const T* x, const T* dy, T* dx, int64_t lines, int len,
+                                     int inner, float eps) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= lines) return;
+    const int64_t base = (i / inner) * len * inner + i % inner;
+    float mean, rstd;
+    column_stats(x, base, len, inner, eps, &mean, &rstd);
+    float sg = 0.0f, sgx = 0.0f;
+    for (int k = 0; k < len; ++k) {
+        const int64_t j = base + (int64_t)k * inner;
+        const float g = load(dy, j);
+        sg += g;
+        sgx += g * (load(x, j) - mean) * rstd;
+    }
+    const float mg = sg / len, mgx = sgx / len;
+    for (int k = 0; k < len; ++k) {
+        const int64_t j = base + (int64_t)k * inner;
+        store(dx, j, rstd * (load(dy, j) - mg - (load(x, j) - mean) * rstd * mgx));
     }
 }
 
@@ -592,6 +650,12 @@ __device__ void attention_bwd_dkv(const T* q, const T* k, const T* v, const T* d
            layer_norm_fwd(x, (const T*)nullptr, (const T*)nullptr, y, cols, eps))                \
     KERNEL(standardize_bwd_##S, (const T* x, const T* dy, T* dx, int cols, float eps),          \
            layer_norm_bwd_input(x, (const T*)nullptr, dy, dx, (float*)nullptr, cols, eps))      \
+    KERNEL(standardize_cols_fwd_##S,                                                             \
+           (const T* x, T* y, int64_t lines, int len, int inner, float eps),                     \
+           standardize_cols_fwd(x, y, lines, len, inner, eps))                                   \
+    KERNEL(standardize_cols_bwd_##S,                                                             \
+           (const T* x, const T* dy, T* dx, int64_t lines, int len, int inner, float eps),       \
+           standardize_cols_bwd(x, dy, dx, lines, len, inner, eps))                              \
     KERNEL(l2_normalize_fwd_##S, (const T* x, T* y, int cols, float eps),                      \
            l2_normalize_fwd(x, y, cols, eps))                                                    \
     KERNEL(l2_normalize_bwd_##S, (const T* x, const T* dy, T* dx, int cols, float eps),         \

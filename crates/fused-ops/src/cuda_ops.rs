@@ -1,6 +1,6 @@
-//! CUDA kernels of this crate (`cuda/fused_ops.cu`): softmax along any
-//! axis, LayerNorm, La-SoftMoE's instance norm (standardisation) and
-//! vmoe's L2 normalisation over the last axis, La-SoftMoE's elu + 1 feature
+//! CUDA kernels of this crate (`cuda/fused_ops.cu`): softmax and
+//! La-SoftMoE's instance norm (standardisation) along any axis, LayerNorm
+//! and vmoe's L2 normalisation over the last axis, La-SoftMoE's elu + 1 feature
 //! map, a linear layer's bias + activation, and memory-efficient attention
 //! over all heads, each a candle custom op whose backward is one more kernel
 //! (plus two for the parameter gradients' deterministic reduction, three
@@ -48,9 +48,11 @@ pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -
     )
 }
 
-/// `(x - mean) / sqrt(var + eps)` over the last axis of a non-empty tensor.
-pub(crate) fn standardize(x: &Tensor, eps: f32) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Unary::Standardize { eps })
+/// `(x - mean) / sqrt(var + eps)` along `axis` of a non-empty tensor: one
+/// thread block per row for the last axis (La-SoftMoE's instance norm per
+/// token), one thread per column for another (per slot).
+pub(crate) fn standardize(x: &Tensor, axis: usize, eps: f32) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Unary::Standardize { axis, eps })
 }
 
 /// `x / sqrt(Σ x² + eps)` over the last axis of a non-empty tensor.
@@ -254,13 +256,14 @@ fn sum_chunks<D: KernelDevice>(
 }
 
 /// One-input ops whose backward takes one saved tensor and the incoming
-/// gradient: the softmax along any axis (one block per row for the last,
-/// one thread per column for another), row ops over the last axis (one
-/// block per row) and element-wise ones.
+/// gradient: the softmax and the standardisation along any axis (one block
+/// per row for the last, one thread per column for another), the L2
+/// normalisation over the last axis (one block per row) and elu + 1 (one
+/// thread per element).
 #[derive(Debug, Clone, Copy)]
 enum Unary {
     Softmax { axis: usize },
-    Standardize { eps: f32 },
+    Standardize { axis: usize, eps: f32 },
     L2Normalize { eps: f32 },
     EluPlusOne,
 }
@@ -313,8 +316,8 @@ impl CustomOp2 for UnaryBackward {
 
 /// Kernel `{stem}_{pass}` of `op` on `inputs` (the input forward; the
 /// saved tensor and the gradient backward), all of one shape, into a new
-/// buffer; a softmax along another axis than the last takes the
-/// `softmax_cols_{pass}` kernel.
+/// buffer; a softmax or standardisation along another axis than the last
+/// takes the `{stem}_cols_{pass}` kernel.
 fn unary_run<D: KernelDevice>(
     dev: &D,
     op: Unary,
@@ -330,28 +333,18 @@ fn unary_run<D: KernelDevice>(
     let n = rows * cols;
     // Kernel stem, launch and the arguments after the buffers.
     let (stem, grid, tail) = match op {
-        Unary::Softmax { axis } => match axis_split(l, axis, name)? {
-            (outer, len, 1) => (
-                "softmax",
-                row_launch(outer, len),
-                vec![Arg::I32(len as i32)],
-            ),
-            (outer, len, inner) => (
-                "softmax_cols",
-                elementwise_launch(outer * inner),
-                vec![
-                    Arg::I64((outer * inner) as i64),
-                    Arg::I32(len as i32),
-                    Arg::I32(inner as i32),
-                ],
-            ),
-        },
-        Unary::Standardize { eps } | Unary::L2Normalize { eps } => (
-            op.stem(),
+        Unary::Softmax { axis } => along_axis(op.stem(), l, axis, None)?,
+        Unary::Standardize { axis, eps } => along_axis(op.stem(), l, axis, Some(eps))?,
+        Unary::L2Normalize { eps } => (
+            op.stem().to_string(),
             row_launch(rows, cols),
             vec![Arg::I32(cols as i32), Arg::F32(eps)],
         ),
-        Unary::EluPlusOne => (op.stem(), elementwise_launch(n), vec![Arg::I64(n as i64)]),
+        Unary::EluPlusOne => (
+            op.stem().to_string(),
+            elementwise_launch(n),
+            vec![Arg::I64(n as i64)],
+        ),
     };
     let dtype = first.dtype();
     let mut out = dev.alloc(dtype, n)?;
@@ -367,6 +360,38 @@ fn unary_run<D: KernelDevice>(
         &mut args,
     )?;
     Ok(out)
+}
+
+/// Kernel stem, launch and trailing arguments of `stem` along `axis`: the
+/// row kernel (one block per row) for the last axis, `{stem}_cols` (one
+/// thread per column of `len` elements `inner` apart) for another; `eps`
+/// last where the kernel takes one.
+fn along_axis<'a, S>(
+    stem: &str,
+    l: &Layout,
+    axis: usize,
+    eps: Option<f32>,
+) -> Result<(String, Grid, Vec<Arg<'a, S>>)> {
+    let (outer, len, inner) = axis_split(l, axis, "fused-unary-cuda")?;
+    let (stem, grid, mut tail) = if inner == 1 {
+        (
+            stem.to_string(),
+            row_launch(outer, len),
+            vec![Arg::I32(len as i32)],
+        )
+    } else {
+        (
+            format!("{stem}_cols"),
+            elementwise_launch(outer * inner),
+            vec![
+                Arg::I64((outer * inner) as i64),
+                Arg::I32(len as i32),
+                Arg::I32(inner as i32),
+            ],
+        )
+    };
+    tail.extend(eps.map(Arg::F32));
+    Ok((stem, grid, tail))
 }
 
 struct LayerNorm {

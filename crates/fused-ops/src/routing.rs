@@ -18,8 +18,8 @@
 //!
 //! All run in F32 or F64 (the router's dtype) on the CPU; with the CUDA
 //! switch on, F32 and BF16 CUDA tensors take this crate's CUDA kernels
-//! (softmax along any axis, the two norms over the last axis, elu + 1);
-//! everything else uses candle's composites.
+//! (softmax and the instance norm along any axis, the L2 normalisation over
+//! the last axis, elu + 1); everything else uses candle's composites.
 
 use candle_core::{Result, Shape, Tensor, D};
 use num_traits::Float;
@@ -77,11 +77,9 @@ pub fn standardize(x: &Tensor, axis: usize, eps: f64) -> Result<Tensor> {
     if fused_path(x) {
         return x.contiguous()?.apply_op1(Op(Standardize { axis, eps }));
     }
-    // The CUDA kernel standardises rows: the last axis (per token, the
-    // paper's reading); other axes take the composite.
     #[cfg(cuda_kernels)]
-    if axis + 1 == x.rank() && crate::dispatch::cuda_path(x) {
-        return crate::cuda_ops::standardize(x, eps as f32);
+    if axis < x.rank() && crate::dispatch::cuda_path(x) {
+        return crate::cuda_ops::standardize(x, axis, eps as f32);
     }
     {
         let centred = x.broadcast_sub(&x.mean_keepdim(axis)?)?;

@@ -1,8 +1,8 @@
 //! The cases shared by `cuda_parity.rs` (a GPU) and `cuda_emulation.rs`
 //! (the CPU emulator): this crate's CUDA kernels against the candle
 //! composites they replace, on the same device and the same inputs:
-//! softmax over the last axis and over other axes, LayerNorm, the
-//! standardisation and L2 normalisation of the last axis, elu + 1, attention
+//! softmax and the standardisation over the last axis and over other axes,
+//! LayerNorm, the L2 normalisation of the last axis, elu + 1, attention
 //! (whose softmax is the kernel), and the bias + activation of a dense
 //! linear and of stacked experts, values and every gradient, in F32 and
 //! BF16. The caller runs them from one test, because the switch between
@@ -202,9 +202,11 @@ pub fn kernels_match_composites(gpu: &Device) -> anyhow::Result<()> {
                 &|t| fused_ops::layer_norm(&t[0], &t[1], &t[2], 1e-5),
             )?;
         }
-        // Softmax along an axis that is not the last (one thread per
-        // column): Soft MoE's dispatch over the paper's 197 tokens into 196
-        // slots, a first axis, and columns off the 256-thread blocks.
+        // Softmax and standardisation along an axis that is not the last
+        // (one thread per column): Soft MoE's dispatch and La-SoftMoE's
+        // instance norm per slot over the paper's 197 tokens into 196
+        // slots, a first axis, columns off the 256-thread blocks, and a
+        // column of one (its standardisation is 0).
         for (shape, axis) in [
             ((2, 197, 196), 1),
             ((6, 5, 7), 0),
@@ -218,6 +220,13 @@ pub fn kernels_match_composites(gpu: &Device) -> anyhow::Result<()> {
                 dtype,
                 tol,
                 &|t| fused_ops::softmax(&t[0], axis),
+            )?;
+            compare(
+                &format!("standardize {shape:?} axis {axis}"),
+                std::slice::from_ref(&x),
+                dtype,
+                tol,
+                &|t| fused_ops::standardize(&t[0], axis, 1e-5),
             )?;
         }
         // La-SoftMoE's feature map on combine logits `(2, 197, 196)`,
