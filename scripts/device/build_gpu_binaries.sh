@@ -2,14 +2,16 @@
 # Builds, on this machine (no GPU needed), what scripts/device/gpu_checks.sh
 # runs on a lent GPU machine that has no Rust toolchain: the CUDA builds of
 # the parity tests of softmoe and clip-moe, clip-moe's GPU test, fused-ops'
-# CUDA kernels against the composites, the
-# benches, and the application (train_uniattack, eval_uniattack, detect,
-# fas-data's synth_dataset), copied with stable names to .gpu/bin (ignored by
-# git) and packed into .gpu/bin.tar.xz: 9 binaries, 455 MB stripped, 25 MB
-# packed (2026-12-02, before fused_ops_cuda made it 10; the device call
-# carries at most 64 MiB, and xz -9's
-# window shares the PTX every binary embeds). About 17 minutes from a cold
-# release target on 2 cores. Carry `.gpu/bin.tar.xz` with the device call.
+# CUDA kernels against the composites, the benches (layers, per-op rows,
+# gradient accumulation, the loader), and the application (train_uniattack,
+# also with NCCL, eval_uniattack, detect, fas-data's synth_dataset), copied
+# with stable names to .gpu/bin (ignored by git) and packed into
+# .gpu/bin.tar.xz (9 binaries were 455 MB stripped and 25 MB packed on
+# 2026-12-02; there are 14 now, see the size printed at the end: the device
+# call carries at most 64 MiB, and xz -9's window shares the PTX every
+# binary embeds). About 17 minutes from a cold release target on 2 cores,
+# plus the NCCL build of candle. Carry `.gpu/bin.tar.xz` with the device
+# call.
 #   scripts/device/build_gpu_binaries.sh
 # Uses ../shared/tools/cuda-env.sh for nvcc and its own target directory
 # (CARGO_TARGET_DIR, default /tmp/target-cuda) so CPU builds stay warm.
@@ -28,10 +30,30 @@ cp "$(executable bench -p softmoe --bench moe_throughput)" .gpu/bin/moe_throughp
 cp "$(executable bench -p clip-moe --bench vision_throughput)" .gpu/bin/vision_throughput
 cp "$(executable bench -p fused-ops --bench cuda_rows)" .gpu/bin/cuda_rows
 cp "$(executable bench -p clip-moe --bench grad_accumulation)" .gpu/bin/grad_accumulation
+cp "$(executable bench -p fas-data --bench preprocess)" .gpu/bin/preprocess
 cp "$(executable test --release -p softmoe --test parity)" .gpu/bin/softmoe_parity
 cp "$(executable test --release -p clip-moe --test parity)" .gpu/bin/clip_moe_parity
 cp "$(executable test --release -p clip-moe --test cuda)" .gpu/bin/clip_moe_cuda
 cp "$(executable test --release -p fused-ops --test cuda_parity)" .gpu/bin/fused_ops_cuda
+# train_uniattack with NCCL (gpu_checks.sh's world-size-1 check), first, so
+# the plain build below writes the plain binary last. cudarc links NCCL at
+# build time: NVIDIA's nvidia-nccl-cu13 wheel, unpacked once into NCCL_DIR.
+# Without it the check is skipped, not the rest.
+nccl=${NCCL_DIR:-$HOME/.cache/nccl-cu13}
+if [ ! -e "$nccl/lib/libnccl.so" ]; then
+    "${CUDA_ENV_DIR:-$HOME/.cache/cuda-env-13.0}/venv/bin/pip" download -q --no-deps \
+        -d "$nccl/wheel" nvidia-nccl-cu13 &&
+        python3 -c 'import glob, sys, zipfile; zipfile.ZipFile(glob.glob(sys.argv[1] + "/*.whl")[0]).extractall(sys.argv[2])' \
+            "$nccl/wheel" "$nccl/pkg" &&
+        mkdir -p "$nccl/lib" && ln -sf "$nccl/pkg/nvidia/nccl/lib/libnccl.so.2" "$nccl/lib/libnccl.so" ||
+        echo "build_gpu_binaries: no NCCL wheel; train_uniattack_nccl is not built" >&2
+fi
+if [ -e "$nccl/lib/libnccl.so" ] &&
+    LIBRARY_PATH="$nccl/lib" cargo build --release --features nccl --example train_uniattack; then
+    cp "$CARGO_TARGET_DIR/release/examples/train_uniattack" .gpu/bin/train_uniattack_nccl
+else
+    echo "build_gpu_binaries: train_uniattack_nccl not built; gpu_checks skips the NCCL check" >&2
+fi
 cargo build --release --features "$features" \
     --example train_uniattack --example eval_uniattack --example detect
 cargo build --release -p fas-data --features "$features" --example synth_dataset

@@ -16,8 +16,13 @@
 # cuda_rows times each op (row ops, La-SoftMoE's combine ops, attention)
 # as composite and kernel (ROWS_BENCH=0 skips it), and grad_accumulation
 # measures candle's zero-and-add share of the backward (GRAD_BENCH=0 skips it).
-# STEP_BENCH=0 skips the training-step comparison; BENCHES=0 skips the
-# layer benches that follow it (the device call allows 600 s in all).
+# With a train_uniattack_nccl binary (build_gpu_binaries.sh builds one when
+# NCCL links), the demo runs again as rank 0 of an NCCL group of one, and
+# its losses are compared with the plain run's (NCCL_CHECK=0 skips it).
+# STEP_BENCH=0 skips the training-step comparison; DETECT_BENCH=0 the
+# detector's inference against PyTorch; LOADER_BENCH=0 the loader on every
+# core; BENCHES=0 the layer benches that follow them (the device call allows
+# 600 s in all: split the checks over calls with these switches).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -36,7 +41,7 @@ VISION=${VISION:-1}
 
 # candle loads cuBLAS, cuRAND and NVRTC at run time: take PyTorch's copies.
 site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-libdirs=$(find "$site/nvidia" \( -name 'libcublas.so*' -o -name 'libcurand.so*' -o -name 'libnvrtc.so*' -o -name 'libcudart.so*' \) -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
+libdirs=$(find "$site/nvidia" \( -name 'libcublas.so*' -o -name 'libcurand.so*' -o -name 'libnvrtc.so*' -o -name 'libcudart.so*' -o -name 'libnccl.so*' \) -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
 export LD_LIBRARY_PATH=${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 echo "== machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
@@ -75,6 +80,28 @@ for precision in f32 bf16; do
         >"$OUT/demo-$precision.log" 2>&1 || status=1
     tail -n 12 "$OUT/demo-$precision.log"
 done
+
+if [ "${NCCL_CHECK:-1}" = 1 ] && [ -x "$BIN/train_uniattack_nccl" ]; then
+    # The data-parallel path at world size 1: this process is rank 0 of one,
+    # joins an NCCL communicator and all-reduces every step's gradients
+    # (sum, then / 1: exact), so its losses should equal the plain F32 run's.
+    echo "== NCCL, world size 1, against the plain F32 demo run"
+    UNIATTACK_RANK=0 UNIATTACK_WORLD_SIZE=1 UNIATTACK_CACHE="$OUT/demo-cache" timeout 300 \
+        "$BIN/train_uniattack_nccl" --demo --device cuda --precision f32 --max-steps 40 \
+        --output "$OUT/demo-nccl" >"$OUT/demo-nccl.log" 2>&1 || status=1
+    tail -n 4 "$OUT/demo-nccl.log"
+    "$PY" - "$OUT/demo-f32/metrics.jsonl" "$OUT/demo-nccl/metrics.jsonl" <<'PY' || status=1
+import json, sys
+def losses(path):
+    return [r["loss"] for r in map(json.loads, open(path)) if r["kind"] == "train"]
+plain, nccl = losses(sys.argv[1]), losses(sys.argv[2])
+worst = max((abs(a - b) / max(abs(a), 1e-12) for a, b in zip(plain, nccl)), default=float("nan"))
+same = len(plain) == len(nccl) > 0 and worst == 0.0
+print(json.dumps({"steps": [len(plain), len(nccl)], "largest_relative_loss_difference": worst,
+                  "identical": same}))
+sys.exit(0 if len(plain) == len(nccl) > 0 and worst <= 1e-5 else 1)
+PY
+fi
 
 if [ "${ROWS_BENCH:-1}" = 1 ]; then
     # Per-op profile at the step's shapes: composite vs kernel (72 cases at
@@ -138,6 +165,39 @@ PY
                 --warmup 3 --tf32 --amp "$amp" || status=1
         done
     done 2>&1 | tee "$OUT/train_step.log"
+fi
+
+if [ "${DETECT_BENCH:-1}" = 1 ]; then
+    # The detector as a user runs it (`detect`, every core decoding, batch
+    # 64, a random ViT-B/16 + La-SoftMoE checkpoint) against PyTorch no_grad
+    # with a DataLoader on as many workers, TF32 on both; images/s = images
+    # / (wall - wall on one image), start-up and checkpoint loading out.
+    echo "== detector inference on CUDA, ViT-B/16 + La-SoftMoE, batch 64"
+    data="$OUT/step-data"
+    [ -d "$data" ] || "$BIN/synth_dataset" --out "$data" --subjects 30 --size 224 >/dev/null 2>&1 || status=1
+    ck="$OUT/detect-ckpt"
+    "$BIN/train_uniattack" --model random:vit-b16 --data "$data" --protocol p1 --device cuda \
+        --batch-size 8 --max-steps 1 --eval-batch-size 64 --no-test-during-training \
+        --output "$ck" >"$ck.log" 2>&1 || status=1
+    images="$data/UniAttackData/Data"
+    one=$(find "$images" -name '*.jpg' | sort | head -n 1)
+    wall() { "$PY" -c 'import subprocess, sys, time; s = time.perf_counter(); r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; print(time.perf_counter() - s if r == 0 else "nan")' "$@"; }
+    for round in 1 2; do
+        all=$(wall "$BIN/detect" --device cuda --checkpoint "$ck" --batch-size 64 --workers "$(nproc)" "$images")
+        single=$(wall "$BIN/detect" --device cuda --checkpoint "$ck" "$one")
+        "$PY" -c 'import json, sys; n, a, o = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]); print(json.dumps({"impl": "uniattack", "images": n, "seconds": a, "startup_seconds": o, "images_per_s": n / (a - o)}))' \
+            "$(find "$images" -name '*.jpg' | wc -l)" "$all" "$single" || status=1
+        "$PY" scripts/uniattack/bench_detect_torch.py --device cuda --tf32 --workers "$(nproc)" \
+            --batch 64 --threads "$(nproc)" "$images" || status=1
+    done 2>&1 | tee "$OUT/detect.log"
+fi
+
+if [ "${LOADER_BENCH:-1}" = 1 ]; then
+    # The augmented training loader on this machine's cores, against the
+    # step's images/s above.
+    echo "== the training loader, 224 px with augmentation, $(nproc) workers"
+    "$BIN"/preprocess --bench loader 2>&1 | tee "$OUT/loader.log" |
+        grep -E "^cpu_|thrpt:" | paste - - | awk '{printf "%-80s %s %s\n", $1, $(NF-3), $(NF-2)}'
 fi
 
 if [ "${BENCHES:-1}" = 0 ]; then

@@ -6,6 +6,7 @@ two fixed prompt embeddings. Prints images/s of the scoring loop (model
 construction excluded) as JSON.
 
     /tmp/venv/bin/python scripts/uniattack/bench_detect_torch.py --threads 2 --batch 16 IMAGE_DIR
+    python3 scripts/uniattack/bench_detect_torch.py --device cuda --tf32 --workers 16 --batch 64 IMAGE_DIR
 """
 
 import argparse
@@ -36,36 +37,54 @@ def clip_transform(path, size=224):
     return (x.permute(2, 0, 1).float() / 255.0 - MEAN) / STD
 
 
+def transform_batch(paths):
+    """A DataLoader worker's batch (module level: workers may be spawned)."""
+    return torch.stack([clip_transform(p) for p in paths])
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader processes decoding the images (0: in the scoring loop)")
+    parser.add_argument("--tf32", action="store_true", help="TF32 matmuls on CUDA (uniattack's default)")
     parser.add_argument("images")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
     torch.manual_seed(0)
+    device = torch.device(args.device)
     config = CLIPConfig(vision_config={"patch_size": 16}, attn_implementation="eager")
     model = CLIPModel(config)
     vc = config.vision_config
     for layer in model.vision_model.encoder.layers:
         moe = SoftMoE(4, 49, True, vc.hidden_size, vc.intermediate_size, quick_gelu=True)
         layer.mlp = MlpPlusMoe(layer.mlp, moe)
-    model.eval()
+    model.eval().to(device)
     paths = sorted(p for p in pathlib.Path(args.images).rglob("*") if p.suffix.lower() in (".jpg", ".png"))
-    ids = torch.randint(1, 600, (2, 77))
+    ids = torch.randint(1, 600, (2, 77)).to(device)
     ids[:, 10:] = 49407
+    if args.workers > 0:
+        batches = torch.utils.data.DataLoader(paths, batch_size=args.batch, num_workers=args.workers,
+                                              collate_fn=transform_batch)
+    else:
+        batches = (torch.stack([clip_transform(p) for p in paths[i:i + args.batch]])
+                   for i in range(0, len(paths), args.batch))
     start = time.perf_counter()
     with torch.no_grad():
         text = F.normalize(model.text_projection(model.text_model(input_ids=ids).pooler_output), dim=-1)
         scores = []
-        for i in range(0, len(paths), args.batch):
-            pixels = torch.stack([clip_transform(p) for p in paths[i:i + args.batch]])
+        for pixels in batches:
+            pixels = pixels.to(device)
             image = F.normalize(model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output), dim=-1)
             logits = model.logit_scale.exp() * image @ text.t()
             scores.extend(logits.softmax(-1)[:, 1].tolist())
     seconds = time.perf_counter() - start
-    print(json.dumps({"impl": "pytorch", "images": len(paths), "seconds": seconds,
-                      "images_per_s": len(paths) / seconds, "batch": args.batch}))
+    print(json.dumps({"impl": "pytorch", "device": args.device, "images": len(paths), "seconds": seconds,
+                      "images_per_s": len(paths) / seconds, "batch": args.batch, "workers": args.workers}))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-//! Decode + CLIP preprocessing throughput on one thread, on 640x480 JPEGs.
+//! Decode + CLIP preprocessing throughput on one thread, on 640x480 JPEGs,
+//! and the augmented training loader on every core.
 //!
 //! The images are generated at start into `$TMPDIR/fas-data-bench-jpegs/`
 //! (nothing large is committed); `scripts/fas_data/bench_pil.py` times PIL +
@@ -99,7 +100,7 @@ fn preprocess(c: &mut Criterion) {
     )
     .expect("training loader");
     let loader = Loader::new(
-        samples,
+        samples.clone(),
         LoaderConfig {
             batch_size: IMAGES,
             workers: 1,
@@ -123,6 +124,38 @@ fn preprocess(c: &mut Criterion) {
             }
         })
     });
+    group.finish();
+
+    // The training loader on every core of the machine (as `train_uniattack
+    // --workers $(nproc)`): whether the input pipeline keeps a GPU's step
+    // fed. Four batches per worker, so every worker has work.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let many: Vec<Sample> = (0..workers * 4).flat_map(|_| samples.clone()).collect();
+    let mut group = c.benchmark_group("cpu_preprocess_all_cores");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(many.len() as u64));
+    let parallel = Loader::new(
+        many,
+        LoaderConfig {
+            batch_size: IMAGES,
+            workers,
+            drop_last: false,
+            ..LoaderConfig::training(0)
+        },
+    )
+    .expect("training loader");
+    group.bench_function(
+        format!("training_loader_augmented_{workers}_workers_batch32"),
+        |b| {
+            let mut epoch = 0;
+            b.iter(|| {
+                epoch += 1;
+                for batch in parallel.epoch(epoch) {
+                    black_box(batch.expect("batch"));
+                }
+            })
+        },
+    );
     group.finish();
 }
 
