@@ -401,10 +401,10 @@ __device__ void sum_chunks(const float* partial, T* out, int groups, int chunks,
 // Memory-efficient attention over all heads, for q, k, v and the output in
 // `(batch, tokens, heads * HD)` rows (the projections' layout: no head
 // split or merge copies): softmax(scale q k^T [+ causal mask]) v, one
-// thread per query (per key for dk, dv), keys or queries streamed through
+// thread per query (two per key for dk, dv), keys or queries streamed through
 // shared memory in tiles, softmax statistics in F32 and online (nothing of
 // size tokens x tokens is stored). Grid: (ceil(tokens / 64), heads, batch),
-// 64 threads. The backward recomputes the probabilities from the
+// 64 threads (128 for dk, dv). The backward recomputes the probabilities from the
 // statistics (log-sum-exp and sum(dout * out) per query, kernel
 // attention_stats) instead of saving them.
 
@@ -565,10 +565,22 @@ __device__ void attention_bwd_dq(const T* q, const T* k, const T* v, const T* do
     for (int d = 0; d < HD; ++d) store(dq, row + d, acc[d] * scale);
 }
 
-// dk and dv for the key of this thread: dv_j = sum_i p_ij dout_i,
+// v + the value of the other thread of this pair (lanes 2t and 2t + 1).
+// Every thread of the warp must call it together.
+__device__ __forceinline__ float pair_sum(float v) {
+    return v + __shfl_xor_sync(0xffffffff, v, 1);
+}
+
+// dk and dv for key j: dv_j = sum_i p_ij dout_i,
 // dk_j = scale * sum_i p_ij (dout_i . v_j - delta_i) q_i.
-// dk fills the first (batch, tokens, heads * HD) elements of `dkv`, dv the
-// next ones.
+// Two threads per key, each holding the interleaved half of the head's
+// dimensions (2 d + half) of k_j, v_j, dk_j and dv_j: four whole rows per
+// thread spilled out of registers (456 bytes at width 64, ptxas sm_90),
+// and interleaving keeps the pair's shared-memory reads in different
+// banks. The halves' dot products meet through one shuffle, so every
+// thread runs every query of the tile (masked ones with p = 0), keeping the
+// warps converged. Block: 2 threads x 64 keys. dk fills the first (batch,
+// tokens, heads * HD) elements of `dkv`, dv the next ones.
 template <typename T, int HD>
 __device__ void attention_bwd_dkv(const T* q, const T* k, const T* v, const T* dout,
                                   const float* stats, T* dkv, int tokens, int heads, float scale,
@@ -576,23 +588,26 @@ __device__ void attention_bwd_dkv(const T* q, const T* k, const T* v, const T* d
     T* dk = dkv;
     T* dv = dkv + (int64_t)gridDim.z * tokens * heads * HD;
     constexpr int TILE = AttentionTile<HD>::SIZE;
+    constexpr int H = HD / 2;
     __shared__ float qs[TILE][HD];
     __shared__ float gs[TILE][HD];
     __shared__ float lse[TILE], delta[TILE];
     const int head = blockIdx.y, b = blockIdx.z;
-    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    const int keys = blockDim.x / 2;
+    const int j = blockIdx.x * keys + threadIdx.x / 2;
+    const int half = threadIdx.x & 1;
     const bool active = j < tokens;
-    float kj[HD], vj[HD], dkj[HD], dvj[HD];
-    const int64_t row = head_row<HD>(b, active ? j : 0, head, tokens, heads);
+    float kj[H], vj[H], dkj[H], dvj[H];
+    const int64_t row = head_row<HD>(b, active ? j : 0, head, tokens, heads) + half;
 #pragma unroll
-    for (int d = 0; d < HD; ++d) {
-        kj[d] = active ? load(k, row + d) : 0.0f;
-        vj[d] = active ? load(v, row + d) : 0.0f;
+    for (int d = 0; d < H; ++d) {
+        kj[d] = active ? load(k, row + 2 * d) : 0.0f;
+        vj[d] = active ? load(v, row + 2 * d) : 0.0f;
         dkj[d] = 0.0f;
         dvj[d] = 0.0f;
     }
     // Causal: no query before the block's first key sees it.
-    const int first = causal ? (int)(blockIdx.x * blockDim.x) / TILE * TILE : 0;
+    const int first = causal ? (int)(blockIdx.x * keys) / TILE * TILE : 0;
     for (int i0 = first; i0 < tokens; i0 += TILE) {
         __syncthreads();
         load_tile<T, HD, TILE>(q, qs, b, i0, head, tokens, heads);
@@ -604,22 +619,32 @@ __device__ void attention_bwd_dkv(const T* q, const T* k, const T* v, const T* d
         }
         __syncthreads();
         const int end = min(TILE, tokens - i0);
-        for (int ii = 0; active && ii < end; ++ii) {
-            if (causal && i0 + ii < j) continue;
-            const float p = expf(scale * dot<HD>(qs[ii], kj) - lse[ii]);
-            const float ds = p * (dot<HD>(gs[ii], vj) - delta[ii]);
+        for (int ii = 0; ii < end; ++ii) {
+            const float* qi = qs[ii] + half;
+            const float* gi = gs[ii] + half;
+            float s = 0.0f, dp = 0.0f;
 #pragma unroll
-            for (int d = 0; d < HD; ++d) {
-                dvj[d] += p * gs[ii][d];
-                dkj[d] += ds * qs[ii][d];
+            for (int d = 0; d < H; ++d) {
+                s += qi[2 * d] * kj[d];
+                dp += gi[2 * d] * vj[d];
+            }
+            s = pair_sum(s);
+            dp = pair_sum(dp);
+            const bool live = active && !(causal && i0 + ii < j);
+            const float p = live ? expf(scale * s - lse[ii]) : 0.0f;
+            const float ds = p * (dp - delta[ii]);
+#pragma unroll
+            for (int d = 0; d < H; ++d) {
+                dvj[d] += p * gi[2 * d];
+                dkj[d] += ds * qi[2 * d];
             }
         }
     }
     if (!active) return;
 #pragma unroll
-    for (int d = 0; d < HD; ++d) {
-        store(dk, row + d, dkj[d] * scale);
-        store(dv, row + d, dvj[d]);
+    for (int d = 0; d < H; ++d) {
+        store(dk, row + 2 * d, dkj[d] * scale);
+        store(dv, row + 2 * d, dvj[d]);
     }
 }
 

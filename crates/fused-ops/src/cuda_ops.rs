@@ -707,15 +707,16 @@ impl Attention {
         Ok((b, n, d / self.heads))
     }
 
-    /// One block per 64 queries (or keys) of every head of every batch entry.
-    fn grid(&self, b: usize, n: usize) -> Grid {
+    /// One block per 64 queries (or keys) of every head of every batch
+    /// entry, `per_row` threads for each (2 for dk and dv).
+    fn grid(&self, b: usize, n: usize, per_row: u32) -> Grid {
         Grid {
             grid: (
                 n.div_ceil(ATTENTION_BLOCK as usize) as u32,
                 self.heads as u32,
                 b as u32,
             ),
-            block: (ATTENTION_BLOCK, 1, 1),
+            block: (ATTENTION_BLOCK * per_row, 1, 1),
         }
     }
 
@@ -781,7 +782,7 @@ fn attention_fwd<D: KernelDevice>(
     ];
     args.extend(op.tail(n));
     let kernel = format!("{}_{hd}", kernel_name("attention_fwd", dtype, name)?);
-    dev.launch(&kernel, op.grid(b, n), &mut args)?;
+    dev.launch(&kernel, op.grid(b, n, 1), &mut args)?;
     Ok(out)
 }
 
@@ -867,7 +868,7 @@ fn attention_bwd<D: KernelDevice>(
         Arg::Out(&mut stats, 0),
     ];
     args.extend(op.tail(n));
-    dev.launch(&kernel("attention_stats")?, op.grid(b, n), &mut args)?;
+    dev.launch(&kernel("attention_stats")?, op.grid(b, n, 1), &mut args)?;
     // dq, then dk and dv.
     let mut grads = dev.alloc(dtype, 3 * len)?;
     let mut args = vec![
@@ -879,7 +880,7 @@ fn attention_bwd<D: KernelDevice>(
         Arg::Out(&mut grads, 0),
     ];
     args.extend(op.tail(n));
-    dev.launch(&kernel("attention_bwd_dq")?, op.grid(b, n), &mut args)?;
+    dev.launch(&kernel("attention_bwd_dq")?, op.grid(b, n, 1), &mut args)?;
     let mut args = vec![
         Arg::In(*q, q_at),
         Arg::In(*k, k_at),
@@ -889,6 +890,6 @@ fn attention_bwd<D: KernelDevice>(
         Arg::Out(&mut grads, len),
     ];
     args.extend(op.tail(n));
-    dev.launch(&kernel("attention_bwd_dkv")?, op.grid(b, n), &mut args)?;
+    dev.launch(&kernel("attention_bwd_dkv")?, op.grid(b, n, 2), &mut args)?;
     Ok(grads)
 }

@@ -314,6 +314,25 @@ pub fn kernels_match_composites(gpu: &Device) -> anyhow::Result<()> {
                 &|t| fused_ops::attention(&t[0], &t[1], &t[2], 4, 0.6, causal),
             )?;
         }
+        // The other compiled head widths, 8, 16 and 128 (the dk/dv
+        // kernel's pair of threads per key splits each into halves), over
+        // token counts off the 64-query blocks and the 32-key tiles of
+        // width 128.
+        for (heads, width, tokens) in [(3, 8, 33), (2, 16, 65), (2, 128, 41)] {
+            let qkv: Vec<Tensor> = (0..3)
+                .map(|_| Tensor::randn(0f32, 1.0, (2, tokens, heads * width), &gpu))
+                .collect::<Result<_>>()?;
+            let scale = 1.0 / (width as f64).sqrt();
+            for causal in [false, true] {
+                compare(
+                    &format!("attention {heads} x {width} over {tokens}, causal {causal}"),
+                    &qkv,
+                    dtype,
+                    tol,
+                    &|t| fused_ops::attention(&t[0], &t[1], &t[2], heads, scale, causal),
+                )?;
+            }
+        }
     }
     Ok(())
 }
