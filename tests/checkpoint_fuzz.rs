@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -11,14 +12,20 @@ use rand_chacha::ChaCha8Rng;
 use uniattack::checkpoint::{read_checkpoint, read_model_checkpoint, CLASS_EMBEDDINGS};
 use uniattack::Trainer;
 
+/// Trains the tiny test model for one epoch under `dir`; its run directory.
+fn one_epoch_run(dir: &Path) -> anyhow::Result<PathBuf> {
+    let data = common::dataset(&dir.join("data"));
+    let mut cfg = common::experiment(&data);
+    cfg.training.epochs = 1;
+    let out = dir.join("run");
+    Trainer::new(cfg, common::options(&out, false))?.train()?;
+    Ok(out)
+}
+
 #[test]
 fn damaged_checkpoints_are_refused_naming_the_file() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let data = common::dataset(&dir.path().join("data"));
-    let mut cfg = common::experiment(&data);
-    cfg.training.epochs = 1;
-    let out = dir.path().join("run");
-    Trainer::new(cfg, common::options(&out, false))?.train()?;
+    let out = one_epoch_run(dir.path())?;
     let good = std::fs::read(out.join("checkpoints/best.safetensors"))?;
     let path = dir.path().join("damaged.safetensors");
     let mut rng = ChaCha8Rng::seed_from_u64(9);
@@ -66,11 +73,7 @@ fn damaged_checkpoints_are_refused_naming_the_file() -> anyhow::Result<()> {
 #[test]
 fn the_model_reader_drops_the_moments_but_checks_them() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let data = common::dataset(&dir.path().join("data"));
-    let mut cfg = common::experiment(&data);
-    cfg.training.epochs = 1;
-    let out = dir.path().join("run");
-    Trainer::new(cfg, common::options(&out, false))?.train()?;
+    let out = one_epoch_run(dir.path())?;
     let training = std::fs::read_dir(out.join("checkpoints"))?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<Vec<_>, _>>()?
