@@ -401,12 +401,13 @@ __device__ void sum_chunks(const float* partial, T* out, int groups, int chunks,
 // Memory-efficient attention over all heads, for q, k, v and the output in
 // `(batch, tokens, heads * HD)` rows (the projections' layout: no head
 // split or merge copies): softmax(scale q k^T [+ causal mask]) v, one
-// thread per query (two per key for dk, dv), keys or queries streamed through
-// shared memory in tiles, softmax statistics in F32 and online (nothing of
-// size tokens x tokens is stored). Grid: (ceil(tokens / 64), heads, batch),
-// 64 threads (128 for dk, dv). The backward recomputes the probabilities from the
-// statistics (log-sum-exp and sum(dout * out) per query, kernel
-// attention_stats) instead of saving them.
+// thread per query (two per query for dq, two per key for dk and dv), keys
+// or queries streamed through shared memory in tiles, softmax statistics
+// in F32 and online (nothing of size tokens x tokens is stored). Grid:
+// (ceil(tokens / 64), heads, batch), 64 threads (128 for dq, dk and dv).
+// The backward recomputes the probabilities from the statistics
+// (log-sum-exp and sum(dout * out) per query, kernel attention_stats)
+// instead of saving them.
 
 // Keys (or queries) per shared-memory tile: two tiles of TILE x HD floats
 // stay within 32 KiB.
@@ -535,40 +536,67 @@ __device__ void attention_stats(const T* q, const T* k, const T* out, const T* d
     stats[2 * r + 1] = delta;
 }
 
-// dq for the query of this thread: scale * sum_j p_ij (dout_i . v_j - delta_i) k_j.
-template <typename T, int HD>
-__device__ void attention_bwd_dq(const T* q, const T* k, const T* v, const T* dout,
-                                 const float* stats, T* dq, int tokens, int heads, float scale,
-                                 int causal) {
-    const int head = blockIdx.y, b = blockIdx.z;
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    const bool active = i < tokens;
-    float qi[HD], gi[HD], acc[HD];
-    const int64_t row = head_row<HD>(b, active ? i : 0, head, tokens, heads);
-#pragma unroll
-    for (int d = 0; d < HD; ++d) {
-        qi[d] = active ? load(q, row + d) * scale : 0.0f;
-        gi[d] = active ? load(dout, row + d) : 0.0f;
-        acc[d] = 0.0f;
-    }
-    const int64_t r = ((int64_t)b * heads + head) * tokens + (active ? i : 0);
-    const float lse = stats[2 * r], delta = stats[2 * r + 1];
-    for_each_key<T, HD>(k, v, b, head, tokens, heads, i, active, causal,
-                        [&](const float* kj, const float* vj) {
-                            const float p = expf(dot<HD>(qi, kj) - lse);
-                            const float ds = p * (dot<HD>(gi, vj) - delta);
-#pragma unroll
-                            for (int d = 0; d < HD; ++d) acc[d] += ds * kj[d];
-                        });
-    if (!active) return;
-#pragma unroll
-    for (int d = 0; d < HD; ++d) store(dq, row + d, acc[d] * scale);
-}
-
 // v + the value of the other thread of this pair (lanes 2t and 2t + 1).
 // Every thread of the warp must call it together.
 __device__ __forceinline__ float pair_sum(float v) {
     return v + __shfl_xor_sync(0xffffffff, v, 1);
+}
+
+// dq_i = scale * sum_j p_ij (dout_i . v_j - delta_i) k_j, two threads per
+// query as attention_bwd_dkv (q_i, dout_i and the sum, three rows, spilled
+// 56 bytes at width 64 with one thread per query). Block: 2 threads x 64
+// queries.
+template <typename T, int HD>
+__device__ void attention_bwd_dq(const T* q, const T* k, const T* v, const T* dout,
+                                 const float* stats, T* dq, int tokens, int heads, float scale,
+                                 int causal) {
+    constexpr int TILE = AttentionTile<HD>::SIZE;
+    constexpr int H = HD / 2;
+    __shared__ float ks[TILE][HD];
+    __shared__ float vs[TILE][HD];
+    const int head = blockIdx.y, b = blockIdx.z;
+    const int queries = blockDim.x / 2;
+    const int i = blockIdx.x * queries + threadIdx.x / 2;
+    const int half = threadIdx.x & 1;
+    const bool active = i < tokens;
+    float qi[H], gi[H], acc[H];
+    const int64_t row = head_row<HD>(b, active ? i : 0, head, tokens, heads) + half;
+#pragma unroll
+    for (int d = 0; d < H; ++d) {
+        qi[d] = active ? load(q, row + 2 * d) * scale : 0.0f;
+        gi[d] = active ? load(dout, row + 2 * d) : 0.0f;
+        acc[d] = 0.0f;
+    }
+    const int64_t r = ((int64_t)b * heads + head) * tokens + (active ? i : 0);
+    const float lse = stats[2 * r], delta = stats[2 * r + 1];
+    // Causal: no key after the block's last query is needed.
+    const int last = causal ? min(tokens, (int)((blockIdx.x + 1) * queries)) : tokens;
+    for (int j0 = 0; j0 < last; j0 += TILE) {
+        __syncthreads();  // the previous tile's readers are done
+        load_tile<T, HD, TILE>(k, ks, b, j0, head, tokens, heads);
+        load_tile<T, HD, TILE>(v, vs, b, j0, head, tokens, heads);
+        __syncthreads();
+        const int end = min(TILE, last - j0);
+        for (int jj = 0; jj < end; ++jj) {
+            const float* kj = ks[jj] + half;
+            const float* vj = vs[jj] + half;
+            float s = 0.0f, dp = 0.0f;
+#pragma unroll
+            for (int d = 0; d < H; ++d) {
+                s += qi[d] * kj[2 * d];
+                dp += gi[d] * vj[2 * d];
+            }
+            s = pair_sum(s);
+            dp = pair_sum(dp);
+            const bool live = active && !(causal && j0 + jj > i);
+            const float ds = live ? expf(s - lse) * (dp - delta) : 0.0f;
+#pragma unroll
+            for (int d = 0; d < H; ++d) acc[d] += ds * kj[2 * d];
+        }
+    }
+    if (!active) return;
+#pragma unroll
+    for (int d = 0; d < H; ++d) store(dq, row + 2 * d, acc[d] * scale);
 }
 
 // dk and dv for key j: dv_j = sum_i p_ij dout_i,

@@ -708,7 +708,7 @@ impl Attention {
     }
 
     /// One block per 64 queries (or keys) of every head of every batch
-    /// entry, `per_row` threads for each (2 for dk and dv).
+    /// entry, `per_row` threads for each (2 for dq, dk and dv).
     fn grid(&self, b: usize, n: usize, per_row: u32) -> Grid {
         Grid {
             grid: (
@@ -880,7 +880,7 @@ fn attention_bwd<D: KernelDevice>(
         Arg::Out(&mut grads, 0),
     ];
     args.extend(op.tail(n));
-    dev.launch(&kernel("attention_bwd_dq")?, op.grid(b, n, 1), &mut args)?;
+    dev.launch(&kernel("attention_bwd_dq")?, op.grid(b, n, 2), &mut args)?;
     let mut args = vec![
         Arg::In(*q, q_at),
         Arg::In(*k, k_at),
