@@ -192,11 +192,9 @@ impl Trainer {
             position: LoaderPosition::default(),
             best: None,
             calibration: None,
-            metrics: if rank == 0 {
-                Some(MetricsLog::open(&run.metrics(), 0)?)
-            } else {
-                None
-            },
+            // Opened below, once the step to resume from is known: opening
+            // it at step 0 first would empty the log of the run resumed.
+            metrics: None,
             report_copy: options.report,
             progress: if rank == 0 {
                 Progress::new(total_steps, 0)
@@ -211,11 +209,16 @@ impl Trainer {
                 let checkpoint = read_checkpoint(&latest)?;
                 trainer.restore(&checkpoint)?;
                 if rank == 0 {
-                    trainer.metrics =
-                        Some(MetricsLog::open(&run.metrics(), trainer.adam.step_count())?);
                     trainer.progress = Progress::new(total_steps, trainer.adam.step_count());
                 }
             }
+        }
+        if rank == 0 {
+            // Keeps the records up to the resumed step (none for a new run).
+            trainer.metrics = Some(MetricsLog::open(
+                &trainer.run.metrics(),
+                trainer.adam.step_count(),
+            )?);
         }
         Ok(trainer)
     }

@@ -1,7 +1,8 @@
 //! Data parallelism on the CPU (in-process ranks): two ranks of batch 8
 //! take the same steps as one rank of batch 16 and log its losses, each
-//! rank ends with identical parameters, and a group of one equals the plain
-//! run exactly.
+//! rank ends with identical parameters, a group of one equals the plain run
+//! exactly, and ranks resumed from a checkpoint end as ranks run straight
+//! through.
 
 mod common;
 
@@ -31,6 +32,17 @@ fn config(root: &std::path::Path, batch: usize) -> ExperimentConfig {
 }
 
 fn run_ranks(cfg: &ExperimentConfig, out: &std::path::Path, world: usize) -> Vec<Params> {
+    run_ranks_resuming(cfg, out, world, false)
+}
+
+/// [`run_ranks`], every rank resuming from the run's latest checkpoint
+/// (rank 0's) when `resume`.
+fn run_ranks_resuming(
+    cfg: &ExperimentConfig,
+    out: &std::path::Path,
+    world: usize,
+    resume: bool,
+) -> Vec<Params> {
     let group = InProcessGroup::new(world);
     std::thread::scope(|scope| {
         let handles: Vec<_> = group
@@ -38,7 +50,7 @@ fn run_ranks(cfg: &ExperimentConfig, out: &std::path::Path, world: usize) -> Vec
             .map(|rank| {
                 let cfg = cfg.clone();
                 scope.spawn(move || {
-                    let mut options = common::options(out, false);
+                    let mut options = common::options(out, resume);
                     options.sync = Some(SyncHandle(Arc::new(rank)));
                     let mut trainer = Trainer::new(cfg, options).unwrap();
                     trainer.train().unwrap();
@@ -95,6 +107,55 @@ fn two_ranks_of_eight_take_the_steps_of_one_rank_of_sixteen() -> Result<()> {
             "step {step}: loss {a} logged by one rank of 16, {b} by two of 8"
         );
     }
+    Ok(())
+}
+
+/// Two ranks resumed from rank 0's checkpoint of step 2 (of 4) end
+/// bit-identical to two ranks run straight through: the checkpoint holds
+/// the global loader position, and each rank takes its own shard of the
+/// remaining batches again. The interruption is made by deleting the later
+/// checkpoints of a finished run, which leaves what a crash right after
+/// step 2's checkpoint leaves (the schedule's length unchanged; stopping
+/// with `max_steps` would shorten it).
+#[test]
+fn resumed_ranks_end_as_ranks_run_straight_through() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = config(&root, 8);
+    cfg.training.checkpoint_every = Some(1);
+    cfg.training.keep_last = 4;
+    let out = dir.path().join("run");
+    let straight = run_ranks(&cfg, &out, 2);
+
+    let checkpoints = out.join("checkpoints");
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&checkpoints)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let step = name
+            .strip_prefix("step-")
+            .and_then(|rest| rest.strip_suffix(".safetensors"))
+            .and_then(|digits| digits.parse::<u64>().ok());
+        if step.is_some_and(|step| step > 2) {
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 2, "expected the checkpoints of steps 3 and 4");
+
+    let resumed = run_ranks_resuming(&cfg, &out, 2, true);
+    assert!(
+        resumed[0] == resumed[1],
+        "the resumed ranks' parameters differ"
+    );
+    assert!(
+        resumed[0] == straight[0],
+        "resumed ranks differ from ranks run straight through"
+    );
+    // Rank 0's log holds every step once: the resumed run replaced steps
+    // 3 and 4.
+    let steps: Vec<u64> = train_losses(&out)?.iter().map(|(step, _)| *step).collect();
+    assert_eq!(steps, [1, 2, 3, 4]);
     Ok(())
 }
 

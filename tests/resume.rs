@@ -98,6 +98,21 @@ fn kill_after(out: &Path, data: &Path, checkpoints: u64, delay: Duration) -> Res
     Ok(())
 }
 
+/// `metrics.jsonl`'s records without their timings: kind, step, and the
+/// loss or dev metrics, in order.
+fn logged(out: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl"))?;
+    let mut records = Vec::new();
+    for line in text.lines() {
+        let mut record: serde_json::Value = serde_json::from_str(line)?;
+        if let Some(fields) = record.as_object_mut() {
+            fields.remove("images_per_second");
+        }
+        records.push(record.to_string());
+    }
+    Ok(records)
+}
+
 #[test]
 fn killed_and_resumed_run_equals_an_uninterrupted_one() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -124,6 +139,13 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() -> Result<()> {
             );
         }
         resumed.run()?;
+        // The metrics log holds every step and evaluation once, as the
+        // uninterrupted run's: nothing before the resumed step is lost.
+        assert_eq!(
+            logged(&out)?,
+            logged(&reference_dir)?,
+            "trial {trial}: metrics.jsonl"
+        );
         let got = outcome(&out)?;
         assert_eq!(got.len(), reference.len(), "trial {trial}");
         for ((name, a), (ref_name, b)) in got.iter().zip(&reference) {
