@@ -10,11 +10,11 @@ use candle_core::Device;
 use clip_moe::{MoeKind, PromptTemplate};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
-use crate::evaluator::EvalReport;
-use crate::experiment::ExperimentConfig;
+use crate::error::{Error, Result};
+use crate::evaluator::{EvalReport, ThresholdOrigin};
+use crate::experiment::{ExperimentConfig, Selection};
 use crate::run_dir::RunDir;
-use crate::trainer::{TrainOptions, Trainer};
+use crate::trainer::{differing_sections, TrainOptions, Trainer};
 
 /// Which ablation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -53,7 +53,9 @@ pub fn variants(study: Study, base: &ExperimentConfig) -> Vec<(String, Experimen
     }
 }
 
-/// The paper's Table 2 columns per variant (percent, two decimals).
+/// The paper's Table 2 columns per variant (percent, two decimals), with
+/// where each row's threshold and checkpoint came from (a row selected on
+/// test is flagged: its numbers overstate).
 pub fn table(protocol: &str, rows: &[(String, EvalReport)]) -> String {
     let pct = |x: f64| format!("{:.2}", 100.0 * x);
     let mut out = format!(
@@ -72,25 +74,72 @@ pub fn table(protocol: &str, rows: &[(String, EvalReport)]) -> String {
             pct(t.bpcer)
         ));
     }
-    out.push_str(
-        "\nThreshold chosen on dev (organisers' EER grid), checkpoint selected on dev; \
-         metrics on test.\n",
-    );
+    let names = |keep: &dyn Fn(&EvalReport) -> bool| -> Vec<&str> {
+        rows.iter()
+            .filter(|(_, r)| keep(r))
+            .map(|(name, _)| name.as_str())
+            .collect()
+    };
+    let threshold_not_dev = names(&|r| r.threshold_origin != ThresholdOrigin::Dev);
+    let test_selected = names(&|r| r.selected_on == Selection::Test);
+    out.push('\n');
+    if threshold_not_dev.is_empty() {
+        out.push_str("Thresholds chosen on dev, ");
+    } else {
+        out.push_str(&format!(
+            "Thresholds chosen on dev, except {} (stored or given threshold), ",
+            threshold_not_dev.join(", ")
+        ));
+    }
+    if test_selected.is_empty() {
+        out.push_str("checkpoints selected on dev; metrics on test.\n");
+    } else {
+        out.push_str(&format!(
+            "checkpoints selected on dev, except {}; metrics on test.\n\nNOTE: the \
+             checkpoint of {} was selected on TEST (--select-on test): those test numbers \
+             overstate.\n",
+            test_selected.join(", "),
+            test_selected.join(", ")
+        ));
+    }
     out
 }
 
 /// Trains every variant of `study` into `out/<variant>` (a finished
-/// variant, one with `report.json`, is read instead of retrained; an
-/// interrupted one is resumed), then writes and returns `out/table.md`.
+/// variant, one with `report.json` from the same settings, is read instead
+/// of retrained; an interrupted one is resumed), then writes and returns
+/// `out/table.md`. A finished variant of other settings (another protocol,
+/// seed, length...) is an error: its row would not belong in the table.
 pub fn run(study: Study, base: &ExperimentConfig, out: &Path, device: &Device) -> Result<String> {
     let mut rows = Vec::new();
     for (name, cfg) in variants(study, base) {
         let dir = out.join(&name);
         let run_dir = RunDir::new(dir.clone());
-        let report = match std::fs::read_to_string(run_dir.report())
+        let finished = std::fs::read_to_string(run_dir.report())
             .ok()
-            .and_then(|text| serde_json::from_str::<EvalReport>(&text).ok())
-        {
+            .and_then(|text| serde_json::from_str::<EvalReport>(&text).ok());
+        if finished.is_some() {
+            let saved = ExperimentConfig::from_file(&run_dir.config())?;
+            let mut differ = differing_sections(&saved, &cfg);
+            // Unlike a resumed run, a reused one must have run as long.
+            if saved.training.epochs != cfg.training.epochs
+                || saved.training.max_steps != cfg.training.max_steps
+            {
+                differ.push("training length");
+            }
+            if !differ.is_empty() {
+                return Err(Error::config(
+                    "--output",
+                    format!(
+                        "{} holds a finished {name} run of other settings (differs in: {}); \
+                         its row would not belong in this table: choose another --output",
+                        dir.display(),
+                        differ.join(", ")
+                    ),
+                ));
+            }
+        }
+        let report = match finished {
             Some(report) => report,
             None => {
                 println!("study {study:?}: training {name} into {}", dir.display());

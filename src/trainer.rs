@@ -33,6 +33,7 @@ use crate::experiment::{EvalEvery, ExperimentConfig, FrozenPart, LossKind, Selec
 use crate::labels::{class_index, ScoreExport, SCORE_POLARITY};
 use crate::progress::{MetricsLog, MetricsRecord, Progress};
 use crate::run_dir::RunDir;
+use crate::schedule::Decay;
 
 /// How a run is started.
 #[derive(Debug, Clone)]
@@ -75,6 +76,9 @@ pub struct Trainer {
     report_copy: Option<PathBuf>,
     progress: Progress,
     sync: Option<crate::distributed::SyncHandle>,
+    /// Rank 0's exclusive lock on the run directory, held while this
+    /// trainer lives.
+    _lock: Option<std::fs::File>,
 }
 
 /// Settings a resumed run may change: how long it trains, how many threads
@@ -88,8 +92,9 @@ fn comparable(cfg: &ExperimentConfig) -> ExperimentConfig {
     cfg
 }
 
-/// The top-level sections in which two configurations differ.
-fn differing_sections(a: &ExperimentConfig, b: &ExperimentConfig) -> Vec<&'static str> {
+/// The top-level sections in which two configurations differ, apart from
+/// the settings a resumed run may change.
+pub(crate) fn differing_sections(a: &ExperimentConfig, b: &ExperimentConfig) -> Vec<&'static str> {
     let (a, b) = (comparable(a), comparable(b));
     [
         ("seed", a.seed != b.seed),
@@ -118,9 +123,11 @@ impl Trainer {
             .sync
             .as_ref()
             .map_or((0, 1), |s| (s.0.rank(), s.0.world_size()));
-        if rank == 0 {
-            prepare_output(&run, &cfg, options.resume)?;
-        }
+        let lock = if rank == 0 {
+            Some(prepare_output(&run, &cfg, options.resume)?)
+        } else {
+            None
+        };
         let device = options.device.clone();
         if device.is_cuda() {
             candle_core::cuda::set_gemm_reduced_precision_f32(cfg.model.tf32);
@@ -154,14 +161,7 @@ impl Trainer {
             });
         }
         let steps_per_epoch = batches_per_epoch.div_ceil(cfg.training.accumulation) as u64;
-        let mut total_steps = cfg.training.epochs * steps_per_epoch;
-        if let Some(max) = cfg.training.max_steps {
-            total_steps = if cfg.training.epochs == 0 {
-                max
-            } else {
-                total_steps.min(max)
-            };
-        }
+        let total_steps = run_length(&cfg.training, steps_per_epoch);
 
         let adam = Adam::new(
             trainable_vars(&backbone.varmap, &cfg.model.frozen),
@@ -202,6 +202,7 @@ impl Trainer {
                 Progress::silent()
             },
             sync: options.sync,
+            _lock: lock,
             cfg,
         };
         if options.resume {
@@ -226,6 +227,13 @@ impl Trainer {
     /// Optimizer steps of the whole run.
     pub fn total_steps(&self) -> u64 {
         self.total_steps
+    }
+
+    /// Optimizer steps per epoch (a last group of fewer than
+    /// `accumulation` batches is a step too).
+    fn steps_per_epoch(&self) -> u64 {
+        self.batches_per_epoch
+            .div_ceil(self.cfg.training.accumulation) as u64
     }
 
     /// This trainer's rank (0 without data parallelism).
@@ -274,6 +282,22 @@ impl Trainer {
                     } else {
                         differ.join(", ")
                     }
+                ),
+            ));
+        }
+        // A cosine's learning rate at a step depends on the run's length:
+        // a resumed run of another length would jump to another curve.
+        let saved_length = run_length(&meta.experiment.training, self.steps_per_epoch());
+        if self.cfg.schedule.decay == Decay::Cosine && saved_length != self.total_steps {
+            return Err(Error::config(
+                "--epochs/--max-steps",
+                format!(
+                    "the run in {} is {saved_length} steps long and this resume asks for {}; \
+                     its cosine learning-rate schedule depends on the length, so a resumed run \
+                     of another length would not continue its curve. Resume with the run's \
+                     own --epochs and --max-steps",
+                    self.run.root().display(),
+                    self.total_steps
                 ),
             ));
         }
@@ -763,11 +787,63 @@ pub fn report_json(report: &EvalReport) -> Result<String> {
     })
 }
 
+/// Optimizer steps of a run of `training` with `steps_per_epoch`.
+fn run_length(training: &crate::experiment::TrainingConfig, steps_per_epoch: u64) -> u64 {
+    let total = training.epochs * steps_per_epoch;
+    match training.max_steps {
+        Some(max) if training.epochs == 0 => max,
+        Some(max) => total.min(max),
+        None => total,
+    }
+}
+
+/// Whether `run` holds a run worth keeping: a checkpoint, a report or a
+/// logged record. A directory holding only the `config.json` of a start
+/// that failed before its first record (a missing list, a batch too large
+/// for the split, a failed download) does not, so that start can be
+/// retried with other settings.
+fn holds_run(run: &RunDir) -> Result<bool> {
+    if !run.step_checkpoints()?.is_empty()
+        || run.best_checkpoint().is_file()
+        || run.report().is_file()
+    {
+        return Ok(true);
+    }
+    Ok(std::fs::metadata(run.metrics()).is_ok_and(|m| m.len() > 0))
+}
+
+/// Takes the run directory's lock (`.lock`, released when the returned
+/// file closes, also by a kill): a second process on the same run would
+/// append to a log the first has replaced and race its checkpoints.
+fn lock_run(run: &RunDir) -> Result<std::fs::File> {
+    let path = run.root().join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("opening", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::config(
+            "--output",
+            format!(
+                "{} is in use by another training process (it holds {}); wait for it or \
+                 choose another directory",
+                run.root().display(),
+                path.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("locking", &path, e)),
+    }
+}
+
 /// Refuses to start a new run over an existing one, creates the directory,
-/// and (re)writes `config.json`. On resume, the saved configuration must
-/// match `cfg` except in the settings a resumed run may change.
-fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<()> {
-    let exists = run.config().is_file() || run.checkpoints().is_dir();
+/// locks it, and (re)writes `config.json`; the lock is held while the
+/// returned file is open. On resume, the saved configuration must match
+/// `cfg` except in the settings a resumed run may change.
+fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<std::fs::File> {
+    let exists = holds_run(run)?;
     if exists && !resume {
         return Err(Error::config(
             "--output",
@@ -778,7 +854,9 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
             ),
         ));
     }
-    if exists {
+    std::fs::create_dir_all(run.root()).map_err(|e| Error::io("creating", run.root(), e))?;
+    let lock = lock_run(run)?;
+    if exists && run.config().is_file() {
         let saved = ExperimentConfig::from_file(&run.config())?;
         let differ = differing_sections(&saved, cfg);
         if !differ.is_empty() {
@@ -792,10 +870,12 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
                 ),
             ));
         }
+    }
+    if exists {
         run.remove_stale_temporaries()?;
     }
-    std::fs::create_dir_all(run.root()).map_err(|e| Error::io("creating", run.root(), e))?;
-    crate::evaluator::write_text(&run.config(), &cfg.to_json())
+    crate::evaluator::write_text(&run.config(), &cfg.to_json())?;
+    Ok(lock)
 }
 
 /// Loss, gradient norm and throughput since the last logged step.

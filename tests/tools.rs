@@ -201,12 +201,52 @@ fn several_checkpoints_give_mean_and_deviation() -> Result<()> {
 /// A wrong flag or value is a usage error with exit status 2, for every tool.
 #[test]
 fn wrong_flags_are_usage_errors() {
-    let cases: [(&str, Vec<&str>); 5] = [
+    let cases: [(&str, Vec<&str>); 11] = [
         ("train", vec!["train_uniattack", "--demo", "--epochz", "3"]),
         ("train", vec!["train_uniattack", "--protocol", "p9"]),
         ("train", vec!["train_uniattack", "--prompt", "T-12"]),
+        // --resume needs the run's directory: the default one is new on
+        // every start, so it would silently train from scratch.
+        ("train", vec!["train_uniattack", "--demo", "--resume"]),
+        // Lists without --train-list would be ignored for the protocol's.
+        (
+            "train",
+            vec![
+                "train_uniattack",
+                "--data",
+                "d",
+                "--dev-list",
+                "a",
+                "--test-list",
+                "b",
+            ],
+        ),
+        (
+            "train",
+            vec!["train_uniattack", "--data", "d", "--format", "binary"],
+        ),
         ("eval", vec!["eval_uniattack", "--json"]),
         ("detect", vec!["detect", "--checkpoint", "x"]),
+        // A NaN threshold decides nothing; 50 is a percentage.
+        (
+            "detect",
+            vec!["detect", "--checkpoint", "x", "--threshold", "nan", "a.jpg"],
+        ),
+        (
+            "detect",
+            vec!["detect", "--checkpoint", "x", "--threshold", "50", "a.jpg"],
+        ),
+        (
+            "detect",
+            vec![
+                "detect",
+                "--checkpoint",
+                "x",
+                "--threshold",
+                "-0.1",
+                "a.jpg",
+            ],
+        ),
     ];
     for (tool, argv) in cases {
         let err = match tool {
@@ -216,6 +256,35 @@ fn wrong_flags_are_usage_errors() {
         }
         .unwrap_or_else(|| panic!("{argv:?} parsed"));
         assert_eq!(err.exit_code(), 2, "{argv:?}: {err}");
+    }
+    // Their valid forms parse.
+    let threshold =
+        DetectArgs::try_parse_from(["detect", "--checkpoint", "x", "--threshold", "0.3", "a.jpg"])
+            .expect("a threshold in [0, 1]");
+    assert_eq!(threshold.threshold, Some(0.3));
+    for argv in [
+        vec![
+            "train_uniattack",
+            "--demo",
+            "--resume",
+            "--output",
+            "runs/a",
+        ],
+        vec![
+            "train_uniattack",
+            "--data",
+            "d",
+            "--train-list",
+            "t",
+            "--dev-list",
+            "a",
+            "--test-list",
+            "b",
+            "--format",
+            "binary",
+        ],
+    ] {
+        TrainArgs::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
     }
     // --help and --version exist (exit status 0).
     for argv in [["train_uniattack", "--help"], ["detect", "--version"]] {
@@ -279,5 +348,45 @@ fn moe_study_tabulates_three_runs() -> Result<()> {
     assert_eq!(again, table);
     assert_eq!(std::fs::metadata(&report)?.modified()?, written);
     assert_eq!(std::fs::read_to_string(out.join("table.md"))?, table);
+    assert!(
+        table.contains("checkpoints selected on dev; metrics on test") && !table.contains("TEST"),
+        "{table}"
+    );
+
+    // Rows whose checkpoint was selected on test, or whose threshold was
+    // not chosen on dev, are named.
+    use uniattack::evaluator::{EvalReport, ThresholdOrigin};
+    use uniattack::experiment::Selection;
+    let report: EvalReport = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+    let mut test_selected = report.clone();
+    test_selected.selected_on = Selection::Test;
+    let mut fixed = report.clone();
+    fixed.threshold_origin = ThresholdOrigin::Fixed;
+    let flagged = uniattack::studies::table(
+        "p1",
+        &[
+            ("a".into(), report),
+            ("b".into(), test_selected),
+            ("c".into(), fixed),
+        ],
+    );
+    for expected in [
+        "except c (stored or given threshold)",
+        "selected on dev, except b",
+        "NOTE: the checkpoint of b was selected on TEST",
+    ] {
+        assert!(flagged.contains(expected), "{flagged}");
+    }
+
+    // Finished runs of other settings are not rows of this table.
+    let mut other = base.clone();
+    other.seed += 1;
+    let err = uniattack::studies::run(uniattack::studies::Study::Moe, &other, &out, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("clip run of other settings") && err.contains("seed"),
+        "{err}"
+    );
     Ok(())
 }

@@ -30,8 +30,8 @@ pub struct DetectArgs {
     /// One JSON object per line instead of CSV.
     #[arg(long)]
     pub json: bool,
-    /// Decision threshold [default: the checkpoint's].
-    #[arg(long)]
+    /// Decision threshold on P(attack), in [0, 1] [default: the checkpoint's].
+    #[arg(long, value_parser = parse_probability)]
     pub threshold: Option<f64>,
     /// Directory that list-file entries are relative to [default: the current one].
     #[arg(long)]
@@ -42,6 +42,22 @@ pub struct DetectArgs {
     /// Images, directories or list files.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+}
+
+/// A threshold on the detector's probabilities: finite and in [0, 1] (a
+/// NaN would decide nothing, and 50 is a percentage typed by mistake).
+fn parse_probability(text: &str) -> std::result::Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number in [0, 1], got {text:?}"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "a threshold on P(attack) must be in [0, 1], got {text}"
+        ))
+    }
 }
 
 /// One input: an image to score, or a problem found while expanding the

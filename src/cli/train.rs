@@ -41,8 +41,9 @@ pub struct TrainArgs {
     /// Also write the final report JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Continue the run in --output from its latest checkpoint.
-    #[arg(long)]
+    /// Continue the run in --output from its latest checkpoint (needs
+    /// --output: the default directory is new on every start).
+    #[arg(long, requires = "output")]
     pub resume: bool,
     /// cpu, cuda or cuda:N [default: the first GPU if built with cuda, else cpu].
     #[arg(long)]
@@ -102,18 +103,18 @@ pub struct TrainArgs {
     #[arg(long, requires_all = ["dev_list", "test_list"])]
     pub train_list: Option<PathBuf>,
     /// Development list (threshold and model selection).
-    #[arg(long)]
+    #[arg(long, requires = "train_list")]
     pub dev_list: Option<PathBuf>,
     /// Test list.
-    #[arg(long)]
+    #[arg(long, requires = "train_list")]
     pub test_list: Option<PathBuf>,
     /// Format of --train-list etc.: uniattack-protocol, uniattack-protocol-video,
     /// challenge, binary, jfsfdb, or generic (then give --labels).
-    #[arg(long)]
+    #[arg(long, requires = "train_list")]
     pub format: Option<String>,
     /// Label integers of generic lists: live-one (1 live, 0 fake), live-zero
     /// (0 live, 1 fake) or detailed (0 live, 1 physical, 2 adversarial, 3 editing).
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, requires = "train_list")]
     pub labels: Option<LabelsArg>,
     /// Accept list entries that lead out of --data with `..`.
     #[arg(long)]

@@ -1,0 +1,98 @@
+//! What `Trainer::new` does with its output directory: a run is never
+//! started over another one, a start that failed before recording anything
+//! does not block a corrected retry, a second process on a live run is
+//! refused, and a resume that would change a cosine schedule's length is
+//! refused.
+
+mod common;
+
+use anyhow::Result;
+use uniattack::schedule::Decay;
+use uniattack::Trainer;
+
+fn error_of(result: uniattack::Result<Trainer>) -> String {
+    match result {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_run_is_never_started_over_another() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&root);
+    cfg.training.epochs = 1;
+    let out = dir.path().join("run");
+    Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
+    let err = error_of(Trainer::new(cfg, common::options(&out, false)));
+    assert!(err.contains("already holds a run"), "{err}");
+    Ok(())
+}
+
+/// A batch larger than the train split fails after `config.json` is
+/// written; the same directory then takes a corrected start (it used to
+/// be refused as a run, and as another configuration on `--resume`).
+#[test]
+fn a_failed_start_does_not_block_a_corrected_one() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let out = dir.path().join("run");
+    let mut too_large = common::experiment(&root);
+    too_large.loader.batch_size = 1000;
+    let err = error_of(Trainer::new(too_large, common::options(&out, false)));
+    assert!(err.contains("do not fill one batch"), "{err}");
+    assert!(out.join("config.json").is_file());
+
+    let mut cfg = common::experiment(&root);
+    cfg.training.epochs = 1;
+    Trainer::new(cfg, common::options(&out, false))?.train()?;
+    Ok(())
+}
+
+#[test]
+fn a_second_process_on_a_live_run_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&root);
+    cfg.training.epochs = 1;
+    let out = dir.path().join("run");
+    let mut first = Trainer::new(cfg.clone(), common::options(&out, false))?;
+    first.train()?;
+    let err = error_of(Trainer::new(cfg.clone(), common::options(&out, true)));
+    assert!(err.contains("in use by another training process"), "{err}");
+    drop(first);
+    // Released with the first trainer (also when a process dies).
+    Trainer::new(cfg, common::options(&out, true))?;
+    Ok(())
+}
+
+#[test]
+fn a_cosine_run_resumes_only_at_its_own_length() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&root);
+    cfg.schedule.decay = Decay::Cosine;
+    cfg.training.epochs = 2;
+    cfg.training.checkpoint_every = Some(1);
+    let out = dir.path().join("run");
+    Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
+
+    let mut longer = cfg.clone();
+    longer.training.epochs = 3;
+    let err = error_of(Trainer::new(longer.clone(), common::options(&out, true)));
+    assert!(
+        err.contains("--epochs/--max-steps") && err.contains("4 steps long"),
+        "{err}"
+    );
+    // A constant schedule does not depend on the length: the run may grow.
+    longer.schedule.decay = Decay::Constant;
+    let mut constant = cfg.clone();
+    constant.schedule.decay = Decay::Constant;
+    let other = dir.path().join("constant");
+    Trainer::new(constant, common::options(&other, false))?.train()?;
+    let mut grown = Trainer::new(longer, common::options(&other, true))?;
+    assert_eq!((grown.step(), grown.total_steps()), (4, 6));
+    grown.train()?;
+    Ok(())
+}
