@@ -117,12 +117,14 @@ impl RunDir {
     }
 
     /// Removes temporary files that a killed atomic write left behind
-    /// (`.<name>.tmp-<pid>-<n>` beside the checkpoints and reports).
+    /// (`.<name>.tmp-<pid>-<n>` beside the checkpoints, reports, scores and
+    /// plots).
     pub fn remove_stale_temporaries(&self) -> Result<()> {
         for dir in [
             self.root.clone(),
             self.checkpoints(),
             self.root.join("scores"),
+            self.plots(),
         ] {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;

@@ -54,6 +54,25 @@ fn plot_error(path: &Path, error: impl std::fmt::Display) -> MetricsError {
     }
 }
 
+/// Draws with `draw` on an 800 x 600 bitmap in memory and writes it to
+/// `path` as a PNG, atomically (temporary file, fsync, rename): a run killed
+/// while plotting leaves the previous plot or the new one, never a cut file.
+fn write_png(
+    path: &Path,
+    draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<()>,
+) -> Result<()> {
+    let mut pixels = vec![0u8; SIZE.0 as usize * SIZE.1 as usize * 3];
+    draw(BitMapBackend::with_buffer(&mut pixels, SIZE).into_drawing_area())?;
+    atomic_io::write_atomically(path, |tmp| {
+        use image::ImageEncoder;
+        let file = std::io::BufWriter::new(std::fs::File::create(tmp).map_err(|e| e.to_string())?);
+        image::codecs::png::PngEncoder::new(file)
+            .write_image(&pixels, SIZE.0, SIZE.1, image::ExtendedColorType::Rgb8)
+            .map_err(|e| e.to_string())
+    })
+    .map_err(|e| plot_error(path, e))
+}
+
 /// Axis names of the ROC curve's rates under `polarity`.
 fn roc_axis_names(polarity: Polarity) -> (&'static str, &'static str) {
     match polarity {
@@ -66,35 +85,36 @@ fn roc_axis_names(polarity: Polarity) -> (&'static str, &'static str) {
 pub fn write_roc(set: &ScoreSet, path: &Path) -> Result<()> {
     let roc = RocCurve::new(set, IntermediatePoints::Drop);
     let text = text_available();
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
-    let mut builder = ChartBuilder::on(&root);
-    builder.margin(20);
-    if text {
-        builder
-            .caption(format!("ROC, AUC = {:.4}", auc(set)), ("sans-serif", 24))
-            .x_label_area_size(45)
-            .y_label_area_size(60);
-    }
-    let mut chart = builder
-        .build_cartesian_2d(0.0..1.0, 0.0..1.0)
-        .map_err(|e| plot_error(path, e))?;
-    let (x_name, y_name) = roc_axis_names(set.polarity());
-    let mut mesh = chart.configure_mesh();
-    if text {
-        mesh.x_desc(x_name).y_desc(y_name);
-    } else {
-        mesh.x_labels(0).y_labels(0);
-    }
-    mesh.draw().map_err(|e| plot_error(path, e))?;
-    chart
-        .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
-        .map_err(|e| plot_error(path, e))?;
-    let points = roc.fpr().iter().copied().zip(roc.tpr().iter().copied());
-    chart
-        .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
-        .map_err(|e| plot_error(path, e))?;
-    root.present().map_err(|e| plot_error(path, e))
+    write_png(path, |root| {
+        root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(20);
+        if text {
+            builder
+                .caption(format!("ROC, AUC = {:.4}", auc(set)), ("sans-serif", 24))
+                .x_label_area_size(45)
+                .y_label_area_size(60);
+        }
+        let mut chart = builder
+            .build_cartesian_2d(0.0..1.0, 0.0..1.0)
+            .map_err(|e| plot_error(path, e))?;
+        let (x_name, y_name) = roc_axis_names(set.polarity());
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc(x_name).y_desc(y_name);
+        } else {
+            mesh.x_labels(0).y_labels(0);
+        }
+        mesh.draw().map_err(|e| plot_error(path, e))?;
+        chart
+            .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
+            .map_err(|e| plot_error(path, e))?;
+        let points = roc.fpr().iter().copied().zip(roc.tpr().iter().copied());
+        chart
+            .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
+            .map_err(|e| plot_error(path, e))?;
+        root.present().map_err(|e| plot_error(path, e))
+    })
 }
 
 /// Inverse standard normal CDF (Acklam's rational approximation, relative
@@ -154,55 +174,56 @@ pub fn write_det(set: &ScoreSet, path: &Path) -> Result<()> {
     let roc = RocCurve::new(set, IntermediatePoints::Drop);
     let (z_low, z_high) = (probit(RANGE.0), probit(RANGE.1));
     let text = text_available();
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
-    let mut builder = ChartBuilder::on(&root);
-    builder.margin(20);
-    if text {
-        builder
-            .caption("DET", ("sans-serif", 24))
-            .x_label_area_size(45)
-            .y_label_area_size(60);
-    }
-    let mut chart = builder
-        .build_cartesian_2d(z_low..z_high, z_low..z_high)
-        .map_err(|e| plot_error(path, e))?;
-    // The probit axes get their grid and labels at round percentages, drawn
-    // here: plotters' automatic ticks would fall at round deviates.
-    let mut mesh = chart.configure_mesh();
-    mesh.disable_mesh().x_labels(0).y_labels(0);
-    if text {
-        mesh.x_desc("APCER").y_desc("BPCER");
-    }
-    mesh.draw().map_err(|e| plot_error(path, e))?;
-    for tick in TICKS {
-        let z = probit(tick);
-        let grid = [[(z, z_low), (z, z_high)], [(z_low, z), (z_high, z)]];
-        for line in grid {
-            chart
-                .draw_series(LineSeries::new(line, BLACK.mix(0.15)))
-                .map_err(|e| plot_error(path, e))?;
-        }
+    write_png(path, |root| {
+        root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(20);
         if text {
-            let label = format!("{}%", 100.0 * tick);
-            let style = ("sans-serif", 13).into_font().color(&BLACK);
-            let (x, y) = chart.backend_coord(&(z, z_low));
-            root.draw(&Text::new(label.clone(), (x - 12, y + 6), style.clone()))
-                .map_err(|e| plot_error(path, e))?;
-            let (x, y) = chart.backend_coord(&(z_low, z));
-            root.draw(&Text::new(label, (x - 42, y - 7), style))
-                .map_err(|e| plot_error(path, e))?;
+            builder
+                .caption("DET", ("sans-serif", 24))
+                .x_label_area_size(45)
+                .y_label_area_size(60);
         }
-    }
-    let clip = |rate: f64| probit(rate.clamp(RANGE.0, RANGE.1));
-    let points = roc.fpr().iter().zip(roc.tpr()).map(|(&fpr, &tpr)| {
-        let (apcer, bpcer) = set.polarity().apcer_bpcer(fpr, 1.0 - tpr);
-        (clip(apcer), clip(bpcer))
-    });
-    chart
-        .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
-        .map_err(|e| plot_error(path, e))?;
-    root.present().map_err(|e| plot_error(path, e))
+        let mut chart = builder
+            .build_cartesian_2d(z_low..z_high, z_low..z_high)
+            .map_err(|e| plot_error(path, e))?;
+        // The probit axes get their grid and labels at round percentages, drawn
+        // here: plotters' automatic ticks would fall at round deviates.
+        let mut mesh = chart.configure_mesh();
+        mesh.disable_mesh().x_labels(0).y_labels(0);
+        if text {
+            mesh.x_desc("APCER").y_desc("BPCER");
+        }
+        mesh.draw().map_err(|e| plot_error(path, e))?;
+        for tick in TICKS {
+            let z = probit(tick);
+            let grid = [[(z, z_low), (z, z_high)], [(z_low, z), (z_high, z)]];
+            for line in grid {
+                chart
+                    .draw_series(LineSeries::new(line, BLACK.mix(0.15)))
+                    .map_err(|e| plot_error(path, e))?;
+            }
+            if text {
+                let label = format!("{}%", 100.0 * tick);
+                let style = ("sans-serif", 13).into_font().color(&BLACK);
+                let (x, y) = chart.backend_coord(&(z, z_low));
+                root.draw(&Text::new(label.clone(), (x - 12, y + 6), style.clone()))
+                    .map_err(|e| plot_error(path, e))?;
+                let (x, y) = chart.backend_coord(&(z_low, z));
+                root.draw(&Text::new(label, (x - 42, y - 7), style))
+                    .map_err(|e| plot_error(path, e))?;
+            }
+        }
+        let clip = |rate: f64| probit(rate.clamp(RANGE.0, RANGE.1));
+        let points = roc.fpr().iter().zip(roc.tpr()).map(|(&fpr, &tpr)| {
+            let (apcer, bpcer) = set.polarity().apcer_bpcer(fpr, 1.0 - tpr);
+            (clip(apcer), clip(bpcer))
+        });
+        chart
+            .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
+            .map_err(|e| plot_error(path, e))?;
+        root.present().map_err(|e| plot_error(path, e))
+    })
 }
 
 /// Per-class score histograms (50 bins over the score range, each class
@@ -248,63 +269,64 @@ pub fn write_score_histograms(set: &ScoreSet, path: &Path) -> Result<()> {
         .copied()
         .fold(0.0, f64::max);
     let text = text_available();
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
-    let mut builder = ChartBuilder::on(&root);
-    builder.margin(20);
-    if text {
-        builder
-            .caption(
-                if plain {
-                    format!("Scores ({})", set.polarity())
-                } else {
-                    format!("Scores ({}), axis 0..1 = {low:e}..{high:e}", set.polarity())
-                },
-                ("sans-serif", 24),
-            )
-            .x_label_area_size(45)
-            .y_label_area_size(60);
-    }
-    let mut chart = builder
-        .build_cartesian_2d(
-            axis_low..axis_low + width * BINS as f64,
-            0.0..tallest * 1.05,
-        )
-        .map_err(|e| plot_error(path, e))?;
-    let mut mesh = chart.configure_mesh();
-    if text {
-        mesh.x_desc("score").y_desc("fraction of class");
-    } else {
-        mesh.x_labels(0).y_labels(0);
-    }
-    mesh.draw().map_err(|e| plot_error(path, e))?;
-    for (bins, color, name) in [
-        (bonafide_bins, BONAFIDE_COLOR, "bona fide"),
-        (attack_bins, ATTACK_COLOR, "attack"),
-    ] {
-        let bars = bins.into_iter().enumerate().map(move |(i, fraction)| {
-            let left = axis_low + width * i as f64;
-            Rectangle::new(
-                [(left, 0.0), (left + width, fraction)],
-                color.mix(0.45).filled(),
-            )
-        });
-        let series = chart.draw_series(bars).map_err(|e| plot_error(path, e))?;
+    write_png(path, |root| {
+        root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(20);
         if text {
-            series.label(name).legend(move |(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled())
-            });
+            builder
+                .caption(
+                    if plain {
+                        format!("Scores ({})", set.polarity())
+                    } else {
+                        format!("Scores ({}), axis 0..1 = {low:e}..{high:e}", set.polarity())
+                    },
+                    ("sans-serif", 24),
+                )
+                .x_label_area_size(45)
+                .y_label_area_size(60);
         }
-    }
-    if text {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
+        let mut chart = builder
+            .build_cartesian_2d(
+                axis_low..axis_low + width * BINS as f64,
+                0.0..tallest * 1.05,
+            )
             .map_err(|e| plot_error(path, e))?;
-    }
-    root.present().map_err(|e| plot_error(path, e))
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc("score").y_desc("fraction of class");
+        } else {
+            mesh.x_labels(0).y_labels(0);
+        }
+        mesh.draw().map_err(|e| plot_error(path, e))?;
+        for (bins, color, name) in [
+            (bonafide_bins, BONAFIDE_COLOR, "bona fide"),
+            (attack_bins, ATTACK_COLOR, "attack"),
+        ] {
+            let bars = bins.into_iter().enumerate().map(move |(i, fraction)| {
+                let left = axis_low + width * i as f64;
+                Rectangle::new(
+                    [(left, 0.0), (left + width, fraction)],
+                    color.mix(0.45).filled(),
+                )
+            });
+            let series = chart.draw_series(bars).map_err(|e| plot_error(path, e))?;
+            if text {
+                series.label(name).legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled())
+                });
+            }
+        }
+        if text {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| plot_error(path, e))?;
+        }
+        root.present().map_err(|e| plot_error(path, e))
+    })
 }
 
 /// Writes `roc.png`, `det.png` and `scores.png` into `dir` (created if

@@ -1,5 +1,6 @@
 //! PNG output of the `plot` feature: ROC, DET and score histograms are valid,
-//! non-empty 800x600 PNG files. Their content was checked by eye when written.
+//! drawn 800x600 PNG files, written atomically. Their content was checked by
+//! eye when written.
 #![cfg(feature = "plot")]
 
 use fas_metrics::{read_score_file, Polarity, ScoreSet};
@@ -35,7 +36,26 @@ fn writes_valid_pngs() {
             "{} is 800x600",
             path.display()
         );
+        // Drawn, not a blank canvas: the curves, axes and bars give many
+        // colours (a white or black image has one).
+        let image = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        let mut colours: Vec<[u8; 3]> = image.pixels().map(|p| p.0).collect();
+        colours.sort_unstable();
+        colours.dedup();
+        assert!(
+            colours.len() > 2,
+            "{} has {} colours",
+            path.display(),
+            colours.len()
+        );
     }
+    // Written through temporary files renamed into place: none is left.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path().join("plots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["det.png", "roc.png", "scores.png"]);
 }
 
 /// The command line's `--plot-dir` writes the three PNGs after the report
