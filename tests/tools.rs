@@ -163,6 +163,30 @@ fn eval_writes_the_report_and_score_files() -> Result<()> {
         serde_json::from_str(&std::fs::read_to_string(run.join("report.json"))?)?;
     assert_eq!(trained_report["acer"], json["acer"]);
     assert_eq!(trained_report["auc"], json["auc"]);
+
+    // Again into the same directory at the checkpoint's threshold: dev is
+    // not scored, and the earlier evaluation's dev scores do not stay.
+    let eval_again = |out: &std::path::Path| {
+        EvalArgs::try_parse_from([
+            "eval_uniattack",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--threshold",
+            "checkpoint",
+            "--output",
+            out.to_str().unwrap(),
+        ])
+        .map(|args| uniattack::cli::eval::run(&args))
+    };
+    eval_again(&out)??;
+    assert!(out.join("scores/test.txt").is_file());
+    assert!(!out.join("scores/dev.txt").exists());
+    // The training run's own directory is refused: its report and scores
+    // are the record of the run.
+    let report_before = std::fs::read(run.join("report.json"))?;
+    let err = eval_again(&run)?.unwrap_err().to_string();
+    assert!(err.contains("holds a training run"), "{err}");
+    assert_eq!(std::fs::read(run.join("report.json"))?, report_before);
     Ok(())
 }
 

@@ -178,8 +178,17 @@ pub fn evaluate_checkpoint(
         };
         let run = RunDir::new(dir.to_path_buf());
         test_scores.write(&run.scores("test"), export)?;
-        if let Some(dev) = &dev_scores {
-            dev.write(&run.scores("dev"), export)?;
+        match &dev_scores {
+            Some(dev) => dev.write(&run.scores("dev"), export)?,
+            // Dev was not scored (a stored or given threshold): a dev score
+            // file of an earlier evaluation here would sit beside these
+            // test scores as if it belonged to them.
+            None => match std::fs::remove_file(run.scores("dev")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io("removing", run.scores("dev"), e));
+                }
+                _ => {}
+            },
         }
         write_plots(&test_set, &run.plots())?;
     }
@@ -254,6 +263,22 @@ pub fn csv(runs: &[EvalReport]) -> String {
 /// Runs `eval_uniattack`; returns the JSON it printed or wrote.
 pub fn run(args: &EvalArgs) -> Result<String> {
     crate::runtime::init();
+    if let Some(dir) = &args.output {
+        // A training run's report, scores and plots are the record of that
+        // run: an evaluation (perhaps at another threshold or polarity)
+        // must not replace some of them.
+        let run = RunDir::new(dir.clone());
+        if run.config().is_file() || run.checkpoints().is_dir() {
+            return Err(Error::config(
+                "--output",
+                format!(
+                    "{} holds a training run; writing this evaluation there would replace its \
+                     report, scores and plots: choose another directory",
+                    dir.display()
+                ),
+            ));
+        }
+    }
     let several = args.checkpoint.len() > 1;
     let mut runs = Vec::with_capacity(args.checkpoint.len());
     for (i, checkpoint) in args.checkpoint.iter().enumerate() {
