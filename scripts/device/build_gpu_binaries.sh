@@ -6,11 +6,11 @@
 # gradient accumulation, the loader), and the application (train_uniattack,
 # also with NCCL, eval_uniattack, detect, fas-data's synth_dataset), copied
 # with stable names to .gpu/bin (ignored by git) and packed into
-# .gpu/bin.tar.xz (9 binaries were 455 MB stripped and 25 MB packed on
-# 2026-12-02; there are 14 now, see the size printed at the end: the device
-# call carries at most 64 MiB, and xz -9's window shares the PTX every
-# binary embeds). About 17 minutes from a cold release target on 2 cores,
-# plus the NCCL build of candle. Carry `.gpu/bin.tar.xz` with the device
+# .gpu/bin.tar.xz: 14 binaries, 39 MB packed on 2026-12-06 (the device call
+# carries at most 64 MiB; xz -9's window shares the PTX every binary
+# embeds). About 17 minutes from a cold release target on 2 cores, plus
+# about 9 for the NCCL build of candle; 18 minutes in all on 2026-12-06 with
+# the dependencies already built. Carry `.gpu/bin.tar.xz` with the device
 # call.
 #   scripts/device/build_gpu_binaries.sh
 # Uses ../shared/tools/cuda-env.sh for nvcc and its own target directory
