@@ -99,11 +99,29 @@ pub struct CheckpointMeta {
     pub calibration: Option<Calibration>,
     /// The best checkpoint so far, as of this one.
     pub best: Option<BestRecord>,
+    /// The training steps taken since the last logged record, so a resumed
+    /// run's next record averages the same steps as an uninterrupted run's
+    /// (absent in checkpoints written before it existed: none).
+    #[serde(default)]
+    pub unlogged: UnloggedSteps,
     /// Names of the model parameters in the file.
     pub parameters: Vec<String>,
     /// Checksum of every tensor (name, dtype, shape, bytes) and of this
     /// header (with this field empty), hex.
     pub checksum: String,
+}
+
+/// Sums over the steps since the last logged training record. The sums are
+/// kept as the bits of their `f64`s: a decimal round trip through JSON may
+/// move the last bit, and the resumed record must be the uninterrupted one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UnloggedSteps {
+    /// How many steps.
+    pub steps: u64,
+    /// `f64::to_bits` of the sum of their losses.
+    pub loss_sum_bits: u64,
+    /// `f64::to_bits` of the sum of their gradient norms.
+    pub grad_norm_sum_bits: u64,
 }
 
 /// A checkpoint read back and verified.

@@ -23,7 +23,7 @@ use crate::adam::Adam;
 use crate::backbone::{build, trainable_vars};
 use crate::checkpoint::{
     read_checkpoint, write_checkpoint, BestRecord, Calibration, CheckpointKind, CheckpointMeta,
-    LoadedCheckpoint, LoaderPosition, TensorData, CLASS_EMBEDDINGS, FORMAT,
+    LoadedCheckpoint, LoaderPosition, TensorData, UnloggedSteps, CLASS_EMBEDDINGS, FORMAT,
 };
 use crate::data::{protocol_name, read_split, training_loader, SplitData};
 use crate::detector::{inference_model, prompt_embeddings, Detector};
@@ -79,6 +79,8 @@ pub struct Trainer {
     /// Rank 0's exclusive lock on the run directory, held while this
     /// trainer lives.
     _lock: Option<std::fs::File>,
+    /// The steps since the last logged record (checkpointed with them).
+    window: LogWindow,
 }
 
 /// Settings a resumed run may change: how long it trains, how many threads
@@ -203,6 +205,7 @@ impl Trainer {
             },
             sync: options.sync,
             _lock: lock,
+            window: LogWindow::new(),
             cfg,
         };
         if options.resume {
@@ -337,6 +340,7 @@ impl Trainer {
         self.position = meta.position;
         self.best = meta.best.clone();
         self.calibration = meta.calibration;
+        self.window = LogWindow::resumed(meta.unlogged);
         if !self.cfg.model.frozen.contains(&FrozenPart::Text) {
             return Ok(());
         }
@@ -362,7 +366,8 @@ impl Trainer {
     /// The training loop, from the current position to the last step.
     pub fn train(&mut self) -> Result<()> {
         let cfg = self.cfg.clone();
-        let mut window = LogWindow::new();
+        // Throughput counts from now (the steps' sums carry over).
+        self.window.restart_clock();
         while self.adam.step_count() < self.total_steps {
             let epoch = self.position.epoch;
             let mut batches = self.loader.epoch_from(epoch, self.position.next_batch);
@@ -420,9 +425,9 @@ impl Trainer {
                         next_batch: next,
                     }
                 };
-                window.add(loss, grad_norm, images);
+                self.window.add(loss, grad_norm, images);
                 if step.is_multiple_of(cfg.training.log_every) || step == self.total_steps {
-                    let record = window.record(step, epoch, lr);
+                    let record = self.window.record(step, epoch, lr);
                     if let Some(metrics) = &mut self.metrics {
                         metrics.append(&record)?;
                     }
@@ -666,6 +671,7 @@ impl Trainer {
             clip: self.clip.clone(),
             calibration: self.calibration,
             best: self.best.clone(),
+            unlogged: self.window.unlogged(),
             parameters,
             checksum: String::new(),
         }
@@ -896,6 +902,32 @@ impl LogWindow {
             images: 0,
             started: Instant::now(),
         }
+    }
+
+    /// A window holding the steps a checkpoint had not logged yet; its
+    /// throughput counts only what comes after.
+    fn resumed(unlogged: UnloggedSteps) -> Self {
+        Self {
+            losses: f64::from_bits(unlogged.loss_sum_bits),
+            norms: f64::from_bits(unlogged.grad_norm_sum_bits),
+            steps: unlogged.steps,
+            ..Self::new()
+        }
+    }
+
+    /// What a checkpoint keeps of this window.
+    fn unlogged(&self) -> UnloggedSteps {
+        UnloggedSteps {
+            steps: self.steps,
+            loss_sum_bits: self.losses.to_bits(),
+            grad_norm_sum_bits: self.norms.to_bits(),
+        }
+    }
+
+    /// Starts the throughput clock (and image count) afresh.
+    fn restart_clock(&mut self) {
+        self.images = 0;
+        self.started = Instant::now();
     }
 
     fn add(&mut self, loss: f64, norm: f64, images: usize) {

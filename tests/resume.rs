@@ -21,11 +21,14 @@ use uniattack::{ExperimentConfig, Trainer};
 const CHILD_OUT: &str = "UNIATTACK_RESUME_CHILD_OUT";
 const CHILD_DATA: &str = "UNIATTACK_RESUME_CHILD_DATA";
 
-/// Three epochs of two steps, a checkpoint after every step.
+/// Three epochs of two steps, a checkpoint after every step, a training
+/// record every 4 steps (and at the last): a run resumed from step 1 or 2
+/// must still log the mean of steps 1 to 4 at step 4.
 fn config(root: &Path) -> ExperimentConfig {
     let mut cfg = common::experiment(root);
     cfg.training.checkpoint_every = Some(1);
     cfg.training.keep_last = 2;
+    cfg.training.log_every = 4;
     cfg
 }
 
