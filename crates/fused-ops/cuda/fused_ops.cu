@@ -176,8 +176,8 @@ __device__ void layer_norm_bwd_input(const T* x, const T* gamma, const T* dy, T*
         store(dx, base + c, rstd * (g - mg - xhat * mgx));
     }
     if (stats && threadIdx.x == 0) {
-        stats[2 * blockIdx.x] = mean;
-        stats[2 * blockIdx.x + 1] = rstd;
+        stats[2 * (int64_t)blockIdx.x] = mean;
+        stats[2 * (int64_t)blockIdx.x + 1] = rstd;
     }
 }
 
@@ -304,7 +304,7 @@ __device__ void layer_norm_bwd_params(const T* x, const T* dy, const float* stat
     for (int r = start; r < end; ++r) {
         const int64_t i = (int64_t)r * cols + c;
         const float d = load(dy, i);
-        dg += d * (load(x, i) - stats[2 * r]) * stats[2 * r + 1];
+        dg += d * (load(x, i) - stats[2 * (int64_t)r]) * stats[2 * (int64_t)r + 1];
         db += d;
     }
     partial[(int64_t)blockIdx.y * cols + c] = dg;
@@ -447,23 +447,25 @@ __device__ __forceinline__ float dot(const float* a, const float* b) {
 // head's keys (and values, unless v is null) through shared memory in
 // tiles. Every thread of the block takes part in the loads, whether its
 // query exists (`active`) or not.
-template <typename T, int HD, typename F>
-__device__ void for_each_key(const T* k, const T* v, int b, int head, int tokens, int heads,
-                             int i, bool active, int causal, F f) {
+template <typename T, int HD, bool WITH_V, typename F>
+__device__ __forceinline__ void for_each_key(const T* k, const T* v, int b, int head, int tokens,
+                                             int heads, int i, bool active, int causal, F f) {
     constexpr int TILE = AttentionTile<HD>::SIZE;
     __shared__ float ks[TILE][HD];
-    __shared__ float vs[TILE][HD];
+    // The statistics pass reads no values: no tile for them (1 x 1 keeps
+    // the declaration valid).
+    __shared__ float vs[WITH_V ? TILE : 1][WITH_V ? HD : 1];
     // Causal: no key after the block's last query is needed.
     const int last = causal ? min(tokens, (int)((blockIdx.x + 1) * blockDim.x)) : tokens;
     for (int j0 = 0; j0 < last; j0 += TILE) {
         __syncthreads();  // the previous tile's readers are done
         load_tile<T, HD, TILE>(k, ks, b, j0, head, tokens, heads);
-        if (v) load_tile<T, HD, TILE>(v, vs, b, j0, head, tokens, heads);
+        if constexpr (WITH_V) load_tile<T, HD, TILE>(v, vs, b, j0, head, tokens, heads);
         __syncthreads();
         const int end = min(TILE, tokens - j0);
         for (int jj = 0; active && jj < end; ++jj) {
             if (causal && j0 + jj > i) break;
-            f(ks[jj], vs[jj]);
+            f(ks[jj], WITH_V ? vs[jj] : nullptr);
         }
     }
 }
@@ -483,21 +485,21 @@ __device__ void attention_fwd(const T* q, const T* k, const T* v, T* out, int to
         acc[d] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
-    for_each_key<T, HD>(k, v, b, head, tokens, heads, i, active, causal,
-                        [&](const float* kj, const float* vj) {
-                            const float s = dot<HD>(qi, kj);
-                            if (s > m) {
-                                const float correction = expf(m - s);
-                                l *= correction;
+    auto step = [&](const float* kj, const float* vj) {
+        const float s = dot<HD>(qi, kj);
+        if (s > m) {
+            const float correction = expf(m - s);
+            l *= correction;
 #pragma unroll
-                                for (int d = 0; d < HD; ++d) acc[d] *= correction;
-                                m = s;
-                            }
-                            const float p = expf(s - m);
-                            l += p;
+            for (int d = 0; d < HD; ++d) acc[d] *= correction;
+            m = s;
+        }
+        const float p = expf(s - m);
+        l += p;
 #pragma unroll
-                            for (int d = 0; d < HD; ++d) acc[d] += p * vj[d];
-                        });
+        for (int d = 0; d < HD; ++d) acc[d] += p * vj[d];
+    };
+    for_each_key<T, HD, true>(k, v, b, head, tokens, heads, i, active, causal, step);
     if (!active) return;
     const float inv = 1.0f / l;
 #pragma unroll
@@ -521,15 +523,16 @@ __device__ void attention_stats(const T* q, const T* k, const T* out, const T* d
         delta += active ? load(dout, row + d) * load(out, row + d) : 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
-    for_each_key<T, HD>(k, (const T*)nullptr, b, head, tokens, heads, i, active, causal,
-                        [&](const float* kj, const float*) {
-                            const float s = dot<HD>(qi, kj);
-                            if (s > m) {
-                                l *= expf(m - s);
-                                m = s;
-                            }
-                            l += expf(s - m);
-                        });
+    auto step = [&](const float* kj, const float*) {
+        const float s = dot<HD>(qi, kj);
+        if (s > m) {
+            l *= expf(m - s);
+            m = s;
+        }
+        l += expf(s - m);
+    };
+    for_each_key<T, HD, false>(k, (const T*)nullptr, b, head, tokens, heads, i, active, causal,
+                               step);
     if (!active) return;
     const int64_t r = ((int64_t)b * heads + head) * tokens + i;
     stats[2 * r] = m + logf(l);

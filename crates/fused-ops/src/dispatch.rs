@@ -84,11 +84,15 @@ pub fn fused_cuda_kernels() -> bool {
 }
 
 /// Whether `x` takes this crate's CUDA kernels: non-empty, F32 or BF16 on a
-/// CUDA device (or on the CPU under `cuda-emulation`), the switch on.
+/// CUDA device (or on the CPU under `cuda-emulation`), the switch on, and
+/// under 2^31 elements (the kernels take row, column and group counts as
+/// 32-bit integers; larger tensors, 8 GB and up in F32, take the
+/// composites).
 #[cfg_attr(not(cuda_kernels), allow(dead_code))]
 pub(crate) fn cuda_path(x: &Tensor) -> bool {
     (x.device().is_cuda() || (cfg!(feature = "cuda-emulation") && x.device().is_cpu()))
         && x.elem_count() > 0
+        && x.elem_count() <= i32::MAX as usize
         && matches!(x.dtype(), DType::F32 | DType::BF16)
         && fused_cuda_kernels()
 }
