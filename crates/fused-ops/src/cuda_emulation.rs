@@ -105,13 +105,15 @@ mod ffi {
 
     extern "C" {
         /// `cuda/emulation/emulator.cpp`: runs kernel `name` over `grid` x
-        /// `block` with `params` (the addresses of its arguments in order);
+        /// `block` with `params` (the addresses of its arguments in order)
+        /// whose types `signature` spells (checked against the kernel's);
         /// 0 on success, else 1 with a message in `error`.
         pub(super) fn fused_ops_emulate_launch(
             name: *const c_char,
             grid: *const c_uint,
             block: *const c_uint,
             params: *mut *mut c_void,
+            signature: *const c_char,
             error: *mut c_char,
             error_len: usize,
         ) -> c_int;
@@ -173,6 +175,24 @@ impl KernelDevice for Emulator {
                 s[..bytes.len()].copy_from_slice(bytes);
                 Slot(s)
             }
+            // The arguments' types, one character each, as the emulator
+            // spells a kernel's parameters (emulator.h's ParamCode).
+            let buffer = |s: &CpuStorage| match s.dtype() {
+                DType::F32 => 'F',
+                DType::BF16 => 'B',
+                _ => '?',
+            };
+            let signature: String = args
+                .iter()
+                .map(|arg| match arg {
+                    Arg::In(s, _) => buffer(s),
+                    Arg::Out(s, _) => buffer(s),
+                    Arg::I32(_) => 'i',
+                    Arg::I64(_) => 'l',
+                    Arg::F32(_) => 'f',
+                })
+                .collect();
+            let signature = CString::new(signature).map_err(candle_core::Error::wrap)?;
             let mut slots = Vec::with_capacity(args.len());
             for arg in args.iter_mut() {
                 slots.push(match arg {
@@ -205,6 +225,7 @@ impl KernelDevice for Emulator {
                     g.as_ptr(),
                     b.as_ptr(),
                     params.as_mut_ptr(),
+                    signature.as_ptr(),
                     error.as_mut_ptr() as *mut std::ffi::c_char,
                     error.len(),
                 )
@@ -314,6 +335,46 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("partial warp"), "{err}");
+        Ok(())
+    }
+
+    /// A launch whose arguments do not match the kernel's parameters in
+    /// type (an i64 for an int, a BF16 buffer for a float*) or number is
+    /// an error, as it would read garbage on a GPU.
+    #[test]
+    fn arguments_of_the_wrong_type_or_number_are_errors() -> Result<()> {
+        let mut y = Emulator.alloc(DType::F32, 10)?;
+        let err = Emulator
+            .launch(
+                "emulator_test_write_one_past",
+                grid(1, 32),
+                &mut [Arg::Out(&mut y, 0), Arg::I64(9)],
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("takes (Fi), launched with (Fl)"),
+            "{err}"
+        );
+        let mut half = Emulator.alloc(DType::BF16, 64)?;
+        let err = Emulator
+            .launch(
+                "emulator_test_swap_pairs",
+                grid(1, 64),
+                &mut [Arg::Out(&mut half, 0)],
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("takes (F), launched with (B)"),
+            "{err}"
+        );
+        let err = Emulator
+            .launch(
+                "emulator_test_swap_pairs",
+                grid(1, 64),
+                &mut [Arg::Out(&mut y, 0), Arg::I32(1)],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("launched with (Fi)"), "{err}");
         Ok(())
     }
 

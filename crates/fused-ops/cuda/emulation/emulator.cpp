@@ -21,8 +21,13 @@ thread_local uint3 threadIdx, blockIdx, blockDim, gridDim;
 namespace emu {
 namespace {
 
-std::map<std::string, Invoker>& registry() {
-    static std::map<std::string, Invoker> kernels;
+struct Registered {
+    Invoker invoker;
+    std::string signature;
+};
+
+std::map<std::string, Registered>& registry() {
+    static std::map<std::string, Registered> kernels;
     return kernels;
 }
 
@@ -152,7 +157,9 @@ bool run_block(Launch& l, bool descending) {
 
 }  // namespace
 
-Registration::Registration(const char* name, Invoker invoker) { registry()[name] = invoker; }
+Registration::Registration(const char* name, Invoker invoker, std::string signature) {
+    registry()[name] = Registered{invoker, std::move(signature)};
+}
 
 void syncthreads() {
     me().state = State::AtBarrier;
@@ -176,7 +183,8 @@ uint64_t shuffle(unsigned mask, uint64_t bits, int arg, int width, Shuffle kind)
 // Runs kernel `name` over `grid` x `block` with `params` (the addresses of
 // its arguments, in order). 0 on success; else 1 with a message in `error`.
 extern "C" int fused_ops_emulate_launch(const char* name, const unsigned* grid,
-                                        const unsigned* block, void** params, char* error,
+                                        const unsigned* block, void** params,
+                                        const char* signature, char* error,
                                         std::size_t error_len) {
     using namespace emu;
     auto fail = [&](const std::string& why) {
@@ -185,6 +193,10 @@ extern "C" int fused_ops_emulate_launch(const char* name, const unsigned* grid,
     };
     const auto found = registry().find(name);
     if (found == registry().end()) return fail(std::string("no kernel named ") + name);
+    if (found->second.signature != signature)
+        return fail(std::string(name) + " takes (" + found->second.signature +
+                    "), launched with (" + signature +
+                    ") (F float*, B bfloat16*, i int, l int64, f float)");
     const std::size_t threads = static_cast<std::size_t>(block[0]) * block[1] * block[2];
     if (threads == 0 || threads > 1024 || block[2] > 64)
         return fail("block of " + std::to_string(threads) + " threads (1 to 1024, z at most 64)");
@@ -196,7 +208,7 @@ extern "C" int fused_ops_emulate_launch(const char* name, const unsigned* grid,
     static std::mutex one_at_a_time;
     const std::lock_guard<std::mutex> hold(one_at_a_time);
     Launch launch;
-    launch.invoker = found->second;
+    launch.invoker = found->second.invoker;
     launch.params = params;
     launch.fibers.resize(threads);
     launch.stacks.resize(threads * kStackBytes);

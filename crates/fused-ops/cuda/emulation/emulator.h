@@ -18,8 +18,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <utility>
+
+#include "cuda_bf16.h"
 
 #define __global__
 #define __device__
@@ -60,8 +63,55 @@ T shuffle_value(unsigned mask, T v, int arg, int width, Shuffle kind) {
 using Invoker = void (*)(void** params);
 
 struct Registration {
-    Registration(const char* name, Invoker invoker);
+    Registration(const char* name, Invoker invoker, std::string signature);
 };
+
+// One character per parameter type, so a launch can be checked against
+// the kernel's parameter list (a GPU reads an i32 passed for an int64_t,
+// or a bf16 buffer passed for a float*, as garbage; the emulator's 8-byte
+// argument slots would not): F float*, B bfloat16*, i int, l int64_t, f
+// float, ? anything else.
+template <typename T>
+struct ParamCode {
+    static constexpr char value = '?';
+};
+template <>
+struct ParamCode<int> {
+    static constexpr char value = 'i';
+};
+template <>
+struct ParamCode<long> {
+    static constexpr char value = sizeof(long) == 8 ? 'l' : '?';
+};
+template <>
+struct ParamCode<long long> {
+    static constexpr char value = 'l';
+};
+template <>
+struct ParamCode<float> {
+    static constexpr char value = 'f';
+};
+template <>
+struct ParamCode<float*> {
+    static constexpr char value = 'F';
+};
+template <>
+struct ParamCode<const float*> {
+    static constexpr char value = 'F';
+};
+template <>
+struct ParamCode<__nv_bfloat16*> {
+    static constexpr char value = 'B';
+};
+template <>
+struct ParamCode<const __nv_bfloat16*> {
+    static constexpr char value = 'B';
+};
+
+template <typename... A>
+std::string signature_of(void (*)(A...)) {
+    return std::string{ParamCode<std::remove_cv_t<A>>::value...};
+}
 
 template <typename... A, std::size_t... I>
 void invoke_with(void (*kernel)(A...), void** params, std::index_sequence<I...>) {
@@ -77,11 +127,10 @@ void invoke(void (*kernel)(A...), void** params) {
 
 // fused_ops.cu defines every kernel through KERNEL; here each one is also
 // registered under its name for the launcher.
-#define KERNEL(NAME, PARAMS, CALL)                                               \
-    extern "C" void NAME PARAMS { CALL; }                                        \
-    static const ::emu::Registration NAME##_registration(#NAME, [](void** p) { \
-        ::emu::invoke(NAME, p);                                                  \
-    });
+#define KERNEL(NAME, PARAMS, CALL)                                                \
+    extern "C" void NAME PARAMS { CALL; }                                         \
+    static const ::emu::Registration NAME##_registration(                         \
+        #NAME, [](void** p) { ::emu::invoke(NAME, p); }, ::emu::signature_of(NAME));
 
 inline void __syncthreads() { emu::syncthreads(); }
 
