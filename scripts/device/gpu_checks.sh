@@ -19,7 +19,10 @@
 # With a train_uniattack_nccl binary (build_gpu_binaries.sh builds one when
 # NCCL links), the demo runs again as rank 0 of an NCCL group of one, and
 # its losses are compared with the plain run's (NCCL_CHECK=0 skips it).
-# STEP_BENCH=0 skips the training-step comparison; DETECT_BENCH=0 the
+# TESTS=0 skips the tests (then KERNELS_OK=1 lets the step run with the
+# kernels, from an earlier call's verdict) and DEMO=0 the demo runs;
+# STEP_BENCH=0 skips the training-step comparison (STEP_ROUNDS=1 runs it
+# once instead of twice); DETECT_BENCH=0 the
 # detector's inference against PyTorch; LOADER_BENCH=0 the loader on every
 # core; BENCHES=0 the layer benches that follow them (the device call allows
 # 600 s in all: split the checks over calls with these switches).
@@ -49,43 +52,53 @@ echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 nproc
 
 status=0
-echo "== tests on GPU 0"
 # Integration tests find their fixtures through the CARGO_MANIFEST_DIR baked
 # in at build time; build_gpu_binaries.sh records that checkout's path.
 built_at=$(cat "$BIN/checkout")
 if [ "$built_at" != "$PWD" ] && [ ! -e "$built_at" ]; then
     mkdir -p "$(dirname "$built_at")" && ln -s "$PWD" "$built_at"
 fi
-# fused_ops_cuda first: it decides whether the step bench below may turn
-# the CUDA kernels on (FUSED_OPS_CUDA=1).
-kernels_ok=0
-timeout 120 "$BIN/fused_ops_cuda" --test-threads 1 --nocapture >"$OUT/fused_ops_cuda.log" 2>&1 &&
-    kernels_ok=1 || status=1
-grep -E "max diff|^test |test result|panicked|rror" "$OUT/fused_ops_cuda.log" | tail -n 40
-for t in softmoe_parity clip_moe_parity clip_moe_cuda; do
-    timeout 300 "$BIN/$t" --test-threads 1 >"$OUT/$t.log" 2>&1 || status=1
-    grep -E "^test |test result|panicked|rror" "$OUT/$t.log"
-done
-# The whole tiny model on GPU with the fused kernels on, against the CPU.
-if [ "$kernels_ok" = 1 ]; then
-    FUSED_OPS_CUDA=1 timeout 300 "$BIN/clip_moe_cuda" --test-threads 1 \
-        >"$OUT/clip_moe_cuda_kernels.log" 2>&1 || { status=1; kernels_ok=0; }
-    grep -E "^test |test result|panicked|rror" "$OUT/clip_moe_cuda_kernels.log"
+# Whether the step bench may turn the fused CUDA kernels on
+# (FUSED_OPS_CUDA=1): decided by fused_ops_cuda below, or, with TESTS=0
+# (a later call), by KERNELS_OK from an earlier call's result.
+kernels_ok=${KERNELS_OK:-0}
+if [ "${TESTS:-1}" = 1 ]; then
+    echo "== tests on GPU 0"
+    kernels_ok=0
+    timeout 120 "$BIN/fused_ops_cuda" --test-threads 1 --nocapture >"$OUT/fused_ops_cuda.log" 2>&1 &&
+        kernels_ok=1 || status=1
+    grep -E "max diff|^test |test result|panicked|rror" "$OUT/fused_ops_cuda.log" | tail -n 40
+    for t in softmoe_parity clip_moe_parity clip_moe_cuda; do
+        timeout 300 "$BIN/$t" --test-threads 1 >"$OUT/$t.log" 2>&1 || status=1
+        grep -E "^test |test result|panicked|rror" "$OUT/$t.log"
+    done
+    # The whole tiny model on GPU with the fused kernels on, against the CPU.
+    if [ "$kernels_ok" = 1 ]; then
+        FUSED_OPS_CUDA=1 timeout 300 "$BIN/clip_moe_cuda" --test-threads 1 \
+            >"$OUT/clip_moe_cuda_kernels.log" 2>&1 || { status=1; kernels_ok=0; }
+        grep -E "^test |test result|panicked|rror" "$OUT/clip_moe_cuda_kernels.log"
+    fi
+    echo "KERNELS_OK=$kernels_ok (pass it to a later call with TESTS=0)"
 fi
 
-echo "== the demo on CUDA (40 steps), F32 and BF16"
-for precision in f32 bf16; do
+demo() { # precision
     UNIATTACK_CACHE="$OUT/demo-cache" timeout 300 "$BIN/train_uniattack" --demo --device cuda \
-        --precision "$precision" --max-steps 40 --output "$OUT/demo-$precision" \
-        >"$OUT/demo-$precision.log" 2>&1 || status=1
-    tail -n 12 "$OUT/demo-$precision.log"
-done
+        --precision "$1" --max-steps 40 --output "$OUT/demo-$1" \
+        >"$OUT/demo-$1.log" 2>&1 || status=1
+    tail -n 12 "$OUT/demo-$1.log"
+}
+if [ "${DEMO:-1}" = 1 ]; then
+    echo "== the demo on CUDA (40 steps), F32 and BF16"
+    demo f32
+    demo bf16
+fi
 
 if [ "${NCCL_CHECK:-1}" = 1 ] && [ -x "$BIN/train_uniattack_nccl" ]; then
     # The data-parallel path at world size 1: this process is rank 0 of one,
     # joins an NCCL communicator and all-reduces every step's gradients
     # (sum, then / 1: exact), so its losses should equal the plain F32 run's.
     echo "== NCCL, world size 1, against the plain F32 demo run"
+    [ -f "$OUT/demo-f32/metrics.jsonl" ] || demo f32
     UNIATTACK_RANK=0 UNIATTACK_WORLD_SIZE=1 UNIATTACK_CACHE="$OUT/demo-cache" timeout 300 \
         "$BIN/train_uniattack_nccl" --demo --device cuda --precision f32 --max-steps 40 \
         --output "$OUT/demo-nccl" >"$OUT/demo-nccl.log" 2>&1 || status=1
@@ -156,7 +169,7 @@ print(json.dumps({"impl": "uniattack", "precision": sys.argv[2], "batch": 32,
                   "peak_gpu_mib": int(sys.argv[3])}))
 PY
     }
-    for round in 1 2; do
+    for round in $(seq "${STEP_ROUNDS:-2}"); do
         for precision in f32 bf16; do
             rust_step "$precision" 0 || status=1
             if [ "$kernels_ok" = 1 ]; then rust_step "$precision" 1 || status=1; fi
