@@ -318,7 +318,7 @@ fn read_keeping(
     let layout: safetensors::tensor::Metadata = serde_json::from_str(header)
         .map_err(|e| fail(format!("not a safetensors file or corrupted header ({e})")))?;
     let data_start = 8 + header_len;
-    if data_start + layout.data_len() as u64 != file_len {
+    if data_start.checked_add(layout.data_len() as u64) != Some(file_len) {
         return Err(fail(format!(
             "cut short or padded: the header lists {} bytes of tensors, the file holds {}",
             layout.data_len(),

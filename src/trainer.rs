@@ -223,6 +223,7 @@ impl Trainer {
                 &trainer.run.metrics(),
                 trainer.adam.step_count(),
             )?);
+            crate::evaluator::write_text(&trainer.run.config(), &trainer.cfg.to_json())?;
         }
         Ok(trainer)
     }
@@ -844,10 +845,12 @@ fn lock_run(run: &RunDir) -> Result<std::fs::File> {
     }
 }
 
-/// Refuses to start a new run over an existing one, creates the directory,
-/// locks it, and (re)writes `config.json`; the lock is held while the
-/// returned file is open. On resume, the saved configuration must match
-/// `cfg` except in the settings a resumed run may change.
+/// Refuses to start a new run over an existing one, creates the directory
+/// and locks it; the lock is held while the returned file is open. On
+/// resume, the saved configuration must match `cfg` except in the settings
+/// a resumed run may change. `config.json` is (re)written by
+/// [`Trainer::new`] once everything else has succeeded, so a refused or
+/// failed start leaves the run's own configuration as it was.
 fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<std::fs::File> {
     let exists = holds_run(run)?;
     if exists && !resume {
@@ -880,7 +883,6 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
     if exists {
         run.remove_stale_temporaries()?;
     }
-    crate::evaluator::write_text(&run.config(), &cfg.to_json())?;
     Ok(lock)
 }
 

@@ -30,9 +30,10 @@ fn a_run_is_never_started_over_another() -> Result<()> {
     Ok(())
 }
 
-/// A batch larger than the train split fails after `config.json` is
-/// written; the same directory then takes a corrected start (it used to
-/// be refused as a run, and as another configuration on `--resume`).
+/// A batch larger than the train split fails once the directory exists;
+/// the same directory then takes a corrected start (it used to be refused
+/// as a run, and as another configuration on `--resume`). A directory left
+/// with only an older version's `config.json` is no run either.
 #[test]
 fn a_failed_start_does_not_block_a_corrected_one() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -40,9 +41,13 @@ fn a_failed_start_does_not_block_a_corrected_one() -> Result<()> {
     let out = dir.path().join("run");
     let mut too_large = common::experiment(&root);
     too_large.loader.batch_size = 1000;
-    let err = error_of(Trainer::new(too_large, common::options(&out, false)));
+    let err = error_of(Trainer::new(
+        too_large.clone(),
+        common::options(&out, false),
+    ));
     assert!(err.contains("do not fill one batch"), "{err}");
-    assert!(out.join("config.json").is_file());
+    assert!(out.is_dir() && !out.join("config.json").exists());
+    std::fs::write(out.join("config.json"), too_large.to_json())?;
 
     let mut cfg = common::experiment(&root);
     cfg.training.epochs = 1;
@@ -67,6 +72,7 @@ fn a_second_process_on_a_live_run_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// A refused resume leaves the run's `config.json` as it was.
 #[test]
 fn a_cosine_run_resumes_only_at_its_own_length() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -80,11 +86,13 @@ fn a_cosine_run_resumes_only_at_its_own_length() -> Result<()> {
 
     let mut longer = cfg.clone();
     longer.training.epochs = 3;
+    let saved = std::fs::read(out.join("config.json"))?;
     let err = error_of(Trainer::new(longer.clone(), common::options(&out, true)));
     assert!(
         err.contains("--epochs/--max-steps") && err.contains("4 steps long"),
         "{err}"
     );
+    assert_eq!(std::fs::read(out.join("config.json"))?, saved);
     // A constant schedule does not depend on the length: the run may grow.
     longer.schedule.decay = Decay::Constant;
     let mut constant = cfg.clone();

@@ -83,7 +83,7 @@ fi
 
 demo() { # precision
     UNIATTACK_CACHE="$OUT/demo-cache" timeout 300 "$BIN/train_uniattack" --demo --device cuda \
-        --precision "$1" --max-steps 40 --output "$OUT/demo-$1" \
+        --precision "$1" --max-steps 40 --log-every 1 --output "$OUT/demo-$1" \
         >"$OUT/demo-$1.log" 2>&1 || status=1
     tail -n 12 "$OUT/demo-$1.log"
 }
@@ -100,7 +100,7 @@ if [ "${NCCL_CHECK:-1}" = 1 ] && [ -x "$BIN/train_uniattack_nccl" ]; then
     echo "== NCCL, world size 1, against the plain F32 demo run"
     [ -f "$OUT/demo-f32/metrics.jsonl" ] || demo f32
     UNIATTACK_RANK=0 UNIATTACK_WORLD_SIZE=1 UNIATTACK_CACHE="$OUT/demo-cache" timeout 300 \
-        "$BIN/train_uniattack_nccl" --demo --device cuda --precision f32 --max-steps 40 \
+        "$BIN/train_uniattack_nccl" --demo --device cuda --precision f32 --max-steps 40 --log-every 1 \
         --output "$OUT/demo-nccl" >"$OUT/demo-nccl.log" 2>&1 || status=1
     tail -n 4 "$OUT/demo-nccl.log"
     "$PY" - "$OUT/demo-f32/metrics.jsonl" "$OUT/demo-nccl/metrics.jsonl" <<'PY' || status=1
@@ -177,7 +177,8 @@ PY
             "$PY" scripts/uniattack/bench_train_step_torch.py --device cuda --batch 32 --steps 20 \
                 --warmup 3 --tf32 --amp "$amp" || status=1
         done
-    done 2>&1 | tee "$OUT/train_step.log"
+    done >"$OUT/train_step.log" 2>&1 # not a pipe: a pipe's loop would set status in a subshell
+    cat "$OUT/train_step.log"
 fi
 
 if [ "${DETECT_BENCH:-1}" = 1 ]; then
@@ -198,19 +199,21 @@ if [ "${DETECT_BENCH:-1}" = 1 ]; then
     for round in 1 2; do
         all=$(wall "$BIN/detect" --device cuda --checkpoint "$ck" --batch-size 64 --workers "$(nproc)" "$images")
         single=$(wall "$BIN/detect" --device cuda --checkpoint "$ck" "$one")
-        "$PY" -c 'import json, sys; n, a, o = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]); print(json.dumps({"impl": "uniattack", "images": n, "seconds": a, "startup_seconds": o, "images_per_s": n / (a - o)}))' \
+        "$PY" -c 'import json, math, sys; n, a, o = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]); r = n / (a - o) if a > o else float("nan"); print(json.dumps({"impl": "uniattack", "images": n, "seconds": a, "startup_seconds": o, "images_per_s": r})); sys.exit(0 if math.isfinite(r) else 1)' \
             "$(find "$images" -name '*.jpg' | wc -l)" "$all" "$single" || status=1
         "$PY" scripts/uniattack/bench_detect_torch.py --device cuda --tf32 --workers "$(nproc)" \
             --batch 64 --threads "$(nproc)" "$images" || status=1
-    done 2>&1 | tee "$OUT/detect.log"
+    done >"$OUT/detect.log" 2>&1
+    cat "$OUT/detect.log"
 fi
 
 if [ "${LOADER_BENCH:-1}" = 1 ]; then
     # The augmented training loader on this machine's cores, against the
     # step's images/s above.
     echo "== the training loader, 224 px with augmentation, $(nproc) workers"
-    "$BIN"/preprocess --bench loader 2>&1 | tee "$OUT/loader.log" |
-        grep -E "^cpu_|thrpt:" | paste - - | awk '{printf "%-80s %s %s\n", $1, $(NF-3), $(NF-2)}'
+    "$BIN"/preprocess --bench loader >"$OUT/loader.log" 2>&1 || status=1
+    grep -E "^cpu_|thrpt:" "$OUT/loader.log" | paste - - |
+        awk '{printf "%-80s %s %s\n", $1, $(NF-3), $(NF-2)}'
 fi
 
 if [ "${BENCHES:-1}" = 0 ]; then

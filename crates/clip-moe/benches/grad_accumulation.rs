@@ -13,8 +13,12 @@
 //! (`Tensor::sorted_nodes`, the list `backward` walks; the root gets ones
 //! instead and is left out), and reports it beside the timed backward of the
 //! same graph. The extra adds of nodes with several consumers are real
-//! accumulation and are not counted, so the replay is the avoidable part,
-//! not an upper bound of everything the accumulation costs.
+//! accumulation and are not counted. Nor are the zeros and adds candle's
+//! backward also spends on operands that track no gradient (the pixels,
+//! constants, masks: it calls `or_insert` for every operand of an op), and
+//! the replay adds contiguous tensors where a real gradient may be strided.
+//! So the replay is a lower bound of the avoidable part, not of everything
+//! the accumulation costs.
 //!
 //! `cargo bench -p clip-moe --bench grad_accumulation` runs on the CPU at
 //! batch 2; with `--features cuda` also on GPU 0 at batch 32 (the training

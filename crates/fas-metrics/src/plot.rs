@@ -63,14 +63,18 @@ fn write_png(
 ) -> Result<()> {
     let mut pixels = vec![0u8; SIZE.0 as usize * SIZE.1 as usize * 3];
     draw(BitMapBackend::with_buffer(&mut pixels, SIZE).into_drawing_area())?;
-    atomic_io::write_atomically(path, |tmp| {
+    // Encoded in memory: the encoder finishes the file (IEND) and a
+    // buffered writer flushes in their drops, which cannot report a full
+    // disk; `fs::write` can.
+    let mut png = Vec::new();
+    {
         use image::ImageEncoder;
-        let file = std::io::BufWriter::new(std::fs::File::create(tmp).map_err(|e| e.to_string())?);
-        image::codecs::png::PngEncoder::new(file)
+        image::codecs::png::PngEncoder::new(&mut png)
             .write_image(&pixels, SIZE.0, SIZE.1, image::ExtendedColorType::Rgb8)
-            .map_err(|e| e.to_string())
-    })
-    .map_err(|e| plot_error(path, e))
+            .map_err(|e| plot_error(path, e))?;
+    }
+    atomic_io::write_atomically(path, |tmp| std::fs::write(tmp, &png))
+        .map_err(|e| plot_error(path, e))
 }
 
 /// Axis names of the ROC curve's rates under `polarity`.
