@@ -14,10 +14,7 @@ use uniattack::Trainer;
 
 /// Trains the tiny test model for one epoch under `dir`; its run directory.
 fn one_epoch_run(dir: &Path) -> anyhow::Result<PathBuf> {
-    let data = common::dataset(&dir.join("data"));
-    let mut cfg = common::experiment(&data);
-    cfg.training.epochs = 1;
-    let out = dir.join("run");
+    let (cfg, out) = common::one_epoch(dir);
     Trainer::new(cfg, common::options(&out, false))?.train()?;
     Ok(out)
 }

@@ -20,10 +20,7 @@ fn error_of(result: uniattack::Result<Trainer>) -> String {
 #[test]
 fn a_run_is_never_started_over_another() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let root = common::dataset(&dir.path().join("data"));
-    let mut cfg = common::experiment(&root);
-    cfg.training.epochs = 1;
-    let out = dir.path().join("run");
+    let (cfg, out) = common::one_epoch(dir.path());
     Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
     let err = error_of(Trainer::new(cfg, common::options(&out, false)));
     assert!(err.contains("already holds a run"), "{err}");
@@ -58,10 +55,7 @@ fn a_failed_start_does_not_block_a_corrected_one() -> Result<()> {
 #[test]
 fn a_second_process_on_a_live_run_is_refused() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let root = common::dataset(&dir.path().join("data"));
-    let mut cfg = common::experiment(&root);
-    cfg.training.epochs = 1;
-    let out = dir.path().join("run");
+    let (cfg, out) = common::one_epoch(dir.path());
     let mut first = Trainer::new(cfg.clone(), common::options(&out, false))?;
     first.train()?;
     let err = error_of(Trainer::new(cfg.clone(), common::options(&out, true)));

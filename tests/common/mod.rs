@@ -39,6 +39,15 @@ pub fn experiment(root: &Path) -> ExperimentConfig {
     cfg
 }
 
+/// The small dataset under `dir/data` and a one-epoch experiment on it,
+/// with `dir/run` as its output directory.
+pub fn one_epoch(dir: &Path) -> (ExperimentConfig, PathBuf) {
+    let data = dataset(&dir.join("data"));
+    let mut cfg = experiment(&data);
+    cfg.training.epochs = 1;
+    (cfg, dir.join("run"))
+}
+
 /// Options for a CPU run into `output`.
 pub fn options(output: &Path, resume: bool) -> TrainOptions {
     TrainOptions {

@@ -91,21 +91,13 @@ template <>
 struct ParamCode<float> {
     static constexpr char value = 'f';
 };
-template <>
-struct ParamCode<float*> {
-    static constexpr char value = 'F';
-};
-template <>
-struct ParamCode<const float*> {
-    static constexpr char value = 'F';
-};
-template <>
-struct ParamCode<__nv_bfloat16*> {
-    static constexpr char value = 'B';
-};
-template <>
-struct ParamCode<const __nv_bfloat16*> {
-    static constexpr char value = 'B';
+// Buffers, read-only or not, by element type.
+template <typename T>
+struct ParamCode<T*> {
+    using E = std::remove_const_t<T>;
+    static constexpr char value = std::is_same_v<E, float>           ? 'F'
+                                  : std::is_same_v<E, __nv_bfloat16> ? 'B'
+                                                                     : '?';
 };
 
 template <typename... A>
