@@ -77,6 +77,26 @@ fn write_png(
         .map_err(|e| plot_error(path, e))
 }
 
+/// Fills `root` white and starts a chart on it with the plots' margin, and,
+/// when `text` can be drawn, `caption` and room for the axis labels.
+fn chart_on<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    text: bool,
+    caption: impl AsRef<str>,
+    path: &Path,
+) -> Result<ChartBuilder<'a, 'b, BitMapBackend<'b>>> {
+    root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
+    let mut builder = ChartBuilder::on(root);
+    builder.margin(20);
+    if text {
+        builder
+            .caption(caption, ("sans-serif", 24))
+            .x_label_area_size(45)
+            .y_label_area_size(60);
+    }
+    Ok(builder)
+}
+
 /// Axis names of the ROC curve's rates under `polarity`.
 fn roc_axis_names(polarity: Polarity) -> (&'static str, &'static str) {
     match polarity {
@@ -90,15 +110,7 @@ pub fn write_roc(set: &ScoreSet, path: &Path) -> Result<()> {
     let roc = RocCurve::new(set, IntermediatePoints::Drop);
     let text = text_available();
     write_png(path, |root| {
-        root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
-        let mut builder = ChartBuilder::on(&root);
-        builder.margin(20);
-        if text {
-            builder
-                .caption(format!("ROC, AUC = {:.4}", auc(set)), ("sans-serif", 24))
-                .x_label_area_size(45)
-                .y_label_area_size(60);
-        }
+        let mut builder = chart_on(&root, text, format!("ROC, AUC = {:.4}", auc(set)), path)?;
         let mut chart = builder
             .build_cartesian_2d(0.0..1.0, 0.0..1.0)
             .map_err(|e| plot_error(path, e))?;
@@ -179,15 +191,7 @@ pub fn write_det(set: &ScoreSet, path: &Path) -> Result<()> {
     let (z_low, z_high) = (probit(RANGE.0), probit(RANGE.1));
     let text = text_available();
     write_png(path, |root| {
-        root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
-        let mut builder = ChartBuilder::on(&root);
-        builder.margin(20);
-        if text {
-            builder
-                .caption("DET", ("sans-serif", 24))
-                .x_label_area_size(45)
-                .y_label_area_size(60);
-        }
+        let mut builder = chart_on(&root, text, "DET", path)?;
         let mut chart = builder
             .build_cartesian_2d(z_low..z_high, z_low..z_high)
             .map_err(|e| plot_error(path, e))?;
@@ -274,22 +278,16 @@ pub fn write_score_histograms(set: &ScoreSet, path: &Path) -> Result<()> {
         .fold(0.0, f64::max);
     let text = text_available();
     write_png(path, |root| {
-        root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
-        let mut builder = ChartBuilder::on(&root);
-        builder.margin(20);
-        if text {
-            builder
-                .caption(
-                    if plain {
-                        format!("Scores ({})", set.polarity())
-                    } else {
-                        format!("Scores ({}), axis 0..1 = {low:e}..{high:e}", set.polarity())
-                    },
-                    ("sans-serif", 24),
-                )
-                .x_label_area_size(45)
-                .y_label_area_size(60);
-        }
+        let mut builder = chart_on(
+            &root,
+            text,
+            if plain {
+                format!("Scores ({})", set.polarity())
+            } else {
+                format!("Scores ({}), axis 0..1 = {low:e}..{high:e}", set.polarity())
+            },
+            path,
+        )?;
         let mut chart = builder
             .build_cartesian_2d(
                 axis_low..axis_low + width * BINS as f64,
