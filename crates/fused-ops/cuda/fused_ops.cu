@@ -545,6 +545,23 @@ __device__ __forceinline__ float pair_sum(float v) {
     return v + __shfl_xor_sync(0xffffffff, v, 1);
 }
 
+// The whole dot products a . x and b . y for a pair of threads, each
+// holding its half of x and y in registers (element d of its half is
+// dimension 2 d + half) and pointing a and b at its first element of a
+// shared row (stride 2). Every thread of the warp must call it together.
+template <int H>
+__device__ __forceinline__ void pair_dots(const float* a, const float* x, const float* b,
+                                          const float* y, float* ax, float* by) {
+    float s = 0.0f, t = 0.0f;
+#pragma unroll
+    for (int d = 0; d < H; ++d) {
+        s += a[2 * d] * x[d];
+        t += b[2 * d] * y[d];
+    }
+    *ax = pair_sum(s);
+    *by = pair_sum(t);
+}
+
 // dq_i = scale * sum_j p_ij (dout_i . v_j - delta_i) k_j, two threads per
 // query as attention_bwd_dkv (q_i, dout_i and the sum, three rows, spilled
 // 56 bytes at width 64 with one thread per query). Block: 2 threads x 64
@@ -583,14 +600,8 @@ __device__ void attention_bwd_dq(const T* q, const T* k, const T* v, const T* do
         for (int jj = 0; jj < end; ++jj) {
             const float* kj = ks[jj] + half;
             const float* vj = vs[jj] + half;
-            float s = 0.0f, dp = 0.0f;
-#pragma unroll
-            for (int d = 0; d < H; ++d) {
-                s += qi[d] * kj[2 * d];
-                dp += gi[d] * vj[2 * d];
-            }
-            s = pair_sum(s);
-            dp = pair_sum(dp);
+            float s, dp;
+            pair_dots<H>(kj, qi, vj, gi, &s, &dp);
             const bool live = active && !(causal && j0 + jj > i);
             const float ds = live ? expf(s - lse) * (dp - delta) : 0.0f;
 #pragma unroll
@@ -653,14 +664,8 @@ __device__ void attention_bwd_dkv(const T* q, const T* k, const T* v, const T* d
         for (int ii = 0; ii < end; ++ii) {
             const float* qi = qs[ii] + half;
             const float* gi = gs[ii] + half;
-            float s = 0.0f, dp = 0.0f;
-#pragma unroll
-            for (int d = 0; d < H; ++d) {
-                s += qi[2 * d] * kj[d];
-                dp += gi[2 * d] * vj[d];
-            }
-            s = pair_sum(s);
-            dp = pair_sum(dp);
+            float s, dp;
+            pair_dots<H>(qi, kj, gi, vj, &s, &dp);
             const bool live = active && !(causal && i0 + ii < j);
             const float p = live ? expf(scale * s - lse[ii]) : 0.0f;
             const float ds = p * (dp - delta[ii]);
