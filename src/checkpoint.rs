@@ -104,6 +104,19 @@ pub struct CheckpointMeta {
     /// (absent in checkpoints written before it existed: none).
     #[serde(default)]
     pub unlogged: UnloggedSteps,
+    /// The ranks that trained it. Each rank takes a batch of the configured
+    /// size, so the world size sets the global batch and each rank's shard:
+    /// a resume at another size would train another run (absent in
+    /// checkpoints written before it existed: not checked).
+    #[serde(default)]
+    pub world_size: Option<usize>,
+    /// The run's length in optimizer steps as it was trained. A cosine's
+    /// learning rate at a step depends on it; recording it catches a
+    /// resume whose length changed through the training list or the world
+    /// size, not only through `--epochs`/`--max-steps` (absent before it
+    /// existed: recomputed from the configuration).
+    #[serde(default)]
+    pub total_steps: Option<u64>,
     /// Names of the model parameters in the file.
     pub parameters: Vec<String>,
     /// Checksum of every tensor (name, dtype, shape, bytes) and of this

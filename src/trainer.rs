@@ -245,6 +245,11 @@ impl Trainer {
         self.sync.as_ref().map_or(0, |s| s.0.rank())
     }
 
+    /// The number of ranks training together (1 without data parallelism).
+    pub fn world_size(&self) -> usize {
+        self.sync.as_ref().map_or(1, |s| s.0.world_size())
+    }
+
     /// Optimizer steps taken so far.
     pub fn step(&self) -> u64 {
         self.adam.step_count()
@@ -289,9 +294,29 @@ impl Trainer {
                 ),
             ));
         }
+        // Each rank takes a batch of the configured size and its own shard
+        // of every global batch: another world size is another global
+        // batch, another data order and another number of steps.
+        if let Some(saved) = meta.world_size {
+            if saved != self.world_size() {
+                return Err(Error::config(
+                    "--gpus",
+                    format!(
+                        "the run in {} was trained on {saved} rank(s) and this resume runs {}; \
+                         the world size sets the global batch (--batch-size per rank) and each \
+                         rank's shard, so the resumed run would not continue the same training. \
+                         Resume with --gpus {saved}, or start a new --output",
+                        self.run.root().display(),
+                        self.world_size()
+                    ),
+                ));
+            }
+        }
         // A cosine's learning rate at a step depends on the run's length:
         // a resumed run of another length would jump to another curve.
-        let saved_length = run_length(&meta.experiment.training, self.steps_per_epoch());
+        let saved_length = meta
+            .total_steps
+            .unwrap_or_else(|| run_length(&meta.experiment.training, self.steps_per_epoch()));
         if self.cfg.schedule.decay == Decay::Cosine && saved_length != self.total_steps {
             return Err(Error::config(
                 "--epochs/--max-steps",
@@ -299,7 +324,7 @@ impl Trainer {
                     "the run in {} is {saved_length} steps long and this resume asks for {}; \
                      its cosine learning-rate schedule depends on the length, so a resumed run \
                      of another length would not continue its curve. Resume with the run's \
-                     own --epochs and --max-steps",
+                     own --epochs, --max-steps and training list",
                     self.run.root().display(),
                     self.total_steps
                 ),
@@ -673,6 +698,8 @@ impl Trainer {
             calibration: self.calibration,
             best: self.best.clone(),
             unlogged: self.window.unlogged(),
+            world_size: Some(self.world_size()),
+            total_steps: Some(self.total_steps),
             parameters,
             checksum: String::new(),
         }

@@ -159,6 +159,30 @@ fn resumed_ranks_end_as_ranks_run_straight_through() -> Result<()> {
     Ok(())
 }
 
+/// A run of two ranks resumed on one is refused, naming `--gpus`: the
+/// world size sets the global batch and each rank's shard.
+#[test]
+fn a_resume_at_another_world_size_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = config(&root, 8);
+    cfg.training.epochs = 1;
+    cfg.training.checkpoint_every = Some(1);
+    let out = dir.path().join("run");
+    run_ranks(&cfg, &out, 2);
+    let saved = std::fs::read(out.join("config.json"))?;
+    let err = match Trainer::new(cfg, common::options(&out, true)) {
+        Ok(_) => panic!("a two-rank run resumed on one rank"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("--gpus") && err.contains("trained on 2 rank(s) and this resume runs 1"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out.join("config.json"))?, saved);
+    Ok(())
+}
+
 /// `(step, loss)` of each training record in a run's `metrics.jsonl`.
 fn train_losses(run: &std::path::Path) -> Result<Vec<(u64, f64)>> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl"))?;

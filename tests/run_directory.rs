@@ -1,8 +1,8 @@
 //! What `Trainer::new` does with its output directory: a run is never
 //! started over another one, a start that failed before recording anything
 //! does not block a corrected retry, a second process on a live run is
-//! refused, and a resume that would change a cosine schedule's length is
-//! refused.
+//! refused, and a resume that would change a cosine schedule's length
+//! (through the settings or the training list) is refused.
 
 mod common;
 
@@ -87,6 +87,20 @@ fn a_cosine_run_resumes_only_at_its_own_length() -> Result<()> {
         "{err}"
     );
     assert_eq!(std::fs::read(out.join("config.json"))?, saved);
+    // The same settings over a training list that lost half its images: a
+    // shorter run, refused from the length the checkpoint recorded (the
+    // configuration alone does not show the change).
+    let list = root.join("UniAttackData/protocol/UniAttackData@p1_image_train.txt");
+    let text = std::fs::read_to_string(&list)?;
+    let half: String = text
+        .lines()
+        .step_by(2)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&list, half)?;
+    let err = error_of(Trainer::new(cfg.clone(), common::options(&out, true)));
+    assert!(err.contains("4 steps long"), "{err}");
+    std::fs::write(&list, text)?;
     // A constant schedule does not depend on the length: the run may grow.
     longer.schedule.decay = Decay::Constant;
     let mut constant = cfg.clone();
