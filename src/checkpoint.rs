@@ -294,6 +294,12 @@ pub fn read_model_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
     })
 }
 
+/// Verifies a checkpoint as [`read_checkpoint`] does and returns its
+/// header, keeping no tensor.
+pub fn verify_checkpoint(path: &Path) -> Result<CheckpointMeta> {
+    read_keeping(path, |_, _| false).map(|checkpoint| checkpoint.meta)
+}
+
 /// Reads and verifies `path`, keeping the tensors `keep` accepts (every
 /// byte is checksummed either way).
 fn read_keeping(
@@ -394,7 +400,11 @@ fn read_keeping(
             meta.checksum
         )));
     }
-    if let Some(missing) = meta.parameters.iter().find(|n| !tensors.contains_key(*n)) {
+    if let Some(missing) = meta
+        .parameters
+        .iter()
+        .find(|n| !names.iter().any(|(name, _)| name == *n))
+    {
         return Err(fail(format!("parameter {missing} is missing")));
     }
     Ok(LoadedCheckpoint {

@@ -214,6 +214,7 @@ impl Trainer {
                 trainer.restore(&checkpoint)?;
                 if rank == 0 {
                     trainer.progress = Progress::new(total_steps, trainer.adam.step_count());
+                    trainer.repair_best()?;
                 }
             }
         }
@@ -674,13 +675,90 @@ impl Trainer {
             if improved { "  (best)" } else { "" }
         ));
         tracing::info!(step, dev_acer = dev.acer, improved, "evaluated");
-        if improved {
-            self.best = Some(candidate);
-            let meta = self.meta(CheckpointKind::Model);
-            let tensors = self.model_tensors(&detector);
-            write_checkpoint(&self.run.best_checkpoint(), meta, tensors)?;
+        if !improved {
+            return self.save_step_checkpoint();
         }
-        self.save_step_checkpoint()
+        self.best = Some(candidate);
+        // The step checkpoint first: it records this step as the best and
+        // holds its weights, so a kill before the best file is replaced is
+        // repaired on resume from the same weights. The other order left a
+        // best file that no checkpoint recorded, from a step the resumed
+        // run replays (bit-identical on the CPU, not on a GPU).
+        self.save_step_checkpoint()?;
+        self.write_best(&detector)
+    }
+
+    /// Writes `best.safetensors` from the current weights and `detector`'s
+    /// prompt embeddings.
+    fn write_best(&self, detector: &Detector) -> Result<()> {
+        let meta = self.meta(CheckpointKind::Model);
+        let tensors = self.model_tensors(detector);
+        write_checkpoint(&self.run.best_checkpoint(), meta, tensors)
+    }
+
+    /// After a restore: makes `best.safetensors` hold the best the
+    /// checkpoint records. When that best is the checkpoint's own step (a
+    /// kill between the two writes, or a damaged or missing best file), the
+    /// restored weights are those weights and the file is written again.
+    fn repair_best(&mut self) -> Result<()> {
+        let Some(best) = &self.best else {
+            return Ok(());
+        };
+        let path = self.run.best_checkpoint();
+        let held = if path.is_file() {
+            crate::checkpoint::verify_checkpoint(&path).map(|meta| meta.step)
+        } else {
+            Err(Error::checkpoint(&path, "is missing"))
+        };
+        match held {
+            Ok(step) if step == best.step => Ok(()),
+            _ if best.step == self.adam.step_count() => {
+                tracing::warn!(
+                    path = %path.display(),
+                    step = best.step,
+                    "the best checkpoint does not hold the recorded best; writing it again from \
+                     the resumed step, which is that best"
+                );
+                let detector = self.detector()?;
+                self.write_best(&detector)
+            }
+            Ok(step) => {
+                // A best from a later step than the checkpoint resumed from
+                // (its later checkpoints were removed): the replayed
+                // evaluations compare against the recorded best and replace
+                // the file when they beat it; the final report names the
+                // step whose weights it evaluates either way.
+                self.progress.println(&format!(
+                    "note: {} holds step {step}, the resumed checkpoint records step {} as the \
+                     best; the replayed run replaces it if an evaluation beats the record",
+                    path.display(),
+                    best.step
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                // The recorded best's weights are in no file any more. The
+                // run chooses its best again among the evaluations still to
+                // come (on dev as before; the final evaluation scores the
+                // last weights when none are left). A damaged file is kept
+                // beside it, not overwritten.
+                if path.is_file() {
+                    let aside = path.with_extension("safetensors.damaged");
+                    std::fs::rename(&path, &aside)
+                        .map_err(|io| Error::io("renaming", &path, io))?;
+                }
+                self.progress.println(&format!(
+                    "note: the resumed checkpoint records step {} as the best, and {} cannot \
+                     be used ({e}); that step's weights are in no step checkpoint, so this run \
+                     chooses its best again among its evaluations from step {} on",
+                    best.step,
+                    path.display(),
+                    self.adam.step_count()
+                ));
+                self.best = None;
+                Ok(())
+            }
+        }
     }
 
     fn meta(&self, kind: CheckpointKind) -> CheckpointMeta {

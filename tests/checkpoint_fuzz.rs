@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use uniattack::checkpoint::{read_checkpoint, read_model_checkpoint, CLASS_EMBEDDINGS};
+use uniattack::checkpoint::{
+    read_checkpoint, read_model_checkpoint, verify_checkpoint, write_checkpoint, CLASS_EMBEDDINGS,
+};
+use uniattack::tensor_data::TensorData;
 use uniattack::Trainer;
 
 /// Trains the tiny test model for one epoch under `dir`; its run directory.
@@ -59,6 +62,11 @@ fn damaged_checkpoints_are_refused_naming_the_file() -> anyhow::Result<()> {
             };
             assert!(err.contains("damaged.safetensors"), "round {round}: {err}");
         }
+        let err = match verify_checkpoint(&path) {
+            Ok(_) => panic!("round {round}: a damaged checkpoint was verified"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("damaged.safetensors"), "round {round}: {err}");
         assert!(start.elapsed() < Duration::from_secs(5));
     }
     Ok(())
@@ -126,5 +134,37 @@ fn the_model_reader_drops_the_moments_but_checks_them() -> anyhow::Result<()> {
         .expect("refused")
         .to_string();
     assert!(err.contains("checksum mismatch"), "{err}");
+    Ok(())
+}
+
+/// A well-formed file whose header lists a parameter it does not hold is
+/// refused by every reader, the verifier (which keeps no tensor) included.
+#[test]
+fn a_listed_parameter_missing_from_the_file_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = one_epoch_run(dir.path())?;
+    let good = read_checkpoint(&out.join("checkpoints/best.safetensors"))?;
+    let dropped = good.meta.parameters[0].clone();
+    let tensors = good
+        .tensors
+        .iter()
+        .filter(|(name, _)| **name != dropped)
+        .map(|(name, t)| (name.clone(), TensorData::Tensor(t.clone())))
+        .collect();
+    let path = dir.path().join("short.safetensors");
+    write_checkpoint(&path, good.meta.clone(), tensors)?;
+    let expected = format!("parameter {dropped} is missing");
+    let errors = [
+        read_checkpoint(&path).err().map(|e| e.to_string()),
+        read_model_checkpoint(&path).err().map(|e| e.to_string()),
+        verify_checkpoint(&path).err().map(|e| e.to_string()),
+    ];
+    for err in errors {
+        let err = err.expect("refused");
+        assert!(
+            err.contains(&expected) && err.contains("short.safetensors"),
+            "{err}"
+        );
+    }
     Ok(())
 }

@@ -112,3 +112,81 @@ fn a_cosine_run_resumes_only_at_its_own_length() -> Result<()> {
     grown.train()?;
     Ok(())
 }
+
+/// The step checkpoint is written before the best checkpoint it records,
+/// and a resume writes a missing or damaged best file again from those
+/// weights: byte for byte the best file of a run that never failed.
+#[test]
+fn a_best_checkpoint_lost_after_its_step_checkpoint_is_written_again() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cfg, straight) = common::one_epoch(dir.path());
+    Trainer::new(cfg.clone(), common::options(&straight, false))?.train()?;
+    let expected = std::fs::read(straight.join("checkpoints/best.safetensors"))?;
+
+    // A directory where the best file goes makes its write fail, as a kill
+    // between the two writes would leave things.
+    let out = dir.path().join("failed");
+    let best = out.join("checkpoints/best.safetensors");
+    std::fs::create_dir_all(&best)?;
+    let mut failing = Trainer::new(cfg.clone(), common::options(&out, false))?;
+    assert!(
+        failing.train().is_err(),
+        "the best file's write did not fail"
+    );
+    drop(failing);
+    assert!(
+        out.join("checkpoints/step-0000000002.safetensors")
+            .is_file(),
+        "the step checkpoint that records the best was not written first"
+    );
+    std::fs::remove_dir(&best)?;
+    Trainer::new(cfg.clone(), common::options(&out, true))?;
+    assert!(
+        std::fs::read(&best)? == expected,
+        "written again, but not as the best of step 2"
+    );
+
+    // Damaged (cut short): set aside and written again.
+    std::fs::write(&best, &expected[..expected.len() / 2])?;
+    let mut resumed = Trainer::new(cfg, common::options(&out, true))?;
+    assert!(
+        std::fs::read(&best)? == expected,
+        "a damaged best file was not replaced"
+    );
+    resumed.finish()?;
+    Ok(())
+}
+
+/// When the recorded best is an earlier step than the resumed checkpoint
+/// and its file is damaged, those weights are gone: the damaged file is set
+/// aside (not overwritten) and the run chooses its best again among the
+/// evaluations it still makes.
+#[test]
+fn a_damaged_best_of_an_earlier_step_is_set_aside_and_chosen_again() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut cfg, out) = common::one_epoch(dir.path());
+    cfg.training.epochs = 2;
+    cfg.training.checkpoint_every = Some(1);
+    cfg.training.keep_last = 4;
+    Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
+    std::fs::remove_file(out.join("checkpoints/step-0000000004.safetensors"))?;
+    let best = out.join("checkpoints/best.safetensors");
+    let damaged = b"not a checkpoint".to_vec();
+    std::fs::write(&best, &damaged)?;
+
+    let mut resumed = Trainer::new(cfg, common::options(&out, true))?;
+    assert_eq!(resumed.step(), 3);
+    assert_eq!(
+        std::fs::read(out.join("checkpoints/best.safetensors.damaged"))?,
+        damaged
+    );
+    assert!(!best.exists());
+    resumed.train()?;
+    let chosen = uniattack::checkpoint::verify_checkpoint(&best)?;
+    assert_eq!(
+        chosen.step, 4,
+        "the evaluation of step 4 is the only one left"
+    );
+    assert_eq!(chosen.best.map(|b| b.step), Some(4));
+    Ok(())
+}
