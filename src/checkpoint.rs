@@ -117,11 +117,59 @@ pub struct CheckpointMeta {
     /// existed: recomputed from the configuration).
     #[serde(default)]
     pub total_steps: Option<u64>,
+    /// What the run's lists held when it was trained. A resume over lists
+    /// that changed (images added, removed or relabelled under the same
+    /// paths) would not continue the same data order, and would compare
+    /// its evaluations with the best on other images (absent before it
+    /// existed: not checked).
+    #[serde(default)]
+    pub lists: Option<RunLists>,
     /// Names of the model parameters in the file.
     pub parameters: Vec<String>,
     /// Checksum of every tensor (name, dtype, shape, bytes) and of this
     /// header (with this field empty), hex.
     pub checksum: String,
+}
+
+/// One split's list as a run read it: how many samples, and a checksum of
+/// each one's entry and label in list order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListDigest {
+    /// Samples listed.
+    pub samples: usize,
+    /// Checksum of the entries and labels, hex.
+    pub checksum: String,
+}
+
+impl ListDigest {
+    /// The digest of `samples` (entries as written, labels by name, so it
+    /// does not move with the data root or the build).
+    pub fn of(samples: &[fas_data::Sample]) -> Self {
+        let mut sum = Checksum::new();
+        for sample in samples {
+            let label = match &sample.label {
+                None => String::new(),
+                Some(fas_data::Label::BonaFide) => "live".to_string(),
+                Some(fas_data::Label::Attack(kind)) => kind.to_string(),
+            };
+            sum.add(&sample.entry, &label, &[], &[]);
+        }
+        Self {
+            samples: samples.len(),
+            checksum: sum.hex(),
+        }
+    }
+}
+
+/// The digests of a run's three lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunLists {
+    /// The training list.
+    pub train: ListDigest,
+    /// The development list (threshold and model selection).
+    pub dev: ListDigest,
+    /// The test list.
+    pub test: ListDigest,
 }
 
 /// Sums over the steps since the last logged training record. The sums are

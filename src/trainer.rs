@@ -23,7 +23,8 @@ use crate::adam::Adam;
 use crate::backbone::{build, trainable_vars};
 use crate::checkpoint::{
     read_checkpoint, write_checkpoint, BestRecord, Calibration, CheckpointKind, CheckpointMeta,
-    LoadedCheckpoint, LoaderPosition, TensorData, UnloggedSteps, CLASS_EMBEDDINGS, FORMAT,
+    ListDigest, LoadedCheckpoint, LoaderPosition, RunLists, TensorData, UnloggedSteps,
+    CLASS_EMBEDDINGS, FORMAT,
 };
 use crate::data::{protocol_name, read_split, training_loader, SplitData};
 use crate::detector::{inference_model, prompt_embeddings, Detector};
@@ -68,6 +69,11 @@ pub struct Trainer {
     test: SplitData,
     loader: Loader,
     batches_per_epoch: usize,
+    /// What the three lists hold (recorded in checkpoints, checked on
+    /// resume).
+    lists: RunLists,
+    /// The train, dev and test list files, for errors.
+    list_files: [std::path::PathBuf; 3],
     total_steps: u64,
     position: LoaderPosition,
     best: Option<BestRecord>,
@@ -142,6 +148,16 @@ impl Trainer {
         for split in [&train, &dev, &test] {
             split.require_both_classes()?;
         }
+        let lists = RunLists {
+            train: ListDigest::of(&train.samples),
+            dev: ListDigest::of(&dev.samples),
+            test: ListDigest::of(&test.samples),
+        };
+        let list_files = [
+            train.source.clone(),
+            dev.source.clone(),
+            test.source.clone(),
+        ];
         let image_size = backbone.clip.vision_config.image_size;
         let mut loader_config = training_loader(&cfg.loader, image_size, cfg.seed);
         if world > 1 {
@@ -191,6 +207,8 @@ impl Trainer {
             loader,
             batches_per_epoch,
             total_steps,
+            lists,
+            list_files,
             position: LoaderPosition::default(),
             best: None,
             calibration: None,
@@ -311,6 +329,33 @@ impl Trainer {
                         self.world_size()
                     ),
                 ));
+            }
+        }
+        if let Some(saved) = &meta.lists {
+            let splits = [
+                ("train", &saved.train, &self.lists.train),
+                ("dev", &saved.dev, &self.lists.dev),
+                ("test", &saved.test, &self.lists.test),
+            ];
+            for ((split, then, now), file) in splits.into_iter().zip(&self.list_files) {
+                if then != now {
+                    let change = if then.samples == now.samples {
+                        format!("the same {} samples, other entries or labels", now.samples)
+                    } else {
+                        format!("{} samples then, {} now", then.samples, now.samples)
+                    };
+                    return Err(Error::Split {
+                        split: split.into(),
+                        source_name: file.clone(),
+                        reason: format!(
+                            "changed since the run in {} was trained ({change}); a resumed run \
+                             over other lists would not continue the same data order or compare \
+                             its evaluations on the same images. Restore the list, or start a \
+                             new --output",
+                            self.run.root().display()
+                        ),
+                    });
+                }
             }
         }
         // A cosine's learning rate at a step depends on the run's length:
@@ -778,6 +823,7 @@ impl Trainer {
             unlogged: self.window.unlogged(),
             world_size: Some(self.world_size()),
             total_steps: Some(self.total_steps),
+            lists: Some(self.lists.clone()),
             parameters,
             checksum: String::new(),
         }

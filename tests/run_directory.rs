@@ -1,8 +1,9 @@
 //! What `Trainer::new` does with its output directory: a run is never
 //! started over another one, a start that failed before recording anything
 //! does not block a corrected retry, a second process on a live run is
-//! refused, and a resume that would change a cosine schedule's length
-//! (through the settings or the training list) is refused.
+//! refused, a resume that would change a cosine schedule's length or
+//! continue over changed lists is refused, and the best checkpoint survives
+//! a failure between its two writes.
 
 mod common;
 
@@ -87,20 +88,6 @@ fn a_cosine_run_resumes_only_at_its_own_length() -> Result<()> {
         "{err}"
     );
     assert_eq!(std::fs::read(out.join("config.json"))?, saved);
-    // The same settings over a training list that lost half its images: a
-    // shorter run, refused from the length the checkpoint recorded (the
-    // configuration alone does not show the change).
-    let list = root.join("UniAttackData/protocol/UniAttackData@p1_image_train.txt");
-    let text = std::fs::read_to_string(&list)?;
-    let half: String = text
-        .lines()
-        .step_by(2)
-        .map(|line| format!("{line}\n"))
-        .collect();
-    std::fs::write(&list, half)?;
-    let err = error_of(Trainer::new(cfg.clone(), common::options(&out, true)));
-    assert!(err.contains("4 steps long"), "{err}");
-    std::fs::write(&list, text)?;
     // A constant schedule does not depend on the length: the run may grow.
     longer.schedule.decay = Decay::Constant;
     let mut constant = cfg.clone();
@@ -110,6 +97,48 @@ fn a_cosine_run_resumes_only_at_its_own_length() -> Result<()> {
     let mut grown = Trainer::new(longer, common::options(&other, true))?;
     assert_eq!((grown.step(), grown.total_steps()), (4, 6));
     grown.train()?;
+    Ok(())
+}
+
+/// A resume over a list that changed since the run was trained is
+/// refused naming the list, whatever the schedule: a training list that
+/// lost images, and a dev list with the same entries and one label changed.
+#[test]
+fn a_resume_over_changed_lists_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cfg, out) = common::one_epoch(dir.path());
+    Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
+    let protocol = cfg.data.root.join("UniAttackData/protocol");
+
+    let train = protocol.join("UniAttackData@p1_image_train.txt");
+    let text = std::fs::read_to_string(&train)?;
+    let fewer: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&train, fewer)?;
+    let err = error_of(Trainer::new(cfg.clone(), common::options(&out, true)));
+    assert!(
+        err.contains("UniAttackData@p1_image_train.txt")
+            && err.contains("changed since the run")
+            && err.contains(" samples then, "),
+        "{err}"
+    );
+    std::fs::write(&train, text)?;
+
+    let dev = protocol.join("UniAttackData@p1_image_dev.txt");
+    let text = std::fs::read_to_string(&dev)?;
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let (entry, label) = lines[0].rsplit_once(' ').expect("`entry label` lines");
+    let other = if label == "0" { "1" } else { "0" };
+    lines[0] = format!("{entry} {other}");
+    std::fs::write(&dev, lines.join("\n") + "\n")?;
+    let err = error_of(Trainer::new(cfg.clone(), common::options(&out, true)));
+    assert!(
+        err.contains("UniAttackData@p1_image_dev.txt") && err.contains("other entries or labels"),
+        "{err}"
+    );
+    std::fs::write(&dev, text)?;
+
+    // The lists as they were: the resume is accepted.
+    Trainer::new(cfg, common::options(&out, true))?;
     Ok(())
 }
 
