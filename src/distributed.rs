@@ -4,13 +4,13 @@
 //!
 //! The averaging sits behind [`GradientSync`]. [`InProcessGroup`] runs the
 //! ranks as threads of one process (the CPU test of the data-parallel
-//! logic, and a way to split a batch across cores' worth of loaders); an
-//! NCCL implementation over candle's `nccl` feature would implement the
-//! same trait (not written yet: no GPU to test it on).
+//! logic, and a way to split a batch across cores' worth of loaders);
+//! `crate::nccl` implements it over NCCL, one process per GPU
+//! (`--features nccl`).
 
 use std::sync::{Arc, Barrier, Mutex};
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -24,6 +24,20 @@ pub trait GradientSync: Send + Sync {
     /// Every rank passes the same parameters in the same order; `None` (no
     /// gradient reached the parameter) must be `None` on every rank.
     fn all_reduce_mean(&self, grads: &mut [Option<Tensor>]) -> Result<()>;
+
+    /// Whether every rank passed `ok`. Every rank calls it at the same
+    /// points, a rank that failed included, so the others learn of the
+    /// failure there instead of waiting for that rank in the next
+    /// all-reduce. (A mean of ones is exactly one for any world size.)
+    fn all_ok(&self, ok: bool, device: &Device) -> Result<bool> {
+        let mut flag = [Some(Tensor::new(&[if ok { 1f32 } else { 0f32 }], device)?)];
+        self.all_reduce_mean(&mut flag)?;
+        let mean = match &flag[0] {
+            Some(mean) => mean.to_vec1::<f32>()?,
+            None => Vec::new(),
+        };
+        Ok(mean == [1.0])
+    }
 }
 
 /// What a rank deposits: each gradient's F32 values, or nothing.
@@ -32,7 +46,7 @@ type Contribution = Vec<Option<Vec<f32>>>;
 struct Shared {
     world: usize,
     deposits: Mutex<Vec<Option<Contribution>>>,
-    mean: Mutex<Option<Arc<Contribution>>>,
+    mean: Mutex<Option<std::result::Result<Arc<Contribution>, String>>>,
     barrier: Barrier,
 }
 
@@ -104,26 +118,9 @@ impl GradientSync for InProcessGroup {
                 .iter_mut()
                 .map(|d| d.take().unwrap_or_default())
                 .collect();
-            let count = all[0].len();
-            if all.iter().any(|c| c.len() != count) {
-                return Err(Error::config(
-                    "data parallel",
-                    "ranks passed different numbers of gradients",
-                ));
-            }
-            let inv = shared.world as f32;
-            let mean: Contribution = (0..count)
-                .map(|i| {
-                    let first = all[0][i].as_ref()?;
-                    let mut sum = first.clone();
-                    for rank in &all[1..] {
-                        let values = rank[i].as_ref()?;
-                        sum.iter_mut().zip(values).for_each(|(s, v)| *s += v);
-                    }
-                    Some(sum.into_iter().map(|s| s / inv).collect())
-                })
-                .collect();
-            *shared.mean.lock().map_err(|_| poisoned())? = Some(Arc::new(mean));
+            // Every rank reaches every barrier, also when the round fails:
+            // a rank returning early would leave the others waiting.
+            *shared.mean.lock().map_err(|_| poisoned())? = Some(mean_of(&all, shared.world));
         }
         shared.barrier.wait();
         let mean = shared
@@ -132,6 +129,13 @@ impl GradientSync for InProcessGroup {
             .map_err(|_| poisoned())?
             .clone()
             .ok_or_else(poisoned)?;
+        let mean = match mean {
+            Ok(mean) => mean,
+            Err(reason) => {
+                shared.barrier.wait();
+                return Err(Error::config("data parallel", reason));
+            }
+        };
         for (grad, values) in grads.iter_mut().zip(mean.iter()) {
             if let (Some(g), Some(values)) = (grad.as_ref(), values) {
                 let averaged =
@@ -143,6 +147,31 @@ impl GradientSync for InProcessGroup {
         shared.barrier.wait();
         Ok(())
     }
+}
+
+/// The mean of the ranks' contributions, summed in rank order, or why
+/// there is none.
+fn mean_of(all: &[Contribution], world: usize) -> std::result::Result<Arc<Contribution>, String> {
+    let count = all[0].len();
+    let layout = |c: &Contribution| -> Vec<Option<usize>> {
+        c.iter().map(|g| g.as_ref().map(Vec::len)).collect()
+    };
+    if all.iter().any(|c| layout(c) != layout(&all[0])) {
+        return Err("ranks passed different gradients (number, presence or size)".into());
+    }
+    let inv = world as f32;
+    let mean: Contribution = (0..count)
+        .map(|i| {
+            let first = all[0][i].as_ref()?;
+            let mut sum = first.clone();
+            for rank in &all[1..] {
+                let values = rank[i].as_ref()?;
+                sum.iter_mut().zip(values).for_each(|(s, v)| *s += v);
+            }
+            Some(sum.into_iter().map(|s| s / inv).collect())
+        })
+        .collect();
+    Ok(Arc::new(mean))
 }
 
 /// A handle to a rank's synchronisation, for [`crate::TrainOptions`].
@@ -158,7 +187,6 @@ impl std::fmt::Debug for SyncHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     /// Three ranks: each gets the mean, computed the same way on all.
     #[test]
@@ -184,6 +212,32 @@ mod tests {
         });
         for result in &results {
             assert_eq!(result, &vec![1.0, 2.0, 1.0]);
+        }
+    }
+
+    /// Ranks passing gradients of different sizes all get an error; none
+    /// is left waiting at a barrier. Then they agree that not all are ok.
+    #[test]
+    fn a_mismatched_round_fails_every_rank_and_all_ok_says_so() {
+        let (send, receive) = std::sync::mpsc::channel();
+        for rank in InProcessGroup::new(2) {
+            let send = send.clone();
+            std::thread::spawn(move || {
+                let len = 2 + rank.rank();
+                let mut grads = vec![Some(Tensor::zeros(len, DType::F32, &Device::Cpu).unwrap())];
+                let mismatch = rank.all_reduce_mean(&mut grads).map_err(|e| e.to_string());
+                let agreed = rank.all_ok(rank.rank() == 0, &Device::Cpu).unwrap();
+                let both = rank.all_ok(true, &Device::Cpu).unwrap();
+                let _ = send.send((mismatch, agreed, both));
+            });
+        }
+        for _ in 0..2 {
+            let (mismatch, agreed, both) = receive
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("a rank hung");
+            let err = mismatch.expect_err("a mismatched round succeeded");
+            assert!(err.contains("different gradients"), "{err}");
+            assert!(!agreed && both);
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::checkpoint::{
 };
 use crate::data::{protocol_name, read_split, training_loader, SplitData};
 use crate::detector::{inference_model, prompt_embeddings, Detector};
+use crate::distributed::GradientSync;
 use crate::error::{Error, Result};
 use crate::evaluator::{bpcer_table, score_split, write_plots, EvalReport, ThresholdOrigin};
 use crate::experiment::{EvalEvery, ExperimentConfig, FrozenPart, LossKind, Selection};
@@ -124,7 +125,22 @@ impl Trainer {
     /// Prepares a run: checks the configuration and the output directory,
     /// builds the model, reads and checks the splits, and on `resume`
     /// restores the latest checkpoint.
+    ///
+    /// With data parallelism every rank learns whether all ranks started:
+    /// a rank whose start failed (rank 0 refusing the output directory, say)
+    /// stops the others here instead of leaving them waiting in the first
+    /// all-reduce.
     pub fn new(cfg: ExperimentConfig, options: TrainOptions) -> Result<Self> {
+        let sync = options.sync.clone();
+        let device = options.device.clone();
+        let built = Self::build(cfg, options);
+        match sync {
+            None => built,
+            Some(sync) => all_ranks(&*sync.0, &device, built, "start"),
+        }
+    }
+
+    fn build(cfg: ExperimentConfig, options: TrainOptions) -> Result<Self> {
         cfg.validate()?;
         let run = RunDir::new(options.output.clone());
         let (rank, world) = options
@@ -437,7 +453,6 @@ impl Trainer {
 
     /// The training loop, from the current position to the last step.
     pub fn train(&mut self) -> Result<()> {
-        let cfg = self.cfg.clone();
         // Throughput counts from now (the steps' sums carry over).
         self.window.restart_clock();
         while self.adam.step_count() < self.total_steps {
@@ -452,78 +467,20 @@ impl Trainer {
                     };
                     break;
                 }
-                let group = cfg
+                let group = self
+                    .cfg
                     .training
                     .accumulation
                     .min(self.batches_per_epoch - first);
-                let mut grads: Vec<Option<Tensor>> = vec![None; self.adam.vars().count()];
-                let mut loss_sum = 0.0;
-                let mut images = 0;
-                for _ in 0..group {
-                    let batch = batches.next().ok_or_else(|| {
-                        Error::config("loader", "the epoch ended before its last batch")
-                    })??;
-                    let (loss, n) = self.micro_batch(&batch, group, &mut grads)?;
-                    loss_sum += loss;
-                    images += n;
-                }
-                let step = self.adam.step_count() + 1;
-                let mut loss = loss_sum / group as f64;
-                if let Some(sync) = &self.sync {
-                    // The loss and image count ride along with the
-                    // gradients, so rank 0 logs the mean loss over every
-                    // rank's shard and the images of all ranks.
-                    let totals = [loss as f32, images as f32];
-                    grads.push(Some(Tensor::new(&totals, &self.device)?));
-                    sync.0.all_reduce_mean(&mut grads)?;
-                    if let Some(Some(mean)) = grads.pop() {
-                        let mean = mean.to_vec1::<f32>()?;
-                        loss = mean[0] as f64;
-                        images = (mean[1] * sync.0.world_size() as f32).round() as usize;
-                    }
-                }
-                let grad_norm = self.clip_gradients(&mut grads, step)?;
-                let lr = cfg.schedule.lr_at(cfg.optim.lr, step, self.total_steps);
-                self.adam.step(&grads, lr)?;
-                let next = first + group;
-                self.position = if next >= self.batches_per_epoch {
-                    LoaderPosition {
-                        epoch: epoch + 1,
-                        next_batch: 0,
-                    }
-                } else {
-                    LoaderPosition {
-                        epoch,
-                        next_batch: next,
-                    }
-                };
-                self.window.add(loss, grad_norm, images);
-                if step.is_multiple_of(cfg.training.log_every) || step == self.total_steps {
-                    let record = self.window.record(step, epoch, lr);
-                    if let Some(metrics) = &mut self.metrics {
-                        metrics.append(&record)?;
-                    }
-                    self.progress.train(&record, self.total_steps);
-                }
-                let epoch_done = self.position.next_batch == 0;
-                let last = step == self.total_steps;
-                let eval_due = match cfg.eval.every {
-                    EvalEvery::Epoch => epoch_done || last,
-                    EvalEvery::Steps(n) => step.is_multiple_of(n) || last,
-                };
-                // Only rank 0 evaluates and writes: the parameters are the
-                // same on every rank.
-                let writer = self.rank() == 0;
-                if writer && eval_due {
-                    self.evaluate_and_checkpoint()?;
-                } else if writer
-                    && cfg
-                        .training
-                        .checkpoint_every
-                        .is_some_and(|n| step.is_multiple_of(n))
-                {
-                    self.save_step_checkpoint()?;
-                }
+                // Each phase ends with every rank learning whether all
+                // succeeded, a failing rank included: one rank's error (a
+                // damaged image in its shard, rank 0's evaluation or
+                // checkpoint write) stops the others at the same point
+                // instead of leaving them waiting in the next all-reduce.
+                let gathered = self.gather(&mut batches, group);
+                let (grads, loss_sum, images) = self.all_ranks(gathered, "compute")?;
+                let stepped = self.finish_step(grads, loss_sum, images, first, group, epoch);
+                let epoch_done = self.all_ranks(stepped, "update")?;
                 if epoch_done {
                     break;
                 }
@@ -531,6 +488,112 @@ impl Trainer {
         }
         self.progress.finish();
         Ok(())
+    }
+
+    /// Forward and backward of the `group` micro-batches of one step: the
+    /// summed gradients (with data parallelism, then the mean loss and the
+    /// images as one more slot), the summed losses and the images.
+    fn gather(&self, batches: &mut fas_data::Epoch, group: usize) -> Result<Gathered> {
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.adam.vars().count()];
+        let mut loss_sum = 0.0;
+        let mut images = 0;
+        for _ in 0..group {
+            let batch = batches.next().ok_or_else(|| {
+                Error::config("loader", "the epoch ended before its last batch")
+            })??;
+            let (loss, n) = self.micro_batch(&batch, group, &mut grads)?;
+            loss_sum += loss;
+            images += n;
+        }
+        if self.sync.is_some() {
+            // The mean loss and the image count ride along with the
+            // gradients, so rank 0 logs the mean loss over every rank's
+            // shard and the images of all ranks. Made here, so that the
+            // update phase starts with the all-reduce.
+            let totals = [(loss_sum / group as f64) as f32, images as f32];
+            grads.push(Some(Tensor::new(&totals, &self.device)?));
+        }
+        Ok((grads, loss_sum, images))
+    }
+
+    /// Averages the gathered gradients over the ranks, takes the optimizer
+    /// step, logs, and on rank 0 evaluates and checkpoints when due.
+    /// Whether the step ended the epoch.
+    fn finish_step(
+        &mut self,
+        mut grads: Vec<Option<Tensor>>,
+        loss_sum: f64,
+        mut images: usize,
+        first: usize,
+        group: usize,
+        epoch: u64,
+    ) -> Result<bool> {
+        let step = self.adam.step_count() + 1;
+        let mut loss = loss_sum / group as f64;
+        if let Some(sync) = &self.sync {
+            // First: a rank that failed here would leave the others in a
+            // collective it does not make.
+            sync.0.all_reduce_mean(&mut grads)?;
+            if let Some(Some(mean)) = grads.pop() {
+                let mean = mean.to_vec1::<f32>()?;
+                loss = mean[0] as f64;
+                images = (mean[1] * sync.0.world_size() as f32).round() as usize;
+            }
+        }
+        let cfg = &self.cfg;
+        let grad_norm = self.clip_gradients(&mut grads, step)?;
+        let lr = cfg.schedule.lr_at(cfg.optim.lr, step, self.total_steps);
+        self.adam.step(&grads, lr)?;
+        let next = first + group;
+        self.position = if next >= self.batches_per_epoch {
+            LoaderPosition {
+                epoch: epoch + 1,
+                next_batch: 0,
+            }
+        } else {
+            LoaderPosition {
+                epoch,
+                next_batch: next,
+            }
+        };
+        self.window.add(loss, grad_norm, images);
+        if step.is_multiple_of(self.cfg.training.log_every) || step == self.total_steps {
+            let record = self.window.record(step, epoch, lr);
+            if let Some(metrics) = &mut self.metrics {
+                metrics.append(&record)?;
+            }
+            self.progress.train(&record, self.total_steps);
+        }
+        let epoch_done = self.position.next_batch == 0;
+        let last = step == self.total_steps;
+        let eval_due = match self.cfg.eval.every {
+            EvalEvery::Epoch => epoch_done || last,
+            EvalEvery::Steps(n) => step.is_multiple_of(n) || last,
+        };
+        // Only rank 0 evaluates and writes: the parameters are the same on
+        // every rank.
+        let writer = self.rank() == 0;
+        if writer && eval_due {
+            self.evaluate_and_checkpoint()?;
+        } else if writer
+            && self
+                .cfg
+                .training
+                .checkpoint_every
+                .is_some_and(|n| step.is_multiple_of(n))
+        {
+            self.save_step_checkpoint()?;
+        }
+        Ok(epoch_done)
+    }
+
+    /// `result`, once every rank has said whether its own succeeded
+    /// (nothing to agree on without data parallelism).
+    fn all_ranks<T>(&self, result: Result<T>, phase: &str) -> Result<T> {
+        match &self.sync {
+            None => result,
+            Some(sync) => all_ranks(&*sync.0, &self.device, result, phase),
+        }
     }
 
     /// Forward and backward of one micro-batch; its gradients, divided by
@@ -943,6 +1006,35 @@ pub fn report_json(report: &EvalReport) -> Result<String> {
         path: PathBuf::from("report.json"),
         source,
     })
+}
+
+/// A step's summed gradients (one slot per trainable variable), summed
+/// losses and images.
+type Gathered = (Vec<Option<Tensor>>, f64, usize);
+
+/// `result` of this rank's `phase`, once every rank has said whether its
+/// own succeeded: a rank that failed returns its own error, the others an
+/// error saying a rank failed. Every rank calls this at the same points of
+/// the run, so the agreement is the next collective of all of them.
+fn all_ranks<T>(
+    sync: &dyn GradientSync,
+    device: &Device,
+    result: Result<T>,
+    phase: &str,
+) -> Result<T> {
+    match (sync.all_ok(result.is_ok(), device), result) {
+        (_, Err(e)) => Err(e),
+        (Ok(true), Ok(value)) => Ok(value),
+        (Ok(false), Ok(_)) => Err(Error::config(
+            "data parallel",
+            format!(
+                "rank {}: another rank failed to {phase} (its error is in its output); this \
+                 rank stopped with it",
+                sync.rank()
+            ),
+        )),
+        (Err(e), Ok(_)) => Err(e),
+    }
 }
 
 /// Optimizer steps of a run of `training` with `steps_per_epoch`.

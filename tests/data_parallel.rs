@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use anyhow::Result;
-use uniattack::distributed::{InProcessGroup, SyncHandle};
+use uniattack::distributed::{GradientSync, InProcessGroup, SyncHandle};
 use uniattack::experiment::LossKind;
 use uniattack::{ExperimentConfig, Trainer};
 
@@ -180,6 +180,85 @@ fn a_resume_at_another_world_size_is_refused() -> Result<()> {
         "{err}"
     );
     assert_eq!(std::fs::read(out.join("config.json"))?, saved);
+    Ok(())
+}
+
+/// Runs `world` ranks on threads of their own and returns each rank's
+/// outcome, failing the test if any takes longer than a minute (a rank
+/// left waiting for another in an all-reduce never returns).
+fn outcomes(
+    cfg: &ExperimentConfig,
+    out: &std::path::Path,
+    world: usize,
+    resume: bool,
+) -> Vec<Result<(), String>> {
+    let (send, receive) = std::sync::mpsc::channel();
+    for rank in InProcessGroup::new(world) {
+        let (cfg, out, send) = (cfg.clone(), out.to_path_buf(), send.clone());
+        std::thread::spawn(move || {
+            let index = rank.rank();
+            let mut options = common::options(&out, resume);
+            options.sync = Some(SyncHandle(Arc::new(rank)));
+            let outcome = Trainer::new(cfg, options)
+                .and_then(|mut trainer| trainer.train())
+                .map_err(|e| e.to_string());
+            let _ = send.send((index, outcome));
+        });
+    }
+    let mut results: Vec<Option<Result<(), String>>> = vec![None; world];
+    for _ in 0..world {
+        let (rank, outcome) = receive
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a rank hung waiting for the others");
+        results[rank] = Some(outcome);
+    }
+    results.into_iter().map(Option::unwrap).collect()
+}
+
+/// Rank 0 refusing the output directory (it holds a finished run) stops
+/// rank 1 at the start, instead of leaving it waiting in the first
+/// all-reduce.
+#[test]
+fn a_rank_that_fails_to_start_stops_the_others() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = config(&root, 8);
+    cfg.training.epochs = 1;
+    let out = dir.path().join("run");
+    run_ranks(&cfg, &out, 2);
+    let results = outcomes(&cfg, &out, 2, false);
+    let rank0 = results[0].as_ref().expect_err("rank 0 started over a run");
+    assert!(rank0.contains("already holds a run"), "{rank0}");
+    let rank1 = results[1].as_ref().expect_err("rank 1 trained alone");
+    assert!(rank1.contains("another rank failed to start"), "{rank1}");
+    Ok(())
+}
+
+/// A damaged training image fails the rank whose shard holds it, and the
+/// other rank stops at the same step instead of waiting for it.
+#[test]
+fn a_rank_that_fails_mid_run_stops_the_others() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = config(&root, 8);
+    cfg.training.epochs = 1;
+    let list = root.join("UniAttackData/protocol/UniAttackData@p1_image_train.txt");
+    let text = std::fs::read_to_string(&list)?;
+    let entry = text
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().next())
+        .expect("a list entry");
+    std::fs::write(root.join(entry), b"not an image")?;
+    let results = outcomes(&cfg, &dir.path().join("run"), 2, false);
+    let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(errors.len(), 2, "{results:?}");
+    let own = errors.iter().filter(|e| e.contains(entry)).count();
+    let stopped = errors
+        .iter()
+        .filter(|e| e.contains("another rank failed to compute"))
+        .count();
+    assert_eq!((own, stopped), (1, 1), "{errors:?}");
     Ok(())
 }
 
