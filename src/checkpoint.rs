@@ -63,6 +63,33 @@ pub struct Calibration {
     pub rule: ThresholdRule,
     /// The split it was chosen on (always dev for training runs).
     pub split: fas_data::protocol::uniattack::Split,
+    /// The step whose weights scored that split. A step checkpoint written
+    /// between evaluations carries the last evaluation's threshold, which
+    /// belongs to other weights (absent before it existed: not checked).
+    #[serde(default)]
+    pub step: Option<u64>,
+    /// Whether it was chosen on per-video mean scores (absent before it
+    /// existed: not checked).
+    #[serde(default)]
+    pub video_level: Option<bool>,
+}
+
+impl CheckpointMeta {
+    /// The stored threshold, when it was calibrated on this checkpoint's
+    /// own weights; why not otherwise. `None`: none stored.
+    pub fn own_threshold(&self) -> std::result::Result<Option<f64>, String> {
+        match self.calibration {
+            None => Ok(None),
+            Some(Calibration {
+                step: Some(step), ..
+            }) if step != self.step => Err(format!(
+                "its stored threshold was calibrated at step {step}, on other weights than this \
+                 checkpoint's (step {}): it is a step checkpoint written between evaluations",
+                self.step
+            )),
+            Some(calibration) => Ok(Some(calibration.threshold)),
+        }
+    }
 }
 
 /// The evaluation that made a checkpoint the best so far.

@@ -48,8 +48,10 @@ pub fn score_split(
 ) -> Result<SplitScores> {
     let config = evaluation_loader(batch_size, workers, detector.transform().size as usize);
     let loader = Loader::new(split.samples.clone(), config)?;
-    // (sum, count) per entry, entries in first-appearance order.
-    let mut index: HashMap<String, usize> = HashMap::new();
+    // (sum, count) per listed sample (a frame directory's frames are one
+    // sample; an entry listed twice is two, as the list counts it), in
+    // first-appearance order: the list's.
+    let mut index: HashMap<usize, usize> = HashMap::new();
     let mut out = SplitScores {
         split: split.split.name().to_string(),
         source: split.source.clone(),
@@ -64,7 +66,7 @@ pub fn score_split(
         let probabilities = detector.attack_probabilities(&batch.images)?;
         for (i, p) in probabilities.into_iter().enumerate() {
             let entry = &batch.entries[i];
-            let k = *index.entry(entry.clone()).or_insert_with(|| {
+            let k = *index.entry(batch.samples[i]).or_insert_with(|| {
                 out.entries.push(entry.clone());
                 out.video_ids.push(batch.ids[i].clone());
                 out.labels.push(batch.labels[i].clone());
@@ -200,8 +202,13 @@ pub struct EvalReport {
     /// Where the threshold came from.
     pub threshold_origin: ThresholdOrigin,
     /// Which split chose the checkpoint: `dev` (honest) or `test` (to
-    /// reproduce test-selected numbers; such results overstate).
-    pub selected_on: Selection,
+    /// reproduce test-selected numbers; such results overstate); `None`
+    /// for a step checkpoint, which no split chose.
+    pub selected_on: Option<Selection>,
+    /// Which way the score files written with this report point (`None`:
+    /// none written). The metrics above always use `score_polarity`.
+    #[serde(default)]
+    pub score_files: Option<crate::labels::ScoreExport>,
     /// The checkpoint evaluated.
     pub checkpoint: Option<PathBuf>,
     /// Optimizer step of that checkpoint.

@@ -81,7 +81,7 @@ pub fn table(protocol: &str, rows: &[(String, EvalReport)]) -> String {
             .collect()
     };
     let threshold_not_dev = names(&|r| r.threshold_origin != ThresholdOrigin::Dev);
-    let test_selected = names(&|r| r.selected_on == Selection::Test);
+    let test_selected = names(&|r| r.selected_on == Some(Selection::Test));
     out.push('\n');
     if threshold_not_dev.is_empty() {
         out.push_str("Thresholds chosen on dev, ");

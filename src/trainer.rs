@@ -753,6 +753,8 @@ impl Trainer {
             threshold: dev.threshold,
             rule: cfg.threshold_rule,
             split: Split::Dev,
+            step: Some(step),
+            video_level: Some(cfg.video_level),
         });
         let record = MetricsRecord::Eval {
             step,
@@ -991,7 +993,8 @@ pub fn evaluate_run(
         .into(),
         score_polarity: SCORE_POLARITY.to_string(),
         threshold_origin: ThresholdOrigin::Dev,
-        selected_on: cfg.eval.select_on,
+        selected_on: Some(cfg.eval.select_on),
+        score_files: Some(ScoreExport::AttackProbability),
         checkpoint: checkpoint.map(|c| c.path.clone()),
         step: checkpoint.map(|c| c.meta.step),
         test: test_report,

@@ -222,6 +222,103 @@ fn several_checkpoints_give_mean_and_deviation() -> Result<()> {
     Ok(())
 }
 
+/// A checkpoint's stored threshold is applied only to scores like those it
+/// was chosen on: not to a step checkpoint written between evaluations (its
+/// threshold belongs to the weights of the last evaluation), not at another
+/// scoring level, not to another protocol. Such a step checkpoint reports
+/// no selection, and the report says which way its score files point.
+/// Checkpoints that differ in selection are not averaged.
+#[test]
+fn a_stored_threshold_is_used_only_where_it_belongs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&data);
+    cfg.training.epochs = 2;
+    cfg.training.checkpoint_every = Some(1);
+    cfg.training.keep_last = 4;
+    let run = dir.path().join("run");
+    Trainer::new(cfg, common::options(&run, false))?.run()?;
+    let step3 = run.join("checkpoints/step-0000000003.safetensors");
+    let eval = |extra: &[&str]| -> Result<Result<serde_json::Value, String>> {
+        let mut argv = vec!["eval_uniattack", "--json"];
+        argv.extend_from_slice(extra);
+        let args = EvalArgs::try_parse_from(argv)?;
+        Ok(uniattack::cli::eval::run(&args)
+            .map(|json| serde_json::from_str(&json).unwrap())
+            .map_err(|e| e.to_string()))
+    };
+    let (run_arg, step3_arg) = (run.to_str().unwrap(), step3.to_str().unwrap());
+
+    let err = eval(&["--checkpoint", step3_arg, "--threshold", "checkpoint"])?.unwrap_err();
+    assert!(err.contains("calibrated at step 2"), "{err}");
+    let detect = |extra: &[&str]| -> Result<Result<usize, String>> {
+        let mut argv = vec!["detect", "--checkpoint", step3_arg];
+        argv.extend_from_slice(extra);
+        argv.push(data.to_str().unwrap());
+        let args = DetectArgs::try_parse_from(argv)?;
+        let mut out = Vec::new();
+        Ok(uniattack::cli::detect::run(&args, &mut out).map_err(|e| e.to_string()))
+    };
+    let err = detect(&[])?.unwrap_err();
+    assert!(err.contains("calibrated at step 2"), "{err}");
+    detect(&["--threshold", "0.5"])?.map_err(anyhow::Error::msg)?;
+
+    let err = eval(&[
+        "--checkpoint",
+        run_arg,
+        "--threshold",
+        "checkpoint",
+        "--video-level",
+    ])?
+    .unwrap_err();
+    assert!(err.contains("chosen on per-image scores"), "{err}");
+    let err = eval(&[
+        "--checkpoint",
+        run_arg,
+        "--threshold",
+        "checkpoint",
+        "--protocol",
+        "p2.1",
+    ])?
+    .unwrap_err();
+    assert!(err.contains("dev split of p1"), "{err}");
+    // Out of [0, 1]: a usage error, before anything is scored.
+    assert!(EvalArgs::try_parse_from([
+        "eval_uniattack",
+        "--checkpoint",
+        run_arg,
+        "--threshold",
+        "50"
+    ])
+    .is_err());
+
+    let best = eval(&["--checkpoint", run_arg, "--threshold", "checkpoint"])?
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(best["selected_on"], "dev");
+    assert_eq!(best["threshold_source"], "fixed");
+    assert!(best["score_files"].is_null(), "no files were written");
+    let out = dir.path().join("eval");
+    let step = eval(&[
+        "--checkpoint",
+        step3_arg,
+        "--output",
+        out.to_str().unwrap(),
+        "--score-polarity",
+        "live",
+    ])?
+    .map_err(anyhow::Error::msg)?;
+    assert!(step["selected_on"].is_null(), "{}", step["selected_on"]);
+    assert_eq!(step["score_files"], "live-probability");
+    assert_eq!(step["threshold_source"], "dev");
+
+    let err = eval(&["--checkpoint", run_arg, "--checkpoint", step3_arg])?.unwrap_err();
+    assert!(
+        err.contains("differ in checkpoint selection (selected on dev vs a step checkpoint)"),
+        "{err}"
+    );
+    Ok(())
+}
+
 /// A wrong flag or value is a usage error with exit status 2, for every tool.
 #[test]
 fn wrong_flags_are_usage_errors() {
@@ -383,7 +480,7 @@ fn moe_study_tabulates_three_runs() -> Result<()> {
     use uniattack::experiment::Selection;
     let report: EvalReport = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
     let mut test_selected = report.clone();
-    test_selected.selected_on = Selection::Test;
+    test_selected.selected_on = Some(Selection::Test);
     let mut fixed = report.clone();
     fixed.threshold_origin = ThresholdOrigin::Fixed;
     let flagged = uniattack::studies::table(

@@ -73,6 +73,29 @@ fn every_trainable_parameter_gets_a_gradient() -> Result<()> {
     Ok(())
 }
 
+/// An entry a list repeats (CFD's lists repeat a few paths) is scored once
+/// per line, as the list and the reference count it, not merged into one
+/// sample.
+#[test]
+fn a_repeated_list_entry_is_scored_once_per_line() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&root);
+    cfg.training.epochs = 1;
+    let data = cfg.data.clone();
+    let trainer = Trainer::new(cfg, common::options(&dir.path().join("run"), false))?;
+    let mut test = read_split(&data, Split::Test)?;
+    let listed = test.samples.len();
+    test.samples.insert(2, test.samples[0].clone());
+    let scores = score_split(&trainer.detector()?, &test, 8, 2)?;
+    assert_eq!(scores.entries.len(), listed + 1);
+    assert_eq!(scores.scores.len(), listed + 1);
+    assert_eq!(scores.entries[2], scores.entries[0]);
+    assert_eq!(scores.scores[2], scores.scores[0]);
+    assert_eq!(scores.score_set(false)?.len(), listed + 1);
+    Ok(())
+}
+
 /// The best checkpoint, read back, scores the test split exactly as the
 /// trained model in memory does, and as the run's score file says.
 #[test]

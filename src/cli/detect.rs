@@ -31,7 +31,7 @@ pub struct DetectArgs {
     #[arg(long)]
     pub json: bool,
     /// Decision threshold on P(attack), in [0, 1] [default: the checkpoint's].
-    #[arg(long, value_parser = parse_probability)]
+    #[arg(long, value_parser = super::parse_probability)]
     pub threshold: Option<f64>,
     /// Directory that list-file entries are relative to [default: the current one].
     #[arg(long)]
@@ -42,22 +42,6 @@ pub struct DetectArgs {
     /// Images, directories or list files.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-}
-
-/// A threshold on the detector's probabilities: finite and in [0, 1] (a
-/// NaN would decide nothing, and 50 is a percentage typed by mistake).
-fn parse_probability(text: &str) -> std::result::Result<f64, String> {
-    let value: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("expected a number in [0, 1], got {text:?}"))?;
-    if (0.0..=1.0).contains(&value) {
-        Ok(value)
-    } else {
-        Err(format!(
-            "a threshold on P(attack) must be in [0, 1], got {text}"
-        ))
-    }
 }
 
 /// One input: an image to score, or a problem found while expanding the
@@ -231,9 +215,15 @@ pub fn run(args: &DetectArgs, out: &mut dyn Write) -> Result<usize> {
     let checkpoint = read_model_checkpoint(&path)?;
     let device = crate::runtime::device(args.run.device.as_deref())?;
     let detector = Detector::from_checkpoint(&checkpoint, &device)?;
-    let threshold = args
-        .threshold
-        .or(checkpoint.meta.calibration.map(|c| c.threshold));
+    let threshold = match args.threshold {
+        Some(threshold) => Some(threshold),
+        None => checkpoint.meta.own_threshold().map_err(|why| {
+            Error::checkpoint(
+                &path,
+                format!("{why}; pass --threshold, or use the run's best.safetensors"),
+            )
+        })?,
+    };
     let detections = detect(&detector, args)?;
     let io = |e| Error::io("writing", "standard output", e);
     if !args.json {

@@ -8,7 +8,9 @@ use fas_data::protocol::uniattack::{Modality, Protocol, Split};
 use serde::Serialize;
 
 use super::parse_protocol;
-use crate::checkpoint::{read_model_checkpoint, resolve_checkpoint};
+use crate::checkpoint::{
+    read_model_checkpoint, resolve_checkpoint, CheckpointKind, CheckpointMeta,
+};
 use crate::data::{protocol_name, read_split};
 use crate::detector::Detector;
 use crate::error::{Error, Result};
@@ -43,9 +45,10 @@ pub struct EvalArgs {
     #[arg(long, value_enum)]
     pub modality: Option<super::train::ModalityArg>,
     /// Where the threshold comes from: dev (recomputed on the dev split),
-    /// checkpoint (calibrated on dev during training), or a number.
-    #[arg(long, default_value = "dev")]
-    pub threshold: String,
+    /// checkpoint (calibrated on dev during training), or a number in
+    /// [0, 1] on P(attack).
+    #[arg(long, default_value = "dev", value_parser = parse_threshold)]
+    pub threshold: ThresholdArg,
     /// Average frame scores per video.
     #[arg(long)]
     pub video_level: bool,
@@ -61,6 +64,27 @@ pub struct EvalArgs {
     /// Batch, threads, device.
     #[command(flatten)]
     pub run: super::RunFlags,
+}
+
+/// `--threshold`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ThresholdArg {
+    /// Chosen on the dev split's scores now.
+    Dev,
+    /// The one stored in the checkpoint.
+    Checkpoint,
+    /// This one.
+    Fixed(f64),
+}
+
+fn parse_threshold(text: &str) -> std::result::Result<ThresholdArg, String> {
+    match text {
+        "dev" => Ok(ThresholdArg::Dev),
+        "checkpoint" => Ok(ThresholdArg::Checkpoint),
+        number => super::parse_probability(number)
+            .map(ThresholdArg::Fixed)
+            .map_err(|e| format!("expected dev, checkpoint or a number: {e}")),
+    }
 }
 
 /// `--score-polarity`.
@@ -129,53 +153,56 @@ pub fn evaluate_checkpoint(
     let device = crate::runtime::device(args.run.device.as_deref())?;
     let detector = Detector::from_checkpoint(&loaded, &device)?;
     let data = data_config(args, &loaded.meta.experiment.data);
+    let video_level = args.video_level;
+    // The threshold's source is settled before any scoring: a checkpoint
+    // without a usable stored threshold fails now, not after a test pass.
+    let (threshold, origin) = match args.threshold {
+        ThresholdArg::Dev => (None, ThresholdOrigin::Dev),
+        ThresholdArg::Checkpoint => {
+            let threshold = loaded
+                .meta
+                .own_threshold()
+                .map_err(|why| {
+                    Error::checkpoint(
+                        &path,
+                        format!("{why}; use --threshold dev, or the run's best.safetensors"),
+                    )
+                })?
+                .ok_or_else(|| {
+                    Error::checkpoint(&path, "stores no calibrated threshold; use --threshold dev")
+                })?;
+            check_calibration_fits(&loaded.meta, &data, video_level)?;
+            (Some(threshold), ThresholdOrigin::Checkpoint)
+        }
+        ThresholdArg::Fixed(value) => (Some(value), ThresholdOrigin::Fixed),
+    };
     let test = read_split(&data, Split::Test)?;
     test.require_both_classes()?;
-    let workers = args.run.workers;
-    let test_scores = score_split(&detector, &test, args.run.batch_size, workers)?;
-    let video_level = args.video_level;
-    let test_set = test_scores.score_set(video_level)?;
-    let rule = loaded.meta.experiment.eval.threshold_rule;
-    let (threshold, origin, dev_scores) = match args.threshold.as_str() {
-        "dev" => {
+    let dev = match origin {
+        ThresholdOrigin::Dev => {
             let dev = read_split(&data, Split::Dev)?;
             dev.require_both_classes()?;
-            (
-                None,
-                ThresholdOrigin::Dev,
-                Some(score_split(&detector, &dev, args.run.batch_size, workers)?),
-            )
+            Some(dev)
         }
-        "checkpoint" => {
-            let calibration = loaded.meta.calibration.ok_or_else(|| {
-                Error::checkpoint(&path, "stores no calibrated threshold; use --threshold dev")
-            })?;
-            (
-                Some(calibration.threshold),
-                ThresholdOrigin::Checkpoint,
-                None,
-            )
-        }
-        number => {
-            let value: f64 = number.parse().map_err(|_| {
-                Error::config(
-                    "--threshold",
-                    format!("expected dev, checkpoint or a number, got {number:?}"),
-                )
-            })?;
-            (Some(value), ThresholdOrigin::Fixed, None)
-        }
+        _ => None,
     };
+    let workers = args.run.workers;
+    let test_scores = score_split(&detector, &test, args.run.batch_size, workers)?;
+    let test_set = test_scores.score_set(video_level)?;
+    let rule = loaded.meta.experiment.eval.threshold_rule;
+    let dev_scores = dev
+        .map(|dev| score_split(&detector, &dev, args.run.batch_size, workers))
+        .transpose()?;
     let dev_set = dev_scores
         .as_ref()
         .map(|s| s.score_set(video_level))
         .transpose()?;
     let (test_report, dev_report) = evaluate(dev_set.as_ref(), &test_set, rule, threshold)?;
+    let export = match args.score_polarity {
+        PolarityArg::Attack => ScoreExport::AttackProbability,
+        PolarityArg::Live => ScoreExport::LiveProbability,
+    };
     if let Some(dir) = output {
-        let export = match args.score_polarity {
-            PolarityArg::Attack => ScoreExport::AttackProbability,
-            PolarityArg::Live => ScoreExport::LiveProbability,
-        };
         let run = RunDir::new(dir.to_path_buf());
         test_scores.write(&run.scores("test"), export)?;
         match &dev_scores {
@@ -197,13 +224,56 @@ pub fn evaluate_checkpoint(
         level: if video_level { "video" } else { "image" }.into(),
         score_polarity: SCORE_POLARITY.to_string(),
         threshold_origin: origin,
-        selected_on: loaded.meta.experiment.eval.select_on,
+        // Only the best checkpoint was chosen (on a split); a step
+        // checkpoint is the weights of its step.
+        selected_on: (loaded.meta.kind == CheckpointKind::Model)
+            .then_some(loaded.meta.experiment.eval.select_on),
+        score_files: output.map(|_| export),
         checkpoint: Some(path),
         step: Some(loaded.meta.step),
         test: test_report,
         dev: dev_report,
         bpcer_at_apcer: bpcer_table(&test_set)?,
     })
+}
+
+/// Errors unless the checkpoint's stored threshold was chosen on scores
+/// like those it would now be applied to: the same scoring level, and the
+/// dev split of the same protocol and modality (a data root moved
+/// elsewhere is fine).
+fn check_calibration_fits(
+    meta: &CheckpointMeta,
+    data: &DataConfig,
+    video_level: bool,
+) -> Result<()> {
+    let level = |video: bool| if video { "per-video mean" } else { "per-image" };
+    if let Some(calibrated) = meta.calibration.and_then(|c| c.video_level) {
+        if calibrated != video_level {
+            return Err(Error::config(
+                "--threshold checkpoint",
+                format!(
+                    "the stored threshold was chosen on {} scores and these are {}: evaluate at \
+                     the same level ({} --video-level) or use --threshold dev",
+                    level(calibrated),
+                    level(video_level),
+                    if calibrated { "add" } else { "drop" }
+                ),
+            ));
+        }
+    }
+    let saved = &meta.experiment.data;
+    if data.dataset != saved.dataset {
+        return Err(Error::config(
+            "--threshold checkpoint",
+            format!(
+                "the stored threshold was chosen on the dev split of {}; this evaluation is of \
+                 {}: use --threshold dev",
+                protocol_name(saved),
+                protocol_name(data)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The checkpoint's data, with the command line's overrides.
@@ -226,6 +296,37 @@ fn data_config(args: &EvalArgs, saved: &DataConfig) -> DataConfig {
         };
     }
     data
+}
+
+/// What makes two reports' metrics not of one experiment (so not to be
+/// averaged): the protocol, the scoring level, how the checkpoint was
+/// selected, where the threshold came from, and the rule that chose it on
+/// dev. Seeds of one configuration agree in all of these.
+fn summary_difference(a: &EvalReport, b: &EvalReport) -> Option<String> {
+    let differs =
+        |what: &str, x: String, y: String| (x != y).then(|| format!("{what} ({x} vs {y})"));
+    let selection = |r: &EvalReport| match r.selected_on {
+        Some(split) => format!("selected on {split:?}").to_lowercase(),
+        None => "a step checkpoint".to_string(),
+    };
+    differs("protocol", a.protocol.clone(), b.protocol.clone())
+        .or_else(|| differs("scoring level", a.level.clone(), b.level.clone()))
+        .or_else(|| differs("checkpoint selection", selection(a), selection(b)))
+        .or_else(|| {
+            differs(
+                "threshold origin",
+                format!("{:?}", a.threshold_origin),
+                format!("{:?}", b.threshold_origin),
+            )
+        })
+        .or_else(|| match a.threshold_origin {
+            ThresholdOrigin::Dev => differs(
+                "threshold rule",
+                format!("{:?}", a.test.config),
+                format!("{:?}", b.test.config),
+            ),
+            _ => None,
+        })
 }
 
 /// One CSV row per report (and mean/std rows for several).
@@ -289,7 +390,21 @@ pub fn run(args: &EvalArgs) -> Result<String> {
                 dir.clone()
             }
         });
-        runs.push(evaluate_checkpoint(args, checkpoint, output.as_deref())?);
+        let report = evaluate_checkpoint(args, checkpoint, output.as_deref())?;
+        if let Some(first) = runs.first() {
+            if let Some(difference) = summary_difference(first, &report) {
+                return Err(Error::config(
+                    "--checkpoint",
+                    format!(
+                        "{} and {} differ in {difference}: a mean over them would be neither's \
+                         result; evaluate them separately",
+                        args.checkpoint[0].display(),
+                        checkpoint.display()
+                    ),
+                ));
+            }
+        }
+        runs.push(report);
     }
     let json = if several {
         let multi = MultiReport {

@@ -98,3 +98,19 @@ mod tests {
         assert!(parse_moe_layers("x").is_err());
     }
 }
+
+/// A threshold on the detector's probabilities: finite and in [0, 1] (a
+/// NaN would decide nothing, and 50 is a percentage typed by mistake).
+pub(crate) fn parse_probability(text: &str) -> std::result::Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number in [0, 1], got {text:?}"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "a threshold on P(attack) must be in [0, 1], got {text}"
+        ))
+    }
+}

@@ -614,7 +614,7 @@ pub fn summary_table(report: &EvalReport) -> String {
         pct(t.auc),
         pct(t.eer)
     ));
-    if report.selected_on == Selection::Test {
+    if report.selected_on == Some(Selection::Test) {
         out.push_str("\nNOTE: the checkpoint was selected on TEST (--select-on test): these test numbers overstate.\n");
     }
     out

@@ -149,6 +149,10 @@ pub struct Batch {
     pub entries: Vec<String>,
     /// The image file read per image (a frame, for frame directories).
     pub paths: Vec<PathBuf>,
+    /// Per image, the index of its sample in the loader's list: tells a
+    /// list's repeated entries apart, and a frame directory's frames
+    /// together.
+    pub samples: Vec<usize>,
     /// Images dropped under [`BadInputPolicy::Skip`], with the reason.
     pub skipped: Vec<Problem>,
 }
@@ -421,8 +425,14 @@ impl EpochPlan {
             None => 0..items.len(),
         };
         let mut pixels = Vec::with_capacity(positions.len() * 3 * size * size);
-        let (mut labels, mut ids, mut entries, mut paths, mut skipped) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut labels, mut ids, mut entries, mut paths, mut samples, mut skipped) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         for (k, &item_index) in items.iter().enumerate() {
             if !positions.contains(&k) {
                 continue;
@@ -452,6 +462,7 @@ impl EpochPlan {
             ids.push(sample.video_id.clone());
             entries.push(sample.entry.clone());
             paths.push(path);
+            samples.push(item.sample);
         }
         let images = Tensor::from_vec(pixels, (labels.len(), 3, size, size), &Device::Cpu)?;
         Ok(Batch {
@@ -461,6 +472,7 @@ impl EpochPlan {
             ids,
             entries,
             paths,
+            samples,
             skipped,
         })
     }

@@ -33,6 +33,8 @@ pub enum ThresholdSource {
     Dev,
     /// The test set itself (no dev set given; SSDG/FLIP cross-domain HTER).
     Test,
+    /// Given ([`ThresholdRule::Fixed`]): chosen on no split here.
+    Fixed,
 }
 
 /// Everything a UniAttackData paper reports for one protocol. Rates are
@@ -117,6 +119,11 @@ pub fn evaluate_protocol(
     if config.test_eer == EerMethod::OrganiserGrid {
         check_grid_range(test)?;
     }
+    // A fixed threshold is given, not chosen on the set it is applied to.
+    let threshold_source = match config.threshold_rule {
+        ThresholdRule::Fixed { .. } => ThresholdSource::Fixed,
+        _ => threshold_source,
+    };
     let threshold = select_threshold(threshold_set, config.threshold_rule)?;
     let at = metrics_at_threshold(test, threshold)?;
     let auc = auc(test);
@@ -189,12 +196,13 @@ impl ProtocolReport {
             );
         }
         let source = match self.threshold_source {
-            ThresholdSource::Dev => "dev",
-            ThresholdSource::Test => "test",
+            ThresholdSource::Dev => "chosen on dev",
+            ThresholdSource::Test => "chosen on test",
+            ThresholdSource::Fixed => "given",
         };
         let _ = writeln!(
             out,
-            "\nThreshold {} chosen on {source} ({:?}), {}; test EER by {:?}.",
+            "\nThreshold {} {source} ({:?}), {}; test EER by {:?}.",
             self.threshold, self.config.threshold_rule, self.polarity, self.config.test_eer
         );
         for warning in &self.warnings {
@@ -284,6 +292,20 @@ mod tests {
 
         let own = evaluate_protocol(None, &test, ProtocolConfig::default()).unwrap();
         assert_eq!(own.threshold_source, ThresholdSource::Test);
+        // A fixed threshold was chosen on neither split, with or without dev.
+        let given = ProtocolConfig {
+            threshold_rule: ThresholdRule::Fixed { threshold: 0.5 },
+            ..ProtocolConfig::default()
+        };
+        for dev in [Some(&dev), None] {
+            let fixed = evaluate_protocol(dev, &test, given).unwrap();
+            assert_eq!(fixed.threshold_source, ThresholdSource::Fixed);
+            assert_eq!(
+                serde_json::to_value(&fixed).unwrap()["threshold_source"],
+                "fixed"
+            );
+            assert!(fixed.to_markdown("P1").contains("Threshold 0.5 given"));
+        }
         let flipped = set(
             &[0.6, 0.9, 0.1, 0.3],
             &[
