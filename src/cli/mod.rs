@@ -78,6 +78,22 @@ pub fn parse_moe_layers(text: &str) -> Result<MoeLayers, String> {
         .map_err(|_| format!("expected all, last:K or blocks like 0,5,11; got {text:?}"))
 }
 
+/// A threshold on the detector's probabilities: finite and in [0, 1] (a
+/// NaN would decide nothing, and 50 is a percentage typed by mistake).
+pub(crate) fn parse_probability(text: &str) -> std::result::Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number in [0, 1], got {text:?}"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "a threshold on P(attack) must be in [0, 1], got {text}"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,18 +115,3 @@ mod tests {
     }
 }
 
-/// A threshold on the detector's probabilities: finite and in [0, 1] (a
-/// NaN would decide nothing, and 50 is a percentage typed by mistake).
-pub(crate) fn parse_probability(text: &str) -> std::result::Result<f64, String> {
-    let value: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("expected a number in [0, 1], got {text:?}"))?;
-    if (0.0..=1.0).contains(&value) {
-        Ok(value)
-    } else {
-        Err(format!(
-            "a threshold on P(attack) must be in [0, 1], got {text}"
-        ))
-    }
-}
