@@ -174,6 +174,9 @@ impl Trainer {
             dev.source.clone(),
             test.source.clone(),
         ];
+        if let Some(report) = &options.report {
+            check_report_copy(report, &list_files, &run)?;
+        }
         let image_size = backbone.clip.vision_config.image_size;
         let mut loader_config = training_loader(&cfg.loader, image_size, cfg.seed);
         if world > 1 {
@@ -250,6 +253,13 @@ impl Trainer {
                     trainer.progress = Progress::new(total_steps, trainer.adam.step_count());
                     trainer.repair_best()?;
                 }
+            } else if rank == 0 {
+                // A job script that always passes --resume starts here the
+                // first time; a mistyped --output is made visible.
+                trainer.progress.println(&format!(
+                    "note: {} holds no checkpoint to resume from; starting a new run",
+                    run.root().display()
+                ));
             }
         }
         if rank == 0 {
@@ -1109,6 +1119,45 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
             ),
         ));
     }
+    if resume
+        && exists
+        && run.step_checkpoints()?.is_empty()
+        && (run.best_checkpoint().is_file() || run.report().is_file())
+    {
+        return Err(Error::config(
+            "--resume",
+            format!(
+                "{} holds a run's best checkpoint or report but no step checkpoint to resume \
+                 from (a finished run whose step checkpoints were removed?); resuming would \
+                 start over and replace them. Evaluate it with eval_uniattack, or train into a \
+                 new --output",
+                run.root().display()
+            ),
+        ));
+    }
+    if !exists && run.config().is_file() {
+        // A failed start's own config.json may be replaced; anyone else's
+        // (a model directory given as --output) may not.
+        let text = std::fs::read_to_string(run.config())
+            .map_err(|e| Error::io("reading", run.config(), e))?;
+        // Any version's experiment has these sections; a model's config
+        // (CLIP's `vision_config`, ...) has none of them.
+        let ours = serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|json| {
+            ["seed", "model", "data", "training"]
+                .iter()
+                .all(|key| json.get(key).is_some())
+        });
+        if !ours {
+            return Err(Error::config(
+                "--output",
+                format!(
+                    "{} holds a config.json that is not a uniattack experiment (a model \
+                     directory?); training there would replace it: choose another directory",
+                    run.root().display()
+                ),
+            ));
+        }
+    }
     std::fs::create_dir_all(run.root()).map_err(|e| Error::io("creating", run.root(), e))?;
     let lock = lock_run(run)?;
     if exists && run.config().is_file() {
@@ -1130,6 +1179,22 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
         run.remove_stale_temporaries()?;
     }
     Ok(lock)
+}
+
+/// Errors now, not after the whole run, when `--report` could not be
+/// written or would replace an input or the run's own records.
+fn check_report_copy(report: &std::path::Path, lists: &[PathBuf], run: &RunDir) -> Result<()> {
+    if report.is_dir() {
+        return Err(Error::config(
+            "--report",
+            format!("{} is a directory; give a file path", report.display()),
+        ));
+    }
+    let (config, metrics) = (run.config(), run.metrics());
+    let mut inputs: Vec<&std::path::Path> = lists.iter().map(PathBuf::as_path).collect();
+    inputs.extend([config.as_path(), metrics.as_path()]);
+    atomic_io::refuse_input_as_output(report, &inputs)
+        .map_err(|e| Error::config("--report", e.to_string()))
 }
 
 /// Loss, gradient norm and throughput since the last logged step.

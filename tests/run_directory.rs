@@ -219,3 +219,69 @@ fn a_damaged_best_of_an_earlier_step_is_set_aside_and_chosen_again() -> Result<(
     assert_eq!(chosen.best.map(|b| b.step), Some(4));
     Ok(())
 }
+
+/// `--resume` on a directory holding a run's best checkpoint and report but
+/// no step checkpoint is refused (it would start over and replace them);
+/// on an empty directory it starts a new run.
+#[test]
+fn a_resume_with_nothing_to_resume_never_replaces_a_run() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cfg, out) = common::one_epoch(dir.path());
+    Trainer::new(cfg.clone(), common::options(&out, false))?.run()?;
+    for (_, path) in uniattack::run_dir::RunDir::new(out.clone()).step_checkpoints()? {
+        std::fs::remove_file(path)?;
+    }
+    let best = std::fs::read(out.join("checkpoints/best.safetensors"))?;
+    let err = error_of(Trainer::new(cfg.clone(), common::options(&out, true)));
+    assert!(err.contains("no step checkpoint to resume from"), "{err}");
+    assert_eq!(
+        std::fs::read(out.join("checkpoints/best.safetensors"))?,
+        best
+    );
+
+    let fresh = dir.path().join("fresh");
+    let mut trainer = Trainer::new(cfg, common::options(&fresh, true))?;
+    assert_eq!(trainer.step(), 0);
+    trainer.train()?;
+    Ok(())
+}
+
+/// A directory holding someone else's `config.json` (a model directory
+/// given as `--output`) is refused, and the file is left as it was.
+#[test]
+fn a_model_directory_is_not_an_output() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cfg, _) = common::one_epoch(dir.path());
+    let model = dir.path().join("clip-b16");
+    std::fs::create_dir_all(&model)?;
+    let config = r#"{"architectures": ["CLIPModel"], "vision_config": {}, "text_config": {}}"#;
+    std::fs::write(model.join("config.json"), config)?;
+    let err = error_of(Trainer::new(cfg, common::options(&model, false)));
+    assert!(err.contains("not a uniattack experiment"), "{err}");
+    assert_eq!(std::fs::read_to_string(model.join("config.json"))?, config);
+    Ok(())
+}
+
+/// `--report` naming a directory or an input is refused at the start, not
+/// after the run, and the input is left as it was.
+#[test]
+fn a_report_copy_over_an_input_is_refused_at_the_start() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cfg, out) = common::one_epoch(dir.path());
+    let list = cfg
+        .data
+        .root
+        .join("UniAttackData/protocol/UniAttackData@p1_image_test.txt");
+    let before = std::fs::read(&list)?;
+    for (report, expected) in [
+        (list.clone(), "it is the input"),
+        (dir.path().to_path_buf(), "is a directory"),
+    ] {
+        let mut options = common::options(&out, false);
+        options.report = Some(report);
+        let err = error_of(Trainer::new(cfg.clone(), options));
+        assert!(err.contains("--report") && err.contains(expected), "{err}");
+    }
+    assert_eq!(std::fs::read(&list)?, before);
+    Ok(())
+}

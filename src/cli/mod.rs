@@ -114,4 +114,3 @@ mod tests {
         assert!(parse_moe_layers("x").is_err());
     }
 }
-
