@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use fas_data::image_io::is_image_file;
+use fas_data::image_io::{is_image_file, is_unsupported_image};
 use fas_data::{BadInputPolicy, Loader, Media, Problem, Sample};
 
 use crate::checkpoint::{read_model_checkpoint, resolve_checkpoint};
@@ -63,14 +63,19 @@ pub struct Detection {
 
 fn expand(paths: &[PathBuf], root: &Path) -> Vec<Input> {
     let mut inputs = Vec::new();
+    let mut listed = std::collections::HashSet::new();
     for path in paths {
         if path.is_dir() {
             let mut found = Vec::new();
-            if let Err(e) = collect_images(path, &mut found) {
-                inputs.push(Input::Unusable(path.clone(), e));
+            collect_images(path, &mut found, &mut listed);
+            if !found.iter().any(|input| matches!(input, Input::Image(_))) {
+                found.push(Input::Unusable(
+                    path.clone(),
+                    "holds no JPEG or PNG image".into(),
+                ));
             }
-            found.sort();
-            inputs.extend(found.into_iter().map(Input::Image));
+            found.sort_by(|a, b| a.path().cmp(b.path()));
+            inputs.extend(found);
         } else if path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
@@ -95,28 +100,74 @@ fn expand(paths: &[PathBuf], root: &Path) -> Vec<Input> {
     inputs
 }
 
-fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> std::result::Result<(), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot list directory: {e}"))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("cannot list directory: {e}"))?;
-        let path = entry.path();
-        // Follow links to files and directories alike, but never a link
-        // back into a directory being listed (a cycle).
-        if path.is_dir() {
-            let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
-            let cycles = is_link
-                && std::fs::canonicalize(&path)
-                    .ok()
-                    .zip(std::fs::canonicalize(dir).ok())
-                    .is_some_and(|(target, here)| here.starts_with(target));
-            if !cycles {
-                collect_images(&path, out)?;
-            }
-        } else if is_image_file(&path) {
-            out.push(path);
+impl Input {
+    fn path(&self) -> &Path {
+        match self {
+            Input::Image(path) | Input::Unusable(path, _) => path,
         }
     }
-    Ok(())
+}
+
+/// The images under `dir`, following links, each real directory listed
+/// once (`listed` holds those done): a link back into a directory being
+/// walked, or two links to one directory, would otherwise repeat its images
+/// (without end, for a cycle). A subdirectory that cannot be listed, a
+/// broken link and an image format that is not decoded are inputs of their
+/// own with the reason; the walk goes on.
+fn collect_images(
+    dir: &Path,
+    out: &mut Vec<Input>,
+    listed: &mut std::collections::HashSet<PathBuf>,
+) {
+    let here = match std::fs::canonicalize(dir) {
+        Ok(here) => here,
+        Err(e) => {
+            out.push(Input::Unusable(
+                dir.to_path_buf(),
+                format!("cannot resolve: {e}"),
+            ));
+            return;
+        }
+    };
+    if !listed.insert(here) {
+        return;
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            out.push(Input::Unusable(
+                dir.to_path_buf(),
+                format!("cannot list directory: {e}"),
+            ));
+            return;
+        }
+    };
+    for entry in entries {
+        let path = match entry {
+            Ok(entry) => entry.path(),
+            Err(e) => {
+                out.push(Input::Unusable(
+                    dir.to_path_buf(),
+                    format!("cannot list directory: {e}"),
+                ));
+                continue;
+            }
+        };
+        // `metadata` follows links: a link to a directory is a directory.
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => collect_images(&path, out, listed),
+            Ok(_) if is_image_file(&path) => out.push(Input::Image(path)),
+            Ok(_) if is_unsupported_image(&path) => out.push(Input::Unusable(
+                path,
+                "image format not decoded (JPEG and PNG only); convert it to score it".into(),
+            )),
+            Ok(_) => {}
+            Err(e) if is_image_file(&path) || is_unsupported_image(&path) => {
+                out.push(Input::Unusable(path, format!("cannot read: {e}")))
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Scores every input in order; unreadable images get their error.
@@ -261,5 +312,73 @@ fn csv_field(text: &str) -> String {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
         text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn images_and_problems(inputs: &[Input]) -> (Vec<String>, Vec<String>) {
+        let mut images = Vec::new();
+        let mut problems = Vec::new();
+        for input in inputs {
+            match input {
+                Input::Image(path) => images.push(path.display().to_string()),
+                Input::Unusable(path, why) => problems.push(format!("{}: {why}", path.display())),
+            }
+        }
+        (images, problems)
+    }
+
+    /// Links between two folders in both directions (a cycle) and a second
+    /// link to one of them: each real folder is listed once, so each image
+    /// is one input, and the walk ends.
+    #[cfg(unix)]
+    #[test]
+    fn linked_folders_are_listed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(a.join("one.jpg"), b"x").unwrap();
+        std::fs::write(b.join("two.png"), b"x").unwrap();
+        std::os::unix::fs::symlink("../b", a.join("to-b")).unwrap();
+        std::os::unix::fs::symlink("../b", a.join("to-b-again")).unwrap();
+        std::os::unix::fs::symlink("../a", b.join("to-a")).unwrap();
+        let (images, problems) = images_and_problems(&expand(&[a.clone()], Path::new(".")));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(images.len(), 2, "{images:?}");
+        assert!(images[0].ends_with("a/one.jpg"), "{images:?}");
+        assert!(images[1].ends_with("two.png"), "{images:?}");
+    }
+
+    /// A folder holding only formats that are not decoded, or nothing, is
+    /// a failed input with the reason, not an empty success; an undecoded
+    /// image beside good ones is reported and the good ones are kept.
+    #[test]
+    fn folders_without_usable_images_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (webp, empty, mixed) = (
+            dir.path().join("webp"),
+            dir.path().join("empty"),
+            dir.path().join("mixed"),
+        );
+        for folder in [&webp, &empty, &mixed] {
+            std::fs::create_dir_all(folder).unwrap();
+        }
+        std::fs::write(webp.join("face.webp"), b"x").unwrap();
+        std::fs::write(mixed.join("face.bmp"), b"x").unwrap();
+        std::fs::write(mixed.join("face.jpg"), b"x").unwrap();
+        std::fs::write(mixed.join("notes.txt"), b"x").unwrap();
+        let (images, problems) =
+            images_and_problems(&expand(&[webp, empty, mixed], Path::new(".")));
+        assert_eq!(images.len(), 1, "{images:?}");
+        assert!(images[0].ends_with("mixed/face.jpg"));
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[0].contains("webp: holds no JPEG or PNG image"));
+        assert!(problems[1].contains("face.webp: image format not decoded"));
+        assert!(problems[2].contains("empty: holds no JPEG or PNG image"));
+        assert!(problems[3].contains("face.bmp: image format not decoded"));
     }
 }

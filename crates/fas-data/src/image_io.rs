@@ -16,6 +16,18 @@ pub fn is_image_file(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// Image formats found in face datasets that this reader does not decode.
+const UNSUPPORTED_IMAGES: [&str; 8] = ["webp", "bmp", "gif", "tif", "tiff", "jfif", "heic", "avif"];
+
+/// True when `path` has the extension of an image format this reader does
+/// not decode (WebP, BMP, GIF, TIFF, HEIC, AVIF): worth reporting when a
+/// folder is scanned, where other files are passed over.
+pub fn is_unsupported_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| UNSUPPORTED_IMAGES.iter().any(|u| u.eq_ignore_ascii_case(e)))
+}
+
 /// Reads and decodes one image (JPEG or PNG; the format comes from the bytes,
 /// not the extension).
 ///

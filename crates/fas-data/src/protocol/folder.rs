@@ -108,7 +108,6 @@ fn folder_label(name: &str, method: Option<String>) -> Option<Label> {
 
 /// Image formats that appear in face datasets but that this reader does not
 /// decode: their files are reported, not silently dropped.
-const UNSUPPORTED_IMAGES: [&str; 8] = ["webp", "bmp", "gif", "tif", "tiff", "jfif", "heic", "avif"];
 
 /// Collects the image files under `dir`, following links to directories
 /// unless they lead back into `ancestors` (the canonical directories being
@@ -145,11 +144,7 @@ fn walk(
             walk(&path, files, ignored, ancestors)?;
         } else if is_image_file(&path) {
             files.push(path);
-        } else if path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| UNSUPPORTED_IMAGES.iter().any(|u| u.eq_ignore_ascii_case(e)))
-        {
+        } else if crate::image_io::is_unsupported_image(&path) {
             ignored.push(Problem::in_file(
                 &path,
                 "image format not decoded by this reader (JPEG and PNG only); convert it to use it",
