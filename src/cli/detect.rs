@@ -346,7 +346,8 @@ mod tests {
         std::os::unix::fs::symlink("../b", a.join("to-b")).unwrap();
         std::os::unix::fs::symlink("../b", a.join("to-b-again")).unwrap();
         std::os::unix::fs::symlink("../a", b.join("to-a")).unwrap();
-        let (images, problems) = images_and_problems(&expand(&[a.clone()], Path::new(".")));
+        let (images, problems) =
+            images_and_problems(&expand(std::slice::from_ref(&a), Path::new(".")));
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(images.len(), 2, "{images:?}");
         assert!(images[0].ends_with("a/one.jpg"), "{images:?}");

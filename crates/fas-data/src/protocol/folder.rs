@@ -106,9 +106,6 @@ fn folder_label(name: &str, method: Option<String>) -> Option<Label> {
     Some(Label::Attack(kind))
 }
 
-/// Image formats that appear in face datasets but that this reader does not
-/// decode: their files are reported, not silently dropped.
-
 /// Collects the image files under `dir`, following links to directories
 /// unless they lead back into `ancestors` (the canonical directories being
 /// walked).
