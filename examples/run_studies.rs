@@ -25,15 +25,14 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    uniattack::studies::refuse_run_flags(&args.train)?;
     uniattack::runtime::init();
     let base = args.train.experiment()?;
     let device = uniattack::runtime::device(args.train.device.as_deref())?;
     let out = args.train.output.clone().unwrap_or_else(|| {
         uniattack::runtime::default_run_dir(&format!("{:?}-study", args.study).to_lowercase())
     });
-    println!(
-        "{}",
-        uniattack::studies::run(args.study, &base, &out, &device)?
-    );
+    let table = uniattack::studies::run(args.study, &base, &out, &device)?;
+    uniattack::runtime::say(&table);
     Ok(())
 }

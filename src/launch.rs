@@ -87,15 +87,16 @@ impl RankEnv {
     }
 
     /// The device and gradient synchronisation of this rank: `cuda:<local
-    /// rank>` unless `--device` says otherwise, joined to the NCCL group.
+    /// rank>` unless `--device` names one (`cuda` alone names none),
+    /// joined to the NCCL group.
     pub fn join(
         &self,
         device: Option<&str>,
         output: &Path,
     ) -> Result<(Device, Option<SyncHandle>)> {
         let spec = match device {
-            Some(spec) => spec.to_string(),
-            None => format!("cuda:{}", self.local_rank.unwrap_or(self.rank)),
+            Some(spec) if spec != "cuda" => spec.to_string(),
+            _ => format!("cuda:{}", self.local_rank.unwrap_or(self.rank)),
         };
         let device = crate::runtime::device(Some(&spec))?;
         let id_file = self

@@ -163,7 +163,7 @@ impl Progress {
                 bar.set_message(text);
             }
             None if self.quiet => {}
-            None => println!("step {step}/{total}  {text}"),
+            None => crate::runtime::say(&format!("step {step}/{total}  {text}")),
         }
     }
 
@@ -172,7 +172,7 @@ impl Progress {
         match &self.bar {
             Some(bar) => bar.println(line),
             None if self.quiet => {}
-            None => println!("{line}"),
+            None => crate::runtime::say(line),
         }
     }
 

@@ -8,6 +8,27 @@ use candle_core::Device;
 
 use crate::error::{Error, Result};
 
+/// Prints `text` and a newline on standard output. A closed or failing
+/// stdout (`eval_uniattack --json | head -1`) is not an error: `println!`
+/// would panic there, after all the work, and training would die with it;
+/// what the tools print is also in their files. Once a write has failed,
+/// later lines are not attempted.
+pub fn say(text: &str) {
+    static CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    if say_to(&mut std::io::stdout().lock(), text).is_err() {
+        CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// [`say`] into `out`; the write's outcome.
+pub fn say_to(out: &mut dyn std::io::Write, text: &str) -> std::io::Result<()> {
+    writeln!(out, "{text}")?;
+    out.flush()
+}
+
 /// Once per process, before any thread starts: `tracing` output filtered by
 /// `RUST_LOG` (default: warnings), and the allocator settings.
 pub fn init() {
@@ -127,5 +148,31 @@ mod tests {
             let err = device(Some("cuda:1")).unwrap_err().to_string();
             assert!(err.contains("--features cuda"), "{err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod say_tests {
+    use super::*;
+
+    /// A reader that has gone away.
+    struct Closed;
+
+    impl std::io::Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_output_is_an_error_value_not_a_panic() {
+        let err = say_to(&mut Closed, "report").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+        let mut open = Vec::new();
+        say_to(&mut open, "report").unwrap();
+        assert_eq!(open, b"report\n");
     }
 }

@@ -110,6 +110,27 @@ pub fn table(protocol: &str, rows: &[(String, EvalReport)]) -> String {
 /// of retrained; an interrupted one is resumed), then writes and returns
 /// `out/table.md`. A finished variant of other settings (another protocol,
 /// seed, length...) is an error: its row would not belong in the table.
+/// Errors on the `train_uniattack` flags a study cannot honour: it decides
+/// for each variant whether to continue it, writes its own table, and
+/// trains on one device. Accepting them would ignore them.
+pub fn refuse_run_flags(train: &crate::cli::train::TrainArgs) -> Result<()> {
+    for (flag, given) in [
+        ("--resume", train.resume),
+        ("--report", train.report.is_some()),
+        ("--gpus", train.gpus.is_some()),
+    ] {
+        if given {
+            return Err(Error::config(
+                flag,
+                "is not a run_studies flag: a study trains each variant into its own directory \
+                 under --output on one device, continues finished variants by itself, and \
+                 writes its table to <output>/table.md",
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn run(study: Study, base: &ExperimentConfig, out: &Path, device: &Device) -> Result<String> {
     let mut rows = Vec::new();
     for (name, cfg) in variants(study, base) {
@@ -142,7 +163,10 @@ pub fn run(study: Study, base: &ExperimentConfig, out: &Path, device: &Device) -
         let report = match finished {
             Some(report) => report,
             None => {
-                println!("study {study:?}: training {name} into {}", dir.display());
+                crate::runtime::say(&format!(
+                    "study {study:?}: training {name} into {}",
+                    dir.display()
+                ));
                 let resume = run_dir.config().is_file();
                 let options = TrainOptions {
                     output: dir,

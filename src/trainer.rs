@@ -158,6 +158,13 @@ impl Trainer {
         }
 
         let backbone = build(&cfg.model, cfg.seed, &device)?;
+        if trainable_vars(&backbone.varmap, &cfg.model.frozen).is_empty() {
+            return Err(Error::config(
+                "--freeze",
+                "leaves nothing to train: every parameter of this model is frozen (without a MoE \
+                 branch, freezing text, vision-backbone and logit-scale freezes all of CLIP)",
+            ));
+        }
         let train = read_split(&cfg.data, Split::Train)?;
         let dev = read_split(&cfg.data, Split::Dev)?;
         let test = read_split(&cfg.data, Split::Test)?;

@@ -425,6 +425,86 @@ fn training_without_data_says_what_to_give() {
     assert!(err.contains("--data") && err.contains("--demo"), "{err}");
 }
 
+/// Flag combinations that would be ignored or do nothing are refused,
+/// naming the flag: `--modality` with lists, a MoE branch on no block, a
+/// model with every part frozen, a device named for every launched rank,
+/// and `train_uniattack` flags a study cannot honour.
+#[test]
+fn flags_that_would_do_nothing_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = common::dataset(&dir.path().join("data"));
+    let lists = data.join("UniAttackData/protocol");
+    let list = |split: &str| lists.join(format!("UniAttackData@p1_image_{split}.txt"));
+    let (train, dev, test) = (list("train"), list("dev"), list("test"));
+    let args = TrainArgs::try_parse_from([
+        "train_uniattack",
+        "--data",
+        data.to_str().unwrap(),
+        "--train-list",
+        train.to_str().unwrap(),
+        "--dev-list",
+        dev.to_str().unwrap(),
+        "--test-list",
+        test.to_str().unwrap(),
+        "--modality",
+        "video",
+    ])?;
+    let err = args.experiment().unwrap_err().to_string();
+    assert!(
+        err.contains("--modality") && err.contains("list format decides"),
+        "{err}"
+    );
+
+    let parse = |argv: &[&str]| {
+        TrainArgs::try_parse_from([&["train_uniattack", "--demo"], argv].concat()).unwrap()
+    };
+    let nowhere = dir.path().join("nowhere");
+    let err = uniattack::cli::train::run(&parse(&[
+        "--moe-layers",
+        "last:0",
+        "--output",
+        nowhere.to_str().unwrap(),
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no block"), "{err}");
+
+    let out = dir.path().join("frozen");
+    let frozen = parse(&[
+        "--moe",
+        "none",
+        "--freeze",
+        "text",
+        "--freeze",
+        "vision-backbone",
+        "--freeze",
+        "logit-scale",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let err = uniattack::cli::train::run(&frozen).unwrap_err().to_string();
+    assert!(err.contains("nothing to train"), "{err}");
+
+    let err = uniattack::cli::train::run(&parse(&["--gpus", "2", "--device", "cuda:1"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--device") && err.contains("every rank"),
+        "{err}"
+    );
+
+    for flag in [&["--resume", "--output", "x"][..], &["--report", "r.json"], &["--gpus", "1"]] {
+        let err = uniattack::studies::refuse_run_flags(&parse(flag))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(flag[0]) && err.contains("not a run_studies flag"),
+            "{err}"
+        );
+    }
+    Ok(())
+}
+
 /// `--moe` switches the branch and keeps its other settings; `--experts` and
 /// `--slots` apply to it, and without a branch they are refused, not lost.
 #[test]

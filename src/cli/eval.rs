@@ -424,17 +424,21 @@ pub fn run(args: &EvalArgs) -> Result<String> {
         write_text(&dir.join("report.csv"), &csv(&runs))?;
     }
     if args.json {
-        println!("{json}");
+        crate::runtime::say(&json);
     } else {
         for report in &runs {
             if let Some(path) = &report.checkpoint {
-                println!("checkpoint {}", path.display());
+                crate::runtime::say(&format!("checkpoint {}", path.display()));
             }
-            println!("{}", super::train::summary_table(report));
+            crate::runtime::say(&super::train::summary_table(report));
         }
         if several {
             for (name, s) in summarise(&runs) {
-                println!("{name}: {:.2} ± {:.2} %", 100.0 * s.mean, 100.0 * s.std);
+                crate::runtime::say(&format!(
+                    "{name}: {:.2} ± {:.2} %",
+                    100.0 * s.mean,
+                    100.0 * s.std
+                ));
             }
         }
     }

@@ -381,6 +381,14 @@ impl TrainArgs {
                     "give either --protocol or --train-list/--dev-list/--test-list",
                 ));
             }
+            if self.modality.is_some() {
+                return Err(Error::config(
+                    "--modality",
+                    "applies to UniAttackData protocols; with --train-list/--dev-list/--test-list \
+                     the list format decides (--format uniattack-protocol-video for folders of \
+                     frames)",
+                ));
+            }
             cfg.data.dataset = Dataset::Lists {
                 format: self.list_format()?,
                 train: train.clone(),
@@ -539,15 +547,27 @@ pub fn run(args: &TrainArgs) -> Result<Option<EvalReport>> {
     let rank = crate::launch::RankEnv::from_env()?;
     let leader = rank.as_ref().is_none_or(|r| r.rank == 0);
     if leader {
-        println!("run directory: {}", output.display());
+        crate::runtime::say(&format!("run directory: {}", output.display()));
     }
     let gpus = args.gpus.unwrap_or(1);
     if gpus == 0 {
         return Err(Error::config("--gpus", "must be at least 1"));
     }
     if gpus > 1 && rank.is_none() {
+        // Every launched rank gets these arguments: a device named here
+        // would put them all on one GPU.
+        if let Some(spec) = args.device.as_deref().filter(|spec| *spec != "cuda") {
+            return Err(Error::config(
+                "--device",
+                format!(
+                    "--gpus {gpus} puts rank r on cuda:r; --device {spec} would put every rank \
+                     on one device. Leave --device out (or give cuda), and choose the GPUs with \
+                     CUDA_VISIBLE_DEVICES"
+                ),
+            ));
+        }
         let report = crate::launch::launch_ranks(gpus, &output, args.output.is_none())?;
-        println!("{}", summary_table(&report));
+        crate::runtime::say(&summary_table(&report));
         return Ok(Some(report));
     }
     let (device, sync) = match &rank {
@@ -555,10 +575,10 @@ pub fn run(args: &TrainArgs) -> Result<Option<EvalReport>> {
         None => (crate::runtime::device(args.device.as_deref())?, None),
     };
     if args.demo && leader {
-        println!(
+        crate::runtime::say(&format!(
             "demo: synthetic data in {} (demo numbers say nothing about real data)",
             cfg.data.root.display()
-        );
+        ));
     }
     let mut trainer = Trainer::new(
         cfg,
@@ -575,8 +595,8 @@ pub fn run(args: &TrainArgs) -> Result<Option<EvalReport>> {
         return Ok(None);
     }
     let report = trainer.run()?;
-    println!("{}", summary_table(&report));
-    println!("report: {}", trainer.run_dir().report().display());
+    crate::runtime::say(&summary_table(&report));
+    crate::runtime::say(&format!("report: {}", trainer.run_dir().report().display()));
     Ok(Some(report))
 }
 

@@ -171,6 +171,16 @@ impl MoeConfig {
         };
         match &self.layers {
             MoeLayers::All => {}
+            MoeLayers::Last(0) => {
+                return Err(Error::invalid_config(
+                    "moe.layers.last",
+                    "(0) puts the branch on no block; plain CLIP has no branch (moe none)",
+                ))
+            }
+            MoeLayers::List(list) if list.is_empty() => return Err(Error::invalid_config(
+                "moe.layers.list",
+                "is empty: the branch would be on no block; plain CLIP has no branch (moe none)",
+            )),
             MoeLayers::Last(k) if *k > num_layers => {
                 return Err(Error::invalid_config(
                     "moe.layers.last",
@@ -251,6 +261,25 @@ mod tests {
         assert_eq!(layer.options.activation, Activation::QuickGelu);
         assert!(matches!(layer.options.combine, Combine::LinearAttention(_)));
         assert_eq!(MoeConfig::none().layer_config(768, 3072), None);
+    }
+
+    /// A branch placed on no block is refused (it would train plain CLIP
+    /// while the configuration says MoE); plain CLIP is `layer: None`.
+    #[test]
+    fn a_branch_on_no_block_is_refused() {
+        for layers in [MoeLayers::Last(0), MoeLayers::List(Vec::new())] {
+            let cfg = MoeConfig {
+                layers,
+                ..MoeConfig::la_soft_moe()
+            };
+            let err = cfg.validate(12).unwrap_err().to_string();
+            assert!(err.contains("no block"), "{err}");
+        }
+        let plain = MoeConfig {
+            layers: MoeLayers::Last(0),
+            ..MoeConfig::none()
+        };
+        plain.validate(12).unwrap();
     }
 
     #[test]
