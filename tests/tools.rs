@@ -493,7 +493,11 @@ fn flags_that_would_do_nothing_are_refused() -> Result<()> {
         "{err}"
     );
 
-    for flag in [&["--resume", "--output", "x"][..], &["--report", "r.json"], &["--gpus", "1"]] {
+    for flag in [
+        &["--resume", "--output", "x"][..],
+        &["--report", "r.json"],
+        &["--gpus", "1"],
+    ] {
         let err = uniattack::studies::refuse_run_flags(&parse(flag))
             .unwrap_err()
             .to_string();

@@ -109,13 +109,22 @@ fn check_markers(bytes: &[u8]) -> std::result::Result<(), String> {
                 "truncated JPEG (the data ends before the end-of-image marker)".to_string(),
             );
         }
-        // Every 8x8 block of the luma plane costs at least two bits of scan
-        // data (a DC code and an end-of-block code): a header claiming more
-        // blocks than the scans can hold describes pixels that are not in
-        // the file, which the lenient decoder would fill with grey.
+        // In a sequential Huffman JPEG every 8x8 block of the luma plane
+        // costs at least two bits of scan data (a DC code and an
+        // end-of-block code); in a progressive one at least one (its DC
+        // code: one end-of-band run can cover thousands of blocks' AC
+        // data). A header claiming more blocks than the scans can hold
+        // describes pixels that are not in the file, which the lenient
+        // decoder would fill with grey. Arithmetic coding has no such
+        // floor.
+        let bits_per_block = match layout.frame_marker {
+            Some(0xC0 | 0xC1) => 2,
+            Some(0xC2) => 1,
+            _ => 0,
+        };
         if let Some((width, height)) = layout.frame {
             let blocks = u64::from(width).div_ceil(8) * u64::from(height).div_ceil(8);
-            if (layout.scan_bytes as u64) * 8 < 2 * blocks {
+            if (layout.scan_bytes as u64) * 8 < bits_per_block * blocks {
                 return Err(format!(
                     "corrupt JPEG: its header claims {width}x{height} pixels but its scans hold \
                      only {} bytes, too few for that many",
@@ -133,6 +142,9 @@ struct JpegLayout {
     reaches_eoi: bool,
     /// Width and height from the (first) start-of-frame header.
     frame: Option<(u16, u16)>,
+    /// That header's marker (`C0` baseline, `C1` extended, `C2`
+    /// progressive, ...).
+    frame_marker: Option<u8>,
     /// Bytes of entropy-coded scan data.
     scan_bytes: usize,
     /// A marker that cannot occur where it stands: a reserved marker, a
@@ -151,6 +163,7 @@ fn jpeg_layout(bytes: &[u8]) -> JpegLayout {
     let mut layout = JpegLayout {
         reaches_eoi: false,
         frame: None,
+        frame_marker: None,
         scan_bytes: 0,
         corruption: None,
     };
@@ -177,6 +190,7 @@ fn jpeg_layout(bytes: &[u8]) -> JpegLayout {
                 let height = u16::from_be_bytes([h[0], h[1]]);
                 let width = u16::from_be_bytes([h[2], h[3]]);
                 layout.frame = Some((width, height));
+                layout.frame_marker = Some(marker);
             }
         }
         i = segment.next;
@@ -197,6 +211,8 @@ fn jpeg_layout(bytes: &[u8]) -> JpegLayout {
                 match bytes.get(i + 1) {
                     None => return layout,
                     Some(0x00) => i += 2,
+                    // Fill bytes may precede any marker (T.81 B.1.1.2).
+                    Some(0xFF) => i += 1,
                     Some(&rst @ 0xD0..=0xD7) => {
                         if rst - 0xD0 != next_restart {
                             layout.corruption = Some(format!(

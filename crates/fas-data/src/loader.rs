@@ -41,6 +41,11 @@ pub enum Balance {
     LiveAttack,
 }
 
+/// The most worker threads a loader starts.
+pub const MAX_WORKERS: usize = 1024;
+/// The most batches a loader prepares ahead.
+pub const MAX_PREFETCH: usize = 1 << 16;
+
 /// Loader settings. [`Default`] is an evaluation loader; see [`LoaderConfig::training`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoaderConfig {
@@ -126,6 +131,29 @@ impl LoaderConfig {
                     self.batch_size
                 )));
             }
+            if !self.drop_last {
+                return Err(Error::Config(
+                    "sharded loading needs drop_last: a last, incomplete batch cannot be cut \
+                     into equal parts (some ranks would get fewer images, or none)"
+                        .into(),
+                ));
+            }
+        }
+        // Thread counts beyond any machine's cores, and windows beyond any
+        // epoch, are configuration mistakes (and would overflow the
+        // window arithmetic).
+        if self.workers > MAX_WORKERS || self.prefetch > MAX_PREFETCH {
+            return Err(Error::Config(format!(
+                "workers ({}) must be at most {MAX_WORKERS} and prefetch ({}) at most \
+                 {MAX_PREFETCH}",
+                self.workers, self.prefetch
+            )));
+        }
+        if self.frames == FrameSelection::Evenly(0) {
+            return Err(Error::Config(
+                "frames: evenly 0 would take no frame of any video (every video sample dropped)"
+                    .into(),
+            ));
         }
         self.transform.validate()?;
         self.augment
@@ -357,7 +385,8 @@ impl Loader {
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
-        };
+        }
+        .min(MAX_WORKERS);
         let prefetch = if config.prefetch == 0 {
             2 * workers
         } else {

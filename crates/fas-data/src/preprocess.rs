@@ -96,12 +96,20 @@ impl Default for ClipTransform {
 }
 
 impl ClipTransform {
-    /// Rejects an output size of 0 or above [`MAX_SIZE`].
+    /// Rejects an output size of 0 or above [`MAX_SIZE`], and statistics
+    /// that would divide by zero or spread NaN.
     pub fn validate(&self) -> Result<()> {
         if self.size == 0 || self.size > MAX_SIZE {
             return Err(Error::Config(format!(
                 "image size must be 1 to {MAX_SIZE} pixels, got {}",
                 self.size
+            )));
+        }
+        let (mean, std) = self.normalization.mean_std();
+        if !mean.iter().all(|m| m.is_finite()) || !std.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err(Error::Config(format!(
+                "normalization needs finite means and positive finite standard deviations, got \
+                 mean {mean:?}, std {std:?}"
             )));
         }
         Ok(())

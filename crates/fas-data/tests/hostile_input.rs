@@ -31,6 +31,77 @@ fn read(root: &Path, text: &str, options: &ListOptions) -> fas_data::Result<fas_
     )
 }
 
+/// A binary file or one far too large for a list is refused whole, not
+/// read into memory and reported line by line; a byte-order mark starting
+/// a later line (lists concatenated with `cat`) is not part of its entry.
+#[test]
+fn files_that_are_not_lists_and_concatenated_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let binary = root.join("archive.txt");
+    std::fs::write(&binary, b"PK\x03\x04\0\0 binary").unwrap();
+    let err = read_list(
+        &binary,
+        root,
+        &ListFormat::UniattackProtocol,
+        &ListOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("archive.txt") && err.contains("NUL byte"),
+        "{err}"
+    );
+    let huge = root.join("huge.txt");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(fas_data::protocol::MAX_LIST_BYTES + 1)
+        .unwrap();
+    let err = read_list(
+        &huge,
+        root,
+        &ListFormat::UniattackProtocol,
+        &ListOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("huge.txt") && err.contains("right file"),
+        "{err}"
+    );
+
+    write_jpeg(&root.join("a/live.jpg"), 8);
+    write_jpeg(&root.join("b/print.jpg"), 8);
+    let text = "\u{feff}a/live.jpg 0\n\u{feff}b/print.jpg 1\n";
+    let listing = read(root, text, &ListOptions::default()).unwrap();
+    let entries: Vec<&str> = listing.samples.iter().map(|s| s.entry.as_str()).collect();
+    assert_eq!(entries, ["a/live.jpg", "b/print.jpg"]);
+}
+
+/// A folder layout with no decodable image is an error that lists what was
+/// passed over, as an empty list is, under either policy.
+#[test]
+fn a_folder_without_images_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("live")).unwrap();
+    std::fs::write(root.join("live/face.webp"), b"x").unwrap();
+    for policy in [
+        fas_data::BadInputPolicy::Fail,
+        fas_data::BadInputPolicy::Skip,
+    ] {
+        let options = ListOptions {
+            policy,
+            ..ListOptions::default()
+        };
+        let err = read_folder(root, &options).unwrap_err().to_string();
+        assert!(
+            err.contains("no JPEG or PNG image") && err.contains("face.webp"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn empty_and_blank_lists_are_errors() {
     let dir = tempfile::tempdir().unwrap();

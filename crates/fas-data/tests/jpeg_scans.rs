@@ -34,6 +34,56 @@ fn files_from_pillow_pass() {
     }
 }
 
+/// A progressive file whose scans hold about one bit per block (no DC
+/// refinement pass; written by cjpeg, `scripts/fas_data/gen_progressive_jpeg.sh`)
+/// passes: the two-bit floor is a sequential file's. It decodes to the
+/// uniform grey djpeg reads.
+#[test]
+fn a_progressive_file_near_its_floor_passes() {
+    let image = verify_image(&fixture("progressive_no_dc_refinement_grey_1024.jpg"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let grey = image.to_luma8();
+    assert_eq!(grey.dimensions(), (1024, 1024));
+    assert!(grey.pixels().all(|p| p.0[0] == 128));
+}
+
+/// Fill bytes (`FF`) may precede any marker: inserted before a restart
+/// marker and before the end-of-image marker of Pillow's restart file,
+/// they change nothing (same pixels), where the scan walk used to take
+/// `FF FF` for the end of the scan.
+#[test]
+fn fill_bytes_before_markers_are_skipped() {
+    let original = fixture("restarts_q85.jpg");
+    let sos = original
+        .windows(2)
+        .position(|w| w == [0xFF, 0xDA])
+        .expect("a scan");
+    let rst = sos
+        + original[sos..]
+            .windows(2)
+            .position(|w| w[0] == 0xFF && (0xD0..=0xD7).contains(&w[1]))
+            .expect("a restart marker");
+    let mut filled = original[..rst].to_vec();
+    filled.extend_from_slice(&[0xFF, 0xFF]);
+    filled.extend_from_slice(&original[rst..original.len() - 2]);
+    filled.extend_from_slice(&[0xFF, 0xFF, 0xD9]);
+    let expected = verify_image(&original).unwrap().to_rgb8();
+    let image = verify_image(&filled).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(image.to_rgb8(), expected);
+    // The restart markers after a fill byte are still checked: the second
+    // one renumbered is caught (the walk used to stop at the fill byte).
+    let second = rst
+        + 2
+        + filled[rst + 2..]
+            .windows(2)
+            .position(|w| w[0] == 0xFF && (0xD0..=0xD7).contains(&w[1]))
+            .expect("a second restart marker");
+    let mut renumbered = filled.clone();
+    renumbered[second + 1] = 0xD5;
+    let err = verify_image(&renumbered).unwrap_err();
+    assert!(err.contains("restart marker"), "{err}");
+}
+
 /// Random pictures of random sizes (partial MCUs included) at qualities
 /// from 1 to 100: the `image` crate's encoder, another independent writer.
 #[test]

@@ -135,6 +135,73 @@ fn shards_of_a_batch_concatenate_to_the_batch() {
     assert!(Loader::new(samples, uneven).is_err());
 }
 
+/// Settings that would hang, drop every video or spread NaN are refused
+/// when the loader is made: a shard of a loader that keeps an incomplete
+/// last batch (it cannot be cut into equal parts), thread and prefetch
+/// counts past the bounds (the window arithmetic overflowed at
+/// `usize::MAX`), no frames per video, and normalisation statistics that
+/// divide by zero or are not finite.
+#[test]
+fn settings_that_cannot_work_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = dataset(dir.path());
+    let refused = |config: LoaderConfig, expected: &str| match Loader::new(samples.clone(), config)
+    {
+        Ok(_) => panic!("accepted; expected {expected:?}"),
+        Err(e) => assert!(e.to_string().contains(expected), "{e}"),
+    };
+    refused(
+        LoaderConfig {
+            shard: Some((0, 2)),
+            drop_last: false,
+            ..config(1)
+        },
+        "needs drop_last",
+    );
+    refused(
+        LoaderConfig {
+            prefetch: usize::MAX,
+            ..config(1)
+        },
+        "prefetch",
+    );
+    refused(
+        LoaderConfig {
+            workers: usize::MAX / 2 + 1,
+            ..config(1)
+        },
+        "workers",
+    );
+    refused(
+        LoaderConfig {
+            frames: FrameSelection::Evenly(0),
+            ..config(1)
+        },
+        "evenly 0",
+    );
+    for (mean, std) in [([0.5; 3], [0.0; 3]), ([f32::NAN, 0.5, 0.5], [0.2; 3])] {
+        refused(
+            LoaderConfig {
+                transform: ClipTransform {
+                    size: 32,
+                    normalization: fas_data::Normalization::Custom { mean, std },
+                },
+                ..config(1)
+            },
+            "normalization needs finite means",
+        );
+    }
+    // At the bounds: accepted.
+    Loader::new(
+        samples,
+        LoaderConfig {
+            prefetch: fas_data::loader::MAX_PREFETCH,
+            ..config(1)
+        },
+    )
+    .unwrap();
+}
+
 #[test]
 fn same_seed_same_batches_with_any_worker_count() {
     let dir = tempfile::tempdir().unwrap();

@@ -29,6 +29,19 @@ pub fn read_folder(root: &Path, options: &ListOptions) -> Result<Listing> {
     walk(root, &mut files, &mut ignored, &mut ancestors)?;
     files.sort();
     ignored.sort_by(|a: &Problem, b: &Problem| a.file.cmp(&b.file));
+    if files.is_empty() {
+        // As an empty list is: nothing to read is an error, not an empty
+        // dataset; what was passed over says why.
+        let mut problems = vec![Problem::in_file(
+            root,
+            "holds no JPEG or PNG image in any folder",
+        )];
+        problems.extend(ignored);
+        return Err(Error::Invalid {
+            source_name: root.to_path_buf(),
+            problems,
+        });
+    }
     let mut listing = Listing {
         ignored,
         ..Listing::default()

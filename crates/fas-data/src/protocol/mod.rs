@@ -242,6 +242,9 @@ impl Listing {
     }
 }
 
+/// The largest list file read (1 GiB).
+pub const MAX_LIST_BYTES: u64 = 1 << 30;
+
 /// Reads `list`, resolving entries against `root`.
 ///
 /// Blank lines (trailing ones included), CRLF endings and a UTF-8 byte-order
@@ -255,17 +258,43 @@ pub fn read_list(
     format: &ListFormat,
     options: &ListOptions,
 ) -> Result<Listing> {
+    let not_a_list = |reason: String| Error::Invalid {
+        source_name: list.to_path_buf(),
+        problems: vec![Problem::in_file(list, reason)],
+    };
+    let size = std::fs::metadata(list)
+        .map_err(|reason| Error::Io {
+            path: list.to_path_buf(),
+            reason,
+        })?
+        .len();
+    // A list of every image of the largest face datasets is tens of MB; a
+    // path to an archive or a video given by mistake is read no further.
+    if size > MAX_LIST_BYTES {
+        return Err(not_a_list(format!(
+            "is {size} bytes, more than a list of images would be ({MAX_LIST_BYTES} at most): \
+             is it the right file?"
+        )));
+    }
     let bytes = std::fs::read(list).map_err(|reason| Error::Io {
         path: list.to_path_buf(),
         reason,
     })?;
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    if let Some(at) = bytes.iter().position(|b| *b == 0) {
+        return Err(not_a_list(format!(
+            "holds a NUL byte (at byte {at}): a binary file, not a text list"
+        )));
+    }
     let spec = format.spec();
     let mut listing = Listing::default();
     let mut seen: HashMap<String, (usize, Option<Label>)> = HashMap::new();
     let mut entries = 0usize;
     for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
         let line_no = index + 1;
+        // A byte-order mark starts the file, or a later line where lists
+        // were concatenated (`cat dev.txt test.txt`): it is not part of the
+        // entry.
+        let raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
         let parsed = std::str::from_utf8(raw)
             .map_err(|_| "line is not valid UTF-8".to_string())
             .and_then(|text| line::parse_line(text, &spec.convention));
