@@ -190,6 +190,80 @@ fn eval_writes_the_report_and_score_files() -> Result<()> {
     Ok(())
 }
 
+/// `eval_uniattack --output` replaces an earlier evaluation in the same
+/// directory whole: after one checkpoint, then two, then one again, only
+/// the last evaluation's files are there. A directory holding anything
+/// else is refused and left as it was.
+#[test]
+fn an_evaluation_directory_holds_one_evaluation() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = common::dataset(&dir.path().join("data"));
+    let run = trained(dir.path(), &data, 0)?;
+    let run_arg = run.to_str().unwrap();
+    let out = dir.path().join("eval");
+    let eval = |checkpoints: usize| -> Result<String> {
+        let mut argv = vec!["eval_uniattack", "--output", out.to_str().unwrap()];
+        for _ in 0..checkpoints {
+            argv.extend(["--checkpoint", run_arg]);
+        }
+        Ok(uniattack::cli::eval::run(&EvalArgs::try_parse_from(argv)?)?)
+    };
+    let files = |dir: &Path| -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(folder) = stack.pop() {
+            for entry in std::fs::read_dir(folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    found.push(path.strip_prefix(dir).unwrap().display().to_string());
+                }
+            }
+        }
+        found.sort();
+        found
+    };
+    let single = [
+        "plots/det.png",
+        "plots/roc.png",
+        "plots/scores.png",
+        "report.csv",
+        "report.json",
+        "scores/dev.txt",
+        "scores/test.txt",
+    ];
+    eval(1)?;
+    assert_eq!(files(&out), single);
+    eval(2)?;
+    let mut double: Vec<String> = (0..2)
+        .flat_map(|i| {
+            [
+                "plots/det.png",
+                "plots/roc.png",
+                "plots/scores.png",
+                "scores/dev.txt",
+                "scores/test.txt",
+            ]
+            .map(|f| format!("checkpoint-{i}/{f}"))
+        })
+        .collect();
+    double.extend(["report.csv".to_string(), "report.json".to_string()]);
+    double.sort();
+    assert_eq!(files(&out), double);
+    eval(1)?;
+    assert_eq!(files(&out), single);
+
+    std::fs::write(out.join("notes.txt"), "mine")?;
+    let err = eval(1).unwrap_err().to_string();
+    assert!(
+        err.contains("notes.txt") && err.contains("not from an earlier evaluation"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(out.join("notes.txt"))?, "mine");
+    Ok(())
+}
+
 /// Two seeds: one report each and the mean and sample standard deviation
 /// per metric.
 #[test]

@@ -205,17 +205,8 @@ pub fn evaluate_checkpoint(
     if let Some(dir) = output {
         let run = RunDir::new(dir.to_path_buf());
         test_scores.write(&run.scores("test"), export)?;
-        match &dev_scores {
-            Some(dev) => dev.write(&run.scores("dev"), export)?,
-            // Dev was not scored (a stored or given threshold): a dev score
-            // file of an earlier evaluation here would sit beside these
-            // test scores as if it belonged to them.
-            None => match std::fs::remove_file(run.scores("dev")) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::io("removing", run.scores("dev"), e));
-                }
-                _ => {}
-            },
+        if let Some(dev) = &dev_scores {
+            dev.write(&run.scores("dev"), export)?;
         }
         write_plots(&test_set, &run.plots())?;
     }
@@ -329,6 +320,130 @@ fn summary_difference(a: &EvalReport, b: &EvalReport) -> Option<String> {
         })
 }
 
+/// The score and plot files of one evaluation directory (`dir` itself, or
+/// one checkpoint's subdirectory).
+const SCORE_FILES: [&str; 2] = ["scores/dev.txt", "scores/test.txt"];
+const PLOT_FILES: [&str; 3] = ["plots/roc.png", "plots/det.png", "plots/scores.png"];
+
+/// Whether `name` is `checkpoint-<n>`, the subdirectory of one of several
+/// checkpoints.
+fn is_checkpoint_dir(name: &str) -> bool {
+    name.strip_prefix("checkpoint-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The files of an earlier evaluation in `dir` (none when it does not
+/// exist or is empty). Anything else there is refused: this command
+/// replaces its own files, not other programs' or a person's.
+fn earlier_evaluation(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let foreign = |path: &Path| {
+        Error::config(
+            "--output",
+            format!(
+                "{} is not from an earlier evaluation; the directory would mix it with this \
+                 one's files: choose a new or empty directory",
+                path.display()
+            ),
+        )
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(Error::io("listing", dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("listing", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        match name.as_str() {
+            "report.json" | "report.csv" if path.is_file() => found.push(path),
+            "scores" | "plots" => collect_known(dir, &path, &mut found, &foreign)?,
+            _ if is_checkpoint_dir(&name) && path.is_dir() => {
+                for child in std::fs::read_dir(&path).map_err(|e| Error::io("listing", &path, e))? {
+                    let child = child.map_err(|e| Error::io("listing", &path, e))?.path();
+                    match child.file_name().and_then(|n| n.to_str()) {
+                        Some("scores" | "plots") => {
+                            collect_known(&path, &child, &mut found, &foreign)?
+                        }
+                        _ => return Err(foreign(&child)),
+                    }
+                }
+            }
+            _ => return Err(foreign(&path)),
+        }
+    }
+    Ok(found)
+}
+
+/// The files of `sub` (`<base>/scores` or `<base>/plots`), each one an
+/// evaluation writes, or the error `foreign` makes.
+fn collect_known(
+    base: &Path,
+    sub: &Path,
+    found: &mut Vec<PathBuf>,
+    foreign: &dyn Fn(&Path) -> Error,
+) -> Result<()> {
+    if !sub.is_dir() {
+        return Err(foreign(sub));
+    }
+    for entry in std::fs::read_dir(sub).map_err(|e| Error::io("listing", sub, e))? {
+        let path = entry.map_err(|e| Error::io("listing", sub, e))?.path();
+        let known = SCORE_FILES
+            .iter()
+            .chain(&PLOT_FILES)
+            .any(|file| base.join(file) == path);
+        if !known || !path.is_file() {
+            return Err(foreign(&path));
+        }
+        found.push(path);
+    }
+    Ok(())
+}
+
+/// The files this evaluation wrote into `dir`.
+fn evaluation_files(dir: &Path, runs: &[EvalReport]) -> Vec<PathBuf> {
+    let mut files = vec![dir.join("report.json"), dir.join("report.csv")];
+    let bases: Vec<PathBuf> = if runs.len() > 1 {
+        (0..runs.len())
+            .map(|i| dir.join(format!("checkpoint-{i}")))
+            .collect()
+    } else {
+        vec![dir.to_path_buf()]
+    };
+    for (base, run) in bases.iter().zip(runs) {
+        files.push(base.join("scores/test.txt"));
+        if run.dev.is_some() {
+            files.push(base.join("scores/dev.txt"));
+        }
+        files.extend(PLOT_FILES.iter().map(|file| base.join(file)));
+    }
+    files
+}
+
+/// Removes the files of the earlier evaluation this one did not write
+/// again, and the directories they leave empty.
+fn remove_stale(dir: &Path, earlier: &[PathBuf], written: &[PathBuf]) -> Result<()> {
+    for path in earlier.iter().filter(|path| !written.contains(path)) {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("removing", path, e))
+            }
+            _ => {}
+        }
+        // Its scores/ or plots/ directory, then checkpoint-<n>/, if empty
+        // now (a directory still holding files stays).
+        let mut parent = path.parent();
+        while let Some(folder) = parent.filter(|folder| *folder != dir) {
+            if std::fs::remove_dir(folder).is_err() {
+                break;
+            }
+            parent = folder.parent();
+        }
+    }
+    Ok(())
+}
+
 /// One CSV row per report (and mean/std rows for several).
 pub fn csv(runs: &[EvalReport]) -> String {
     let mut out = String::from("checkpoint,step,threshold,acer,apcer,bpcer,hter,acc,auc,eer\n");
@@ -380,6 +495,14 @@ pub fn run(args: &EvalArgs) -> Result<String> {
             ));
         }
     }
+    // An earlier evaluation's files here are replaced: those this one
+    // does not write again are removed once it has written its own, so a
+    // failure midway leaves the earlier evaluation whole and a success
+    // leaves nothing of it beside the new one.
+    let earlier = match &args.output {
+        Some(dir) => earlier_evaluation(dir)?,
+        None => Vec::new(),
+    };
     let several = args.checkpoint.len() > 1;
     let mut runs = Vec::with_capacity(args.checkpoint.len());
     for (i, checkpoint) in args.checkpoint.iter().enumerate() {
@@ -422,6 +545,8 @@ pub fn run(args: &EvalArgs) -> Result<String> {
     if let Some(dir) = &args.output {
         write_text(&dir.join("report.json"), &json)?;
         write_text(&dir.join("report.csv"), &csv(&runs))?;
+        let written = evaluation_files(dir, &runs);
+        remove_stale(dir, &earlier, &written)?;
     }
     if args.json {
         crate::runtime::say(&json);
