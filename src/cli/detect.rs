@@ -24,7 +24,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Parser)]
 #[command(name = "detect", version)]
 pub struct DetectArgs {
-    /// A checkpoint file or a run directory (its best checkpoint).
+    /// A checkpoint file or a run directory (its best checkpoint; its latest
+    /// step checkpoint while it has no best yet).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// One JSON object per line instead of CSV.

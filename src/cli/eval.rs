@@ -31,8 +31,9 @@ use crate::run_dir::RunDir;
 #[derive(Debug, Parser)]
 #[command(name = "eval_uniattack", version)]
 pub struct EvalArgs {
-    /// A checkpoint file or a run directory (its best checkpoint); repeat
-    /// for several runs (seeds): mean and standard deviation per metric.
+    /// A checkpoint file or a run directory (its best checkpoint; its latest
+    /// step checkpoint while it has no best yet); repeat for several runs
+    /// (seeds): mean and standard deviation per metric.
     #[arg(long, required = true)]
     pub checkpoint: Vec<PathBuf>,
     /// Data root [default: the checkpoint's].

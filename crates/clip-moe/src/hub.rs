@@ -124,8 +124,12 @@ pub fn resolve(model: &str, options: &HubOptions) -> Result<ModelFiles> {
     if Path::new(model).is_dir() {
         return ModelFiles::from_dir(model);
     }
-    // Hub ids are `owner/name`; anything else was meant as a directory.
-    if model.starts_with(['/', '.', '~']) || model.matches('/').count() > 1 {
+    // Hub ids are `owner/name`; anything else was meant as a directory (a
+    // bare `clip-b16` run from the wrong folder must not ask the hub).
+    let hub_id = model
+        .split_once('/')
+        .is_some_and(|(owner, name)| !owner.is_empty() && !name.is_empty() && !name.contains('/'));
+    if model.starts_with(['/', '.', '~']) || !hub_id {
         return Err(Error::Hub(format!(
             "model directory {model} does not exist (a hub id looks like owner/name)"
         )));

@@ -15,8 +15,16 @@ fn local_directory() -> anyhow::Result<()> {
     assert_eq!(files.weights, dir.join("model.safetensors"));
     assert_eq!(files, ModelFiles::from_dir(&dir)?);
 
-    let err = resolve("./no/such/model", &HubOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("does not exist"), "{err}");
+    // Not directories, and not hub ids (`owner/name`): refused without
+    // asking the hub (the default options are online, so an attempt would
+    // fail here on the network instead, with another message).
+    for missing in ["./no/such/model", "clip-b16", "owner/", "/name", "a/b/c"] {
+        let err = resolve(missing, &HubOptions::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("does not exist"),
+            "{missing}: {err}"
+        );
+    }
 
     let empty = tempfile::tempdir()?;
     let err = ModelFiles::from_dir(empty.path()).unwrap_err().to_string();

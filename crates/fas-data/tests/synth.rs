@@ -351,3 +351,29 @@ fn attacks_are_learnable_but_not_trivially_separable() {
         );
     }
 }
+
+/// A contact sheet of no subject, or one too large to allocate, is a
+/// configuration error (it used to write a blank sheet, or abort out of
+/// memory); a small one draws every subject's row.
+#[test]
+fn contact_sheets_of_no_subject_or_too_many_pixels_are_refused() {
+    let config = SynthConfig {
+        subjects: 400,
+        image_size: 512,
+        ..SynthConfig::default()
+    };
+    let none = fas_data::synth::contact_sheet(&config, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(none.contains("at least one subject"), "{none}");
+    let huge = fas_data::synth::contact_sheet(&config, 200)
+        .unwrap_err()
+        .to_string();
+    assert!(huge.contains("fewer subjects or a smaller size"), "{huge}");
+    let small = SynthConfig {
+        image_size: 32,
+        ..small()
+    };
+    let sheet = fas_data::synth::contact_sheet(&small, 2).unwrap();
+    assert_eq!(sheet.height(), 2 * (32 + 4) + 4);
+}

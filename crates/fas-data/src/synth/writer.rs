@@ -168,15 +168,37 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// The largest contact sheet drawn, in pixels (256 Mpx, 768 MB of RGB).
+pub const MAX_SHEET_PIXELS: u64 = 1 << 28;
+
 /// A grid of the first `subjects` subjects, one row each: live frames, print
 /// indoor, print outdoor, replay, the adversarial images and the face swaps.
 pub fn contact_sheet(config: &SynthConfig, subjects: usize) -> Result<RgbImage> {
-    let rows: Vec<Vec<SynthImage>> = (0..subjects.min(config.subjects))
-        .map(|i| subject_images(config, i))
-        .collect::<Result<_>>()?;
-    let columns = rows.first().map_or(0, Vec::len) as u32;
+    let count = subjects.min(config.subjects);
+    if count == 0 {
+        return Err(Error::Config(
+            "a contact sheet needs at least one subject".into(),
+        ));
+    }
+    // Its size is known from the first row: refuse a sheet no machine
+    // should allocate before rendering the rest.
+    let first = subject_images(config, 0)?;
     let side = config.image_size;
     let gap = 4;
+    let width = first.len() as u64 * (u64::from(side) + gap) + gap;
+    let height = count as u64 * (u64::from(side) + gap) + gap;
+    if width.saturating_mul(height) > MAX_SHEET_PIXELS || width > u64::from(u32::MAX) {
+        return Err(Error::Config(format!(
+            "a sheet of {count} subjects at {side} px would be {width}x{height} pixels, more than \
+             {MAX_SHEET_PIXELS}: use fewer subjects or a smaller size"
+        )));
+    }
+    let mut rows = vec![first];
+    for i in 1..count {
+        rows.push(subject_images(config, i)?);
+    }
+    let columns = rows[0].len() as u32;
+    let gap = gap as u32;
     let mut sheet = RgbImage::from_pixel(
         columns * (side + gap) + gap,
         rows.len() as u32 * (side + gap) + gap,
