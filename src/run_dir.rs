@@ -3,7 +3,7 @@
 //! ```text
 //! OUT/config.json                 the experiment configuration
 //! OUT/metrics.jsonl               one JSON object per logged step and per evaluation
-//! OUT/checkpoints/step-<N>.safetensors   the last few resumable checkpoints
+//! OUT/checkpoints/step-<N, 10 digits>.safetensors   the last few resumable checkpoints
 //! OUT/checkpoints/best.safetensors       the best checkpoint (chosen on dev)
 //! OUT/report.json                 final metrics of the best checkpoint
 //! OUT/scores/dev.txt, test.txt    `<entry> <attack probability>` per list entry

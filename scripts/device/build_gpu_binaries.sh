@@ -13,11 +13,20 @@
 # the dependencies already built. Carry `.gpu/bin.tar.xz` with the device
 # call.
 #   scripts/device/build_gpu_binaries.sh
-# Uses ../shared/tools/cuda-env.sh for nvcc and its own target directory
+# Uses ../shared/tools/cuda-env.sh (or the script CUDA_ENV names; with
+# CUDA_ENV=none, the nvcc already on PATH) for nvcc and its own target directory
 # (CARGO_TARGET_DIR, default /tmp/target-cuda) so CPU builds stay warm.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-source ../shared/tools/cuda-env.sh
+cuda_env=${CUDA_ENV:-../shared/tools/cuda-env.sh}
+if [ "$cuda_env" != none ]; then
+    if [ ! -f "$cuda_env" ]; then
+        echo "no CUDA toolkit script at $cuda_env: set CUDA_ENV to one, or CUDA_ENV=none to use the nvcc on PATH" >&2
+        exit 1
+    fi
+    # shellcheck disable=SC1090
+    source "$cuda_env"
+fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-cuda}
 features=cuda
 # Builds one target and prints the path of the executable cargo reports.
