@@ -13,6 +13,7 @@ use clap::Parser;
 use uniattack::cli::detect::{run, DetectArgs};
 
 fn main() -> anyhow::Result<ExitCode> {
+    uniattack::runtime::tolerate_closed_stdout();
     let failed = run(&DetectArgs::parse(), &mut std::io::stdout().lock())?;
     Ok(if failed > 0 {
         ExitCode::FAILURE

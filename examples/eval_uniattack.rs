@@ -12,6 +12,7 @@ use clap::Parser;
 use uniattack::cli::eval::{run, EvalArgs};
 
 fn main() -> anyhow::Result<()> {
+    uniattack::runtime::tolerate_closed_stdout();
     run(&EvalArgs::parse())?;
     Ok(())
 }

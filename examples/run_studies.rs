@@ -24,6 +24,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    uniattack::runtime::tolerate_closed_stdout();
     let args = Args::parse();
     uniattack::studies::refuse_run_flags(&args.train)?;
     uniattack::runtime::init();

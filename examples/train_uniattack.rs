@@ -12,6 +12,7 @@ use clap::Parser;
 use uniattack::cli::train::{run, TrainArgs};
 
 fn main() -> anyhow::Result<()> {
+    uniattack::runtime::tolerate_closed_stdout();
     run(&TrainArgs::parse())?;
     Ok(())
 }

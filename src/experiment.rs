@@ -376,6 +376,12 @@ impl ExperimentConfig {
         if self.training.epochs == 0 && self.training.max_steps.is_none() {
             return Err(Error::config("training.epochs", "must be at least 1"));
         }
+        if self.training.max_steps == Some(0) {
+            return Err(Error::config(
+                "training.max_steps",
+                "must be at least 1 (a run of no step would report the untrained model)",
+            ));
+        }
         if self.training.log_every == 0 {
             return Err(Error::config("training.log_every", "must be at least 1"));
         }

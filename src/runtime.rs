@@ -13,14 +13,30 @@ use crate::error::{Error, Result};
 /// would panic there, after all the work, and training would die with it;
 /// what the tools print is also in their files. Once a write has failed,
 /// later lines are not attempted.
+///
+/// Until a binary calls [`tolerate_closed_stdout`], lines go through
+/// `println!`, which a test harness captures.
 pub fn say(text: &str) {
-    static CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if !DIRECT.load(Relaxed) {
+        println!("{text}");
+        return;
+    }
+    if CLOSED.load(Relaxed) {
         return;
     }
     if say_to(&mut std::io::stdout().lock(), text).is_err() {
-        CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+        CLOSED.store(true, Relaxed);
     }
+}
+
+static DIRECT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`say`] write to standard output itself, so a closed stdout ends
+/// the printing, not the process. The command-line binaries call it first.
+pub fn tolerate_closed_stdout() {
+    DIRECT.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// [`say`] into `out`; the write's outcome.

@@ -204,6 +204,17 @@ impl Trainer {
                 ),
             });
         }
+        if cfg.training.accumulation > batches_per_epoch {
+            return Err(Error::config(
+                "--accumulate",
+                format!(
+                    "{} micro-batches per step exceed the {batches_per_epoch} batches of an \
+                     epoch: every step would average only {batches_per_epoch}; lower it (or \
+                     --batch-size)",
+                    cfg.training.accumulation
+                ),
+            ));
+        }
         let steps_per_epoch = batches_per_epoch.div_ceil(cfg.training.accumulation) as u64;
         let total_steps = run_length(&cfg.training, steps_per_epoch);
 
@@ -391,6 +402,20 @@ impl Trainer {
                 }
             }
         }
+        if meta.step > self.total_steps {
+            return Err(Error::config(
+                "--epochs/--max-steps",
+                format!(
+                    "the run in {} is at step {}, past this resume's length of {} steps: it \
+                     would end without training or evaluating those steps. Resume with a length \
+                     of at least {}",
+                    self.run.root().display(),
+                    meta.step,
+                    self.total_steps,
+                    meta.step
+                ),
+            ));
+        }
         // A cosine's learning rate at a step depends on the run's length:
         // a resumed run of another length would jump to another curve.
         let saved_length = meta
@@ -502,6 +527,16 @@ impl Trainer {
                     break;
                 }
             }
+        }
+        // A run resumed at its last step evaluates it, as an uninterrupted
+        // run of this length does, unless the checkpoint's evaluation was
+        // of that step (a run shortened to its checkpoint's step was last
+        // evaluated earlier).
+        let evaluated_last = self
+            .calibration
+            .is_some_and(|c| c.step.is_none_or(|step| step == self.total_steps));
+        if self.rank() == 0 && !evaluated_last {
+            self.evaluate_and_checkpoint()?;
         }
         self.progress.finish();
         Ok(())
@@ -863,6 +898,14 @@ impl Trainer {
                 ));
                 Ok(())
             }
+            // Not readable now (permissions, a network file system's
+            // error) is not damaged: stop, and keep the record and the file.
+            Err(e @ Error::Io { .. })
+                if !matches!(&e, Error::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::UnexpectedEof) =>
+            {
+                Err(e)
+            }
             Err(e) => {
                 // The recorded best's weights are in no file any more. The
                 // run chooses its best again among the evaluations still to
@@ -870,7 +913,14 @@ impl Trainer {
                 // last weights when none are left). A damaged file is kept
                 // beside it, not overwritten.
                 if path.is_file() {
-                    let aside = path.with_extension("safetensors.damaged");
+                    // Beside any earlier damaged file, not over it.
+                    let aside = (1..)
+                        .map(|n: u32| match n {
+                            1 => path.with_extension("safetensors.damaged"),
+                            n => path.with_extension(format!("safetensors.damaged-{n}")),
+                        })
+                        .find(|candidate| !candidate.exists())
+                        .unwrap_or_else(|| path.with_extension("safetensors.damaged"));
                     std::fs::rename(&path, &aside)
                         .map_err(|io| Error::io("renaming", &path, io))?;
                 }
@@ -1059,7 +1109,8 @@ fn all_ranks<T>(
 
 /// Optimizer steps of a run of `training` with `steps_per_epoch`.
 fn run_length(training: &crate::experiment::TrainingConfig, steps_per_epoch: u64) -> u64 {
-    let total = training.epochs * steps_per_epoch;
+    // Saturating: `--epochs <huge> --max-steps N` means "stop by steps".
+    let total = training.epochs.saturating_mul(steps_per_epoch);
     match training.max_steps {
         Some(max) if training.epochs == 0 => max,
         Some(max) => total.min(max),
@@ -1182,9 +1233,9 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
             ));
         }
     }
-    if exists {
-        run.remove_stale_temporaries()?;
-    }
+    // Under the lock: a temporary is a write a killed process left (even
+    // before the run recorded anything, such as a first checkpoint).
+    run.remove_stale_temporaries()?;
     Ok(lock)
 }
 

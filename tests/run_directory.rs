@@ -202,12 +202,18 @@ fn a_damaged_best_of_an_earlier_step_is_set_aside_and_chosen_again() -> Result<(
     let best = out.join("checkpoints/best.safetensors");
     let damaged = b"not a checkpoint".to_vec();
     std::fs::write(&best, &damaged)?;
+    // An earlier incident's file stays as it is.
+    std::fs::write(out.join("checkpoints/best.safetensors.damaged"), "earlier")?;
 
     let mut resumed = Trainer::new(cfg, common::options(&out, true))?;
     assert_eq!(resumed.step(), 3);
     assert_eq!(
-        std::fs::read(out.join("checkpoints/best.safetensors.damaged"))?,
+        std::fs::read(out.join("checkpoints/best.safetensors.damaged-2"))?,
         damaged
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("checkpoints/best.safetensors.damaged"))?,
+        "earlier"
     );
     assert!(!best.exists());
     resumed.train()?;
@@ -283,5 +289,79 @@ fn a_report_copy_over_an_input_is_refused_at_the_start() -> Result<()> {
         assert!(err.contains("--report") && err.contains(expected), "{err}");
     }
     assert_eq!(std::fs::read(&list)?, before);
+    Ok(())
+}
+
+/// A run resumed with a length shorter than its progress is refused; one
+/// resumed with its checkpoint's step as the length evaluates that step
+/// (its last evaluation was earlier), as a run of that length would.
+#[test]
+fn a_shortened_resume_evaluates_its_last_step_or_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut cfg, out) = common::one_epoch(dir.path());
+    cfg.training.epochs = 2;
+    cfg.training.checkpoint_every = Some(1);
+    cfg.training.keep_last = 4;
+    // A constant schedule may change length; a cosine may not (tested above).
+    cfg.schedule.decay = Decay::Constant;
+    Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
+    std::fs::remove_file(out.join("checkpoints/step-0000000004.safetensors"))?;
+
+    let mut shorter = cfg.clone();
+    shorter.training.max_steps = Some(2);
+    let err = error_of(Trainer::new(shorter, common::options(&out, true)));
+    assert!(
+        err.contains("at step 3, past this resume's length of 2"),
+        "{err}"
+    );
+
+    let mut at_checkpoint = cfg;
+    at_checkpoint.training.max_steps = Some(3);
+    let mut trainer = Trainer::new(at_checkpoint, common::options(&out, true))?;
+    trainer.train()?;
+    let evaluated: Vec<u64> = std::fs::read_to_string(out.join("metrics.jsonl"))?
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|record| record["kind"] == "eval")
+        .map(|record| record["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(evaluated, [2, 3]);
+    Ok(())
+}
+
+/// A write a killed process left in a directory that holds no run yet (a
+/// first checkpoint) is removed when a run starts there.
+#[test]
+fn a_killed_first_write_is_cleaned_up() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cfg, out) = common::one_epoch(dir.path());
+    let stale = out.join("checkpoints/.step-0000000001.safetensors.tmp-123-0");
+    std::fs::create_dir_all(stale.parent().unwrap())?;
+    std::fs::write(&stale, "half a checkpoint")?;
+    Trainer::new(cfg, common::options(&out, false))?;
+    assert!(!stale.exists());
+    Ok(())
+}
+
+/// Settings that would train nothing or not what they say are refused: a
+/// run of 0 steps, and more micro-batches per step than an epoch has.
+#[test]
+fn runs_of_no_step_or_oversized_accumulation_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cfg, out) = common::one_epoch(dir.path());
+    let mut none = cfg.clone();
+    none.training.max_steps = Some(0);
+    let err = error_of(Trainer::new(none, common::options(&out, false)));
+    assert!(
+        err.contains("max_steps") && err.contains("at least 1"),
+        "{err}"
+    );
+    let mut oversized = cfg;
+    oversized.training.accumulation = 3;
+    let err = error_of(Trainer::new(oversized, common::options(&out, false)));
+    assert!(
+        err.contains("--accumulate") && err.contains("batches of an epoch"),
+        "{err}"
+    );
     Ok(())
 }
