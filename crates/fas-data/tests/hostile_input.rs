@@ -38,16 +38,19 @@ fn read(root: &Path, text: &str, options: &ListOptions) -> fas_data::Result<fas_
 fn files_that_are_not_lists_and_concatenated_lists() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
+    let refused = |path: &Path| {
+        read_list(
+            path,
+            root,
+            &ListFormat::UniattackProtocol,
+            &ListOptions::default(),
+        )
+        .unwrap_err()
+        .to_string()
+    };
     let binary = root.join("archive.txt");
     std::fs::write(&binary, b"PK\x03\x04\0\0 binary").unwrap();
-    let err = read_list(
-        &binary,
-        root,
-        &ListFormat::UniattackProtocol,
-        &ListOptions::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = refused(&binary);
     assert!(
         err.contains("archive.txt") && err.contains("NUL byte"),
         "{err}"
@@ -57,14 +60,7 @@ fn files_that_are_not_lists_and_concatenated_lists() {
         .unwrap()
         .set_len(fas_data::protocol::MAX_LIST_BYTES + 1)
         .unwrap();
-    let err = read_list(
-        &huge,
-        root,
-        &ListFormat::UniattackProtocol,
-        &ListOptions::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = refused(&huge);
     assert!(
         err.contains("huge.txt") && err.contains("right file"),
         "{err}"
