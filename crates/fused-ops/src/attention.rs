@@ -89,7 +89,9 @@ pub fn attention(
     scale: f64,
     causal: bool,
 ) -> Result<Tensor> {
-    if fused_path_f32(q) {
+    // Empty inputs (no token, no width) go to the composite, which returns
+    // empty results; the kernel's row chunks would be of length 0.
+    if fused_path_f32(q) && q.elem_count() > 0 {
         return fused_attention(q, k, v, heads, scale as f32, causal);
     }
     #[cfg(cuda_kernels)]

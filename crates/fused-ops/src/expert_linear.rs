@@ -82,6 +82,17 @@ pub(crate) fn expert_linear_ordered(
 /// path and in backward, where the result records no graph.
 fn reorder(t: &Tensor, from: RowOrder, to: RowOrder, e: usize) -> Result<Tensor> {
     let (d0, d1, w) = t.dims3()?;
+    let parts = match (from, to) {
+        (RowOrder::ExpertMajor, RowOrder::BatchMajor { batch }) => batch,
+        (RowOrder::BatchMajor { .. }, RowOrder::ExpertMajor) => e,
+        _ => 1,
+    };
+    if parts == 0 || d1 % parts != 0 {
+        candle_core::bail!(
+            "expert rows: {d1} rows of {:?} do not split into {parts} equal groups",
+            t.shape()
+        )
+    }
     let (outer, shape) = match (from, to) {
         (RowOrder::ExpertMajor, RowOrder::BatchMajor { batch }) => {
             let s = d1 / batch.max(1);
@@ -171,7 +182,10 @@ pub fn linear(
             x.shape()
         )
     }
-    let fused = fused_path(x) && x.dtype() == weight.dtype() && x.dtype() == bias.dtype();
+    // An input width of 0 goes to the composite (the output is the bias,
+    // broadcast): the kernel's row count would come out as 0.
+    let fused =
+        fused_path(x) && inner > 0 && x.dtype() == weight.dtype() && x.dtype() == bias.dtype();
     if fused {
         // The op takes the tensors as they are: no reshape or unsqueeze
         // nodes, whose backward would accumulate a second copy of every

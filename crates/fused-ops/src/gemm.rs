@@ -163,7 +163,7 @@ fn product<T: WithDType>(
     if len == 0 || k == 0 {
         // An empty sum: zeros, or the bias rows.
         let mut dst = vec![T::zero(); len];
-        if let Some(bias) = bias {
+        if let Some(bias) = bias.filter(|_| n > 0) {
             for (row, out) in dst.chunks_exact_mut(n).enumerate() {
                 let b = row / m;
                 out.copy_from_slice(&bias[b * n..(b + 1) * n]);

@@ -19,7 +19,12 @@ use crate::dispatch::{f32_operand, fused_path_f32};
 /// LayerNorm over the last dimension with affine `weight` and `bias`
 /// (`torch.nn.LayerNorm`); statistics in F32.
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
-    if fused_path_f32(xs) && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+    // The kernel takes rows of the weight's length: only a 1-D weight and
+    // bias as long as the last dimension fit it (others go to the
+    // composite, which broadcasts them or says why it cannot).
+    let width = xs.dims().last().copied().unwrap_or(0);
+    let fits = width > 0 && weight.dims() == [width] && bias.dims() == [width];
+    if fits && fused_path_f32(xs) && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
         return xs.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
@@ -64,6 +69,15 @@ impl CustomOp3 for LayerNorm {
         let weight = f32_operand(w_storage, w_layout, self.name(), "weight")?;
         let bias = f32_operand(b_storage, b_layout, self.name(), "bias")?;
         let n = weight.len().max(1);
+        if bias.len() != weight.len() || x_layout.shape().dims().last() != Some(&weight.len()) {
+            candle_core::bail!(
+                "{}: weight ({}) and bias ({}) must be as long as the rows of x {:?}",
+                self.name(),
+                weight.len(),
+                bias.len(),
+                x_layout.shape()
+            )
+        }
         let mut out = vec![0f32; xs.len()];
         out.par_chunks_mut(n)
             .zip(xs.par_chunks(n))

@@ -15,9 +15,15 @@ use crate::gemm::{batched_matmul, Strided};
 /// (one `b` for every batch entry, as a linear layer's weight) or
 /// `(m, k) x (k, n)`; any strides. Differentiable.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    // Equal batch sizes only: `broadcast_matmul` handles a batch of 1
+    // against many.
     let fast = fused_path(a)
         && a.dtype() == b.dtype()
-        && matches!((a.rank(), b.rank()), (2, 2) | (3, 3) | (3, 2));
+        && match (a.dims(), b.dims()) {
+            ([_, _], [_, _]) | ([_, _, _], [_, _]) => true,
+            ([b1, _, _], [b2, _, _]) => b1 == b2,
+            _ => false,
+        };
     if fast {
         a.apply_op2(b, Matmul)
     } else {

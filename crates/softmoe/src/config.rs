@@ -223,12 +223,26 @@ impl SoftMoeOptions {
         }
         if let Combine::LinearAttention(la) = &self.combine {
             if let Some(eps) = la.normalizer_eps {
-                if !(eps.is_finite() && eps >= 0.0) {
+                // Zero divides 0 by 0 for a token whose features are all
+                // zero (ReLU features of negative logits; elu + 1 where
+                // exp underflows): use None for no normaliser at all.
+                if !(eps.is_finite() && eps > 0.0) {
                     return Err(Error::InvalidConfig {
                         field: "combine.normalizer_eps",
-                        reason: format!("must be finite and non-negative, got {eps}"),
+                        reason: format!(
+                            "must be finite and positive (None: no normaliser), got {eps}"
+                        ),
                     });
                 }
+            }
+            if la.norm_axis == InstanceNormAxis::PerToken && self.num_slots() == 1 {
+                return Err(Error::InvalidConfig {
+                    field: "slots_per_expert",
+                    reason: "one slot in all: a per-token instance norm over one slot is \
+                             identically 0, so the combine weights would not depend on the \
+                             input"
+                        .into(),
+                });
             }
             if !(la.norm_eps.is_finite() && la.norm_eps > 0.0) {
                 return Err(Error::InvalidConfig {

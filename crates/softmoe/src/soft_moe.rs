@@ -74,6 +74,16 @@ impl SoftMoe {
                 })
             }
         };
+        if let crate::config::Combine::LinearAttention(la) = &self.cfg.options.combine {
+            if la.norm_axis == crate::config::InstanceNormAxis::PerSlot && n == 1 {
+                return Err(Error::InvalidConfig {
+                    field: "combine.norm_axis",
+                    reason: "per_slot normalises each slot over the tokens: one token gives \
+                             weights of exactly 0; give at least 2 tokens"
+                        .into(),
+                });
+            }
+        }
         let (e, s) = (
             self.cfg.options.num_experts,
             self.cfg.options.slots_per_expert,

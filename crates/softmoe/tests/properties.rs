@@ -254,6 +254,45 @@ fn bad_configuration_is_an_error_naming_the_field() {
     assert!(err.contains("expert_hidden_dim"), "{err}");
 }
 
+/// La-SoftMoE settings whose combine weights would not depend on the
+/// input, or would be 0/0, are refused: a normaliser epsilon of 0, one slot
+/// in all under a per-token norm, one token under a per-slot norm.
+#[test]
+fn constant_or_nan_combine_weights_are_refused() -> Result<()> {
+    let mut zero_eps = SoftMoeConfig::la_soft_moe(12, 2, 2);
+    if let Combine::LinearAttention(la) = &mut zero_eps.options.combine {
+        la.normalizer_eps = Some(0.0);
+    }
+    let err = layer(&zero_eps, DType::F32)
+        .err()
+        .expect("eps 0 accepted")
+        .to_string();
+    assert!(err.contains("normalizer_eps"), "{err}");
+    let one_slot = SoftMoeConfig::la_soft_moe(12, 1, 1);
+    let err = layer(&one_slot, DType::F32)
+        .err()
+        .expect("one slot accepted")
+        .to_string();
+    assert!(
+        err.contains("slots_per_expert") && err.contains("one slot"),
+        "{err}"
+    );
+
+    let mut per_slot = SoftMoeConfig::la_soft_moe(12, 2, 2);
+    if let Combine::LinearAttention(la) = &mut per_slot.options.combine {
+        la.norm_axis = softmoe::InstanceNormAxis::PerSlot;
+    }
+    let (_, moe) = layer(&per_slot, DType::F32)?;
+    let one_token = Tensor::ones((2, 1, 12), DType::F32, &Device::Cpu)?;
+    let err = moe
+        .forward_with_weights(&one_token)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least 2 tokens"), "{err}");
+    moe.forward_with_weights(&Tensor::ones((2, 2, 12), DType::F32, &Device::Cpu)?)?;
+    Ok(())
+}
+
 #[test]
 fn wrong_input_dim_is_an_error_not_a_panic() -> Result<()> {
     let (_, moe) = layer(&SoftMoeConfig::soft_moe(12, 3, 2), DType::F32)?;
