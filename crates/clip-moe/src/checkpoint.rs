@@ -76,9 +76,17 @@ impl WeightsFile {
             message: e.to_string(),
         };
         if pickle {
-            Ok(Self::Pickle(
-                candle_core::pickle::PthTensors::new(path, None).map_err(context)?,
-            ))
+            // candle's pickle reader indexes into what the file declares
+            // and can panic on a malformed one: an error here, not an abort.
+            let opened =
+                std::panic::catch_unwind(|| candle_core::pickle::PthTensors::new(path, None))
+                    .map_err(|_| Error::Checkpoint {
+                        path: path.to_path_buf(),
+                        message:
+                            "malformed PyTorch pickle (its reader failed on the file's structure)"
+                                .into(),
+                    })?;
+            Ok(Self::Pickle(opened.map_err(context)?))
         } else {
             // SAFETY: the file is memory-mapped read-only; it must not be
             // modified while it is read, as for every memory-mapped checkpoint.
@@ -107,10 +115,18 @@ impl WeightsFile {
     fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
         match self {
             Self::Safetensors(file) => file.load(name, device),
-            Self::Pickle(file) => file
-                .get(name)?
-                .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))?
-                .to_device(device),
+            Self::Pickle(file) => {
+                let found =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| file.get(name)))
+                        .map_err(|_| {
+                            candle_core::Error::Msg(format!(
+                                "malformed PyTorch pickle at tensor {name}"
+                            ))
+                        })??;
+                found
+                    .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))?
+                    .to_device(device)
+            }
         }
     }
 }
@@ -211,11 +227,16 @@ pub fn check_config_against_file(cfg: &ClipConfig, path: impl AsRef<Path>) -> Re
 /// Sets every variable of `varmap` that `path` holds: safetensors, or a
 /// PyTorch pickle (`pytorch_model.bin`, `.pt`, `.pth`).
 ///
-/// A tensor whose shape differs from the variable's is always an error
-/// naming it (the checkpoint does not belong to this configuration); nothing
-/// is modified then. With `strict`, any missing (MoE included) or unexpected
-/// tensor is an error too: use it for exact checkpoints. Tensors are
-/// converted to each variable's dtype.
+/// A tensor whose shape differs from the variable's, one stored as an
+/// integer or 8-bit float type (quantised weights, which need their scales),
+/// a non-finite value and an out-of-range `logit_scale` are errors naming
+/// the tensor, and every tensor is checked before any variable is set, so
+/// nothing is modified then. MoE parameters absent from a file that holds
+/// none are `fresh` (a pretrained CLIP patched with MoE); absent from one
+/// that holds some, they are `missing` (a checkpoint of another placement).
+/// With `strict`, any missing (MoE included) or unexpected tensor is an
+/// error too: use it for exact checkpoints. Tensors are converted to each
+/// variable's float dtype.
 pub fn load_weights(varmap: &VarMap, path: impl AsRef<Path>, strict: bool) -> Result<LoadReport> {
     let path = path.as_ref();
     if !path.is_file() {
@@ -232,6 +253,7 @@ pub fn load_weights(varmap: &VarMap, path: impl AsRef<Path>, strict: bool) -> Re
         .lock()
         .map_err(|_| Error::Candle(candle_core::Error::Msg("VarMap lock poisoned".into())))?;
     let mut report = LoadReport::default();
+    let file_has_moe = in_file.keys().any(|name| is_moe_parameter(name));
     for (name, var) in sorted(&vars) {
         match in_file.get(name) {
             Some(found) if found.as_slice() != var.dims() => {
@@ -243,7 +265,7 @@ pub fn load_weights(varmap: &VarMap, path: impl AsRef<Path>, strict: bool) -> Re
                 })
             }
             Some(_) => report.loaded.push(name.clone()),
-            None if is_moe_parameter(name) => report.fresh.push(name.clone()),
+            None if is_moe_parameter(name) && !file_has_moe => report.fresh.push(name.clone()),
             None => report.missing.push(name.clone()),
         }
     }
@@ -264,42 +286,72 @@ pub fn load_weights(varmap: &VarMap, path: impl AsRef<Path>, strict: bool) -> Re
             unexpected: report.unexpected,
         });
     }
-    for name in &report.loaded {
-        let var = &vars[name];
-        let tensor = file
-            .load(name, var.device())
-            .and_then(|t| t.to_dtype(var.dtype()))
-            .map_err(|e| Error::Checkpoint {
-                path: path.to_path_buf(),
-                message: format!("tensor {name}: {e}"),
-            })?;
-        if name == "logit_scale" {
-            let value = tensor
-                .to_dtype(candle_core::DType::F64)?
-                .to_vec0::<f64>()
-                .unwrap_or(0.0);
-            if value.abs() > crate::limits::MAX_LOG_TEMPERATURE {
-                return Err(Error::Checkpoint {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "logit_scale is {value}: a log temperature beyond +-{} makes every \
-                         logit overflow (trained CLIP models stay below ln 100 = 4.6)",
-                        crate::limits::MAX_LOG_TEMPERATURE
-                    ),
-                });
+    // Every tensor is read and checked before any variable is set; then read
+    // again and set (twice the reading, not twice the memory).
+    for set in [false, true] {
+        for name in &report.loaded {
+            let var = &vars[name];
+            let tensor = checked_tensor(&file, path, name, var)?;
+            if set {
+                var.set(&tensor)?;
             }
         }
-        if let Some(bad) = first_non_finite(&tensor)? {
+    }
+    Ok(report)
+}
+
+/// Tensor `name` of `file`, in `var`'s dtype, after the checks of
+/// [`load_weights`].
+fn checked_tensor(file: &WeightsFile, path: &Path, name: &str, var: &Var) -> Result<Tensor> {
+    let stored = file
+        .load(name, var.device())
+        .map_err(|e| Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("tensor {name}: {e}"),
+        })?;
+    use candle_core::DType::{BF16, F16, F32, F64};
+    if !matches!(stored.dtype(), F16 | BF16 | F32 | F64) {
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!(
+                "tensor {name} is stored as {:?}, not as a float type: quantised or packed \
+                     weights are not read (they need their scales); export the model in F32, \
+                     F16 or BF16",
+                stored.dtype()
+            ),
+        });
+    }
+    let tensor = stored
+        .to_dtype(var.dtype())
+        .map_err(|e| Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("tensor {name}: {e}"),
+        })?;
+    if name == "logit_scale" {
+        let value = tensor
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec0::<f64>()
+            .unwrap_or(0.0);
+        if value.abs() > crate::limits::MAX_LOG_TEMPERATURE {
             return Err(Error::Checkpoint {
                 path: path.to_path_buf(),
                 message: format!(
-                    "tensor {name} holds a non-finite value ({bad}): the weights are damaged"
+                    "logit_scale is {value}: a log temperature beyond +-{} makes every \
+                         logit overflow (trained CLIP models stay below ln 100 = 4.6)",
+                    crate::limits::MAX_LOG_TEMPERATURE
                 ),
             });
         }
-        var.set(&tensor)?;
     }
-    Ok(report)
+    if let Some(bad) = first_non_finite(&tensor)? {
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!(
+                "tensor {name} holds a non-finite value ({bad}): the weights are damaged"
+            ),
+        });
+    }
+    Ok(tensor)
 }
 
 /// The first NaN or infinity in a float tensor, if any.

@@ -5,10 +5,11 @@
 //! hold `config.json`, the weights (`model.safetensors`, or else PyTorch's
 //! `pytorch_model.bin`) and `tokenizer.json`. Anything else is a hub
 //! repository id. Each file is looked for at every revision of
-//! [`HubOptions::revisions`] in turn (`main`, then `refs/pr/4`, the pull
-//! request that added safetensors weights to `openai/clip-vit-base-patch16`,
-//! as candle-based projects use), first in the cache, then, unless offline,
-//! downloaded; when no revision has `model.safetensors`, `pytorch_model.bin`
+//! [`HubOptions::revisions`] in turn (`main`), then, for
+//! `openai/clip-vit-base-patch16` only, at `refs/pr/4`, the pull request
+//! that added its safetensors weights, as candle-based projects use (any
+//! other repository's pull requests are anyone's and are not looked at),
+//! first in the cache, then, unless offline, downloaded; when no revision has `model.safetensors`, `pytorch_model.bin`
 //! is looked for the same way. `HF_HOME` (cache) and `HF_ENDPOINT` are honoured, and
 //! `HF_HUB_OFFLINE=1` switches to the cache only, as in Python.
 
@@ -27,6 +28,10 @@ use crate::files::{CONFIG_FILE, LEGACY_WEIGHTS_FILE, WEIGHTS_FILE};
 
 /// The paper's backbone.
 pub const DEFAULT_MODEL_ID: &str = "openai/clip-vit-base-patch16";
+
+/// Pull requests known to hold a repository's own weights as safetensors,
+/// tried after [`HubOptions::revisions`] for that repository only.
+const KNOWN_WEIGHT_PRS: [(&str, &str); 1] = [(DEFAULT_MODEL_ID, "refs/pr/4")];
 
 /// The three files a model needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +104,7 @@ impl Default for HubOptions {
             offline: false,
             cache_dir: None,
             endpoint: None,
-            revisions: vec!["main".into(), "refs/pr/4".into()],
+            revisions: vec!["main".into()],
             timeout: std::time::Duration::from_secs(30),
         }
     }
@@ -121,6 +126,13 @@ impl HubOptions {
 /// The files of `model`: a local directory, else a hub id (see the module
 /// docs).
 pub fn resolve(model: &str, options: &HubOptions) -> Result<ModelFiles> {
+    let mut options = options.clone();
+    if let Some((_, pr)) = KNOWN_WEIGHT_PRS.iter().find(|(id, _)| *id == model) {
+        if !options.revisions.iter().any(|rev| rev == pr) {
+            options.revisions.push(pr.to_string());
+        }
+    }
+    let options = &options;
     if Path::new(model).is_dir() {
         return ModelFiles::from_dir(model);
     }

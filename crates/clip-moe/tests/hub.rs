@@ -35,8 +35,17 @@ fn local_directory() -> anyhow::Result<()> {
 /// A cache as hf-hub leaves it: `refs/<revision>` holds a commit hash,
 /// `snapshots/<hash>/` the files.
 fn fake_cache(root: &Path, revision: &str, files: &[&str]) -> anyhow::Result<()> {
-    let repo = root.join("models--openai--clip-vit-base-patch16");
-    let hash = "0123456789abcdef0123456789abcdef01234567";
+    fake_cache_of(root, "openai--clip-vit-base-patch16", revision, files)
+}
+
+fn fake_cache_of(root: &Path, model: &str, revision: &str, files: &[&str]) -> anyhow::Result<()> {
+    let repo = root.join(format!("models--{model}"));
+    // A commit per revision, as on the hub.
+    let hash = if revision == "main" {
+        "0123456789abcdef0123456789abcdef01234567"
+    } else {
+        "fedcba9876543210fedcba9876543210fedcba98"
+    };
     let ref_path = repo.join("refs").join(revision);
     std::fs::create_dir_all(ref_path.parent().expect("refs dir"))?;
     std::fs::write(ref_path, hash)?;
@@ -67,6 +76,21 @@ fn offline_cache_with_revision_fallback() -> anyhow::Result<()> {
     let files = resolve(DEFAULT_MODEL_ID, &options)?;
     assert!(files.weights.is_file() && files.config.is_file() && files.tokenizer.is_file());
     assert!(files.weights.to_string_lossy().contains("snapshots"));
+
+    // Another repository's pull request is anyone's: not looked at.
+    let other = "someone--clip";
+    fake_cache_of(
+        cache.path(),
+        other,
+        "main",
+        &["config.json", "tokenizer.json"],
+    )?;
+    fake_cache_of(cache.path(), other, "refs/pr/4", &["model.safetensors"])?;
+    let err = resolve("someone/clip", &options).unwrap_err().to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("revisions main"),
+        "{err}"
+    );
     Ok(())
 }
 

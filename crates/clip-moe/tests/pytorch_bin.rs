@@ -55,6 +55,21 @@ fn a_corrupt_pickle_is_an_error_naming_the_file() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A well-formed pickle of a malformed checkpoint (a tensor rebuilt from
+/// no arguments; `scripts/clip_moe/gen_malformed_pickle.py`): an error
+/// naming the file, not a crash of the reader.
+#[test]
+fn a_malformed_pickle_is_an_error_not_a_crash() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/malformed_pickle")
+        .join(LEGACY_WEIGHTS_FILE);
+    let err = match load_model(&fixture_config(), &path, &Device::Cpu, false) {
+        Ok(_) => panic!("a malformed pickle loaded"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("malformed_pickle"), "{err}");
+}
+
 #[test]
 fn directory_with_only_the_pickle_resolves_to_it() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -190,6 +190,112 @@ fn strict_mode_rejects_missing_and_unexpected() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Weights stored as an integer type (a quantised export) are refused
+/// naming the tensor, and a bad tensor late in the file leaves every
+/// variable as it was: all are checked before any is set.
+#[test]
+fn bad_tensors_are_refused_before_anything_is_set() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = load_model(&fixture_config(), weights(), &Device::Cpu, true)?;
+    let before: Vec<(String, Vec<f32>)> = select_vars(&model.varmap, &WeightSelection::All)
+        .into_iter()
+        .map(|(name, var)| {
+            let values = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            (name, values)
+        })
+        .collect();
+    let last = before.last().expect("parameters").0.clone();
+    let mut quantised = fixture_tensors();
+    let shape = quantised[&last].dims().to_vec();
+    quantised.insert(
+        last.clone(),
+        Tensor::ones(shape.as_slice(), DType::U8, &Device::Cpu)?,
+    );
+    let mut damaged = fixture_tensors();
+    let nan = Tensor::full(f32::NAN, shape.as_slice(), &Device::Cpu)?;
+    damaged.insert(last.clone(), nan);
+    for (file, tensors, expected) in [
+        ("quantised.safetensors", quantised, "not as a float type"),
+        ("damaged.safetensors", damaged, "non-finite"),
+    ] {
+        // Everything else moved, so a partial load would show.
+        for (_, var) in select_vars(&model.varmap, &WeightSelection::All) {
+            var.set(&(var.as_tensor() * 0.0)?)?;
+        }
+        let zeroed: Vec<Vec<f32>> = select_vars(&model.varmap, &WeightSelection::All)
+            .into_iter()
+            .map(|(_, var)| {
+                var.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        let path = dir.path().join(file);
+        candle_core::safetensors::save(&tensors, &path)?;
+        let err = load_weights(&model.varmap, &path, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&last) && err.contains(expected), "{err}");
+        let after: Vec<Vec<f32>> = select_vars(&model.varmap, &WeightSelection::All)
+            .into_iter()
+            .map(|(_, var)| {
+                var.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            after == zeroed,
+            "{file}: variables changed before the error"
+        );
+    }
+    Ok(())
+}
+
+/// MoE parameters absent from a file that holds some MoE weights are
+/// missing (a checkpoint of another placement), not fresh.
+#[test]
+fn moe_parameters_absent_beside_others_are_missing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let one_block = fixture_config().with_moe(MoeConfig {
+        layers: MoeLayers::List(vec![1]),
+        ..three_slots(MoeConfig::la_soft_moe())
+    });
+    let tuned = load_model(&one_block, weights(), &Device::Cpu, false)?;
+    let saved = save_checkpoint(
+        &tuned.varmap,
+        &one_block,
+        dir.path().join("one-block"),
+        &WeightSelection::All,
+    )?;
+    let every_block = fixture_config().with_moe(three_slots(MoeConfig::la_soft_moe()));
+    let loaded = load_model(&every_block, &saved, &Device::Cpu, false)?;
+    assert!(loaded.report.fresh.is_empty(), "{:?}", loaded.report.fresh);
+    assert!(
+        !loaded.report.missing.is_empty()
+            && loaded
+                .report
+                .missing
+                .iter()
+                .all(|n| n.contains(".moe.") && !n.contains("layers.1.")),
+        "{:?}",
+        loaded.report.missing
+    );
+    // A plain CLIP file: the MoE parameters are fresh, as before.
+    let patched = load_model(&every_block, weights(), &Device::Cpu, false)?;
+    assert!(patched.report.missing.is_empty() && !patched.report.fresh.is_empty());
+    Ok(())
+}
+
 /// Moves every variable a little, as training would.
 fn perturb(varmap: &VarMap) -> anyhow::Result<()> {
     for (_, var) in select_vars(varmap, &WeightSelection::All) {
