@@ -10,8 +10,10 @@
 //! that added its safetensors weights, as candle-based projects use (any
 //! other repository's pull requests are anyone's and are not looked at),
 //! first in the cache, then, unless offline, downloaded; when no revision has `model.safetensors`, `pytorch_model.bin`
-//! is looked for the same way. `HF_HOME` (cache) and `HF_ENDPOINT` are honoured, and
-//! `HF_HUB_OFFLINE=1` switches to the cache only, as in Python.
+//! is looked for the same way. `HF_HUB_CACHE` (or `HUGGINGFACE_HUB_CACHE`,
+//! or `HF_HOME`) and `HF_ENDPOINT` are honoured, `HF_HUB_OFFLINE=1`
+//! switches to the cache only, and a hub that cannot be reached falls back
+//! to a cache holding the model whole, as in Python.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -111,16 +113,26 @@ impl Default for HubOptions {
 }
 
 impl HubOptions {
-    /// Defaults, offline when `HF_HUB_OFFLINE` is `1`, `true` or `yes`.
+    /// Defaults, offline when `HF_HUB_OFFLINE` is `1`, `true`, `yes` or `on`.
     pub fn from_env() -> Self {
         let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
             .unwrap_or(false);
         Self {
             offline,
             ..Self::default()
         }
     }
+}
+
+/// The hub cache of the environment, as Python's `huggingface_hub` finds
+/// it: `HF_HUB_CACHE`, else `HUGGINGFACE_HUB_CACHE`, else `$HF_HOME/hub`,
+/// else `~/.cache/huggingface/hub` (hf-hub itself reads only `HF_HOME`).
+fn hub_cache_from_env() -> Cache {
+    ["HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"]
+        .iter()
+        .find_map(|var| std::env::var_os(var).filter(|v| !v.is_empty()))
+        .map_or_else(Cache::from_env, |dir| Cache::new(PathBuf::from(dir)))
 }
 
 /// The files of `model`: a local directory, else a hub id (see the module
@@ -148,10 +160,25 @@ pub fn resolve(model: &str, options: &HubOptions) -> Result<ModelFiles> {
     }
     let cache = match &options.cache_dir {
         Some(dir) => Cache::new(dir.clone()),
-        None => Cache::from_env(),
+        None => hub_cache_from_env(),
     };
     if !options.offline {
-        probe(model, options)?;
+        if let Err(unreachable) = probe(model, options) {
+            // As Python's hub client does: a model the cache holds whole is
+            // used without the network, saying so.
+            let cached = HubOptions {
+                offline: true,
+                cache_dir: Some(cache.path().clone()),
+                ..options.clone()
+            };
+            return match resolve(model, &cached) {
+                Ok(files) => {
+                    tracing::warn!(%model, "the hub cannot be reached; using the cached files");
+                    Ok(files)
+                }
+                Err(_) => Err(unreachable),
+            };
+        }
     }
     let fetch = |file: &str| -> Result<PathBuf> {
         if options.offline {
@@ -364,4 +391,20 @@ fn how_to_download(model: &str) -> String {
          safetensors file), then pass DIR as the model, or copy a Hugging Face cache that holds \
          them, point HF_HOME at it and set HF_HUB_OFFLINE=1."
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `HF_HUB_CACHE` names the cache as in Python (hf-hub reads only
+    /// `HF_HOME`). The only test of this binary that sets the variable.
+    #[test]
+    fn the_cache_variable_python_reads_is_honoured() {
+        let dir = std::env::temp_dir().join("uniattack-hf-hub-cache-test");
+        std::env::set_var("HF_HUB_CACHE", &dir);
+        let cache = hub_cache_from_env();
+        std::env::remove_var("HF_HUB_CACHE");
+        assert_eq!(cache.path(), &dir);
+    }
 }

@@ -17,6 +17,8 @@ use crate::text::TextInput;
 
 /// CLIP's end-of-text token.
 pub const END_OF_TEXT: &str = "<|endoftext|>";
+/// The token CLIP puts before every text.
+pub const START_OF_TEXT: &str = "<|startoftext|>";
 
 /// A CLIP tokenizer producing fixed-length rows.
 #[derive(Debug, Clone)]
@@ -87,6 +89,21 @@ impl ClipTokenizer {
                 ..TruncationParams::default()
             }))
             .map_err(|e| fail(e.to_string()))?;
+        // CLIP pools the text at its first `<|endoftext|>` and was trained
+        // with `<|startoftext|>` first: a file without the post-processor
+        // that adds them loads, and gives wrong embeddings. Checked before
+        // padding, which pads with `<|endoftext|>` too.
+        let start = tokenizer.token_to_id(START_OF_TEXT);
+        let probe = tokenizer
+            .encode("a", true)
+            .map_err(|e| fail(e.to_string()))?;
+        let ids = probe.get_ids();
+        if start.is_none() || ids.first() != start.as_ref() || ids.last() != Some(&end_of_text_id) {
+            return Err(fail(format!(
+                "does not put `{START_OF_TEXT}` before a text and `{END_OF_TEXT}` after it (its \
+                 post-processor is missing or another model's): not a CLIP tokenizer"
+            )));
+        }
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::Fixed(context_length),
             pad_id: end_of_text_id,

@@ -111,6 +111,13 @@ fn unreachable_hub_says_how_to_proceed() -> anyhow::Result<()> {
         err.contains("--local-dir DIR") && err.contains("HF_HUB_OFFLINE"),
         "{err}"
     );
+
+    // The same unreachable hub with the model whole in the cache: the
+    // cached files, as Python's client falls back to them.
+    fake_cache(cache.path(), "main", &["config.json", "tokenizer.json"])?;
+    fake_cache(cache.path(), "refs/pr/4", &["model.safetensors"])?;
+    let files = resolve(DEFAULT_MODEL_ID, &options)?;
+    assert!(files.weights.starts_with(cache.path()));
     Ok(())
 }
 

@@ -74,6 +74,25 @@ fn errors_name_the_file() {
     assert!(err.to_string().contains("config.json"), "{err}");
 }
 
+/// A `tokenizer.json` without the post-processor that adds the start and
+/// end tokens is refused: its rows would have no `<|startoftext|>`, and
+/// long ones no `<|endoftext|>` to pool at.
+#[test]
+fn a_tokenizer_without_start_and_end_tokens_is_refused() -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(fixture_dir().join("tokenizer.json"))?;
+    let mut json: Value = serde_json::from_str(&text)?;
+    json["post_processor"] = Value::Null;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, serde_json::to_string(&json)?)?;
+    let err = ClipTokenizer::from_file(&path, 16).unwrap_err().to_string();
+    assert!(
+        err.contains("<|startoftext|>") && err.contains("tokenizer.json"),
+        "{err}"
+    );
+    Ok(())
+}
+
 #[test]
 fn context_shorter_than_the_special_tokens_is_an_error() -> anyhow::Result<()> {
     // A post-processor adding three special tokens, with room for two:
