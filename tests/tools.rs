@@ -253,6 +253,10 @@ fn an_evaluation_directory_holds_one_evaluation() -> Result<()> {
     assert_eq!(files(&out), double);
     eval(1)?;
     assert_eq!(files(&out), single);
+    // A write a killed evaluation left is no one else's: removed.
+    std::fs::write(out.join("scores/.test.txt.tmp-1-0"), "half")?;
+    eval(1)?;
+    assert_eq!(files(&out), single);
 
     std::fs::write(out.join("notes.txt"), "mine")?;
     let err = eval(1).unwrap_err().to_string();

@@ -359,6 +359,8 @@ fn earlier_evaluation(dir: &Path) -> Result<Vec<PathBuf>> {
         let path = entry.path();
         match name.as_str() {
             "report.json" | "report.csv" if path.is_file() => found.push(path),
+            // A write a killed evaluation left: removed with the rest.
+            _ if atomic_io::is_temporary_name(&name) && path.is_file() => found.push(path),
             "scores" | "plots" => collect_known(dir, &path, &mut found, &foreign)?,
             _ if is_checkpoint_dir(&name) && path.is_dir() => {
                 for child in std::fs::read_dir(&path).map_err(|e| Error::io("listing", &path, e))? {
@@ -390,10 +392,15 @@ fn collect_known(
     }
     for entry in std::fs::read_dir(sub).map_err(|e| Error::io("listing", sub, e))? {
         let path = entry.map_err(|e| Error::io("listing", sub, e))?.path();
-        let known = SCORE_FILES
-            .iter()
-            .chain(&PLOT_FILES)
-            .any(|file| base.join(file) == path);
+        let temporary = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(atomic_io::is_temporary_name);
+        let known = temporary
+            || SCORE_FILES
+                .iter()
+                .chain(&PLOT_FILES)
+                .any(|file| base.join(file) == path);
         if !known || !path.is_file() {
             return Err(foreign(&path));
         }
