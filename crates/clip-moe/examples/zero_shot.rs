@@ -25,6 +25,15 @@ use clip_moe::{load_model, ClipConfig, ClipTokenizer};
 use fas_data::image_io::load_image;
 use fas_data::ClipTransform;
 
+/// `println!` that stops quietly on a closed stdout (`... | head`) instead
+/// of panicking; the exit status stays the tool's own.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Zero-shot image-text matching: the softmax over the texts for every image.
 #[derive(Parser)]
 #[command(name = "zero_shot", version)]
@@ -90,7 +99,7 @@ fn main() -> Result<()> {
             "logits_per_image": out.logits_per_image.to_vec2::<f32>()?,
             "probs": probs_rows,
         });
-        println!("{json}");
+        outln!("{json}");
         return Ok(());
     }
     let headers: Vec<String> = args.texts.iter().map(|t| cell(t)).collect();
@@ -104,7 +113,7 @@ fn main() -> Result<()> {
     for t in &headers {
         print!("  {t:>width$}");
     }
-    println!();
+    outln!();
     for (path, row) in args.images.iter().zip(&probs_rows) {
         let name = path
             .file_name()
@@ -114,7 +123,7 @@ fn main() -> Result<()> {
         for p in row {
             print!("  {p:>width$.4}");
         }
-        println!();
+        outln!();
     }
     Ok(())
 }

@@ -16,6 +16,15 @@ use clap::Parser;
 use fas_data::{read_folder, read_list, BadInputPolicy, FileCheck, ListFormat, ListOptions};
 use std::path::PathBuf;
 
+/// `println!` that stops quietly on a closed stdout (`... | head`) instead
+/// of panicking; the exit status stays the tool's own.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Read a dataset list (or an image-folder layout), decode every image, and
 /// report counts and every problem with its file and line.
 ///
@@ -36,7 +45,7 @@ struct Args {
     data: PathBuf,
     /// uniattack-protocol, uniattack-protocol-video, challenge,
     /// challenge-unlabelled, binary, jfsfdb, or folder (no --list).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_format)]
     format: String,
     /// The list file.
     #[arg(long)]
@@ -49,6 +58,18 @@ struct Args {
     json: bool,
 }
 
+/// A format name this tool reads (a usage error, status 2, otherwise).
+fn parse_format(name: &str) -> std::result::Result<String, String> {
+    if name == "folder" || ListFormat::from_name(name).is_some() {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "unknown format {name}; use folder or one of {}",
+            ListFormat::NAMES.join(", ")
+        ))
+    }
+}
+
 fn main() -> Result<()> {
     let Args {
         data,
@@ -57,6 +78,24 @@ fn main() -> Result<()> {
         allow_outside_data,
         json,
     } = Args::parse();
+    // Usage errors (status 2), not problems found in the data (status 1).
+    let usage = |message: &str| -> ! {
+        use clap::CommandFactory;
+        Args::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit()
+    };
+    match (format.as_str(), &list) {
+        ("folder", Some(_)) => {
+            usage("--format folder reads the folder layout under --data: give no --list")
+        }
+        ("folder", None) if allow_outside_data => {
+            usage("--allow-outside-data applies to list entries; --format folder reads no list")
+        }
+        ("folder", None) => {}
+        (_, None) => usage("--list FILE is required for list formats"),
+        _ => {}
+    }
     let options = ListOptions {
         policy: BadInputPolicy::Skip,
         check: FileCheck::Decode,
@@ -65,15 +104,8 @@ fn main() -> Result<()> {
     let listing = if format == "folder" {
         read_folder(&data, &options)?
     } else {
-        let parsed = ListFormat::from_name(&format).with_context(|| {
-            format!(
-                "unknown format {format}; use folder or one of {}",
-                ListFormat::NAMES.join(", ")
-            )
-        })?;
-        let list = list
-            .as_ref()
-            .context("--list FILE is required for list formats")?;
+        let parsed = ListFormat::from_name(&format).context("checked when parsed")?;
+        let list = list.as_ref().context("checked above")?;
         read_list(list, &data, &parsed, &options)?
     };
     let split = list
@@ -102,29 +134,29 @@ fn main() -> Result<()> {
             "problems": serde_json::to_value(&listing.problems)?,
             "ignored": serde_json::to_value(&listing.ignored)?,
         });
-        println!("{report}");
+        outln!("{report}");
     } else {
-        println!(
+        outln!(
             "split {split}: {} valid samples, {} duplicate lines",
             listing.samples.len(),
             listing.duplicates
         );
         for (category, n) in &counts {
-            println!("  {:<12} {n}", category.name());
+            outln!("  {:<12} {n}", category.name());
         }
-        println!("by kind:");
+        outln!("by kind:");
         for (kind, n) in &kinds {
-            println!("  {kind:<24} {n}");
+            outln!("  {kind:<24} {n}");
         }
         if !listing.ignored.is_empty() {
-            println!("{} file(s) passed over", listing.ignored.len());
+            outln!("{} file(s) passed over", listing.ignored.len());
             for ignored in &listing.ignored {
-                println!("  {ignored}");
+                outln!("  {ignored}");
             }
         }
-        println!("{} problem(s)", listing.problems.len());
+        outln!("{} problem(s)", listing.problems.len());
         for problem in &listing.problems {
-            println!("  {problem}");
+            outln!("  {problem}");
         }
     }
     if !listing.problems.is_empty() {

@@ -9,6 +9,15 @@ use fas_data::image_io::load_image;
 use fas_data::{ClipTransform, Normalization};
 use std::path::PathBuf;
 
+/// `println!` that stops quietly on a closed stdout (`... | head`) instead
+/// of panicking; the exit status stays the tool's own.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// CLIP's transform of one image, saved as `pixel_values` in safetensors.
 ///
 /// --output must not be the input image (that is refused), and is written
@@ -45,7 +54,7 @@ fn main() -> Result<()> {
         tensor.save_safetensors("pixel_values", tmp)
     })
     .with_context(|| format!("writing {}", args.output.display()))?;
-    println!(
+    outln!(
         "wrote pixel_values {:?} to {}",
         tensor.dims(),
         args.output.display()

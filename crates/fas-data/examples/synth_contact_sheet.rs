@@ -8,6 +8,15 @@ use clap::Parser;
 use fas_data::synth::{contact_sheet, SynthConfig};
 use std::path::PathBuf;
 
+/// `println!` that stops quietly on a closed stdout (`... | head`) instead
+/// of panicking; the exit status stays the tool's own.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Render a contact sheet (PNG) of synthetic subjects and their attacks.
 #[derive(Parser)]
 #[command(name = "synth_contact_sheet", version)]
@@ -45,6 +54,6 @@ fn main() -> Result<()> {
         .context("encoding the PNG")?;
     atomic_io::write_bytes(&args.output, &png)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    println!("wrote {}", args.output.display());
+    outln!("wrote {}", args.output.display());
     Ok(())
 }

@@ -8,6 +8,15 @@ use clap::Parser;
 use fas_data::synth::{write_dataset, write_dataset_over, SynthConfig};
 use std::path::PathBuf;
 
+/// `println!` that stops quietly on a closed stdout (`... | head`) instead
+/// of panicking; the exit status stays the tool's own.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Write a synthetic UniAttackData-style dataset (live, print, replay,
 /// adversarial and face-swap images of procedurally drawn subjects).
 ///
@@ -50,13 +59,13 @@ fn main() -> Result<()> {
     } else {
         write_dataset(&args.output, &config)?
     };
-    println!(
+    outln!(
         "wrote {} images under {}",
         summary.images,
         args.output.display()
     );
     for (list, lines) in &summary.lists {
-        println!("  {list}: {lines} lines");
+        outln!("  {list}: {lines} lines");
     }
     Ok(())
 }

@@ -49,11 +49,27 @@ fn read_and_decode(path: &Path) -> std::result::Result<DynamicImage, String> {
 }
 
 fn read_bytes(path: &Path) -> std::result::Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| match e.kind() {
+    let cannot = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound => "file not found".to_string(),
         _ => format!("cannot read: {e}"),
-    })
+    };
+    // A FIFO or a device named like an image would block or never end.
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    if meta.len() > MAX_IMAGE_FILE_BYTES {
+        return Err(format!(
+            "{} bytes, more than an image of a face dataset would be ({MAX_IMAGE_FILE_BYTES} at \
+             most)",
+            meta.len()
+        ));
+    }
+    std::fs::read(path).map_err(cannot)
 }
+
+/// The largest image file read (256 MiB).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
 
 /// Reads and [verifies](verify_image) `path`; the error is a message
 /// without the path.

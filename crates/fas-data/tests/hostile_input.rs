@@ -74,6 +74,51 @@ fn files_that_are_not_lists_and_concatenated_lists() {
     assert_eq!(entries, ["a/live.jpg", "b/print.jpg"]);
 }
 
+/// A FIFO named like a list or an image is refused as not a regular file,
+/// not read (which would block until something writes to it).
+#[cfg(unix)]
+#[test]
+fn fifos_are_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let fifo = |path: &Path| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo {}", path.display());
+    };
+    let list_fifo = root.join("list-fifo.txt");
+    fifo(&list_fifo);
+    let err = read_list(
+        &list_fifo,
+        root,
+        &ListFormat::UniattackProtocol,
+        &ListOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    write_jpeg(&root.join("layout/live/good.jpg"), 16);
+    fifo(&root.join("layout/print/pipe.jpg"));
+    let options = ListOptions {
+        check: FileCheck::Decode,
+        policy: fas_data::BadInputPolicy::Skip,
+        ..ListOptions::default()
+    };
+    let listing = read_folder(&root.join("layout"), &options).unwrap();
+    assert_eq!(listing.samples.len(), 1);
+    assert!(
+        listing
+            .problems
+            .iter()
+            .any(|p| p.to_string().contains("not a regular file")),
+        "{:?}",
+        listing.problems
+    );
+}
+
 /// A folder layout with no decodable image is an error that lists what was
 /// passed over, as an empty list is, under either policy.
 #[test]

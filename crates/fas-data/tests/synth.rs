@@ -370,6 +370,16 @@ fn contact_sheets_of_no_subject_or_too_many_pixels_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(huge.contains("fewer subjects or a smaller size"), "{huge}");
+    // A count whose sheet height overflows 64 bits: refused, not wrapped
+    // to a small sheet (or a panic).
+    let endless = SynthConfig {
+        subjects: usize::MAX,
+        ..config.clone()
+    };
+    let err = fas_data::synth::contact_sheet(&endless, usize::MAX)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fewer subjects or a smaller size"), "{err}");
     let small = SynthConfig {
         image_size: 32,
         ..small()

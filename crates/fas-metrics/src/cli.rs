@@ -77,8 +77,9 @@ struct Args {
     /// The protocol's name: the table's first column, the JSON's "protocol".
     #[arg(long, value_name = "PROTOCOL", default_value = "test")]
     name: String,
-    /// Write ROC, DET and score-histogram PNGs of the test set here (needs
-    /// the crate's `plot` feature).
+    /// Write ROC, DET and score-histogram PNGs of the test set here, as
+    /// roc.png, det.png and scores.png, replacing files of those names
+    /// (needs the crate's `plot` feature).
     #[arg(long, value_name = "DIR")]
     plot_dir: Option<PathBuf>,
 }

@@ -95,9 +95,14 @@ pub enum MetricsError {
     /// Scores outside [0, 1] met the organisers' threshold grid, which only
     /// spans 0 to 1.1: the threshold and EER would be meaningless.
     #[error(
-        "scores range from {low} to {high}, outside [0, 1], but the organisers' grid threshold          and EER are defined for probabilities only (0 to 1.1): are these logits? Convert them          to probabilities, or choose the threshold with another rule (exact sweep)"
+        "{set} scores range from {low} to {high}, outside [0, 1], but the organisers' grid \
+         threshold and EER are defined for probabilities only (0 to 1.1): are these logits? \
+         Convert them to probabilities (the library can also choose the threshold with \
+         ThresholdRule::ExactSweep)"
     )]
     ScoresOutsideGrid {
+        /// Which scores: `dev` (where the threshold is chosen) or `test`.
+        set: &'static str,
         /// Lowest score.
         low: f64,
         /// Highest score.

@@ -85,12 +85,16 @@ pub struct ProtocolReport {
 
 /// Errors when the organisers' grid (0 to 1.1) would be applied to scores
 /// outside [0, 1].
-fn check_grid_range(set: &ScoreSet) -> Result<()> {
+fn check_grid_range(set: &ScoreSet, name: &'static str) -> Result<()> {
     let (b, a) = (set.bonafide_scores(), set.attack_scores());
     let low = b[0].min(a[0]);
     let high = b[b.len() - 1].max(a[a.len() - 1]);
     if low < 0.0 || high > 1.0 {
-        return Err(MetricsError::ScoresOutsideGrid { low, high });
+        return Err(MetricsError::ScoresOutsideGrid {
+            set: name,
+            low,
+            high,
+        });
     }
     Ok(())
 }
@@ -114,10 +118,11 @@ pub fn evaluate_protocol(
         None => (test, ThresholdSource::Test),
     };
     if config.threshold_rule == ThresholdRule::OrganiserGrid {
-        check_grid_range(threshold_set)?;
+        let name = if dev.is_some() { "dev" } else { "test" };
+        check_grid_range(threshold_set, name)?;
     }
     if config.test_eer == EerMethod::OrganiserGrid {
-        check_grid_range(test)?;
+        check_grid_range(test, "test")?;
     }
     // A fixed threshold is given, not chosen on the set it is applied to.
     let threshold_source = match config.threshold_rule {
@@ -375,9 +380,15 @@ mod tests {
         let logits = set(&[-3.0, -1.0, 2.0, 4.5], &labels, Polarity::HigherIsAttack);
         let err = evaluate_protocol(Some(&logits), &logits, ProtocolConfig::default()).unwrap_err();
         assert!(
-            matches!(err, MetricsError::ScoresOutsideGrid { low, high } if low == -3.0 && high == 4.5)
+            matches!(err, MetricsError::ScoresOutsideGrid { set: "dev", low, high } if low == -3.0 && high == 4.5)
         );
-        assert!(err.to_string().contains("logits"), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("dev scores") && text.contains("logits"),
+            "{text}"
+        );
+        // One line of text: no run of spaces from a lost line continuation.
+        assert!(!text.contains("  "), "{text}");
         let sweep = ProtocolConfig {
             threshold_rule: ThresholdRule::ExactSweep,
             test_eer: EerMethod::RocIndex,

@@ -46,8 +46,14 @@ pub(crate) fn check_samples(
             .chunks(chunk)
             .map(|part| {
                 let handle = scope.spawn(move || {
+                    // Per image: a decoder panic is that image's problem,
+                    // not its whole share of the dataset's.
                     part.iter()
-                        .map(|s| check_sample(s, decode))
+                        .map(|s| {
+                            std::panic::catch_unwind(|| check_sample(s, decode)).unwrap_or_else(
+                                |_| Err("the image decoder panicked on this file".to_string()),
+                            )
+                        })
                         .collect::<Vec<_>>()
                 });
                 (part.len(), handle)

@@ -262,12 +262,15 @@ pub fn read_list(
         source_name: list.to_path_buf(),
         problems: vec![Problem::in_file(list, reason)],
     };
-    let size = std::fs::metadata(list)
-        .map_err(|reason| Error::Io {
-            path: list.to_path_buf(),
-            reason,
-        })?
-        .len();
+    let meta = std::fs::metadata(list).map_err(|reason| Error::Io {
+        path: list.to_path_buf(),
+        reason,
+    })?;
+    // A FIFO or a device reports no size and may never end.
+    if !meta.is_file() {
+        return Err(not_a_list("is not a regular file".to_string()));
+    }
+    let size = meta.len();
     // A list of every image of the largest face datasets is tens of MB; a
     // path to an archive or a video given by mistake is read no further.
     if size > MAX_LIST_BYTES {

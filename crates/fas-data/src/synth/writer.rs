@@ -186,7 +186,9 @@ pub fn contact_sheet(config: &SynthConfig, subjects: usize) -> Result<RgbImage> 
     let side = config.image_size;
     let gap = 4;
     let width = first.len() as u64 * (u64::from(side) + gap) + gap;
-    let height = count as u64 * (u64::from(side) + gap) + gap;
+    let height = (count as u64)
+        .saturating_mul(u64::from(side) + gap)
+        .saturating_add(gap);
     if width.saturating_mul(height) > MAX_SHEET_PIXELS || width > u64::from(u32::MAX) {
         return Err(Error::Config(format!(
             "a sheet of {count} subjects at {side} px would be {width}x{height} pixels, more than \
