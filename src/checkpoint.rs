@@ -375,13 +375,20 @@ pub fn verify_checkpoint(path: &Path) -> Result<CheckpointMeta> {
     read_keeping(path, |_, _| false).map(|checkpoint| checkpoint.meta)
 }
 
-/// Reads and verifies `path`, keeping the tensors `keep` accepts (every
-/// byte is checksummed either way).
-fn read_keeping(
-    path: &Path,
-    keep: impl Fn(&str, &CheckpointMeta) -> bool,
-) -> Result<LoadedCheckpoint> {
-    use std::io::{Read, Seek, SeekFrom};
+/// A checkpoint's opened file and what its header says, checked against
+/// the file's length: the tensors' layout, the header's text (for the
+/// checksum), the parsed header and where the tensor data starts.
+struct OpenedCheckpoint {
+    file: std::fs::File,
+    layout: safetensors::tensor::Metadata,
+    json: String,
+    meta: CheckpointMeta,
+    data_start: u64,
+}
+
+/// Opens `path` and reads its header (no tensor data, so no checksum yet).
+fn open_checkpoint(path: &Path) -> Result<OpenedCheckpoint> {
+    use std::io::Read;
     let fail = |reason: String| Error::checkpoint(path, reason);
     let mut file = std::fs::File::open(path).map_err(|e| Error::io("reading", path, e))?;
     let file_len = file
@@ -423,6 +430,7 @@ fn read_keeping(
         .metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY))
+        .cloned()
         .ok_or_else(|| {
             fail(format!(
                 "has no `{META_KEY}` header: not a uniattack checkpoint (plain weights load with \
@@ -430,13 +438,45 @@ fn read_keeping(
             ))
         })?;
     let meta: CheckpointMeta =
-        serde_json::from_str(json).map_err(|e| fail(format!("unreadable header: {e}")))?;
+        serde_json::from_str(&json).map_err(|e| fail(format!("unreadable header: {e}")))?;
     if meta.format != FORMAT {
         return Err(fail(format!(
             "format {:?}, this version reads {FORMAT:?}",
             meta.format
         )));
     }
+    Ok(OpenedCheckpoint {
+        file,
+        layout,
+        json,
+        meta,
+        data_start,
+    })
+}
+
+/// A checkpoint's header alone, read without its tensors: what it is (its
+/// configuration, step, selection) before committing to reading it whole.
+/// Its bytes are not verified here: [`read_checkpoint`] does that.
+pub fn read_header(path: &Path) -> Result<CheckpointMeta> {
+    open_checkpoint(path).map(|opened| opened.meta)
+}
+
+/// Reads and verifies `path`, keeping the tensors `keep` accepts (every
+/// byte is checksummed either way).
+fn read_keeping(
+    path: &Path,
+    keep: impl Fn(&str, &CheckpointMeta) -> bool,
+) -> Result<LoadedCheckpoint> {
+    use std::io::{Read, Seek, SeekFrom};
+    let fail = |reason: String| Error::checkpoint(path, reason);
+    let io = |e: std::io::Error| Error::io("reading", path, e);
+    let OpenedCheckpoint {
+        mut file,
+        layout,
+        json,
+        meta,
+        data_start,
+    } = open_checkpoint(path)?;
     let mut names: Vec<(String, &safetensors::tensor::TensorInfo)> =
         layout.tensors().into_iter().collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));

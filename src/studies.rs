@@ -105,11 +105,6 @@ pub fn table(protocol: &str, rows: &[(String, EvalReport)]) -> String {
     out
 }
 
-/// Trains every variant of `study` into `out/<variant>` (a finished
-/// variant, one with `report.json` from the same settings, is read instead
-/// of retrained; an interrupted one is resumed), then writes and returns
-/// `out/table.md`. A finished variant of other settings (another protocol,
-/// seed, length...) is an error: its row would not belong in the table.
 /// Errors on the `train_uniattack` flags a study cannot honour: it decides
 /// for each variant whether to continue it, writes its own table, and
 /// trains on one device. Accepting them would ignore them.
@@ -131,6 +126,11 @@ pub fn refuse_run_flags(train: &crate::cli::train::TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Trains every variant of `study` into `out/<variant>` (a finished
+/// variant, one with `report.json` from the same settings, is read instead
+/// of retrained; an interrupted one is resumed), then writes and returns
+/// `out/table.md`. A finished variant of other settings (another protocol,
+/// seed, length...) is an error: its row would not belong in the table.
 pub fn run(study: Study, base: &ExperimentConfig, out: &Path, device: &Device) -> Result<String> {
     let mut rows = Vec::new();
     for (name, cfg) in variants(study, base) {
@@ -174,6 +174,9 @@ pub fn run(study: Study, base: &ExperimentConfig, out: &Path, device: &Device) -
                     device: device.clone(),
                     report: None,
                     sync: None,
+                    // `--freeze` of everything CLIP has leaves the plain
+                    // variant a frozen baseline beside the trained MoE ones.
+                    frozen_baseline: true,
                 };
                 Trainer::new(cfg, options)?.run()?
             }

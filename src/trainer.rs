@@ -53,6 +53,10 @@ pub struct TrainOptions {
     /// `batch_size x world` images; rank 0 alone evaluates, logs and writes.
     /// With the CLIP loss each rank contrasts its own `batch_size` images.
     pub sync: Option<crate::distributed::SyncHandle>,
+    /// Accept a model whose every parameter is frozen: its run evaluates
+    /// the model as loaded (a study's frozen baseline). A training command
+    /// refuses it: nothing would train.
+    pub frozen_baseline: bool,
 }
 
 /// Everything a run needs, set up and (when resuming) restored.
@@ -158,7 +162,9 @@ impl Trainer {
         }
 
         let backbone = build(&cfg.model, cfg.seed, &device)?;
-        if trainable_vars(&backbone.varmap, &cfg.model.frozen).is_empty() {
+        if !options.frozen_baseline
+            && trainable_vars(&backbone.varmap, &cfg.model.frozen).is_empty()
+        {
             return Err(Error::config(
                 "--freeze",
                 "leaves nothing to train: every parameter of this model is frozen (without a MoE \

@@ -389,11 +389,22 @@ fn a_stored_threshold_is_used_only_where_it_belongs() -> Result<()> {
     assert_eq!(step["score_files"], "live-probability");
     assert_eq!(step["threshold_source"], "dev");
 
-    let err = eval(&["--checkpoint", run_arg, "--checkpoint", step3_arg])?.unwrap_err();
+    // Refused from the headers, before anything is scored or written.
+    let mixed = dir.path().join("mixed");
+    let err = eval(&[
+        "--checkpoint",
+        run_arg,
+        "--checkpoint",
+        step3_arg,
+        "--output",
+        mixed.to_str().unwrap(),
+    ])?
+    .unwrap_err();
     assert!(
         err.contains("differ in checkpoint selection (selected on dev vs a step checkpoint)"),
         "{err}"
     );
+    assert!(!mixed.exists(), "files were written before the refusal");
     Ok(())
 }
 
@@ -562,6 +573,11 @@ fn flags_that_would_do_nothing_are_refused() -> Result<()> {
     ]);
     let err = uniattack::cli::train::run(&frozen).unwrap_err().to_string();
     assert!(err.contains("nothing to train"), "{err}");
+    // A study's frozen baseline (the plain variant beside MoE ones that
+    // train) is accepted through the library.
+    let mut options = common::options(&dir.path().join("baseline"), false);
+    options.frozen_baseline = true;
+    Trainer::new(frozen.experiment()?, options)?;
 
     let err = uniattack::cli::train::run(&parse(&["--gpus", "2", "--device", "cuda:1"]))
         .unwrap_err()

@@ -68,8 +68,14 @@ fn expand(paths: &[PathBuf], root: &Path) -> Vec<Input> {
     for path in paths {
         if path.is_dir() {
             let mut found = Vec::new();
-            collect_images(path, &mut found, &mut listed);
-            if !found.iter().any(|input| matches!(input, Input::Image(_))) {
+            let walked = collect_images(path, &mut found, &mut listed);
+            // A folder an earlier argument already listed adds nothing (its
+            // images are in); one that could not be listed says so itself.
+            let said = found.iter().any(|input| matches!(input, Input::Image(_)))
+                || found
+                    .iter()
+                    .any(|input| matches!(input, Input::Unusable(p, _) if p == path));
+            if walked && !said {
                 found.push(Input::Unusable(
                     path.clone(),
                     "holds no JPEG or PNG image".into(),
@@ -114,12 +120,13 @@ impl Input {
 /// walked, or two links to one directory, would otherwise repeat its images
 /// (without end, for a cycle). A subdirectory that cannot be listed, a
 /// broken link and an image format that is not decoded are inputs of their
-/// own with the reason; the walk goes on.
+/// own with the reason; the walk goes on. Whether `dir` was walked now
+/// (not listed before).
 fn collect_images(
     dir: &Path,
     out: &mut Vec<Input>,
     listed: &mut std::collections::HashSet<PathBuf>,
-) {
+) -> bool {
     let here = match std::fs::canonicalize(dir) {
         Ok(here) => here,
         Err(e) => {
@@ -127,11 +134,11 @@ fn collect_images(
                 dir.to_path_buf(),
                 format!("cannot resolve: {e}"),
             ));
-            return;
+            return true;
         }
     };
     if !listed.insert(here) {
-        return;
+        return false;
     }
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -140,7 +147,7 @@ fn collect_images(
                 dir.to_path_buf(),
                 format!("cannot list directory: {e}"),
             ));
-            return;
+            return true;
         }
     };
     for entry in entries {
@@ -156,7 +163,9 @@ fn collect_images(
         };
         // `metadata` follows links: a link to a directory is a directory.
         match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => collect_images(&path, out, listed),
+            Ok(meta) if meta.is_dir() => {
+                collect_images(&path, out, listed);
+            }
             Ok(_) if is_image_file(&path) => out.push(Input::Image(path)),
             Ok(_) if is_unsupported_image(&path) => out.push(Input::Unusable(
                 path,
@@ -169,6 +178,7 @@ fn collect_images(
             Err(_) => {}
         }
     }
+    true
 }
 
 /// Scores every input in order; unreadable images get their error.
@@ -353,6 +363,22 @@ mod tests {
         assert_eq!(images.len(), 2, "{images:?}");
         assert!(images[0].ends_with("a/one.jpg"), "{images:?}");
         assert!(images[1].ends_with("two.png"), "{images:?}");
+    }
+
+    /// A folder given again, or inside one given before, adds nothing and
+    /// fails nothing: its images are already in, once.
+    #[test]
+    fn a_folder_given_twice_is_listed_once_without_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("live");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join("one.jpg"), b"x").unwrap();
+        std::fs::write(dir.path().join("two.png"), b"x").unwrap();
+        let root = dir.path().to_path_buf();
+        let (images, problems) =
+            images_and_problems(&expand(&[root.clone(), sub, root], Path::new(".")));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(images.len(), 2, "{images:?}");
     }
 
     /// A folder holding only formats that are not decoded, or nothing, is

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::parse_protocol;
 use crate::checkpoint::{
-    read_model_checkpoint, resolve_checkpoint, CheckpointKind, CheckpointMeta,
+    read_header, read_model_checkpoint, resolve_checkpoint, CheckpointKind, CheckpointMeta,
 };
 use crate::data::{protocol_name, read_split};
 use crate::detector::Detector;
@@ -290,35 +290,59 @@ fn data_config(args: &EvalArgs, saved: &DataConfig) -> DataConfig {
     data
 }
 
-/// What makes two reports' metrics not of one experiment (so not to be
-/// averaged): the protocol, the scoring level, how the checkpoint was
-/// selected, where the threshold came from, and the rule that chose it on
-/// dev. Seeds of one configuration agree in all of these.
-fn summary_difference(a: &EvalReport, b: &EvalReport) -> Option<String> {
-    let differs =
-        |what: &str, x: String, y: String| (x != y).then(|| format!("{what} ({x} vs {y})"));
-    let selection = |r: &EvalReport| match r.selected_on {
-        Some(split) => format!("selected on {split:?}").to_lowercase(),
-        None => "a step checkpoint".to_string(),
+/// What makes two checkpoints' metrics not of one experiment (so not to
+/// be averaged), read from their headers before anything is scored: the
+/// protocol, how the checkpoint was selected, and (for a threshold chosen
+/// on dev now) the rule that chooses it. The scoring level and the
+/// threshold's origin come from the command line, the same for all. Seeds
+/// of one configuration agree in all of these.
+fn summary_key(args: &EvalArgs, meta: &CheckpointMeta) -> [(&'static str, String); 3] {
+    let selection = match meta.kind {
+        CheckpointKind::Model => {
+            format!("selected on {:?}", meta.experiment.eval.select_on).to_lowercase()
+        }
+        CheckpointKind::Training => "a step checkpoint".to_string(),
     };
-    differs("protocol", a.protocol.clone(), b.protocol.clone())
-        .or_else(|| differs("scoring level", a.level.clone(), b.level.clone()))
-        .or_else(|| differs("checkpoint selection", selection(a), selection(b)))
-        .or_else(|| {
-            differs(
-                "threshold origin",
-                format!("{:?}", a.threshold_origin),
-                format!("{:?}", b.threshold_origin),
-            )
+    let rule = match args.threshold {
+        ThresholdArg::Dev => format!("{:?}", meta.experiment.eval.threshold_rule),
+        _ => String::new(),
+    };
+    [
+        (
+            "protocol",
+            protocol_name(&data_config(args, &meta.experiment.data)),
+        ),
+        ("checkpoint selection", selection),
+        ("threshold rule", rule),
+    ]
+}
+
+/// Errors unless every checkpoint can be averaged with the first, naming
+/// the first difference.
+fn check_summarisable(args: &EvalArgs) -> Result<()> {
+    let keys = args
+        .checkpoint
+        .iter()
+        .map(|checkpoint| {
+            let path = resolve_checkpoint(checkpoint)?;
+            Ok(summary_key(args, &read_header(&path)?))
         })
-        .or_else(|| match a.threshold_origin {
-            ThresholdOrigin::Dev => differs(
-                "threshold rule",
-                format!("{:?}", a.test.config),
-                format!("{:?}", b.test.config),
-            ),
-            _ => None,
-        })
+        .collect::<Result<Vec<_>>>()?;
+    for (i, key) in keys.iter().enumerate().skip(1) {
+        let differing = keys[0].iter().zip(key).find(|(a, b)| a.1 != b.1);
+        if let Some(((what, first), (_, this))) = differing {
+            return Err(Error::config(
+                "--checkpoint",
+                format!(
+                    "{} and {} differ in {what} ({first} vs {this}): a mean over them would be \
+                     neither's result; evaluate them separately",
+                    args.checkpoint[0].display(),
+                    args.checkpoint[i].display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The score and plot files of one evaluation directory (`dir` itself, or
@@ -503,10 +527,16 @@ pub fn run(args: &EvalArgs) -> Result<String> {
             ));
         }
     }
-    // An earlier evaluation's files here are replaced: those this one
-    // does not write again are removed once it has written its own, so a
-    // failure midway leaves the earlier evaluation whole and a success
-    // leaves nothing of it beside the new one.
+    // Checkpoints that cannot be averaged are refused before anything is
+    // scored or written.
+    if args.checkpoint.len() > 1 {
+        check_summarisable(args)?;
+    }
+    // An earlier evaluation's files here are replaced: those this one does
+    // not write again are removed once it has written its own, so a success
+    // leaves nothing of it beside the new one. (A failure midway can leave
+    // some of this evaluation's score files and plots beside the earlier
+    // report; the earlier report is replaced only at the end.)
     let earlier = match &args.output {
         Some(dir) => earlier_evaluation(dir)?,
         None => Vec::new(),
@@ -521,21 +551,7 @@ pub fn run(args: &EvalArgs) -> Result<String> {
                 dir.clone()
             }
         });
-        let report = evaluate_checkpoint(args, checkpoint, output.as_deref())?;
-        if let Some(first) = runs.first() {
-            if let Some(difference) = summary_difference(first, &report) {
-                return Err(Error::config(
-                    "--checkpoint",
-                    format!(
-                        "{} and {} differ in {difference}: a mean over them would be neither's \
-                         result; evaluate them separately",
-                        args.checkpoint[0].display(),
-                        checkpoint.display()
-                    ),
-                ));
-            }
-        }
-        runs.push(report);
+        runs.push(evaluate_checkpoint(args, checkpoint, output.as_deref())?);
     }
     let json = if several {
         let multi = MultiReport {

@@ -588,6 +588,7 @@ pub fn run(args: &TrainArgs) -> Result<Option<EvalReport>> {
             device,
             report: args.report.clone(),
             sync,
+            frozen_baseline: false,
         },
     )?;
     if !leader {

@@ -56,6 +56,7 @@ pub fn options(output: &Path, resume: bool) -> TrainOptions {
         device: Device::Cpu,
         report: None,
         sync: None,
+        frozen_baseline: false,
     }
 }
 
