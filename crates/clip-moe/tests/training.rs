@@ -190,6 +190,14 @@ fn strict_mode_rejects_missing_and_unexpected() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every variable's values, in name order.
+fn values(varmap: &VarMap) -> anyhow::Result<Vec<Vec<f32>>> {
+    select_vars(varmap, &WeightSelection::All)
+        .into_iter()
+        .map(|(_, var)| Ok(var.as_tensor().flatten_all()?.to_vec1::<f32>()?))
+        .collect()
+}
+
 /// Weights stored as an integer type (a quantised export) are refused
 /// naming the tensor, and a bad tensor late in the file leaves every
 /// variable as it was: all are checked before any is set.
@@ -197,19 +205,12 @@ fn strict_mode_rejects_missing_and_unexpected() -> anyhow::Result<()> {
 fn bad_tensors_are_refused_before_anything_is_set() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let model = load_model(&fixture_config(), weights(), &Device::Cpu, true)?;
-    let before: Vec<(String, Vec<f32>)> = select_vars(&model.varmap, &WeightSelection::All)
+    // The last tensor read: every other one comes before it.
+    let last = select_vars(&model.varmap, &WeightSelection::All)
         .into_iter()
-        .map(|(name, var)| {
-            let values = var
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            (name, values)
-        })
-        .collect();
-    let last = before.last().expect("parameters").0.clone();
+        .last()
+        .expect("parameters")
+        .0;
     let mut quantised = fixture_tensors();
     let shape = quantised[&last].dims().to_vec();
     quantised.insert(
@@ -227,32 +228,14 @@ fn bad_tensors_are_refused_before_anything_is_set() -> anyhow::Result<()> {
         for (_, var) in select_vars(&model.varmap, &WeightSelection::All) {
             var.set(&(var.as_tensor() * 0.0)?)?;
         }
-        let zeroed: Vec<Vec<f32>> = select_vars(&model.varmap, &WeightSelection::All)
-            .into_iter()
-            .map(|(_, var)| {
-                var.as_tensor()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-            })
-            .collect();
+        let zeroed = values(&model.varmap)?;
         let path = dir.path().join(file);
         candle_core::safetensors::save(&tensors, &path)?;
         let err = load_weights(&model.varmap, &path, false)
             .unwrap_err()
             .to_string();
         assert!(err.contains(&last) && err.contains(expected), "{err}");
-        let after: Vec<Vec<f32>> = select_vars(&model.varmap, &WeightSelection::All)
-            .into_iter()
-            .map(|(_, var)| {
-                var.as_tensor()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-            })
-            .collect();
+        let after = values(&model.varmap)?;
         assert!(
             after == zeroed,
             "{file}: variables changed before the error"
