@@ -162,9 +162,8 @@ impl Trainer {
         }
 
         let backbone = build(&cfg.model, cfg.seed, &device)?;
-        if !options.frozen_baseline
-            && trainable_vars(&backbone.varmap, &cfg.model.frozen).is_empty()
-        {
+        let trainable = trainable_vars(&backbone.varmap, &cfg.model.frozen);
+        if !options.frozen_baseline && trainable.is_empty() {
             return Err(Error::config(
                 "--freeze",
                 "leaves nothing to train: every parameter of this model is frozen (without a MoE \
@@ -224,10 +223,7 @@ impl Trainer {
         let steps_per_epoch = batches_per_epoch.div_ceil(cfg.training.accumulation) as u64;
         let total_steps = run_length(&cfg.training, steps_per_epoch);
 
-        let adam = Adam::new(
-            trainable_vars(&backbone.varmap, &cfg.model.frozen),
-            cfg.optim,
-        )?;
+        let adam = Adam::new(trainable, cfg.optim)?;
         let text_frozen = cfg.model.frozen.contains(&FrozenPart::Text);
         let classifier = PromptClassifier::new(
             &backbone.model,

@@ -287,22 +287,21 @@ pub fn load_weights(varmap: &VarMap, path: impl AsRef<Path>, strict: bool) -> Re
         });
     }
     // Every tensor is read and checked before any variable is set; then read
-    // again and set (twice the reading, not twice the memory).
-    for set in [false, true] {
-        for name in &report.loaded {
-            let var = &vars[name];
-            let tensor = checked_tensor(&file, path, name, var)?;
-            if set {
-                var.set(&tensor)?;
-            }
-        }
+    // again and set (twice the reading, not twice the memory; the checks
+    // run once).
+    for name in &report.loaded {
+        check_values(&stored_tensor(&file, path, name, &vars[name])?, path, name)?;
+    }
+    for name in &report.loaded {
+        let var = &vars[name];
+        var.set(&stored_tensor(&file, path, name, var)?)?;
     }
     Ok(report)
 }
 
-/// Tensor `name` of `file`, in `var`'s dtype, after the checks of
-/// [`load_weights`].
-fn checked_tensor(file: &WeightsFile, path: &Path, name: &str, var: &Var) -> Result<Tensor> {
+/// Tensor `name` of `file` in `var`'s dtype; an error unless stored as a
+/// float type.
+fn stored_tensor(file: &WeightsFile, path: &Path, name: &str, var: &Var) -> Result<Tensor> {
     let stored = file
         .load(name, var.device())
         .map_err(|e| Error::Checkpoint {
@@ -321,12 +320,15 @@ fn checked_tensor(file: &WeightsFile, path: &Path, name: &str, var: &Var) -> Res
             ),
         });
     }
-    let tensor = stored
-        .to_dtype(var.dtype())
-        .map_err(|e| Error::Checkpoint {
-            path: path.to_path_buf(),
-            message: format!("tensor {name}: {e}"),
-        })?;
+    stored.to_dtype(var.dtype()).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: format!("tensor {name}: {e}"),
+    })
+}
+
+/// The checks of [`load_weights`] on a tensor's values: finite, and a
+/// `logit_scale` in range.
+fn check_values(tensor: &Tensor, path: &Path, name: &str) -> Result<()> {
     if name == "logit_scale" {
         let value = tensor
             .to_dtype(candle_core::DType::F64)?
@@ -343,7 +345,7 @@ fn checked_tensor(file: &WeightsFile, path: &Path, name: &str, var: &Var) -> Res
             });
         }
     }
-    if let Some(bad) = first_non_finite(&tensor)? {
+    if let Some(bad) = first_non_finite(tensor)? {
         return Err(Error::Checkpoint {
             path: path.to_path_buf(),
             message: format!(
@@ -351,7 +353,7 @@ fn checked_tensor(file: &WeightsFile, path: &Path, name: &str, var: &Var) -> Res
             ),
         });
     }
-    Ok(tensor)
+    Ok(())
 }
 
 /// The first NaN or infinity in a float tensor, if any.
