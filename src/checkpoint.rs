@@ -224,6 +224,17 @@ pub struct LoadedCheckpoint {
 }
 
 impl LoadedCheckpoint {
+    /// [`CheckpointMeta::own_threshold`] as an error naming this file;
+    /// `instead` says what to use (`use --threshold dev`).
+    pub fn own_threshold(&self, instead: &str) -> Result<Option<f64>> {
+        self.meta.own_threshold().map_err(|why| {
+            Error::checkpoint(
+                &self.path,
+                format!("{why}; {instead}, or the run's best.safetensors"),
+            )
+        })
+    }
+
     /// The model parameters only.
     pub fn weights(&self) -> Result<HashMap<String, Tensor>> {
         self.meta

@@ -279,12 +279,7 @@ pub fn run(args: &DetectArgs, out: &mut dyn Write) -> Result<usize> {
     let detector = Detector::from_checkpoint(&checkpoint, &device)?;
     let threshold = match args.threshold {
         Some(threshold) => Some(threshold),
-        None => checkpoint.meta.own_threshold().map_err(|why| {
-            Error::checkpoint(
-                &path,
-                format!("{why}; pass --threshold, or use the run's best.safetensors"),
-            )
-        })?,
+        None => checkpoint.own_threshold("pass --threshold")?,
     };
     let detections = detect(&detector, args)?;
     let io = |e| Error::io("writing", "standard output", e);

@@ -161,14 +161,7 @@ pub fn evaluate_checkpoint(
         ThresholdArg::Dev => (None, ThresholdOrigin::Dev),
         ThresholdArg::Checkpoint => {
             let threshold = loaded
-                .meta
-                .own_threshold()
-                .map_err(|why| {
-                    Error::checkpoint(
-                        &path,
-                        format!("{why}; use --threshold dev, or the run's best.safetensors"),
-                    )
-                })?
+                .own_threshold("use --threshold dev")?
                 .ok_or_else(|| {
                     Error::checkpoint(&path, "stores no calibrated threshold; use --threshold dev")
                 })?;

@@ -49,23 +49,16 @@ fn read_and_decode(path: &Path) -> std::result::Result<DynamicImage, String> {
 }
 
 fn read_bytes(path: &Path) -> std::result::Result<Vec<u8>, String> {
-    let cannot = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::NotFound => "file not found".to_string(),
-        _ => format!("cannot read: {e}"),
-    };
-    // A FIFO or a device named like an image would block or never end.
-    let meta = std::fs::metadata(path).map_err(cannot)?;
-    if !meta.is_file() {
-        return Err("not a regular file".to_string());
-    }
-    if meta.len() > MAX_IMAGE_FILE_BYTES {
-        return Err(format!(
-            "{} bytes, more than an image of a face dataset would be ({MAX_IMAGE_FILE_BYTES} at \
-             most)",
-            meta.len()
-        ));
-    }
-    std::fs::read(path).map_err(cannot)
+    use crate::bounded_read::{read_bounded, ReadFailure};
+    read_bounded(path, MAX_IMAGE_FILE_BYTES, "an image of a face dataset").map_err(|failure| {
+        match failure {
+            ReadFailure::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                "file not found".to_string()
+            }
+            ReadFailure::Io(e) => format!("cannot read: {e}"),
+            ReadFailure::Refused(reason) => reason,
+        }
+    })
 }
 
 /// The largest image file read (256 MiB).

@@ -38,6 +38,7 @@
 pub struct ReadmeDoctests;
 
 pub mod augment;
+mod bounded_read;
 mod error;
 pub mod image_io;
 mod jpeg_scan;

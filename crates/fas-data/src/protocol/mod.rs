@@ -262,27 +262,20 @@ pub fn read_list(
         source_name: list.to_path_buf(),
         problems: vec![Problem::in_file(list, reason)],
     };
-    let meta = std::fs::metadata(list).map_err(|reason| Error::Io {
-        path: list.to_path_buf(),
-        reason,
-    })?;
-    // A FIFO or a device reports no size and may never end.
-    if !meta.is_file() {
-        return Err(not_a_list("is not a regular file".to_string()));
-    }
-    let size = meta.len();
-    // A list of every image of the largest face datasets is tens of MB; a
-    // path to an archive or a video given by mistake is read no further.
-    if size > MAX_LIST_BYTES {
-        return Err(not_a_list(format!(
-            "is {size} bytes, more than a list of images would be ({MAX_LIST_BYTES} at most): \
-             is it the right file?"
-        )));
-    }
-    let bytes = std::fs::read(list).map_err(|reason| Error::Io {
-        path: list.to_path_buf(),
-        reason,
-    })?;
+    // A list of every image of the largest face datasets is tens of MB.
+    use crate::bounded_read::{read_bounded, ReadFailure};
+    let bytes =
+        read_bounded(list, MAX_LIST_BYTES, "a list of images").map_err(
+            |failure| match failure {
+                ReadFailure::Io(reason) => Error::Io {
+                    path: list.to_path_buf(),
+                    reason,
+                },
+                ReadFailure::Refused(reason) => {
+                    not_a_list(format!("{reason}: is it the right file?"))
+                }
+            },
+        )?;
     if let Some(at) = bytes.iter().position(|b| *b == 0) {
         return Err(not_a_list(format!(
             "holds a NUL byte (at byte {at}): a binary file, not a text list"

@@ -1,0 +1,32 @@
+//! Reading a whole input file (a list, an image) with the checks every
+//! reader needs before it starts: a FIFO or a device reports no size and
+//! may never end, and a file far larger than its kind can be is a mistake
+//! (an archive or a video given as a list or an image).
+
+/// Why a file was not read.
+pub(crate) enum ReadFailure {
+    /// The operating system's error.
+    Io(std::io::Error),
+    /// Refused before reading: not a regular file, or too large.
+    Refused(String),
+}
+
+/// The bytes of `path`, a regular file of at most `max` bytes; `what`
+/// names what it should be ("a list of images"), for the message.
+pub(crate) fn read_bounded(
+    path: &std::path::Path,
+    max: u64,
+    what: &str,
+) -> Result<Vec<u8>, ReadFailure> {
+    let meta = std::fs::metadata(path).map_err(ReadFailure::Io)?;
+    if !meta.is_file() {
+        return Err(ReadFailure::Refused("not a regular file".into()));
+    }
+    if meta.len() > max {
+        return Err(ReadFailure::Refused(format!(
+            "{} bytes, more than {what} would be ({max} at most)",
+            meta.len()
+        )));
+    }
+    std::fs::read(path).map_err(ReadFailure::Io)
+}
