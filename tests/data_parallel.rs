@@ -171,10 +171,7 @@ fn a_resume_at_another_world_size_is_refused() -> Result<()> {
     let out = dir.path().join("run");
     run_ranks(&cfg, &out, 2);
     let saved = std::fs::read(out.join("config.json"))?;
-    let err = match Trainer::new(cfg, common::options(&out, true)) {
-        Ok(_) => panic!("a two-rank run resumed on one rank"),
-        Err(e) => e.to_string(),
-    };
+    let err = common::error_of(Trainer::new(cfg, common::options(&out, true)));
     assert!(
         err.contains("--gpus") && err.contains("trained on 2 rank(s) and this resume runs 1"),
         "{err}"

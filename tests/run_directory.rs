@@ -11,12 +11,7 @@ use anyhow::Result;
 use uniattack::schedule::Decay;
 use uniattack::Trainer;
 
-fn error_of(result: uniattack::Result<Trainer>) -> String {
-    match result {
-        Ok(_) => panic!("accepted"),
-        Err(e) => e.to_string(),
-    }
-}
+use common::error_of;
 
 #[test]
 fn a_run_is_never_started_over_another() -> Result<()> {

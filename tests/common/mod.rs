@@ -92,3 +92,12 @@ pub fn tensor_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// The error of a `Trainer::new` that must be refused (a panic if it was
+/// accepted).
+pub fn error_of(result: uniattack::Result<uniattack::Trainer>) -> String {
+    match result {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    }
+}
