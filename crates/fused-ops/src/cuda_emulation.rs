@@ -263,6 +263,14 @@ mod tests {
         }
     }
 
+    /// The error of a launch that must fail (a panic if it ran).
+    fn failed_launch(kernel: &str, grid: Grid, args: &mut [Arg<'_, CpuStorage>]) -> String {
+        match Emulator.launch(kernel, grid, args) {
+            Ok(()) => panic!("{kernel} launched"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     fn values(s: &CpuStorage, n: usize) -> Vec<f32> {
         match s {
             CpuStorage::F32(v) => v[..n].to_vec(),
@@ -294,14 +302,12 @@ mod tests {
     #[test]
     fn a_write_past_the_end_is_reported() -> Result<()> {
         let mut y = Emulator.alloc(DType::F32, 10)?;
-        let err = Emulator
-            .launch(
-                "emulator_test_write_one_past",
-                grid(1, 32),
-                &mut [Arg::Out(&mut y, 0), Arg::I32(10)],
-            )
-            .unwrap_err();
-        assert!(err.to_string().contains("wrote past the end"), "{err}");
+        let err = failed_launch(
+            "emulator_test_write_one_past",
+            grid(1, 32),
+            &mut [Arg::Out(&mut y, 0), Arg::I32(10)],
+        );
+        assert!(err.contains("wrote past the end"), "{err}");
         Ok(())
     }
 
@@ -317,24 +323,20 @@ mod tests {
         assert_eq!(values(&y, 64), expected);
         // Half a warp at a full-warp shuffle, the other half gone on.
         let mut y = Emulator.alloc(DType::F32, 32)?;
-        let err = Emulator
-            .launch(
-                "emulator_test_diverged_shuffle",
-                grid(1, 32),
-                &mut [Arg::Out(&mut y, 0), Arg::I32(16)],
-            )
-            .unwrap_err();
-        assert!(err.to_string().contains("not every lane"), "{err}");
+        let err = failed_launch(
+            "emulator_test_diverged_shuffle",
+            grid(1, 32),
+            &mut [Arg::Out(&mut y, 0), Arg::I32(16)],
+        );
+        assert!(err.contains("not every lane"), "{err}");
         // A block of 48 threads: the second warp is partial.
         let mut y = Emulator.alloc(DType::F32, 48)?;
-        let err = Emulator
-            .launch(
-                "emulator_test_diverged_shuffle",
-                grid(1, 48),
-                &mut [Arg::Out(&mut y, 0), Arg::I32(48)],
-            )
-            .unwrap_err();
-        assert!(err.to_string().contains("partial warp"), "{err}");
+        let err = failed_launch(
+            "emulator_test_diverged_shuffle",
+            grid(1, 48),
+            &mut [Arg::Out(&mut y, 0), Arg::I32(48)],
+        );
+        assert!(err.contains("partial warp"), "{err}");
         Ok(())
     }
 
@@ -344,55 +346,39 @@ mod tests {
     #[test]
     fn arguments_of_the_wrong_type_or_number_are_errors() -> Result<()> {
         let mut y = Emulator.alloc(DType::F32, 10)?;
-        let err = Emulator
-            .launch(
-                "emulator_test_write_one_past",
-                grid(1, 32),
-                &mut [Arg::Out(&mut y, 0), Arg::I64(9)],
-            )
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("takes (Fi), launched with (Fl)"),
-            "{err}"
+        let err = failed_launch(
+            "emulator_test_write_one_past",
+            grid(1, 32),
+            &mut [Arg::Out(&mut y, 0), Arg::I64(9)],
         );
+        assert!(err.contains("takes (Fi), launched with (Fl)"), "{err}");
         let mut half = Emulator.alloc(DType::BF16, 64)?;
-        let err = Emulator
-            .launch(
-                "emulator_test_swap_pairs",
-                grid(1, 64),
-                &mut [Arg::Out(&mut half, 0)],
-            )
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("takes (F), launched with (B)"),
-            "{err}"
+        let err = failed_launch(
+            "emulator_test_swap_pairs",
+            grid(1, 64),
+            &mut [Arg::Out(&mut half, 0)],
         );
-        let err = Emulator
-            .launch(
-                "emulator_test_swap_pairs",
-                grid(1, 64),
-                &mut [Arg::Out(&mut y, 0), Arg::I32(1)],
-            )
-            .unwrap_err();
-        assert!(err.to_string().contains("launched with (Fi)"), "{err}");
+        assert!(err.contains("takes (F), launched with (B)"), "{err}");
+        let err = failed_launch(
+            "emulator_test_swap_pairs",
+            grid(1, 64),
+            &mut [Arg::Out(&mut y, 0), Arg::I32(1)],
+        );
+        assert!(err.contains("launched with (Fi)"), "{err}");
         Ok(())
     }
 
     #[test]
     fn unknown_kernels_and_oversized_blocks_are_errors() -> Result<()> {
         let mut y = Emulator.alloc(DType::F32, 4)?;
-        let err = Emulator
-            .launch("no_such_kernel", grid(1, 32), &mut [Arg::Out(&mut y, 0)])
-            .unwrap_err();
-        assert!(err.to_string().contains("no kernel named"), "{err}");
-        let err = Emulator
-            .launch(
-                "emulator_test_swap_pairs",
-                grid(1, 2048),
-                &mut [Arg::Out(&mut y, 0)],
-            )
-            .unwrap_err();
-        assert!(err.to_string().contains("2048 threads"), "{err}");
+        let err = failed_launch("no_such_kernel", grid(1, 32), &mut [Arg::Out(&mut y, 0)]);
+        assert!(err.contains("no kernel named"), "{err}");
+        let err = failed_launch(
+            "emulator_test_swap_pairs",
+            grid(1, 2048),
+            &mut [Arg::Out(&mut y, 0)],
+        );
+        assert!(err.contains("2048 threads"), "{err}");
         Ok(())
     }
 }
