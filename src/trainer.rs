@@ -538,7 +538,7 @@ impl Trainer {
             .calibration
             .is_some_and(|c| c.step.is_none_or(|step| step == self.total_steps));
         if self.rank() == 0 && !evaluated_last {
-            self.evaluate_and_checkpoint()?;
+            self.evaluate_and_checkpoint(false)?;
         }
         self.progress.finish();
         Ok(())
@@ -628,7 +628,7 @@ impl Trainer {
         // every rank.
         let writer = self.rank() == 0;
         if writer && eval_due {
-            self.evaluate_and_checkpoint()?;
+            self.evaluate_and_checkpoint(false)?;
         } else if writer
             && self
                 .cfg
@@ -771,8 +771,9 @@ impl Trainer {
     }
 
     /// Scores dev (and test), updates the best checkpoint, writes the step
-    /// checkpoint.
-    fn evaluate_and_checkpoint(&mut self) -> Result<()> {
+    /// checkpoint, and logs the evaluation unless `logged` says the log
+    /// holds this step's evaluation already.
+    fn evaluate_and_checkpoint(&mut self, logged: bool) -> Result<()> {
         let cfg = &self.cfg.eval;
         let detector = self.detector()?;
         let (batch, workers) = (self.cfg.loader.eval_batch_size, self.cfg.loader.workers);
@@ -821,7 +822,7 @@ impl Trainer {
             test_auc: test.as_ref().map(|t| t.auc),
             best: improved,
         };
-        if let Some(metrics) = &mut self.metrics {
+        if let Some(metrics) = self.metrics.as_mut().filter(|_| !logged) {
             metrics.append(&record)?;
         }
         let test_text = test.as_ref().map_or(String::new(), |t| {
@@ -994,7 +995,12 @@ impl Trainer {
     pub fn finish(&mut self) -> Result<EvalReport> {
         let best_path = self.run.best_checkpoint();
         if !best_path.is_file() {
-            self.evaluate_and_checkpoint()?;
+            // No evaluation made a best (a lost best's record was dropped on
+            // resume): the last weights are the best. When the resumed
+            // checkpoint evaluated this step, its record is in the log.
+            let step = self.adam.step_count();
+            let logged = self.calibration.is_some_and(|c| c.step == Some(step));
+            self.evaluate_and_checkpoint(logged)?;
         }
         let best = crate::checkpoint::read_model_checkpoint(&best_path)?;
         let detector = Detector::from_checkpoint(&best, &self.device)?;

@@ -221,6 +221,54 @@ fn a_damaged_best_of_an_earlier_step_is_set_aside_and_chosen_again() -> Result<(
     Ok(())
 }
 
+/// A resume at the last step, already evaluated, whose recorded best (an
+/// earlier step) is gone: the final evaluation makes the last step the best
+/// and writes its file, without logging that step's evaluation a second
+/// time (it used to append a duplicate record to `metrics.jsonl`).
+#[test]
+fn a_lost_earlier_best_at_the_last_step_is_not_logged_twice() -> Result<()> {
+    use uniattack::checkpoint::{read_checkpoint, write_checkpoint};
+    use uniattack::tensor_data::TensorData;
+    let dir = tempfile::tempdir()?;
+    let (cfg, out) = common::one_epoch(dir.path());
+    Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
+    // The last step's checkpoint as a run whose best was step 1 leaves it
+    // (the written run evaluated step 2 only), and that best's file lost.
+    let last = out.join("checkpoints/step-0000000002.safetensors");
+    let mut checkpoint = read_checkpoint(&last)?;
+    let best = checkpoint
+        .meta
+        .best
+        .as_mut()
+        .expect("step 2 records a best");
+    best.step = 1;
+    let tensors = checkpoint
+        .tensors
+        .into_iter()
+        .map(|(name, tensor)| (name, TensorData::Tensor(tensor)))
+        .collect();
+    write_checkpoint(&last, checkpoint.meta, tensors)?;
+    std::fs::remove_file(out.join("checkpoints/best.safetensors"))?;
+    let evals = |text: &str| {
+        text.lines()
+            .filter(|line| line.contains(r#""kind":"eval""#))
+            .count()
+    };
+    let before = evals(&std::fs::read_to_string(out.join("metrics.jsonl"))?);
+    assert_eq!(before, 1);
+
+    let mut resumed = Trainer::new(cfg, common::options(&out, true))?;
+    resumed.train()?;
+    let report = resumed.finish()?;
+    assert_eq!(report.step, Some(2));
+    let chosen =
+        uniattack::checkpoint::verify_checkpoint(&out.join("checkpoints/best.safetensors"))?;
+    assert_eq!(chosen.best.map(|b| b.step), Some(2));
+    let after = evals(&std::fs::read_to_string(out.join("metrics.jsonl"))?);
+    assert_eq!(after, 1, "the last step's evaluation was logged again");
+    Ok(())
+}
+
 /// `--resume` on a directory holding a run's best checkpoint and report but
 /// no step checkpoint is refused (it would start over and replace them);
 /// on an empty directory it starts a new run.
