@@ -222,6 +222,19 @@ impl Trainer {
         }
         let steps_per_epoch = batches_per_epoch.div_ceil(cfg.training.accumulation) as u64;
         let total_steps = run_length(&cfg.training, steps_per_epoch);
+        if cfg.schedule.warmup_steps > total_steps {
+            // The learning rate would never reach --lr, and a cosine would
+            // never start: the run would not train as configured.
+            return Err(Error::config(
+                "--warmup-steps",
+                format!(
+                    "{} warmup steps exceed the run's {total_steps} optimizer steps: the \
+                     learning rate would never reach its peak; give at most {total_steps} (0 \
+                     for none) or a longer run (--epochs/--max-steps)",
+                    cfg.schedule.warmup_steps
+                ),
+            ));
+        }
 
         let adam = Adam::new(trainable, cfg.optim)?;
         let text_frozen = cfg.model.frozen.contains(&FrozenPart::Text);

@@ -387,11 +387,23 @@ fn a_killed_first_write_is_cleaned_up() -> Result<()> {
 }
 
 /// Settings that would train nothing or not what they say are refused: a
-/// run of 0 steps, and more micro-batches per step than an epoch has.
+/// run of 0 steps, more micro-batches per step than an epoch has, and a
+/// warmup longer than the run (its peak learning rate never reached).
 #[test]
 fn runs_of_no_step_or_oversized_accumulation_are_refused() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (cfg, out) = common::one_epoch(dir.path());
+    let mut long_warmup = cfg.clone();
+    long_warmup.schedule.warmup_steps = 3;
+    let err = error_of(Trainer::new(long_warmup, common::options(&out, false)));
+    assert!(
+        err.contains("--warmup-steps") && err.contains("3 warmup steps exceed the run's 2"),
+        "{err}"
+    );
+    // As long as the run: the peak is reached at the last step.
+    let mut equal = cfg.clone();
+    equal.schedule.warmup_steps = 2;
+    Trainer::new(equal, common::options(&dir.path().join("equal"), false))?;
     let mut none = cfg.clone();
     none.training.max_steps = Some(0);
     let err = error_of(Trainer::new(none, common::options(&out, false)));

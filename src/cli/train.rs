@@ -156,7 +156,7 @@ pub struct TrainArgs {
     /// coupled (torch.optim.Adam, FLIP) or decoupled (AdamW) [default: coupled].
     #[arg(long, value_enum)]
     pub decay: Option<DecayArg>,
-    /// Linear warmup steps [default: 0; demo 20].
+    /// Linear warmup steps, at most the run's length [default: 0; demo 20].
     #[arg(long)]
     pub warmup_steps: Option<u64>,
     /// constant or cosine after warmup [default: constant; demo cosine].
