@@ -390,6 +390,10 @@ fn bad_images_fail_or_are_skipped() {
     assert_eq!(first.skipped.len(), 1);
 }
 
+/// Dropping an epoch after its first batch cancels and joins its workers,
+/// which by then wait on a full prefetch window. A drop that failed to
+/// cancel them would block forever: it runs on a thread of its own, so
+/// that shows as this test failing, not as a hung test run.
 #[test]
 fn dropping_an_epoch_early_stops_workers() {
     let dir = tempfile::tempdir().unwrap();
@@ -403,5 +407,17 @@ fn dropping_an_epoch_early_stops_workers() {
     .unwrap();
     let mut epoch = loader.epoch(0);
     assert!(epoch.next().is_some());
-    drop(epoch);
+    // Long enough for the workers to fill the window before the drop.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(epoch);
+        let _ = done.send(());
+    });
+    assert!(
+        dropped
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .is_ok(),
+        "dropping the epoch did not stop its workers within 30 s"
+    );
 }
