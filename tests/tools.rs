@@ -293,6 +293,8 @@ fn several_checkpoints_give_mean_and_deviation() -> Result<()> {
         runs[0]["auc"].as_f64().unwrap(),
         runs[1]["auc"].as_f64().unwrap(),
     );
+    // Two seeds that scored alike would let any deviation formula pass.
+    assert_ne!(x, y, "the two runs' AUCs are equal");
     let summary = &json["summary"]["auc"];
     assert!((summary["mean"].as_f64().unwrap() - (x + y) / 2.0).abs() < 1e-12);
     // Sample standard deviation of two values: |x - y| / sqrt(2).

@@ -586,3 +586,20 @@ pub fn run(args: &EvalArgs) -> Result<String> {
     }
     Ok(json)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    /// Hand-worked: [0.1, 0.2, 0.6] has mean 0.3 and squared deviations
+    /// 0.04, 0.01, 0.09, so a sample variance (n - 1 = 2) of 0.07. One
+    /// value has no spread.
+    #[test]
+    fn spread_is_mean_and_sample_deviation() {
+        let s = spread(&[0.1, 0.2, 0.6]);
+        assert!((s.mean - 0.3).abs() < 1e-15, "{}", s.mean);
+        assert!((s.std - 0.07f64.sqrt()).abs() < 1e-15, "{}", s.std);
+        let one = spread(&[0.25]);
+        assert_eq!((one.mean, one.std), (0.25, 0.0));
+    }
+}

@@ -5,9 +5,7 @@
 //! shape.
 
 use candle_core::{Device, Result, Tensor};
-use fused_ops::{
-    attention, layer_norm, linear, matmul, set_fused_cpu_kernels, Activation, ExpertMlp,
-};
+use fused_ops::{attention, layer_norm, linear, matmul, Activation};
 
 fn ramp(shape: &[usize]) -> Result<Tensor> {
     let n: usize = shape.iter().product();
@@ -75,34 +73,5 @@ fn matmul_broadcasts_a_batch_of_one() -> Result<()> {
     let (a, b) = (ramp(&[4, 3, 5])?, ramp(&[1, 5, 2])?);
     let expected = a.broadcast_matmul(&b)?;
     assert!(max_diff(&matmul(&a, &b)?, &expected)? < 1e-6);
-    Ok(())
-}
-
-/// Slots that do not split evenly among the experts are an error on every
-/// path (the composite path's fast reorder used to mix rows and return
-/// fewer of them).
-#[test]
-fn slots_that_do_not_split_among_the_experts_are_refused() -> Result<()> {
-    let (e, d, h) = (2, 3, 4);
-    let (w1, b1) = (ramp(&[e, h, d])?, ramp(&[e, h])?);
-    let (w2, b2) = (ramp(&[e, d, h])?, ramp(&[e, d])?);
-    let mlp = ExpertMlp {
-        fc1_weight: &w1,
-        fc1_bias: &b1,
-        fc2_weight: &w2,
-        fc2_bias: &b2,
-        activation: Activation::Gelu,
-    };
-    let odd = ramp(&[2, 7, d])?;
-    for fused in [true, false] {
-        set_fused_cpu_kernels(fused);
-        let result = mlp.forward_slots(&odd);
-        set_fused_cpu_kernels(true);
-        assert!(
-            result.is_err(),
-            "fused {fused}: {:?}",
-            result.map(|t| t.shape().clone())
-        );
-    }
     Ok(())
 }
