@@ -71,13 +71,26 @@ pub fn check(name: &str, dtype: DType, tol: f64, device: &Device) -> Result<()> 
     let input = Var::from_tensor(&t["input"].to_dtype(dtype)?)?;
     let out = moe.forward_with_weights(input.as_tensor())?;
     let cmp = |what: &str, got: &Tensor, want: &Tensor| -> Result<()> {
-        let scale = want
+        let largest = want
             .abs()?
             .flatten_all()?
             .max(0)?
             .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?
-            .max(1.0);
+            .to_scalar::<f64>()?;
+        if largest < tol {
+            // An absolute tolerance above the whole value cannot tell it
+            // from zero: only the known cases, whose F64 runs check them.
+            assert!(
+                BELOW_F32_RESOLUTION.contains(&(name, what)),
+                "{name} {dtype:?}: {what} is at most {largest:e}, below the tolerance {tol}; \
+                 this comparison cannot fail (see BELOW_F32_RESOLUTION)"
+            );
+            eprintln!(
+                "{name} {dtype:?}: {what} (at most {largest:e}) is below this precision's \
+                 resolution; compared to {tol} absolute here, to its digits in F64"
+            );
+        }
+        let scale = largest.max(1.0);
         let diff = max_abs_diff(got, want)?;
         assert!(
             diff <= tol * scale,
@@ -102,6 +115,16 @@ pub fn check(name: &str, dtype: DType, tol: f64, device: &Device) -> Result<()> 
     }
     Ok(())
 }
+
+/// Gradients that come out of a cancellation of terms of order one: a bias
+/// before `la_soft_moe_projected`'s per-token instance norm shifts every
+/// slot alike, which the norm removes but for its epsilon, so its gradient
+/// is of the epsilon's order (1.4e-6 in the fixture). F32 computes it to
+/// about 1e-6 absolute, i.e. not at all; the F64 runs check it (1e-10
+/// absolute). Any other tensor under the tolerance fails the check, so a
+/// new one is looked at rather than passed unseen.
+const BELOW_F32_RESOLUTION: &[(&str, &str)] =
+    &[("la_soft_moe_projected", "grad.combine.v_proj.bias")];
 
 pub const CASES: [&str; 6] = [
     "soft_moe_normalized",
