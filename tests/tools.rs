@@ -516,6 +516,51 @@ fn training_without_data_says_what_to_give() {
     assert!(err.contains("--data") && err.contains("--demo"), "{err}");
 }
 
+/// `--resume --output RUN` alone continues with the run's own settings
+/// (its `config.json`); a flag beside it changes them as it changes a
+/// preset; a directory without a `config.json` is an error saying what to
+/// give. The resumed run finishes and writes its report.
+#[test]
+fn resume_alone_takes_the_runs_own_settings() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cfg, out) = common::one_epoch(dir.path());
+    Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
+    let resume = |extra: &[&str]| {
+        TrainArgs::try_parse_from(
+            [
+                &[
+                    "train_uniattack",
+                    "--resume",
+                    "--output",
+                    out.to_str().unwrap(),
+                ][..],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    assert_eq!(resume(&[])?.experiment()?, cfg);
+    assert_eq!(resume(&["--seed", "99"])?.experiment()?.seed, 99);
+    let report = uniattack::cli::train::run(&resume(&[])?)?.expect("a run of one process");
+    assert_eq!(report.step, Some(2));
+    assert!(out.join("report.json").is_file());
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty)?;
+    let args = TrainArgs::try_parse_from([
+        "train_uniattack",
+        "--resume",
+        "--output",
+        empty.to_str().unwrap(),
+    ])?;
+    let err = args.experiment().unwrap_err().to_string();
+    assert!(
+        err.contains("holds no config.json") && err.contains("original command"),
+        "{err}"
+    );
+    Ok(())
+}
+
 /// Flag combinations that would be ignored or do nothing are refused,
 /// naming the flag: `--modality` with lists, a MoE branch on no block, a
 /// model with every part frozen, a device named for every launched rank,

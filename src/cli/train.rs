@@ -2,7 +2,8 @@
 //!
 //! Every setting flag is optional: unset, it keeps the value of the preset
 //! (the paper's settings, or with `--demo` the demo's), so `--resume` with
-//! the flags of the original command continues that run.
+//! the flags of the original command continues that run. `--resume` without
+//! `--data` or `--demo` starts from the run's own `config.json` instead.
 
 use std::path::PathBuf;
 
@@ -42,7 +43,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Continue the run in --output from its latest checkpoint (needs
-    /// --output: the default directory is new on every start).
+    /// --output: the default directory is new on every start). Without
+    /// --data or --demo it takes the run's settings from its config.json;
+    /// setting flags given beside it must agree with the run.
     #[arg(long, requires = "output")]
     pub resume: bool,
     /// cpu, cuda or cuda:N [default: the first GPU if built with cuda, else cpu].
@@ -295,6 +298,7 @@ impl TrainArgs {
                 (false, Some(root)) => {
                     ExperimentConfig::paper(root.clone(), self.protocol.unwrap_or(Protocol::P1))
                 }
+                (false, None) if self.resume => self.run_config()?,
                 (false, None) => return Err(Error::config(
                     "--data",
                     "give the data root (with --protocol or --train-list/--dev-list/--test-list), \
@@ -306,6 +310,26 @@ impl TrainArgs {
         self.apply_optim(&mut cfg)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The settings of the run `--resume` continues, from its
+    /// `config.json`: `--resume --output RUN` alone needs no other flag.
+    fn run_config(&self) -> Result<ExperimentConfig> {
+        let run = self.output.as_ref().ok_or_else(|| {
+            Error::config("--resume", "needs --output, the run directory to continue")
+        })?;
+        let path = crate::run_dir::RunDir::new(run.clone()).config();
+        if !path.is_file() {
+            return Err(Error::config(
+                "--data",
+                format!(
+                    "--resume without --data or --demo continues with the run's own settings, \
+                     and {} holds no config.json; give the original command's flags",
+                    run.display()
+                ),
+            ));
+        }
+        ExperimentConfig::from_file(&path)
     }
 
     fn apply_model(&self, cfg: &mut ExperimentConfig) -> Result<()> {
