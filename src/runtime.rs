@@ -1,6 +1,7 @@
 //! Process set-up shared by the command-line tools: logging, the allocator
 //! settings candle's training loop needs, and the device.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -79,17 +80,49 @@ pub fn tune_allocator() {
     }
 }
 
-/// The device `spec` names: `cpu`, `cuda` (GPU 0) or `cuda:N`; `None`: the
-/// first GPU when built with `cuda` and one is present, else the CPU.
+/// The device `spec` names: `cpu`, `cuda` (GPU 0) or `cuda:N`; `None`:
+/// GPU 0 in a build with `cuda`, else the CPU. The device in use is said on
+/// standard error.
 pub fn device(spec: Option<&str>) -> Result<Device> {
-    let Some(spec) = spec else {
-        if cfg!(feature = "cuda") {
-            if let Ok(device) = Device::new_cuda(0) {
-                return Ok(device);
-            }
-        }
-        return Ok(Device::Cpu);
+    let device = match spec {
+        None => default_device(cfg!(feature = "cuda"), || {
+            Device::new_cuda(0).map_err(|e| e.to_string())
+        })?,
+        Some(spec) => named_device(spec)?,
     };
+    // Standard error: `eval_uniattack --json` and `detect` write their
+    // results to standard output. A failed write is no reason to stop.
+    let _ = writeln!(std::io::stderr(), "device: {}", describe(&device));
+    Ok(device)
+}
+
+/// `cpu` or `cuda:N`, as `--device` takes it.
+fn describe(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// The device of a command without `--device`: GPU 0 in a CUDA build
+/// (`open_gpu`), the CPU otherwise. A CUDA build whose GPU cannot be opened
+/// (none present, a driver older than the toolkit) is an error, not a
+/// silent run on the CPU: a training run there is hundreds of times slower.
+fn default_device(
+    cuda_build: bool,
+    open_gpu: impl FnOnce() -> std::result::Result<Device, String>,
+) -> Result<Device> {
+    if !cuda_build {
+        return Ok(Device::Cpu);
+    }
+    open_gpu().map_err(|reason| Error::Device {
+        device: "cuda:0 (the default of a CUDA build)".into(),
+        reason: format!("{reason}; pass --device cpu to run on the CPU"),
+    })
+}
+
+fn named_device(spec: &str) -> Result<Device> {
     let fail = |reason: String| Error::Device {
         device: spec.to_string(),
         reason,
@@ -146,6 +179,22 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without `--device`: the CPU build never tries a GPU; a CUDA build
+    /// whose GPU does not open fails, naming the reason and `--device cpu`.
+    #[test]
+    fn the_default_device_never_falls_back_silently() {
+        let cpu = default_device(false, || panic!("a CPU build tried the GPU")).unwrap();
+        assert!(cpu.is_cpu());
+        let err = default_device(true, || Err("CUDA_ERROR_NO_DEVICE".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CUDA_ERROR_NO_DEVICE") && err.contains("--device cpu"),
+            "{err}"
+        );
+        assert!(default_device(true, || Ok(Device::Cpu)).unwrap().is_cpu());
+    }
 
     #[test]
     fn calendar_dates_of_day_counts() {
