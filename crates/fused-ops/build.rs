@@ -1,7 +1,7 @@
 //! With `--features cuda`, compiles `cuda/fused_ops.cu` to PTX for the
-//! compute capability in `CUDA_COMPUTE_CAP` (e.g. `90` or `9.0`; default
-//! 80, whose PTX newer GPUs compile at load time) with `nvcc` (`$NVCC`, else
-//! on `PATH`). With `--features cuda-emulation`, compiles the same file as
+//! compute capability in `CUDA_COMPUTE_CAP` (e.g. `90` or `9.0`; unset, the
+//! lowest `nvidia-smi` lists, else 80, whose PTX newer GPUs compile at load
+//! time) with `nvcc` (`$NVCC`, else on `PATH`). With `--features cuda-emulation`, compiles the same file as
 //! C++ with the CPU emulator of `cuda/emulation/` (a C++17 compiler, no
 //! CUDA toolkit). Without either it does nothing, so the default build
 //! needs neither.
@@ -47,17 +47,42 @@ fn compile_emulator() {
         .compile("fused_ops_emulation");
 }
 
+/// `CUDA_COMPUTE_CAP`'s digits; unset, the lowest of the GPUs
+/// `nvidia-smi` lists (as candle's own kernels pick theirs); else 80.
+/// PTX for one capability loads on that one and newer GPUs only: an sm_75
+/// card (T4) cannot load compute_80 PTX.
+fn compute_cap() -> String {
+    let digits = |text: &str| -> String { text.chars().filter(char::is_ascii_digit).collect() };
+    if let Ok(cap) = std::env::var("CUDA_COMPUTE_CAP") {
+        if !digits(&cap).is_empty() {
+            return digits(&cap);
+        }
+    }
+    let listed = Command::new("nvidia-smi")
+        .args(["--query-gpu=compute_cap", "--format=csv,noheader"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|line| digits(line).parse::<u32>().ok())
+                .min()
+        });
+    match listed {
+        Some(cap) => cap.to_string(),
+        None => {
+            println!(
+                "cargo:warning=fused-ops: CUDA_COMPUTE_CAP unset and no GPU listed by \
+                 nvidia-smi; building PTX for compute capability 8.0"
+            );
+            "80".to_string()
+        }
+    }
+}
+
 fn compile_ptx() {
-    let digits: String = std::env::var("CUDA_COMPUTE_CAP")
-        .unwrap_or_default()
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect();
-    let cap = if digits.is_empty() {
-        "80".to_string()
-    } else {
-        digits
-    };
+    let cap = compute_cap();
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
         .join("fused_ops.ptx");
     let nvcc = std::env::var_os("NVCC").unwrap_or_else(|| "nvcc".into());
