@@ -21,6 +21,9 @@ use crate::error::{Error, Result};
 /// the decision at the checkpoint's dev-calibrated threshold, as CSV or,
 /// with --json, one JSON object per line. An unreadable image gets an error
 /// line and the others go on; the exit status is 1 when any failed.
+///
+/// Give face crops like the training images (the detector finds no face:
+/// a whole photo or a frame with a small face gives a meaningless score).
 #[derive(Debug, Parser)]
 #[command(name = "detect", version)]
 pub struct DetectArgs {
