@@ -459,6 +459,14 @@ pub fn save_weights(
 /// `model.safetensors` ([`WeightSelection::All`]) or `delta.safetensors`
 /// ([`WeightSelection::Delta`]; reload it over the pretrained checkpoint with
 /// [`load_weights`]). Returns the weights file written.
+///
+/// Reload with [`ClipConfig::from_file`] and [`load_model`]. The tokenizer
+/// is not the model's to save: copy the base model's `tokenizer.json`
+/// beside these files to make a directory that [`crate::hub::resolve`]
+/// accepts. Each file is written atomically, the config first; a crash
+/// between the two, over an earlier save of another MoE shape or placement,
+/// leaves a pair that [`load_model`] refuses (shapes) or reports (missing
+/// and unexpected MoE parameters; an error when `strict`).
 pub fn save_checkpoint(
     varmap: &VarMap,
     cfg: &ClipConfig,
