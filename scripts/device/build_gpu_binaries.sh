@@ -71,6 +71,11 @@ for tool in train_uniattack eval_uniattack detect synth_dataset; do
 done
 strip .gpu/bin/*
 pwd >.gpu/bin/checkout
+# What the binaries were built from: gpu_checks.sh prints the commit and
+# refuses a bundle whose sources differ from the tree it runs in
+# (RUN_STALE=1 overrides), so a GPU session never times old code.
+git rev-parse HEAD >.gpu/bin/commit 2>/dev/null || echo unknown >.gpu/bin/commit
+scripts/device/source_digest.sh >.gpu/bin/sources.sha256
 ls -l .gpu/bin
 tar -C .gpu -cf - bin | xz -T0 -9 >.gpu/bin.tar.xz
 ls -l .gpu/bin.tar.xz

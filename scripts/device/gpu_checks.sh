@@ -26,6 +26,9 @@
 # detector's inference against PyTorch; LOADER_BENCH=0 the loader on every
 # core; BENCHES=0 the layer benches that follow them (the device call allows
 # 600 s in all: split the checks over calls with these switches).
+# A bundle built from other sources than this tree is refused (RUN_STALE=1
+# runs it anyway); STEP_DEADLINE (default 180 s) bounds each timed training
+# run; BENCH_DEVICES (default cuda) leaves out the benches' CPU passes.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -35,6 +38,15 @@ if [ -f .gpu/bin.tar.xz ]; then
     rm -rf "$BIN" && tar -C .gpu -xJf .gpu/bin.tar.xz || exit 1
 fi
 PY=${PYTHON:-python3}
+echo "== binaries built from commit $(cat "$BIN/commit" 2>/dev/null || echo '(not recorded)')"
+if [ "$(cat "$BIN/sources.sha256" 2>/dev/null)" != "$(scripts/device/source_digest.sh)" ] &&
+    [ "${RUN_STALE:-0}" != 1 ]; then
+    echo "gpu_checks: the binaries were built from other sources than this tree's;" \
+        "rerun scripts/device/build_gpu_binaries.sh (or RUN_STALE=1)" >&2
+    exit 2
+fi
+# The benches' CPU passes only spend the GPU machine's time.
+export BENCH_DEVICES=${BENCH_DEVICES:-cuda}
 # Which softmoe groups to time: each case takes its group's 10 s (2 s warm-up,
 # 8 s measured); '^cuda_' runs all 34 (about 6 min), the default the 6 at the
 # paper's shape, '^cuda_(paper_shape|experts_sweep)' 22. The vision tower's 6
@@ -56,7 +68,8 @@ status=0
 # in at build time; build_gpu_binaries.sh records that checkout's path.
 built_at=$(cat "$BIN/checkout")
 if [ "$built_at" != "$PWD" ] && [ ! -e "$built_at" ]; then
-    mkdir -p "$(dirname "$built_at")" && ln -s "$PWD" "$built_at"
+    mkdir -p "$(dirname "$built_at")" && ln -s "$PWD" "$built_at" ||
+        echo "gpu_checks: cannot link $built_at to this tree; the parity tests will not find their fixtures" >&2
 fi
 # Whether the step bench may turn the fused CUDA kernels on
 # (FUSED_OPS_CUDA=1): decided by fused_ops_cuda below, or, with TESTS=0
@@ -91,6 +104,49 @@ if [ "${DEMO:-1}" = 1 ]; then
     echo "== the demo on CUDA (40 steps), F32 and BF16"
     demo f32
     demo bf16
+fi
+
+if [ "${STEP_BENCH:-1}" = 1 ]; then
+    echo "== training step, ViT-B/16 + La-SoftMoE, 224 px, batch 32"
+    data="$OUT/step-data"
+    "$BIN/synth_dataset" --out "$data" --subjects 30 --size 224 >/dev/null 2>&1 || status=1
+    # The real binary: images/s per logged step (median after the first 3)
+    # and the peak GPU memory nvidia-smi sees for its process.
+    rust_step() { # precision [kernels: 0 or 1]
+        local out="$OUT/step-$1-k${2:-0}" peak=0
+        rm -rf "$out"
+        FUSED_OPS_CUDA=${2:-0} "$BIN/train_uniattack" --model random:vit-b16 --data "$data" --protocol p1 --device cuda \
+            --precision "$1" --batch-size 32 --workers "$(nproc)" --epochs 1000 --max-steps 23 \
+            --log-every 1 --eval-every 100000 --no-test-during-training --output "$out" \
+            >"$out.log" 2>&1 &
+        local pid=$! deadline=$((SECONDS + ${STEP_DEADLINE:-180}))
+        while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+            used=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits |
+                awk -F', ' -v p="$pid" '$1 == p {print $2}')
+            [ -n "$used" ] && [ "$used" -gt "$peak" ] && peak=$used
+            sleep 0.5
+            [ -f "$out/metrics.jsonl" ] && [ "$(grep -c '"kind":"train"' "$out/metrics.jsonl")" -ge 23 ] && break
+        done
+        kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+        "$PY" - "$out/metrics.jsonl" "$1" "$peak" "${2:-0}" <<'PY'
+import json, statistics, sys
+rates = [r["images_per_second"] for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"][3:]
+print(json.dumps({"impl": "uniattack", "precision": sys.argv[2], "batch": 32,
+                  "fused_cuda_kernels": sys.argv[4] == "1",
+                  "images_per_s": statistics.median(rates), "steps": len(rates),
+                  "peak_gpu_mib": int(sys.argv[3])}))
+PY
+    }
+    for round in $(seq "${STEP_ROUNDS:-2}"); do
+        for precision in f32 bf16; do
+            rust_step "$precision" 0 || status=1
+            if [ "$kernels_ok" = 1 ]; then rust_step "$precision" 1 || status=1; fi
+            amp=none; [ "$precision" = bf16 ] && amp=bf16
+            "$PY" scripts/uniattack/bench_train_step_torch.py --device cuda --batch 32 --steps 20 \
+                --warmup 3 --tf32 --amp "$amp" || status=1
+        done
+    done >"$OUT/train_step.log" 2>&1 # not a pipe: a pipe's loop would set status in a subshell
+    cat "$OUT/train_step.log"
 fi
 
 if [ "${NCCL_CHECK:-1}" = 1 ] && [ -x "$BIN/train_uniattack_nccl" ]; then
@@ -136,49 +192,6 @@ if [ "${GRAD_BENCH:-1}" = 1 ]; then
         FUSED_OPS_CUDA=1 timeout 180 "$BIN"/grad_accumulation --bench 2>&1 |
             tee "$OUT/grad_accumulation_kernels.log" || status=1
     fi
-fi
-
-if [ "${STEP_BENCH:-1}" = 1 ]; then
-    echo "== training step, ViT-B/16 + La-SoftMoE, 224 px, batch 32"
-    data="$OUT/step-data"
-    "$BIN/synth_dataset" --out "$data" --subjects 30 --size 224 >/dev/null 2>&1 || status=1
-    # The real binary: images/s per logged step (median after the first 3)
-    # and the peak GPU memory nvidia-smi sees for its process.
-    rust_step() { # precision [kernels: 0 or 1]
-        local out="$OUT/step-$1-k${2:-0}" peak=0
-        rm -rf "$out"
-        FUSED_OPS_CUDA=${2:-0} "$BIN/train_uniattack" --model random:vit-b16 --data "$data" --protocol p1 --device cuda \
-            --precision "$1" --batch-size 32 --workers "$(nproc)" --epochs 1000 --max-steps 23 \
-            --log-every 1 --eval-every 100000 --no-test-during-training --output "$out" \
-            >"$out.log" 2>&1 &
-        local pid=$!
-        while kill -0 "$pid" 2>/dev/null; do
-            used=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits |
-                awk -F', ' -v p="$pid" '$1 == p {print $2}')
-            [ -n "$used" ] && [ "$used" -gt "$peak" ] && peak=$used
-            sleep 0.5
-            [ -f "$out/metrics.jsonl" ] && [ "$(grep -c '"kind":"train"' "$out/metrics.jsonl")" -ge 23 ] && break
-        done
-        kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-        "$PY" - "$out/metrics.jsonl" "$1" "$peak" "${2:-0}" <<'PY'
-import json, statistics, sys
-rates = [r["images_per_second"] for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"][3:]
-print(json.dumps({"impl": "uniattack", "precision": sys.argv[2], "batch": 32,
-                  "fused_cuda_kernels": sys.argv[4] == "1",
-                  "images_per_s": statistics.median(rates), "steps": len(rates),
-                  "peak_gpu_mib": int(sys.argv[3])}))
-PY
-    }
-    for round in $(seq "${STEP_ROUNDS:-2}"); do
-        for precision in f32 bf16; do
-            rust_step "$precision" 0 || status=1
-            if [ "$kernels_ok" = 1 ]; then rust_step "$precision" 1 || status=1; fi
-            amp=none; [ "$precision" = bf16 ] && amp=bf16
-            "$PY" scripts/uniattack/bench_train_step_torch.py --device cuda --batch 32 --steps 20 \
-                --warmup 3 --tf32 --amp "$amp" || status=1
-        done
-    done >"$OUT/train_step.log" 2>&1 # not a pipe: a pipe's loop would set status in a subshell
-    cat "$OUT/train_step.log"
 fi
 
 if [ "${DETECT_BENCH:-1}" = 1 ]; then

@@ -6,10 +6,17 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Result};
 
 /// The devices a bench runs on: the CPU, and GPU 0 when the including crate
-/// is built with its `cuda` feature.
+/// is built with its `cuda` feature. `BENCH_DEVICES` (`cpu`, `cuda` or
+/// `cpu,cuda`) narrows that: on a lent GPU machine the CPU pass only spends
+/// its time.
 pub fn devices() -> Vec<(&'static str, Device)> {
-    let mut devices = vec![("cpu", Device::Cpu)];
-    if cfg!(feature = "cuda") {
+    let wanted = std::env::var("BENCH_DEVICES").unwrap_or_else(|_| "cpu,cuda".into());
+    let wanted: Vec<&str> = wanted.split(',').map(str::trim).collect();
+    let mut devices = Vec::new();
+    if wanted.contains(&"cpu") {
+        devices.push(("cpu", Device::Cpu));
+    }
+    if cfg!(feature = "cuda") && wanted.contains(&"cuda") {
         devices.push((
             "cuda",
             Device::new_cuda(0).expect("--features cuda needs GPU 0"),
