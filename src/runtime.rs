@@ -1,7 +1,6 @@
 //! Process set-up shared by the command-line tools: logging, the allocator
 //! settings candle's training loop needs, and the device.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -81,23 +80,29 @@ pub fn tune_allocator() {
 }
 
 /// The device `spec` names: `cpu`, `cuda` (GPU 0) or `cuda:N`; `None`:
-/// GPU 0 in a build with `cuda`, else the CPU. The device in use is said on
-/// standard error.
+/// GPU 0 in a build with `cuda`, else the CPU.
 pub fn device(spec: Option<&str>) -> Result<Device> {
-    let device = match spec {
+    match spec {
         None => default_device(cfg!(feature = "cuda"), || {
             Device::new_cuda(0).map_err(|e| e.to_string())
-        })?,
-        Some(spec) => named_device(spec)?,
-    };
-    // Standard error: `eval_uniattack --json` and `detect` write their
-    // results to standard output. A failed write is no reason to stop.
-    let _ = writeln!(std::io::stderr(), "device: {}", describe(&device));
-    Ok(device)
+        }),
+        Some(spec) => named_device(spec),
+    }
+}
+
+/// Prints `text` on standard error, for notes beside results that go to
+/// standard output. Like [`say`], it goes through the test harness's
+/// capture until [`tolerate_closed_stdout`], and a failed write is ignored.
+pub fn note(text: &str) {
+    if !DIRECT.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{text}");
+        return;
+    }
+    let _ = say_to(&mut std::io::stderr().lock(), text);
 }
 
 /// `cpu` or `cuda:N`, as `--device` takes it.
-fn describe(device: &Device) -> String {
+pub fn describe(device: &Device) -> String {
     match device.location() {
         candle_core::DeviceLocation::Cpu => "cpu".into(),
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),

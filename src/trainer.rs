@@ -222,7 +222,10 @@ impl Trainer {
         }
         let steps_per_epoch = batches_per_epoch.div_ceil(cfg.training.accumulation) as u64;
         let total_steps = run_length(&cfg.training, steps_per_epoch);
-        if cfg.schedule.warmup_steps > total_steps {
+        // A run started before this refusal resumes as it was configured
+        // (its settings cannot change on resume).
+        let resuming = options.resume && run.latest_checkpoint()?.is_some();
+        if cfg.schedule.warmup_steps > total_steps && !resuming {
             // The learning rate would never reach --lr, and a cosine would
             // never start: the run would not train as configured.
             return Err(Error::config(
@@ -1012,7 +1015,13 @@ impl Trainer {
             // resume): the last weights are the best. When the resumed
             // checkpoint evaluated this step, its record is in the log.
             let step = self.adam.step_count();
-            let logged = self.calibration.is_some_and(|c| c.step == Some(step));
+            // As `train` decides whether the last step was evaluated (a
+            // calibration from before steps were recorded counts as this
+            // step's). Its record keeps `best: false` when it did not beat
+            // the best that was lost; `best.safetensors` now holds it.
+            let logged = self
+                .calibration
+                .is_some_and(|c| c.step.is_none_or(|s| s == step));
             self.evaluate_and_checkpoint(logged)?;
         }
         let best = crate::checkpoint::read_model_checkpoint(&best_path)?;
@@ -1139,6 +1148,22 @@ fn run_length(training: &crate::experiment::TrainingConfig, steps_per_epoch: u64
     }
 }
 
+/// Whether `run`'s `config.json` is a uniattack experiment (of any
+/// version) rather than someone else's file, such as a model directory's.
+pub(crate) fn holds_experiment(run: &RunDir) -> Result<bool> {
+    let text =
+        std::fs::read_to_string(run.config()).map_err(|e| Error::io("reading", run.config(), e))?;
+    // Any version's experiment has these sections; a model's config
+    // (CLIP's `vision_config`, ...) has none of them.
+    Ok(
+        serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|json| {
+            ["seed", "model", "data", "training"]
+                .iter()
+                .all(|key| json.get(key).is_some())
+        }),
+    )
+}
+
 /// Whether `run` holds a run worth keeping: a checkpoint, a report or a
 /// logged record. A directory holding only the `config.json` of a start
 /// that failed before its first record (a missing list, a batch too large
@@ -1217,16 +1242,7 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
     if !exists && run.config().is_file() {
         // A failed start's own config.json may be replaced; anyone else's
         // (a model directory given as --output) may not.
-        let text = std::fs::read_to_string(run.config())
-            .map_err(|e| Error::io("reading", run.config(), e))?;
-        // Any version's experiment has these sections; a model's config
-        // (CLIP's `vision_config`, ...) has none of them.
-        let ours = serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|json| {
-            ["seed", "model", "data", "training"]
-                .iter()
-                .all(|key| json.get(key).is_some())
-        });
-        if !ours {
+        if !holds_experiment(run)? {
             return Err(Error::config(
                 "--output",
                 format!(

@@ -221,6 +221,44 @@ fn a_damaged_best_of_an_earlier_step_is_set_aside_and_chosen_again() -> Result<(
     Ok(())
 }
 
+/// A run written before warmups longer than the run were refused resumes
+/// as it was configured: its settings cannot change on resume, so refusing
+/// it would strand it.
+#[test]
+fn an_older_run_with_a_long_warmup_still_resumes() -> Result<()> {
+    use uniattack::checkpoint::{read_checkpoint, write_checkpoint};
+    use uniattack::tensor_data::TensorData;
+    let dir = tempfile::tempdir()?;
+    let (mut cfg, out) = common::one_epoch(dir.path());
+    cfg.training.checkpoint_every = Some(1);
+    cfg.training.keep_last = 4;
+    Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
+    // As an older version wrote it: a warmup of 3 in a run of 2 steps.
+    cfg.schedule.warmup_steps = 3;
+    std::fs::write(out.join("config.json"), cfg.to_json())?;
+    std::fs::remove_file(out.join("checkpoints/step-0000000002.safetensors"))?;
+    let first = out.join("checkpoints/step-0000000001.safetensors");
+    let mut checkpoint = read_checkpoint(&first)?;
+    checkpoint.meta.experiment.schedule.warmup_steps = 3;
+    let tensors = checkpoint
+        .tensors
+        .into_iter()
+        .map(|(name, tensor)| (name, TensorData::Tensor(tensor)))
+        .collect();
+    write_checkpoint(&first, checkpoint.meta, tensors)?;
+
+    let mut resumed = Trainer::new(cfg.clone(), common::options(&out, true))?;
+    assert_eq!(resumed.step(), 1);
+    resumed.train()?;
+    // A new run with those settings is refused.
+    let err = error_of(Trainer::new(
+        cfg,
+        common::options(&dir.path().join("new"), false),
+    ));
+    assert!(err.contains("--warmup-steps"), "{err}");
+    Ok(())
+}
+
 /// A resume at the last step, already evaluated, whose recorded best (an
 /// earlier step) is gone: the final evaluation makes the last step the best
 /// and writes its file, without logging that step's evaluation a second

@@ -558,6 +558,47 @@ fn resume_alone_takes_the_runs_own_settings() -> Result<()> {
         err.contains("holds no config.json") && err.contains("original command"),
         "{err}"
     );
+
+    // A model directory's config.json is no run to resume.
+    std::fs::write(
+        empty.join("config.json"),
+        r#"{"architectures": ["CLIPModel"], "vision_config": {}}"#,
+    )?;
+    let err = args.experiment().unwrap_err().to_string();
+    assert!(err.contains("not a uniattack experiment"), "{err}");
+
+    // A run trained from lists takes no protocol.
+    let lists = dir.path().join("lists-run");
+    std::fs::create_dir_all(&lists)?;
+    let mut from_lists = cfg.clone();
+    let list = |split: &str| dir.path().join(format!("{split}.txt"));
+    from_lists.data.dataset = uniattack::experiment::Dataset::Lists {
+        format: fas_data::ListFormat::UniattackProtocol,
+        train: list("train"),
+        dev: list("dev"),
+        test: list("test"),
+    };
+    std::fs::write(lists.join("config.json"), from_lists.to_json())?;
+    let resume_lists = |extra: &[&str]| {
+        TrainArgs::try_parse_from(
+            [
+                &[
+                    "train_uniattack",
+                    "--resume",
+                    "--output",
+                    lists.to_str().unwrap(),
+                ][..],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    assert_eq!(resume_lists(&[])?.experiment()?, from_lists);
+    let err = resume_lists(&["--protocol", "p2.1"])?
+        .experiment()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--protocol") && err.contains("not a"), "{err}");
     Ok(())
 }
 

@@ -279,6 +279,7 @@ pub fn run(args: &DetectArgs, out: &mut dyn Write) -> Result<usize> {
     let path = resolve_checkpoint(&args.checkpoint)?;
     let checkpoint = read_model_checkpoint(&path)?;
     let device = crate::runtime::device(args.run.device.as_deref())?;
+    crate::runtime::note(&format!("device: {}", crate::runtime::describe(&device)));
     let detector = Detector::from_checkpoint(&checkpoint, &device)?;
     let threshold = match args.threshold {
         Some(threshold) => Some(threshold),

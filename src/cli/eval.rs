@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::Device;
 use clap::{Parser, ValueEnum};
 use fas_data::protocol::uniattack::{Modality, Protocol, Split};
 use serde::Serialize;
@@ -148,11 +149,11 @@ pub fn evaluate_checkpoint(
     args: &EvalArgs,
     checkpoint: &Path,
     output: Option<&Path>,
+    device: &Device,
 ) -> Result<EvalReport> {
     let path = resolve_checkpoint(checkpoint)?;
     let loaded = read_model_checkpoint(&path)?;
-    let device = crate::runtime::device(args.run.device.as_deref())?;
-    let detector = Detector::from_checkpoint(&loaded, &device)?;
+    let detector = Detector::from_checkpoint(&loaded, device)?;
     let data = data_config(args, &loaded.meta.experiment.data);
     let video_level = args.video_level;
     // The threshold's source is settled before any scoring: a checkpoint
@@ -534,6 +535,8 @@ pub fn run(args: &EvalArgs) -> Result<String> {
         Some(dir) => earlier_evaluation(dir)?,
         None => Vec::new(),
     };
+    let device = crate::runtime::device(args.run.device.as_deref())?;
+    crate::runtime::note(&format!("device: {}", crate::runtime::describe(&device)));
     let several = args.checkpoint.len() > 1;
     let mut runs = Vec::with_capacity(args.checkpoint.len());
     for (i, checkpoint) in args.checkpoint.iter().enumerate() {
@@ -544,7 +547,12 @@ pub fn run(args: &EvalArgs) -> Result<String> {
                 dir.clone()
             }
         });
-        runs.push(evaluate_checkpoint(args, checkpoint, output.as_deref())?);
+        runs.push(evaluate_checkpoint(
+            args,
+            checkpoint,
+            output.as_deref(),
+            &device,
+        )?);
     }
     let json = if several {
         let multi = MultiReport {

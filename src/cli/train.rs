@@ -320,8 +320,8 @@ impl TrainArgs {
         let run = self.output.as_ref().ok_or_else(|| {
             Error::config("--resume", "needs --output, the run directory to continue")
         })?;
-        let path = crate::run_dir::RunDir::new(run.clone()).config();
-        if !path.is_file() {
+        let dir = crate::run_dir::RunDir::new(run.clone());
+        if !dir.config().is_file() {
             return Err(Error::config(
                 "--data",
                 format!(
@@ -331,7 +331,17 @@ impl TrainArgs {
                 ),
             ));
         }
-        ExperimentConfig::from_file(&path)
+        if !crate::trainer::holds_experiment(&dir)? {
+            return Err(Error::config(
+                "--output",
+                format!(
+                    "{} holds a config.json that is not a uniattack experiment (a model \
+                     directory?): there is no run to resume",
+                    run.display()
+                ),
+            ));
+        }
+        ExperimentConfig::from_file(&dir.config())
     }
 
     fn apply_model(&self, cfg: &mut ExperimentConfig) -> Result<()> {
@@ -428,6 +438,13 @@ impl TrainArgs {
         {
             set(protocol, self.protocol);
             set(current, modality);
+        } else if self.protocol.is_some() || self.modality.is_some() {
+            // A run trained from list files, resumed from its config.json.
+            return Err(Error::config(
+                "--protocol/--modality",
+                "this run was trained from --train-list/--dev-list/--test-list, not a \
+                 UniAttackData protocol",
+            ));
         }
         cfg.data.allow_outside_root |= self.allow_outside_data;
         let loader = &mut cfg.loader;
@@ -600,6 +617,9 @@ pub fn run(args: &TrainArgs) -> Result<Option<EvalReport>> {
         Some(rank) => rank.join(args.device.as_deref(), &output)?,
         None => (crate::runtime::device(args.device.as_deref())?, None),
     };
+    if leader {
+        crate::runtime::say(&format!("device: {}", crate::runtime::describe(&device)));
+    }
     if args.demo && leader {
         crate::runtime::say(&format!(
             "demo: synthetic data in {} (demo numbers say nothing about real data)",
