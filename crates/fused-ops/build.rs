@@ -1,7 +1,8 @@
 //! With `--features cuda`, compiles `cuda/fused_ops.cu` to PTX for the
-//! compute capability in `CUDA_COMPUTE_CAP` (e.g. `90` or `9.0`; unset, the
-//! lowest `nvidia-smi` lists, else 80, whose PTX newer GPUs compile at load
-//! time) with `nvcc` (`$NVCC`, else on `PATH`). With `--features cuda-emulation`, compiles the same file as
+//! compute capability in `CUDA_COMPUTE_CAP` (`90`; unset, the lowest
+//! `nvidia-smi` lists, else 80, whose PTX newer GPUs compile at load time)
+//! with `nvcc` (`$NVCC`, else on `PATH`). candle's own kernels read the same
+//! variable but take only the `90` form, and the first GPU listed. With `--features cuda-emulation`, compiles the same file as
 //! C++ with the CPU emulator of `cuda/emulation/` (a C++17 compiler, no
 //! CUDA toolkit). Without either it does nothing, so the default build
 //! needs neither.
@@ -48,9 +49,10 @@ fn compile_emulator() {
 }
 
 /// `CUDA_COMPUTE_CAP`'s digits; unset, the lowest of the GPUs
-/// `nvidia-smi` lists (as candle's own kernels pick theirs); else 80.
-/// PTX for one capability loads on that one and newer GPUs only: an sm_75
-/// card (T4) cannot load compute_80 PTX.
+/// `nvidia-smi` lists (PTX for one capability loads on that one and newer
+/// GPUs only: an sm_75 card cannot load compute_80 PTX); else 80. (candle's
+/// build needs `nvidia-smi` or the variable, so a CUDA build of this
+/// workspace never reaches the fallback.)
 fn compute_cap() -> String {
     let digits = |text: &str| -> String { text.chars().filter(char::is_ascii_digit).collect() };
     if let Ok(cap) = std::env::var("CUDA_COMPUTE_CAP") {

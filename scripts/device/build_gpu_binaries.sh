@@ -18,6 +18,10 @@
 # (CARGO_TARGET_DIR, default /tmp/target-cuda) so CPU builds stay warm.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# The sources as the build starts: the digest recorded at the end must be
+# theirs (an edit during the build would otherwise be recorded as built).
+sources=$(scripts/device/source_digest.sh)
+commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 cuda_env=${CUDA_ENV:-../shared/tools/cuda-env.sh}
 if [ "$cuda_env" != none ]; then
     if [ ! -f "$cuda_env" ]; then
@@ -74,8 +78,12 @@ pwd >.gpu/bin/checkout
 # What the binaries were built from: gpu_checks.sh prints the commit and
 # refuses a bundle whose sources differ from the tree it runs in
 # (RUN_STALE=1 overrides), so a GPU session never times old code.
-git rev-parse HEAD >.gpu/bin/commit 2>/dev/null || echo unknown >.gpu/bin/commit
-scripts/device/source_digest.sh >.gpu/bin/sources.sha256
+if [ "$(scripts/device/source_digest.sh)" != "$sources" ]; then
+    echo "build_gpu_binaries: the sources changed during the build; run it again" >&2
+    exit 1
+fi
+echo "$commit" >.gpu/bin/commit
+echo "$sources" >.gpu/bin/sources.sha256
 ls -l .gpu/bin
 tar -C .gpu -cf - bin | xz -T0 -9 >.gpu/bin.tar.xz
 ls -l .gpu/bin.tar.xz

@@ -127,14 +127,23 @@ if [ "${STEP_BENCH:-1}" = 1 ]; then
             sleep 0.5
             [ -f "$out/metrics.jsonl" ] && [ "$(grep -c '"kind":"train"' "$out/metrics.jsonl")" -ge 23 ] && break
         done
+        local timed_out=0
+        if kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -ge "$deadline" ]; then
+            timed_out=1
+            echo "rust_step $1 k${2:-0}: deadline of ${STEP_DEADLINE:-180} s reached; stopped" >&2
+        fi
         kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-        "$PY" - "$out/metrics.jsonl" "$1" "$peak" "${2:-0}" <<'PY'
-import json, statistics, sys
-rates = [r["images_per_second"] for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "train"][3:]
+        "$PY" - "$out/metrics.jsonl" "$1" "$peak" "${2:-0}" "$timed_out" <<'PY'
+import json, os, statistics, sys
+path = sys.argv[1]
+records = list(map(json.loads, open(path))) if os.path.exists(path) else []
+rates = [r["images_per_second"] for r in records if r["kind"] == "train"][3:]
 print(json.dumps({"impl": "uniattack", "precision": sys.argv[2], "batch": 32,
                   "fused_cuda_kernels": sys.argv[4] == "1",
-                  "images_per_s": statistics.median(rates), "steps": len(rates),
+                  "images_per_s": statistics.median(rates) if rates else None,
+                  "steps": len(rates), "timed_out": sys.argv[5] == "1",
                   "peak_gpu_mib": int(sys.argv[3])}))
+sys.exit(0 if rates else 1)
 PY
     }
     for round in $(seq "${STEP_ROUNDS:-2}"); do

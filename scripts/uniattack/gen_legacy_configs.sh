@@ -12,17 +12,21 @@
 #   experiment_demo_{la,none}.json  -> tests/fixtures/legacy/
 #   clip_{la_custom,soft_last1,none}.json -> crates/clip-moe/tests/fixtures/legacy_moe/
 # Then `cmp` each against the committed file: they are byte for byte what
-# that version writes. Needs the repository's history and a Rust toolchain;
-# CARGO_TARGET_DIR (default: this checkout's target/) shares the build.
+# that version writes. Needs the repository's history and a Rust toolchain.
+# It builds in a target directory of its own (CARGO_TARGET_DIR, default
+# target/legacy-c1a3118): cargo names a workspace member's artifacts by its
+# path relative to the workspace, so the old tree building into this
+# checkout's target/ would overwrite the current crates' artifacts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 top=$(pwd)
 OUT=${1:-$(mktemp -d)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-tree=$(mktemp -d)/c1a3118
+parent=$(mktemp -d)
+tree=$parent/c1a3118
 git worktree add --detach "$tree" c1a3118 >&2
-trap 'git -C "$top" worktree remove --force "$tree"' EXIT
+trap 'git -C "$top" worktree remove --force "$tree"; rm -rf "$parent"' EXIT
 cat > "$tree/examples/gen_legacy_configs.rs" <<'RS'
 use std::path::{Path, PathBuf};
 
@@ -67,7 +71,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 RS
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$top/target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$top/target/legacy-c1a3118}
 (cd "$tree" && cargo run -q --example gen_legacy_configs -- "$OUT")
 status=0
 for f in experiment_demo_la experiment_demo_none; do

@@ -12,6 +12,9 @@ use candle_core::{Device, Result};
 pub fn devices() -> Vec<(&'static str, Device)> {
     let wanted = std::env::var("BENCH_DEVICES").unwrap_or_else(|_| "cpu,cuda".into());
     let wanted: Vec<&str> = wanted.split(',').map(str::trim).collect();
+    if let Some(other) = wanted.iter().find(|d| !["cpu", "cuda"].contains(d)) {
+        panic!("BENCH_DEVICES: unknown device {other:?} (cpu, cuda or cpu,cuda)");
+    }
     let mut devices = Vec::new();
     if wanted.contains(&"cpu") {
         devices.push(("cpu", Device::Cpu));
