@@ -139,7 +139,8 @@ pub fn loss_and_gradients(
 /// Asserts two runs' losses and gradients agree within `tol` (relative to
 /// each gradient's largest magnitude, at least 1), gradient for gradient;
 /// the key biases' gradients, zero in exact arithmetic, must both be
-/// rounding noise, and any other gradient below `tol` fails the check.
+/// rounding noise, and a gradient smaller than `tol` must agree to 1 % of
+/// its size.
 pub fn assert_same_training_step(
     what: &str,
     (loss_a, grads_a): &(f32, HashMap<String, Tensor>),
@@ -180,14 +181,19 @@ pub fn assert_same_training_step(
             );
             continue;
         }
-        // A gradient smaller than the tolerance could not fail the check.
+        // A gradient smaller than the absolute tolerance could not fail
+        // it: those (the MoE output scale's, 5e-5 to 1e-3 with the random
+        // initialisation) are compared to 1 % of their own size instead,
+        // which a zero or sign-flipped gradient fails and F32 rounding
+        // (about 1e-9 here) does not.
+        let allowed = if scale < tol {
+            1e-2 * scale
+        } else {
+            tol * scale.max(1.0)
+        };
         assert!(
-            scale >= tol,
-            "{what}: gradient of {name} is at most {scale}, below the tolerance {tol}"
-        );
-        assert!(
-            diff <= tol * scale.max(1.0),
-            "{what}: gradient of {name} differs by {diff} (scale {scale})"
+            diff <= allowed,
+            "{what}: gradient of {name} differs by {diff} (scale {scale}, allowed {allowed})"
         );
     }
 }
