@@ -13,6 +13,25 @@ use uniattack::Trainer;
 
 use common::error_of;
 
+/// Writes the checkpoint at `path` again with its header changed by
+/// `change`, as another version or another course of the run would have
+/// written it (its checksum made anew).
+fn rewrite_checkpoint(
+    path: &std::path::Path,
+    change: impl FnOnce(&mut uniattack::checkpoint::CheckpointMeta),
+) -> Result<()> {
+    use uniattack::tensor_data::TensorData;
+    let mut checkpoint = uniattack::checkpoint::read_checkpoint(path)?;
+    change(&mut checkpoint.meta);
+    let tensors = checkpoint
+        .tensors
+        .into_iter()
+        .map(|(name, tensor)| (name, TensorData::Tensor(tensor)))
+        .collect();
+    uniattack::checkpoint::write_checkpoint(path, checkpoint.meta, tensors)?;
+    Ok(())
+}
+
 #[test]
 fn a_run_is_never_started_over_another() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -226,8 +245,6 @@ fn a_damaged_best_of_an_earlier_step_is_set_aside_and_chosen_again() -> Result<(
 /// it would strand it.
 #[test]
 fn an_older_run_with_a_long_warmup_still_resumes() -> Result<()> {
-    use uniattack::checkpoint::{read_checkpoint, write_checkpoint};
-    use uniattack::tensor_data::TensorData;
     let dir = tempfile::tempdir()?;
     let (mut cfg, out) = common::one_epoch(dir.path());
     cfg.training.checkpoint_every = Some(1);
@@ -237,15 +254,10 @@ fn an_older_run_with_a_long_warmup_still_resumes() -> Result<()> {
     cfg.schedule.warmup_steps = 3;
     std::fs::write(out.join("config.json"), cfg.to_json())?;
     std::fs::remove_file(out.join("checkpoints/step-0000000002.safetensors"))?;
-    let first = out.join("checkpoints/step-0000000001.safetensors");
-    let mut checkpoint = read_checkpoint(&first)?;
-    checkpoint.meta.experiment.schedule.warmup_steps = 3;
-    let tensors = checkpoint
-        .tensors
-        .into_iter()
-        .map(|(name, tensor)| (name, TensorData::Tensor(tensor)))
-        .collect();
-    write_checkpoint(&first, checkpoint.meta, tensors)?;
+    rewrite_checkpoint(
+        &out.join("checkpoints/step-0000000001.safetensors"),
+        |meta| meta.experiment.schedule.warmup_steps = 3,
+    )?;
 
     let mut resumed = Trainer::new(cfg.clone(), common::options(&out, true))?;
     assert_eq!(resumed.step(), 1);
@@ -265,27 +277,15 @@ fn an_older_run_with_a_long_warmup_still_resumes() -> Result<()> {
 /// time (it used to append a duplicate record to `metrics.jsonl`).
 #[test]
 fn a_lost_earlier_best_at_the_last_step_is_not_logged_twice() -> Result<()> {
-    use uniattack::checkpoint::{read_checkpoint, write_checkpoint};
-    use uniattack::tensor_data::TensorData;
     let dir = tempfile::tempdir()?;
     let (cfg, out) = common::one_epoch(dir.path());
     Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
     // The last step's checkpoint as a run whose best was step 1 leaves it
     // (the written run evaluated step 2 only), and that best's file lost.
-    let last = out.join("checkpoints/step-0000000002.safetensors");
-    let mut checkpoint = read_checkpoint(&last)?;
-    let best = checkpoint
-        .meta
-        .best
-        .as_mut()
-        .expect("step 2 records a best");
-    best.step = 1;
-    let tensors = checkpoint
-        .tensors
-        .into_iter()
-        .map(|(name, tensor)| (name, TensorData::Tensor(tensor)))
-        .collect();
-    write_checkpoint(&last, checkpoint.meta, tensors)?;
+    rewrite_checkpoint(
+        &out.join("checkpoints/step-0000000002.safetensors"),
+        |meta| meta.best.as_mut().expect("step 2 records a best").step = 1,
+    )?;
     std::fs::remove_file(out.join("checkpoints/best.safetensors"))?;
     let evals = |text: &str| {
         text.lines()

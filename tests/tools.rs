@@ -525,20 +525,22 @@ fn resume_alone_takes_the_runs_own_settings() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (cfg, out) = common::one_epoch(dir.path());
     Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
-    let resume = |extra: &[&str]| {
+    // `train_uniattack --resume --output <run> <extra>`.
+    let resume_in = |run: &Path, extra: &[&str]| {
         TrainArgs::try_parse_from(
             [
                 &[
                     "train_uniattack",
                     "--resume",
                     "--output",
-                    out.to_str().unwrap(),
+                    run.to_str().unwrap(),
                 ][..],
                 extra,
             ]
             .concat(),
         )
     };
+    let resume = |extra: &[&str]| resume_in(&out, extra);
     assert_eq!(resume(&[])?.experiment()?, cfg);
     assert_eq!(resume(&["--seed", "99"])?.experiment()?.seed, 99);
     let report = uniattack::cli::train::run(&resume(&[])?)?.expect("a run of one process");
@@ -547,12 +549,7 @@ fn resume_alone_takes_the_runs_own_settings() -> Result<()> {
 
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty)?;
-    let args = TrainArgs::try_parse_from([
-        "train_uniattack",
-        "--resume",
-        "--output",
-        empty.to_str().unwrap(),
-    ])?;
+    let args = resume_in(&empty, &[])?;
     let err = args.experiment().unwrap_err().to_string();
     assert!(
         err.contains("holds no config.json") && err.contains("original command"),
@@ -579,20 +576,7 @@ fn resume_alone_takes_the_runs_own_settings() -> Result<()> {
         test: list("test"),
     };
     std::fs::write(lists.join("config.json"), from_lists.to_json())?;
-    let resume_lists = |extra: &[&str]| {
-        TrainArgs::try_parse_from(
-            [
-                &[
-                    "train_uniattack",
-                    "--resume",
-                    "--output",
-                    lists.to_str().unwrap(),
-                ][..],
-                extra,
-            ]
-            .concat(),
-        )
-    };
+    let resume_lists = |extra: &[&str]| resume_in(&lists, extra);
     assert_eq!(resume_lists(&[])?.experiment()?, from_lists);
     let err = resume_lists(&["--protocol", "p2.1"])?
         .experiment()
