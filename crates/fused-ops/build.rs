@@ -2,10 +2,10 @@
 //! compute capability in `CUDA_COMPUTE_CAP` (`90`; unset, the lowest
 //! `nvidia-smi` lists, else 80, whose PTX newer GPUs compile at load time)
 //! with `nvcc` (`$NVCC`, else on `PATH`). candle's own kernels read the same
-//! variable but take only the `90` form, and the first GPU listed. With `--features cuda-emulation`, compiles the same file as
-//! C++ with the CPU emulator of `cuda/emulation/` (a C++17 compiler, no
-//! CUDA toolkit). Without either it does nothing, so the default build
-//! needs neither.
+//! variable but take only the `90` form, and the first GPU listed. With
+//! `--features cuda-emulation`, compiles the same file as C++ with the CPU
+//! emulator of `cuda/emulation/` (a C++17 compiler, no CUDA toolkit).
+//! Without either it does nothing, so the default build needs neither.
 
 use std::path::PathBuf;
 use std::process::Command;
