@@ -13,8 +13,9 @@
 # the dependencies already built. Carry `.gpu/bin.tar.xz` with the device
 # call.
 #   scripts/device/build_gpu_binaries.sh
-# Uses ../shared/tools/cuda-env.sh (or the script CUDA_ENV names; with
-# CUDA_ENV=none, the nvcc already on PATH) for nvcc and its own target directory
+# Sets the CUDA toolkit up with the script CUDA_ENV names (CUDA_ENV=none: the
+# nvcc already on PATH; unset: ../shared/tools/cuda-env.sh where it exists,
+# else the nvcc on PATH) for nvcc and its own target directory
 # (CARGO_TARGET_DIR, default /tmp/target-cuda) so CPU builds stay warm.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,7 +23,14 @@ cd "$(dirname "$0")/../.."
 # theirs (an edit during the build would otherwise be recorded as built).
 sources=$(scripts/device/source_digest.sh)
 commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-cuda_env=${CUDA_ENV:-../shared/tools/cuda-env.sh}
+cuda_env=${CUDA_ENV:-}
+if [ -z "$cuda_env" ]; then
+    if [ -f ../shared/tools/cuda-env.sh ]; then
+        cuda_env=../shared/tools/cuda-env.sh
+    else
+        cuda_env=none
+    fi
+fi
 if [ "$cuda_env" != none ]; then
     if [ ! -f "$cuda_env" ]; then
         echo "no CUDA toolkit script at $cuda_env: set CUDA_ENV to one, or CUDA_ENV=none to use the nvcc on PATH" >&2
@@ -30,6 +38,10 @@ if [ "$cuda_env" != none ]; then
     fi
     # shellcheck disable=SC1090
     source "$cuda_env"
+fi
+if ! command -v nvcc >/dev/null; then
+    echo "no nvcc on PATH: put the CUDA toolkit's bin on PATH, or set CUDA_ENV to a script that does" >&2
+    exit 1
 fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-cuda}
 features=cuda

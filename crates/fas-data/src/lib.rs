@@ -1,7 +1,8 @@
 //! Face anti-spoofing data: dataset readers (UniAttackData in its three
-//! published forms, JFSFDB, generic lists, image folders), CLIP's exact image
-//! transform, seedable augmentation, a multi-threaded batch loader, and a
-//! synthetic unified-attack generator for demos and tests.
+//! published forms, JFSFDB, generic lists, image folders), CLIP's image
+//! transform (Pillow's resize and crop, bit for bit), seedable augmentation,
+//! a multi-threaded batch loader, and a synthetic unified-attack generator
+//! for demos and tests.
 //!
 //! Everything between files on disk and a `(batch, 3, 224, 224)` tensor; it
 //! knows nothing of models. Every reader states its label convention

@@ -24,7 +24,7 @@
 //! a machine without a GPU can test the GPU's code path that way.
 //!
 //! With `--features cuda` (nvcc at build time, `CUDA_COMPUTE_CAP`),
-//! [`softmax`] along any axis, [`layer_norm`], [`standardize`] and
+//! [`softmax`] and [`standardize`] along any axis, [`layer_norm`] and
 //! [`l2_normalize`] over the last axis, [`elu_plus_one`], [`attention`]
 //! (memory-efficient, all heads in one launch) and the bias + activation
 //! of [`linear`] and [`ExpertMlp`] also have CUDA kernels with backward
