@@ -116,9 +116,9 @@ impl RunDir {
         Ok(())
     }
 
-    /// Removes temporary files that a killed atomic write left behind
-    /// (`.<name>.tmp-<pid>-<n>` beside the checkpoints, reports, scores and
-    /// plots).
+    /// Removes what a killed atomic write left behind (the temporary
+    /// directory `.<name>.tmp-<pid>-<n>`, or an earlier version's temporary
+    /// file, beside the checkpoints, reports, scores and plots).
     pub fn remove_stale_temporaries(&self) -> Result<()> {
         for dir in [
             self.root.clone(),
@@ -134,7 +134,8 @@ impl RunDir {
                 let name = name.to_string_lossy();
                 if atomic_io::is_temporary_name(&name) {
                     let path = entry.path();
-                    std::fs::remove_file(&path).map_err(|e| Error::io("removing", &path, e))?;
+                    atomic_io::remove_temporary(&path)
+                        .map_err(|e| Error::io("removing", &path, e))?;
                 }
             }
         }
@@ -157,6 +158,13 @@ mod tests {
         }
         std::fs::write(run.best_checkpoint(), b"x").unwrap();
         std::fs::write(run.checkpoints().join(".step-1.safetensors.tmp-9-0"), b"x").unwrap();
+        // A killed write of this version: its directory and the writer's own
+        // temporary inside it.
+        let killed = run.checkpoints().join(".step-2.safetensors.tmp-9-1");
+        std::fs::create_dir(&killed).unwrap();
+        std::fs::write(killed.join(".tmpAb3dEf"), b"x").unwrap();
+        // Not a temporary of this crate's: kept.
+        std::fs::write(run.checkpoints().join(".notes.tmp-draft"), b"x").unwrap();
         assert_eq!(
             run.latest_checkpoint().unwrap(),
             Some(run.step_checkpoint(120))
@@ -175,6 +183,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert!(names.iter().any(|n| n == ".notes.tmp-draft"), "{names:?}");
     }
 }

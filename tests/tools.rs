@@ -257,6 +257,14 @@ fn an_evaluation_directory_holds_one_evaluation() -> Result<()> {
     std::fs::write(out.join("scores/.test.txt.tmp-1-0"), "half")?;
     eval(1)?;
     assert_eq!(files(&out), single);
+    // This version's killed writes leave a directory (with whatever the
+    // writer had made inside it).
+    for killed in ["scores/.dev.txt.tmp-1-1", ".report.json.tmp-1-2"] {
+        std::fs::create_dir(out.join(killed))?;
+        std::fs::write(out.join(killed).join("half"), "half")?;
+    }
+    eval(1)?;
+    assert_eq!(files(&out), single);
 
     std::fs::write(out.join("notes.txt"), "mine")?;
     let err = eval(1).unwrap_err().to_string();
@@ -583,6 +591,47 @@ fn resume_alone_takes_the_runs_own_settings() -> Result<()> {
         .unwrap_err()
         .to_string();
     assert!(err.contains("--protocol") && err.contains("not a"), "{err}");
+    Ok(())
+}
+
+/// A relative `--data` is stored absolute (the run resumes and evaluates
+/// from any working directory), and a run whose data moved resumes with
+/// `--resume --output <run> --data <new root>` alone: its own settings,
+/// the new root, the lists' contents checked against the checkpoint.
+#[test]
+fn a_run_resumes_from_anywhere_and_over_moved_data() -> Result<()> {
+    let relative = TrainArgs::try_parse_from(["train_uniattack", "--data", "some/data"])?;
+    assert_eq!(
+        relative.experiment()?.data.root,
+        std::env::current_dir()?.join("some/data")
+    );
+
+    let dir = tempfile::tempdir()?;
+    let (mut cfg, out) = common::one_epoch(dir.path());
+    cfg.training.epochs = 2;
+    cfg.training.checkpoint_every = Some(1);
+    cfg.schedule.decay = uniattack::schedule::Decay::Constant;
+    Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
+    std::fs::remove_file(out.join("checkpoints/step-0000000004.safetensors"))?;
+    let moved = dir.path().join("moved-data");
+    std::fs::rename(&cfg.data.root, &moved)?;
+    let args = TrainArgs::try_parse_from([
+        "train_uniattack",
+        "--resume",
+        "--output",
+        out.to_str().unwrap(),
+        "--data",
+        moved.to_str().unwrap(),
+    ])?;
+    let resumed = args.experiment()?;
+    assert_eq!(resumed.data.root, moved);
+    let mut expected = cfg.clone();
+    expected.data.root = moved.clone();
+    assert_eq!(resumed, expected);
+    let report = uniattack::cli::train::run(&args)?.expect("a run of one process");
+    assert_eq!(report.step, Some(4));
+    let saved = uniattack::experiment::ExperimentConfig::from_file(&out.join("config.json"))?;
+    assert_eq!(saved.data.root, moved);
     Ok(())
 }
 

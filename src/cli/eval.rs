@@ -378,7 +378,7 @@ fn earlier_evaluation(dir: &Path) -> Result<Vec<PathBuf>> {
         match name.as_str() {
             "report.json" | "report.csv" if path.is_file() => found.push(path),
             // A write a killed evaluation left: removed with the rest.
-            _ if atomic_io::is_temporary_name(&name) && path.is_file() => found.push(path),
+            _ if atomic_io::is_temporary_name(&name) => found.push(path),
             "scores" | "plots" => collect_known(dir, &path, &mut found, &foreign)?,
             _ if is_checkpoint_dir(&name) && path.is_dir() => {
                 for child in std::fs::read_dir(&path).map_err(|e| Error::io("listing", &path, e))? {
@@ -419,7 +419,7 @@ fn collect_known(
                 .iter()
                 .chain(&PLOT_FILES)
                 .any(|file| base.join(file) == path);
-        if !known || !path.is_file() {
+        if !known || !(temporary || path.is_file()) {
             return Err(foreign(&path));
         }
         found.push(path);
@@ -451,12 +451,8 @@ fn evaluation_files(dir: &Path, runs: &[EvalReport]) -> Vec<PathBuf> {
 /// again, and the directories they leave empty.
 fn remove_stale(dir: &Path, earlier: &[PathBuf], written: &[PathBuf]) -> Result<()> {
     for path in earlier.iter().filter(|path| !written.contains(path)) {
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::io("removing", path, e))
-            }
-            _ => {}
-        }
+        // A file, or the directory of a killed write.
+        atomic_io::remove_temporary(path).map_err(|e| Error::io("removing", path, e))?;
         // Its scores/ or plots/ directory, then checkpoint-<n>/, if empty
         // now (a directory still holding files stays).
         let mut parent = path.parent();

@@ -44,9 +44,9 @@ impl<E: std::fmt::Display> std::fmt::Display for Failure<E> {
 
 impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for Failure<E> {}
 
-/// The temporary name beside `path`: `.<name>.tmp-<pid>-<n>`, unique per
-/// process and call, so two writes of one path never share it.
-fn temporary_path(path: &Path) -> Option<PathBuf> {
+/// The private temporary directory beside `path`: `.<name>.tmp-<pid>-<n>`,
+/// unique per process and call, so two writes of one path never share it.
+fn temporary_dir(path: &Path) -> Option<PathBuf> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let file_name = path.file_name()?;
     let call = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -56,24 +56,57 @@ fn temporary_path(path: &Path) -> Option<PathBuf> {
     Some(path.with_file_name(name))
 }
 
-/// Whether `name` is one of [`write_atomically`]'s temporary files (left
-/// behind only by a process killed mid-write).
+/// Whether `name` is one of [`write_atomically`]'s temporary directories
+/// (or, from earlier versions, temporary files): `.<name>.tmp-<pid>-<n>`,
+/// left behind only by a process killed mid-write. Nothing else matches,
+/// so a person's `.notes.tmp-draft` is never taken for one.
 pub fn is_temporary_name(name: &str) -> bool {
-    name.starts_with('.') && name.contains(".tmp-")
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    name.strip_prefix('.')
+        .and_then(|rest| rest.rsplit_once(".tmp-"))
+        .and_then(|(target, tail)| Some((target, tail.split_once('-')?)))
+        .is_some_and(|(target, (pid, call))| !target.is_empty() && digits(pid) && digits(call))
 }
 
-/// Runs `write` on a temporary file beside `path`, flushes it to disk and
-/// renames it to `path`. On any failure the temporary file is removed and
-/// `path` is untouched.
+/// Removes what a killed [`write_atomically`] left at `path` (a temporary
+/// directory, or an earlier version's temporary file).
+pub fn remove_temporary(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `write` on a temporary file, flushes it to disk and renames it to
+/// `path`. On any failure `path` is untouched and the temporary is removed.
+///
+/// The temporary file is `<name>` inside a private directory
+/// `.<name>.tmp-<pid>-<n>` beside `path`, so that a writer which makes
+/// temporaries of its own beside the file it is given (safetensors
+/// writes a `.tmpXXXXXX` and renames it) makes them inside that
+/// directory: a kill at any moment leaves one directory, which
+/// [`is_temporary_name`] recognises and [`remove_temporary`] removes,
+/// rather than a nameless file as large as a checkpoint.
 pub fn write_atomically<E>(
     path: &Path,
     write: impl FnOnce(&Path) -> Result<(), E>,
 ) -> Result<(), Failure<E>> {
-    let tmp = temporary_path(path).ok_or_else(|| Failure::Io {
+    let not_a_file = || Failure::Io {
         action: "writing",
         path: path.to_path_buf(),
         source: io::Error::new(io::ErrorKind::InvalidInput, "not a file path"),
+    };
+    let (Some(dir), Some(file_name)) = (temporary_dir(path), path.file_name()) else {
+        return Err(not_a_file());
+    };
+    std::fs::create_dir(&dir).map_err(|source| Failure::Io {
+        action: "creating",
+        path: dir.clone(),
+        source,
     })?;
+    let tmp = dir.join(file_name);
     let result = write(&tmp).map_err(Failure::Write).and_then(|()| {
         // Flush the data before the rename makes it visible, so a crash
         // cannot leave the final name pointing at a partial file.
@@ -91,17 +124,17 @@ pub fn write_atomically<E>(
         })?;
         // Make the rename durable. Best effort: some file systems cannot
         // open a directory for syncing, and the data is already safe.
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(dir) = std::fs::File::open(dir) {
-                let _ = dir.sync_all();
+        if let Some(parent) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(parent) = std::fs::File::open(parent) {
+                let _ = parent.sync_all();
             }
         }
         Ok(())
     });
-    if result.is_err() {
-        // Best effort: the write error is what the caller needs to see.
-        let _ = std::fs::remove_file(&tmp);
-    }
+    // Best effort, on success too (a writer's own leftovers): the write's
+    // result is what the caller needs to see, and a directory left here is
+    // removed with the other temporaries on the next resume.
+    let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
@@ -196,6 +229,52 @@ mod tests {
     }
 
     #[test]
+    fn a_writers_own_temporaries_stay_in_the_private_directory() {
+        // As safetensors does: its own temporary beside the path it is
+        // given, renamed onto that path. A kill before that rename must
+        // leave only something the run's clean-up recognises.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("step.safetensors");
+        let mut seen = None;
+        write_atomically(&path, |tmp| {
+            let own = tmp.with_file_name(".tmpAb3dEf");
+            std::fs::write(&own, "weights")?;
+            // What a kill at this moment leaves beside the target.
+            let left: Vec<(String, bool)> = std::fs::read_dir(dir.path())?
+                .map(|e| {
+                    let e = e.unwrap();
+                    (e.file_name().into_string().unwrap(), e.path().is_dir())
+                })
+                .collect();
+            seen = Some(left);
+            std::fs::rename(&own, tmp)
+        })
+        .unwrap();
+        let left = seen.unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(is_temporary_name(&left[0].0) && left[0].1, "{left:?}");
+        let temporary = dir.path().join(&left[0].0);
+        assert!(!temporary.exists());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "weights");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![OsString::from("step.safetensors")]);
+
+        // The clean-up of what a kill left: the directory with its files,
+        // and an earlier version's temporary file.
+        std::fs::create_dir(&temporary).unwrap();
+        std::fs::write(temporary.join(".tmpAb3dEf"), "half").unwrap();
+        remove_temporary(&temporary).unwrap();
+        let old_style = dir.path().join(".step.safetensors.tmp-9-0");
+        std::fs::write(&old_style, "half").unwrap();
+        remove_temporary(&old_style).unwrap();
+        remove_temporary(&old_style).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
     fn inputs_are_recognised_through_other_spellings_and_links() {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("face.png");
@@ -211,6 +290,19 @@ mod tests {
         }
         assert!(refuse_input_as_output(&dir.path().join("new.png"), &[&input]).is_ok());
         assert!(is_temporary_name(".face.png.tmp-12-0"));
-        assert!(!is_temporary_name("face.png"));
+        assert!(is_temporary_name(".a.tmp-b.tmp-7-31"));
+        for name in [
+            "face.png",
+            ".draft.tmp-notes",
+            ".face.png.tmp-12",
+            ".face.png.tmp-12-",
+            ".face.png.tmp--0",
+            ".face.png.tmp-1x-0",
+            "..tmp-1-0",
+            "face.png.tmp-12-0",
+            ".tmpAb3dEf",
+        ] {
+            assert!(!is_temporary_name(name), "{name}");
+        }
     }
 }
