@@ -93,10 +93,13 @@ impl AdamConfig {
             (0.0..1.0).contains(&self.beta2),
             "must be in [0, 1)",
         )?;
+        // The update divides by sqrt(v) + eps, and v is 0 for a parameter
+        // whose gradients have all been 0: an eps of 0 in F32 (1e-300 is)
+        // makes that 0 / 0, NaN.
         check(
             "eps",
-            self.eps.is_finite() && self.eps >= 0.0,
-            "must be finite and >= 0",
+            self.eps.is_finite() && (self.eps as f32) > 0.0,
+            "must be finite and above 0 in F32 (at least about 1.4e-45)",
         )?;
         check(
             "weight_decay",
@@ -503,6 +506,24 @@ fn composite_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An eps that is 0 in F32 divides 0 by 0 for a parameter with no
+    /// gradient yet: refused, as are non-finite values; PyTorch's 1e-8 and
+    /// the smallest F32 value are taken.
+    #[test]
+    fn an_eps_of_zero_in_f32_is_refused() {
+        let with = |eps: f64| AdamConfig {
+            eps,
+            ..AdamConfig::default()
+        };
+        for eps in [0.0, 1e-300, -1e-8, f64::NAN, f64::INFINITY] {
+            let err = with(eps).validate().unwrap_err().to_string();
+            assert!(err.contains("eps"), "{eps}: {err}");
+        }
+        for eps in [1e-8, 1e-45, 1.0] {
+            with(eps).validate().unwrap();
+        }
+    }
 
     /// Hand-derived first step: m = 0.1 g, v = 0.001 g², bias-corrected
     /// m̂ = g, v̂ = g², so θ moves by -lr · g / (|g| + eps) ≈ -lr · sign(g).

@@ -42,8 +42,9 @@ pub enum Error {
     },
     /// The loss or a gradient stopped being finite.
     #[error(
-        "step {step}: {what} is not finite; training stopped (the last checkpoint is intact; \
-         lower the learning rate or enable gradient clipping, then --resume)"
+        "step {step}: {what} is not finite; training stopped. The checkpoints written so far \
+         are intact, but --resume replays the same steps and would diverge again: train anew \
+         (another --output) with a lower --lr or with --clip-grad-norm"
     )]
     NonFinite {
         /// The optimizer step (1-based) at which it happened.

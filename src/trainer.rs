@@ -31,7 +31,7 @@ use crate::detector::{inference_model, prompt_embeddings, Detector};
 use crate::distributed::GradientSync;
 use crate::error::{Error, Result};
 use crate::evaluator::{bpcer_table, score_split, write_plots, EvalReport, ThresholdOrigin};
-use crate::experiment::{EvalEvery, ExperimentConfig, FrozenPart, LossKind, Selection};
+use crate::experiment::{Dataset, EvalEvery, ExperimentConfig, FrozenPart, LossKind, Selection};
 use crate::labels::{class_index, ScoreExport, SCORE_POLARITY};
 use crate::progress::{MetricsLog, MetricsRecord, Progress};
 use crate::run_dir::RunDir;
@@ -95,9 +95,20 @@ pub struct Trainer {
 }
 
 /// Settings a resumed run may change: how long it trains, how many threads
-/// decode, and how often it logs. Everything else must match the checkpoint.
+/// decode, how often it logs, and where its data and list files are (data
+/// that moved: what the lists hold is checked against the checkpoint's
+/// digests). Everything else must match the checkpoint.
 fn comparable(cfg: &ExperimentConfig) -> ExperimentConfig {
     let mut cfg = cfg.clone();
+    cfg.data.root = PathBuf::new();
+    if let Dataset::Lists {
+        train, dev, test, ..
+    } = &mut cfg.data.dataset
+    {
+        for list in [train, dev, test] {
+            *list = PathBuf::new();
+        }
+    }
     cfg.training.epochs = 0;
     cfg.training.max_steps = None;
     cfg.training.log_every = 1;
@@ -1179,6 +1190,42 @@ fn holds_run(run: &RunDir) -> Result<bool> {
     Ok(std::fs::metadata(run.metrics()).is_ok_and(|m| m.len() > 0))
 }
 
+/// The first entry of `run`'s directory, which holds no run yet, that no
+/// start of a run leaves there: anything but `config.json` (checked
+/// apart), an empty `metrics.jsonl`, the lock, the data-parallel launcher's
+/// NCCL id, an atomic write's temporaries and a `checkpoints/` holding only
+/// those. A person's or another program's files (a data root, a folder of
+/// other results) are refused rather than mixed with the run's or
+/// replaced by its scores and plots.
+fn foreign_entry(run: &RunDir) -> Result<Option<PathBuf>> {
+    let only_temporaries = |dir: &std::path::Path| -> Result<bool> {
+        let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
+        entries.try_fold(true, |all, entry| {
+            let entry = entry.map_err(|e| Error::io("listing", dir, e))?;
+            Ok(all && atomic_io::is_temporary_name(&entry.file_name().to_string_lossy()))
+        })
+    };
+    let entries = match std::fs::read_dir(run.root()) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("listing", run.root(), e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("listing", run.root(), e))?;
+        let (name, path) = (entry.file_name(), entry.path());
+        let name = name.to_string_lossy();
+        let ours = match name.as_ref() {
+            "config.json" | "metrics.jsonl" | ".lock" | ".nccl-id" => path.is_file(),
+            "checkpoints" => path.is_dir() && only_temporaries(&path)?,
+            _ => atomic_io::is_temporary_name(&name),
+        };
+        if !ours {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}
+
 /// Takes the run directory's lock (`.lock`, released when the returned
 /// file closes, also by a kill): a second process on the same run would
 /// append to a log the first has replaced and race its checkpoints.
@@ -1208,10 +1255,20 @@ fn lock_run(run: &RunDir) -> Result<std::fs::File> {
 /// Refuses to start a new run over an existing one, creates the directory
 /// and locks it; the lock is held while the returned file is open. On
 /// resume, the saved configuration must match `cfg` except in the settings
-/// a resumed run may change. `config.json` is (re)written by
-/// [`Trainer::new`] once everything else has succeeded, so a refused or
-/// failed start leaves the run's own configuration as it was.
+/// a resumed run may change. A new run's `config.json` is written here; a
+/// resumed run's is written again by [`Trainer::new`] once everything else
+/// has succeeded, so a refused or failed resume leaves the run's own
+/// configuration as it was.
 fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<std::fs::File> {
+    if run.root().exists() && !run.root().is_dir() {
+        return Err(Error::config(
+            "--output",
+            format!(
+                "{} exists and is not a directory; give a directory for the run",
+                run.root().display()
+            ),
+        ));
+    }
     let exists = holds_run(run)?;
     if exists && !resume {
         return Err(Error::config(
@@ -1238,6 +1295,19 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
                 run.root().display()
             ),
         ));
+    }
+    if !exists {
+        if let Some(entry) = foreign_entry(run)? {
+            return Err(Error::config(
+                "--output",
+                format!(
+                    "{} holds {}, which no uniattack run wrote; training there would mix the \
+                     run's files with it or replace it: choose a new or empty directory",
+                    run.root().display(),
+                    entry.display()
+                ),
+            ));
+        }
     }
     if !exists && run.config().is_file() {
         // A failed start's own config.json may be replaced; anyone else's
@@ -1273,23 +1343,95 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
     // Under the lock: a temporary is a write a killed process left (even
     // before the run recorded anything, such as a first checkpoint).
     run.remove_stale_temporaries()?;
+    if !exists {
+        // A new run's settings, at once: a start killed or failed before
+        // its first record (loading or downloading the model, reading the
+        // lists) is retried with `--resume --output RUN` alone.
+        crate::evaluator::write_text(&run.config(), &cfg.to_json())?;
+    }
     Ok(lock)
 }
 
 /// Errors now, not after the whole run, when `--report` could not be
-/// written or would replace an input or the run's own records.
+/// written or would replace anything but an earlier report: an input, a
+/// file of the run (its checkpoints, scores and plots), or any other file
+/// (an image of the dataset, a person's notes).
 fn check_report_copy(report: &std::path::Path, lists: &[PathBuf], run: &RunDir) -> Result<()> {
-    if report.is_dir() {
-        return Err(Error::config(
+    let refuse = |why: String| {
+        Err(Error::config(
             "--report",
-            format!("{} is a directory; give a file path", report.display()),
-        ));
+            format!("{}: {why}", report.display()),
+        ))
+    };
+    if report.is_dir() {
+        return refuse("is a directory; give a file path".to_string());
     }
     let (config, metrics) = (run.config(), run.metrics());
     let mut inputs: Vec<&std::path::Path> = lists.iter().map(PathBuf::as_path).collect();
     inputs.extend([config.as_path(), metrics.as_path()]);
     atomic_io::refuse_input_as_output(report, &inputs)
-        .map_err(|e| Error::config("--report", e.to_string()))
+        .map_err(|e| Error::config("--report", e.to_string()))?;
+    if resolved(report).starts_with(resolved(run.root())) {
+        return refuse(format!(
+            "is inside the run directory {}, which holds the report already (report.json) \
+             beside files a copy must not replace; give a path outside it",
+            run.root().display()
+        ));
+    }
+    if let Some(ancestor) = report.ancestors().skip(1).find(|a| a.exists()) {
+        if !ancestor.is_dir() {
+            return refuse(format!(
+                "{} is not a directory, so the report cannot be written there",
+                ancestor.display()
+            ));
+        }
+    }
+    if std::fs::symlink_metadata(report).is_ok() && !holds_report(report) {
+        return refuse(
+            "exists and is not a uniattack report; refusing to replace it (give a new path, or \
+             the path of an earlier report)"
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
+/// The largest file taken for an earlier report (a report is a few KiB).
+const MAX_REPORT_BYTES: u64 = 16 << 20;
+
+/// Whether `path` is a regular file holding a uniattack report (`report.json`
+/// or a `--report` copy), which a new report may replace.
+fn holds_report(path: &std::path::Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if !meta.is_file() || meta.len() > MAX_REPORT_BYTES {
+        return false;
+    }
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .is_some_and(|json| {
+            ["protocol", "level", "score_polarity", "threshold_origin"]
+                .iter()
+                .all(|key| json.get(key).is_some())
+        })
+}
+
+/// `path` made absolute, with its longest existing ancestor's links
+/// resolved, so that two spellings of a place compare equal even when the
+/// file itself does not exist yet.
+fn resolved(path: &std::path::Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    for ancestor in absolute.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(ancestor) {
+            let rest = absolute
+                .strip_prefix(ancestor)
+                .unwrap_or(std::path::Path::new(""));
+            return real.join(rest);
+        }
+    }
+    absolute
 }
 
 /// Loss, gradient norm and throughput since the last logged step.

@@ -44,8 +44,8 @@ fn a_run_is_never_started_over_another() -> Result<()> {
 
 /// A batch larger than the train split fails once the directory exists;
 /// the same directory then takes a corrected start (it used to be refused
-/// as a run, and as another configuration on `--resume`). A directory left
-/// with only an older version's `config.json` is no run either.
+/// as a run, and as another configuration on `--resume`): the failed
+/// start's `config.json`, written at once for a retry, is no run.
 #[test]
 fn a_failed_start_does_not_block_a_corrected_one() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -58,8 +58,11 @@ fn a_failed_start_does_not_block_a_corrected_one() -> Result<()> {
         common::options(&out, false),
     ));
     assert!(err.contains("do not fill one batch"), "{err}");
-    assert!(out.is_dir() && !out.join("config.json").exists());
-    std::fs::write(out.join("config.json"), too_large.to_json())?;
+    // Its settings are recorded, for a retry with `--resume --output` alone.
+    assert_eq!(
+        std::fs::read_to_string(out.join("config.json"))?,
+        too_large.to_json()
+    );
 
     let mut cfg = common::experiment(&root);
     cfg.training.epochs = 1;
@@ -170,8 +173,8 @@ fn a_best_checkpoint_lost_after_its_step_checkpoint_is_written_again() -> Result
     // between the two writes would leave things.
     let out = dir.path().join("failed");
     let best = out.join("checkpoints/best.safetensors");
-    std::fs::create_dir_all(&best)?;
     let mut failing = Trainer::new(cfg.clone(), common::options(&out, false))?;
+    std::fs::create_dir_all(&best)?;
     assert!(
         failing.train().is_err(),
         "the best file's write did not fail"
@@ -349,27 +352,129 @@ fn a_model_directory_is_not_an_output() -> Result<()> {
     Ok(())
 }
 
-/// `--report` naming a directory or an input is refused at the start, not
-/// after the run, and the input is left as it was.
+/// `--report` naming a directory, an input, a file of the run (its best
+/// checkpoint, its scores), any file that is not a report (an image of
+/// the dataset) or a path under a file is refused at the start, not after
+/// the run, and every file is left as it was; an earlier report is
+/// replaced.
 #[test]
-fn a_report_copy_over_an_input_is_refused_at_the_start() -> Result<()> {
+fn a_report_copy_over_anything_but_a_report_is_refused_at_the_start() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (cfg, out) = common::one_epoch(dir.path());
-    let list = cfg
-        .data
-        .root
-        .join("UniAttackData/protocol/UniAttackData@p1_image_test.txt");
-    let before = std::fs::read(&list)?;
-    for (report, expected) in [
+    let (cfg, first) = common::one_epoch(dir.path());
+    Trainer::new(cfg.clone(), common::options(&first, false))?.run()?;
+    let out = dir.path().join("second");
+    let protocol = cfg.data.root.join("UniAttackData/protocol");
+    let list = protocol.join("UniAttackData@p1_image_test.txt");
+    let listed = std::fs::read_to_string(&list)?;
+    let entry = listed.split_whitespace().next().unwrap();
+    let image = cfg.data.root.join(entry);
+    assert!(image.is_file(), "{}", image.display());
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "mine")?;
+    // The second run's own directory exists once its start is under way;
+    // an earlier run's files are guarded as files that are not reports.
+    let cases = [
         (list.clone(), "it is the input"),
         (dir.path().to_path_buf(), "is a directory"),
-    ] {
+        (
+            out.join("checkpoints/best.safetensors"),
+            "inside the run directory",
+        ),
+        (
+            out.join("../second/scores/dev.txt"),
+            "inside the run directory",
+        ),
+        (
+            first.join("checkpoints/best.safetensors"),
+            "not a uniattack report",
+        ),
+        (first.join("scores/dev.txt"), "not a uniattack report"),
+        (image.clone(), "not a uniattack report"),
+        (notes.clone(), "not a uniattack report"),
+        (notes.join("report.json"), "is not a directory"),
+    ];
+    let guarded = [
+        &list,
+        &image,
+        &notes,
+        &first.join("checkpoints/best.safetensors"),
+    ];
+    let before: Vec<Vec<u8>> = guarded.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    for (report, expected) in cases {
         let mut options = common::options(&out, false);
-        options.report = Some(report);
+        options.report = Some(report.clone());
         let err = error_of(Trainer::new(cfg.clone(), options));
-        assert!(err.contains("--report") && err.contains(expected), "{err}");
+        assert!(
+            err.contains("--report") && err.contains(expected),
+            "{}: {err}",
+            report.display()
+        );
     }
-    assert_eq!(std::fs::read(&list)?, before);
+    let after: Vec<Vec<u8>> = guarded.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(before == after);
+
+    // The first run's report (and a copy of it elsewhere) may be replaced.
+    let copy = dir.path().join("results/p1.json");
+    std::fs::create_dir_all(copy.parent().unwrap())?;
+    std::fs::copy(first.join("report.json"), &copy)?;
+    let mut options = common::options(&out, false);
+    options.report = Some(copy.clone());
+    Trainer::new(cfg, options)?.run()?;
+    assert_eq!(
+        std::fs::read_to_string(&copy)?,
+        std::fs::read_to_string(out.join("report.json"))?
+    );
+    Ok(())
+}
+
+/// A directory that holds anything a run does not write (a folder of
+/// other results, the data root itself) or that is a file is refused as
+/// `--output`, and nothing in it is touched.
+#[test]
+fn a_foreign_directory_is_not_an_output() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cfg, _) = common::one_epoch(dir.path());
+    let results = dir.path().join("results");
+    std::fs::create_dir_all(results.join("scores"))?;
+    std::fs::create_dir_all(results.join("plots"))?;
+    std::fs::write(results.join("scores/test.txt"), "other detector's scores")?;
+    std::fs::write(results.join("plots/roc.png"), "a plot")?;
+    std::fs::write(results.join(".draft.tmp-notes"), "a person's notes")?;
+    let listing = |dir: &std::path::Path| -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(folder) = stack.pop() {
+            for entry in std::fs::read_dir(folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    found.push((path.clone(), std::fs::read(&path).unwrap()));
+                }
+            }
+        }
+        found.sort();
+        found
+    };
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x")?;
+    for (output, resume, expected) in [
+        (results.clone(), false, "which no uniattack run wrote"),
+        (results.clone(), true, "which no uniattack run wrote"),
+        (cfg.data.root.clone(), false, "which no uniattack run wrote"),
+        (file.clone(), false, "is not a directory"),
+    ] {
+        let before = listing(&results);
+        let data_before = listing(&cfg.data.root);
+        let err = error_of(Trainer::new(cfg.clone(), common::options(&output, resume)));
+        assert!(
+            err.contains("--output") && err.contains(expected),
+            "{}: {err}",
+            output.display()
+        );
+        assert!(listing(&results) == before && listing(&cfg.data.root) == data_before);
+    }
+    assert_eq!(std::fs::read_to_string(&file)?, "x");
     Ok(())
 }
 
@@ -419,8 +524,15 @@ fn a_killed_first_write_is_cleaned_up() -> Result<()> {
     let stale = out.join("checkpoints/.step-0000000001.safetensors.tmp-123-0");
     std::fs::create_dir_all(stale.parent().unwrap())?;
     std::fs::write(&stale, "half a checkpoint")?;
+    // This version's killed writes leave a directory, holding the file and
+    // (safetensors') the writer's own temporary.
+    let killed = out.join("checkpoints/.step-0000000001.safetensors.tmp-124-0");
+    std::fs::create_dir_all(&killed)?;
+    std::fs::write(killed.join(".tmpAb3dEf"), "half a checkpoint")?;
+    let config = out.join(".config.json.tmp-124-1");
+    std::fs::create_dir_all(&config)?;
     Trainer::new(cfg, common::options(&out, false))?;
-    assert!(!stale.exists());
+    assert!(!stale.exists() && !killed.exists() && !config.exists());
     Ok(())
 }
 

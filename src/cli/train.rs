@@ -297,6 +297,14 @@ impl TrainArgs {
                     crate::demo::experiment(&root)
                 }
                 (true, Some(root)) => crate::demo::experiment(root),
+                // A run resumed over data that moved: its own settings,
+                // the new root (its lists' contents are checked against
+                // the checkpoint's record).
+                (false, Some(root)) if self.resume && self.run_has_config() => {
+                    let mut cfg = self.run_config()?;
+                    cfg.data.root = root.clone();
+                    cfg
+                }
                 (false, Some(root)) => {
                     ExperimentConfig::paper(root.clone(), self.protocol.unwrap_or(Protocol::P1))
                 }
@@ -310,8 +318,19 @@ impl TrainArgs {
         self.apply_model(&mut cfg)?;
         self.apply_data(&mut cfg)?;
         self.apply_optim(&mut cfg)?;
+        // Absolute, so that the run resumes and evaluates from any working
+        // directory.
+        cfg.data.root = std::path::absolute(&cfg.data.root)
+            .map_err(|e| Error::io("resolving", &cfg.data.root, e))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Whether `--output` holds a run's `config.json` for `--resume`.
+    fn run_has_config(&self) -> bool {
+        self.output
+            .as_ref()
+            .is_some_and(|run| crate::run_dir::RunDir::new(run.clone()).config().is_file())
     }
 
     /// The settings of the run `--resume` continues, from its
