@@ -10,7 +10,8 @@
 //!
 //! Score files: one sample per line, `<score> <label>` or `<id> <score> <label>`
 //! (label 0 = bona fide, 1 = attack, a bona fide word such as `live`, or an
-//! attack-type name). Without `--dev` the threshold is the test set's own EER.
+//! attack-type name). Without `--dev` the threshold is the test set's own EER;
+//! `--dev` naming the test file, or a copy of it, is refused.
 
 use std::io::{self, Write};
 use std::process::ExitCode;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::MetricsError;
-use crate::label::Polarity;
+use crate::label::{Polarity, ScoredSample};
 use crate::report::{evaluate_protocol, ProtocolConfig, ProtocolReport};
 use crate::score_file::read_score_file;
 use crate::score_set::ScoreSet;
@@ -37,6 +37,23 @@ pub enum CliError {
     /// the file where there is one).
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// `--dev` and `--test` name one file, or two files of the same scores:
+    /// the threshold would be chosen on the test scores themselves, which the
+    /// protocol forbids (threshold and model selection on dev, never test).
+    #[error(
+        "--dev {dev} and --test {test} {how}: the threshold would be chosen on the test scores \
+         themselves, and the protocol chooses it on dev only; give the dev split's scores to \
+         --dev, or leave --dev out to take the test set's own EER threshold (reported as \
+         \"chosen on test\")"
+    )]
+    DevIsTest {
+        /// The `--dev` file as given.
+        dev: String,
+        /// The `--test` file as given.
+        test: String,
+        /// `"are the same file"` or `"hold the same scores"`.
+        how: &'static str,
+    },
     /// Writing the report failed (other than a closed pipe, which is success).
     #[error("cannot write output: {0}")]
     Write(#[source] io::Error),
@@ -62,7 +79,8 @@ enum Higher {
 #[derive(Debug, clap::Parser)]
 #[command(name = "evaluate_scores", version)]
 struct Args {
-    /// Dev score file: the threshold is its EER point.
+    /// Dev score file: the threshold is its EER point. Must not be the test
+    /// file, nor hold the same scores.
     #[arg(long, value_name = "FILE")]
     dev: Option<PathBuf>,
     /// Test score file: the metrics are computed on it.
@@ -127,12 +145,23 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, CliErr
     }
 }
 
-fn load(path: &Path, polarity: Polarity) -> Result<ScoreSet, CliError> {
+/// The score file at `path`: its samples, and their score set.
+fn load(path: &Path, polarity: Polarity) -> Result<(Vec<ScoredSample>, ScoreSet), CliError> {
     let samples = read_score_file(path)?;
-    ScoreSet::from_samples(&samples, polarity).map_err(|source| CliError::ScoreSet {
+    let set = ScoreSet::from_samples(&samples, polarity).map_err(|source| CliError::ScoreSet {
         file: path.display().to_string(),
         source,
-    })
+    })?;
+    Ok((samples, set))
+}
+
+/// Whether `a` and `b` name one file (symlinks and `..` resolved); paths
+/// that cannot be resolved are left for reading to report.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// The JSON document: the protocol name (`--name`, default `"test"`) and the
@@ -186,8 +215,13 @@ fn written(result: io::Result<()>) -> Result<(), CliError> {
 /// `--plot-dir` writes ROC, DET and histogram PNGs of the test set with the
 /// `plot` feature and is an argument error without it.
 ///
-/// Arguments are checked before anything is read or written. A closed output
-/// pipe ends the output early and still counts as success.
+/// `--dev` naming the `--test` file (by any path) or a file of the same
+/// scores is [`CliError::DevIsTest`]: the threshold is never chosen on test
+/// behind the user's back; leaving `--dev` out says so openly.
+///
+/// Arguments are checked before anything is read or written, `--plot-dir`
+/// included ([`MetricsError::PlotPathTaken`]). A closed output pipe ends the
+/// output early and still counts as success.
 pub fn run(
     args: impl IntoIterator<Item = OsString>,
     out: &mut impl Write,
@@ -197,13 +231,33 @@ pub fn run(
         Parsed::Run(args) => args,
         Parsed::Print(text) => return written(write!(out, "{text}").and_then(|()| out.flush())),
     };
+    #[cfg(feature = "plot")]
+    if let Some(dir) = &args.plot_dir {
+        crate::plot::check_plot_dir(dir)?;
+    }
+    let dev_is_test = |dev: &Path, how| CliError::DevIsTest {
+        dev: dev.display().to_string(),
+        test: args.test.display().to_string(),
+        how,
+    };
+    if let Some(dev) = &args.dev {
+        if same_file(dev, &args.test) {
+            return Err(dev_is_test(dev, "are the same file"));
+        }
+    }
     let polarity = args.polarity();
-    let test = load(&args.test, polarity)?;
-    let dev = args
-        .dev
-        .as_deref()
-        .map(|path| load(path, polarity))
-        .transpose()?;
+    let (test_samples, test) = load(&args.test, polarity)?;
+    let dev = match &args.dev {
+        Some(path) => {
+            let (samples, set) = load(path, polarity)?;
+            // A copy (or a hard link) is the same scores under another path.
+            if samples == test_samples {
+                return Err(dev_is_test(path, "hold the same scores"));
+            }
+            Some(set)
+        }
+        None => None,
+    };
     let report = evaluate_protocol(dev.as_ref(), &test, ProtocolConfig::default())?;
     for warning in &report.warnings {
         written(writeln!(log, "warning: {warning}"))?;

@@ -116,6 +116,32 @@ pub enum MetricsError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A score-file path that, after following symlinks, is not a regular
+    /// file: a FIFO would block until a writer appears, and a device such as
+    /// `/dev/zero` never ends.
+    #[error(
+        "score file {file} is not a regular file but {kind}: give the path of a file of scores \
+         (save a pipe's output to a file first)"
+    )]
+    ScoreFileNotRegular {
+        /// File name as given.
+        file: String,
+        /// What it is instead: `"a FIFO"`, `"a directory"`, ...
+        kind: &'static str,
+    },
+    /// A score file larger than
+    /// [`MAX_SCORE_FILE_BYTES`](crate::score_file::MAX_SCORE_FILE_BYTES):
+    /// no score file is that large, so it is the wrong file.
+    #[error(
+        "score file {file} is larger than {limit} bytes, the most a score file may hold \
+         (fas_metrics::score_file::MAX_SCORE_FILE_BYTES): is it the right file?"
+    )]
+    ScoreFileTooLarge {
+        /// File name as given.
+        file: String,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// Frames of one video carry different labels, so the video has no label.
     #[error("video {video}: frames labelled both {first} and {second}; a video needs one label")]
     InconsistentVideoLabel {
@@ -133,6 +159,19 @@ pub enum MetricsError {
         file: String,
         /// What plotters reported.
         reason: String,
+    },
+    /// A plot output path taken by something else: the plot directory (or a
+    /// path above it) is an existing file, or a plot's file name is an
+    /// existing directory. Found before anything is drawn.
+    #[error("cannot write plots to {dir}: {path} exists and {problem}")]
+    PlotPathTaken {
+        /// The plot directory as given.
+        dir: String,
+        /// The path in the way.
+        path: String,
+        /// What is wrong with it: `"is not a directory"`, `"is a broken
+        /// symlink"` or `"is a directory, not a plot to replace"`.
+        problem: &'static str,
     },
 }
 

@@ -12,6 +12,7 @@ use plotters::prelude::*;
 
 use crate::error::{MetricsError, Result};
 use crate::label::Polarity;
+use crate::regular_file::read_regular_file;
 use crate::roc::{auc, IntermediatePoints, RocCurve};
 use crate::score_set::ScoreSet;
 
@@ -22,6 +23,12 @@ const FONT_CANDIDATES: [&str; 4] = [
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
 ];
+/// The most bytes read from a font file. DejaVu Sans is 0.7 MB and large
+/// CJK collections some 20 to 30 MB; the cap keeps a wrong
+/// `$FAS_METRICS_FONT` (a video, `/dev/zero`) from taking all memory.
+const MAX_FONT_BYTES: u64 = 64 << 20;
+/// The files [`write_all`] writes into its directory.
+const PLOT_FILE_NAMES: [&str; 3] = ["roc.png", "det.png", "scores.png"];
 const BONAFIDE_COLOR: RGBColor = RGBColor(0, 128, 0);
 const ATTACK_COLOR: RGBColor = RGBColor(200, 30, 30);
 
@@ -34,7 +41,7 @@ fn text_available() -> bool {
             .into_iter()
             .chain(FONT_CANDIDATES.iter().map(PathBuf::from));
         for path in candidates {
-            if let Ok(bytes) = std::fs::read(&path) {
+            if let Some(bytes) = font_bytes(&path) {
                 // plotters keeps fonts for the whole process (`&'static`); this
                 // one allocation happens once, guarded by the OnceLock.
                 let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
@@ -45,6 +52,12 @@ fn text_available() -> bool {
         }
         false
     })
+}
+
+/// The font file at `path`, if it is a regular file of at most
+/// [`MAX_FONT_BYTES`]: a FIFO would block the plots, a device never end.
+fn font_bytes(path: &Path) -> Option<Vec<u8>> {
+    read_regular_file(path, MAX_FONT_BYTES).ok()
 }
 
 fn plot_error(path: &Path, error: impl std::fmt::Display) -> MetricsError {
@@ -331,15 +344,45 @@ pub fn write_score_histograms(set: &ScoreSet, path: &Path) -> Result<()> {
     })
 }
 
+/// Errors with [`MetricsError::PlotPathTaken`] when [`write_all`] could not
+/// write into `dir`: `dir`, or the nearest existing path above it, is not a
+/// directory, or `roc.png`, `det.png` or `scores.png` in it is a directory.
+/// Cheap, and touches nothing: callers check before computing what they
+/// plot, so a bad directory fails at once, not after the work.
+pub fn check_plot_dir(dir: &Path) -> Result<()> {
+    let taken = |path: &Path, problem| MetricsError::PlotPathTaken {
+        dir: dir.display().to_string(),
+        path: path.display().to_string(),
+        problem,
+    };
+    // `create_dir_all` makes the missing part below the nearest existing path.
+    for path in dir.ancestors().filter(|path| !path.as_os_str().is_empty()) {
+        match std::fs::metadata(path) {
+            Ok(metadata) if metadata.is_dir() => break,
+            Ok(_) => return Err(taken(path, "is not a directory")),
+            // Nothing there (yet): look further up.
+            Err(_) if std::fs::symlink_metadata(path).is_err() => continue,
+            // A symlink to nothing: `create_dir_all` cannot create through it.
+            Err(_) => return Err(taken(path, "is a broken symlink")),
+        }
+    }
+    for name in PLOT_FILE_NAMES {
+        let path = dir.join(name);
+        if path.is_dir() {
+            return Err(taken(&path, "is a directory, not a plot to replace"));
+        }
+    }
+    Ok(())
+}
+
 /// Writes `roc.png`, `det.png` and `scores.png` into `dir` (created if
-/// missing) and returns their paths.
+/// missing) and returns their paths. Errors as [`check_plot_dir`] before
+/// drawing anything, and with [`MetricsError::Plot`] when drawing or
+/// writing a plot fails.
 pub fn write_all(set: &ScoreSet, dir: &Path) -> Result<Vec<PathBuf>> {
+    check_plot_dir(dir)?;
     std::fs::create_dir_all(dir).map_err(|e| plot_error(dir, e))?;
-    let (roc, det, scores) = (
-        dir.join("roc.png"),
-        dir.join("det.png"),
-        dir.join("scores.png"),
-    );
+    let [roc, det, scores] = PLOT_FILE_NAMES.map(|name| dir.join(name));
     write_roc(set, &roc)?;
     write_det(set, &det)?;
     write_score_histograms(set, &scores)?;
@@ -361,5 +404,24 @@ mod tests {
         ] {
             assert!((probit(p) - z).abs() < 1e-8, "probit({p})");
         }
+    }
+
+    /// A `$FAS_METRICS_FONT` that is a FIFO or a device is skipped at once:
+    /// reading it would block the plots or fill memory.
+    #[cfg(unix)]
+    #[test]
+    fn font_paths_that_are_no_regular_files_are_skipped() {
+        use crate::regular_file::tests::{make_fifo, within_30s};
+        let dir = tempfile::tempdir().unwrap();
+        let (fifo, zero) = (dir.path().join("font.ttf"), dir.path().join("zero.ttf"));
+        make_fifo(&fifo);
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        for path in [fifo, zero] {
+            let shown = path.display().to_string();
+            assert!(within_30s(move || font_bytes(&path)).is_none(), "{shown}");
+        }
+        let font = dir.path().join("font.bin");
+        std::fs::write(&font, b"glyphs").unwrap();
+        assert_eq!(font_bytes(&font).as_deref(), Some(&b"glyphs"[..]));
     }
 }

@@ -23,10 +23,12 @@
 //! the file is ignored.
 
 use std::collections::HashMap;
+use std::io;
 use std::path::Path;
 
 use crate::error::{MetricsError, Result};
 use crate::label::{Label, ScoredSample};
+use crate::regular_file::{read_regular_file, ReadRefused};
 
 /// Label words read as bona fide, compared ignoring ASCII case.
 const BONAFIDE_WORDS: [&str; 6] = [
@@ -162,15 +164,42 @@ fn parse_label(token: &str) -> Option<Label> {
     }
 }
 
+/// The most bytes [`read_score_file`] reads. A score file holds one short
+/// line per sample (some 20 to 60 bytes), so 1 GiB is tens of millions of
+/// samples, far beyond any face anti-spoofing test set; the cap keeps a
+/// wrong path (a video, a disk image, `/dev/zero` behind a symlink) from
+/// taking all memory before the first malformed line is reported.
+pub const MAX_SCORE_FILE_BYTES: u64 = 1 << 30;
+
 /// Reads and parses a score file; errors name the file as given. Errors as
-/// [`parse_score_file`], plus [`MetricsError::ReadScoreFile`] when the file
+/// [`parse_score_file`], plus [`MetricsError::ScoreFileNotRegular`] when the
+/// path (symlinks followed) is not a regular file (a FIFO, a device, a
+/// directory), [`MetricsError::ScoreFileTooLarge`] when the file holds more
+/// than [`MAX_SCORE_FILE_BYTES`], and [`MetricsError::ReadScoreFile`] when it
 /// cannot be read or is not UTF-8.
 pub fn read_score_file(path: impl AsRef<Path>) -> Result<Vec<ScoredSample>> {
     let path = path.as_ref();
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| MetricsError::ReadScoreFile {
+    let read_error = |source| MetricsError::ReadScoreFile {
         file: file.clone(),
         source,
+    };
+    let bytes = read_regular_file(path, MAX_SCORE_FILE_BYTES).map_err(|refused| match refused {
+        ReadRefused::Io(source) => read_error(source),
+        ReadRefused::NotRegular(kind) => MetricsError::ScoreFileNotRegular {
+            file: file.clone(),
+            kind,
+        },
+        ReadRefused::TooLarge => MetricsError::ScoreFileTooLarge {
+            file: file.clone(),
+            limit: MAX_SCORE_FILE_BYTES,
+        },
+    })?;
+    let text = String::from_utf8(bytes).map_err(|error| {
+        read_error(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not UTF-8 text ({})", error.utf8_error()),
+        ))
     })?;
     parse_score_file(&file, &text)
 }

@@ -3,7 +3,7 @@
 //! eye when written.
 #![cfg(feature = "plot")]
 
-use fas_metrics::{read_score_file, Polarity, ScoreSet};
+use fas_metrics::{read_score_file, MetricsError, Polarity, ScoreSet};
 
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
 
@@ -120,4 +120,63 @@ fn extreme_score_ranges_are_drawn_quickly() {
             start.elapsed()
         );
     }
+}
+
+/// A `--plot-dir` that cannot hold the plots (an existing file, a path
+/// under one, a plot name taken by a directory) is refused before any
+/// metric is computed or printed, with an error naming the path in the
+/// way; `write_all` refuses it the same way, leaving the file as it was.
+#[test]
+fn plot_dirs_that_cannot_hold_plots_are_refused_up_front() {
+    let test = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/scores/test_crlf.txt"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("good.txt");
+    std::fs::copy(test, &file).unwrap();
+    let taken = dir.path().join("taken");
+    std::fs::create_dir_all(taken.join("det.png")).unwrap();
+    let cases = [
+        (file.clone(), file.clone(), "is not a directory"),
+        (file.join("plots"), file.clone(), "is not a directory"),
+        (
+            taken.clone(),
+            taken.join("det.png"),
+            "is a directory, not a plot to replace",
+        ),
+    ];
+    let scores = read_score_file(test).unwrap();
+    let set = ScoreSet::from_samples(&scores, Polarity::HigherIsBonafide).unwrap();
+    for (plot_dir, in_the_way, problem) in cases {
+        let message = format!(
+            "cannot write plots to {}: {} exists and {problem}",
+            plot_dir.display(),
+            in_the_way.display()
+        );
+        let args = [
+            "--test".into(),
+            test.into(),
+            "--higher".into(),
+            "bonafide".into(),
+            "--plot-dir".into(),
+            plot_dir.clone().into_os_string(),
+        ];
+        let (mut out, mut log) = (Vec::new(), Vec::new());
+        let err = fas_metrics::cli::run(args, &mut out, &mut log).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                fas_metrics::cli::CliError::Metrics(MetricsError::PlotPathTaken { .. })
+            ),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), message);
+        assert!(out.is_empty() && log.is_empty(), "output before the error");
+
+        let err = fas_metrics::plot::write_all(&set, &plot_dir).unwrap_err();
+        assert_eq!(err.to_string(), message);
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(test).unwrap());
+    assert!(!taken.join("roc.png").exists(), "nothing drawn");
 }

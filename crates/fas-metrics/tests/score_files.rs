@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use common::{check_type_rates, close, TypeRate};
 use fas_metrics::cli::{self, CliError};
+use fas_metrics::score_file::MAX_SCORE_FILE_BYTES;
 use fas_metrics::{
     evaluate_protocol, read_score_file, Label, MetricsError, Polarity, ProtocolConfig, ScoreSet,
 };
@@ -357,4 +358,146 @@ fn cli_broken_pipe_is_success() {
     };
     let err = cli::run(args(), &mut full, &mut io::sink()).unwrap_err();
     assert!(matches!(err, CliError::Write(_)), "{err}");
+}
+
+/// `run`'s result, or a test failure after 30 s: a read blocked on a FIFO
+/// must fail the test, not hang it.
+fn within_30s<T: Send + 'static>(run: impl FnOnce() -> T + Send + 'static) -> T {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(run()));
+    receiver
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("still running after 30 s (blocked on a FIFO?)")
+}
+
+/// A FIFO, `/dev/zero` behind a symlink and a directory are refused at once
+/// with an error naming the path, by the reader and by the command line,
+/// instead of blocking for a writer or filling memory.
+#[cfg(unix)]
+#[test]
+fn score_paths_that_are_no_regular_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.txt");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success());
+    let zero = dir.path().join("zero.txt");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let cases = [
+        (fifo, "a FIFO"),
+        (zero, "a character device"),
+        (dir.path().to_path_buf(), "a directory"),
+    ];
+    for (path, kind) in cases {
+        let shown = path.to_str().unwrap().to_owned();
+        let err = within_30s({
+            let path = path.clone();
+            move || read_score_file(path)
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&err, MetricsError::ScoreFileNotRegular { file, kind: k } if *file == shown && k == &kind),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with(&format!(
+                "score file {shown} is not a regular file but {kind}: "
+            )),
+            "{err}"
+        );
+        let test = path_arg("test_crlf.txt");
+        let args = [
+            vec!["--test", &shown, "--higher", "attack"],
+            vec!["--dev", &shown, "--test", &test, "--higher", "bonafide"],
+        ];
+        for args in args {
+            let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+            let (result, out, _) = within_30s(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                run_cli(&args)
+            });
+            let err = result.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    CliError::Metrics(MetricsError::ScoreFileNotRegular { .. })
+                ),
+                "{err}"
+            );
+            assert_eq!(out, "");
+        }
+    }
+}
+
+/// A score file over [`MAX_SCORE_FILE_BYTES`] is refused by its size, with
+/// an error naming it and the limit, without being read (the file here is
+/// sparse: it takes no disk space).
+#[test]
+fn score_files_over_the_limit_are_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.txt");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(MAX_SCORE_FILE_BYTES + 1)
+        .unwrap();
+    let err = read_score_file(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MetricsError::ScoreFileTooLarge {
+                limit: MAX_SCORE_FILE_BYTES,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().starts_with(&format!(
+            "score file {} is larger than 1073741824 bytes",
+            path.display()
+        )),
+        "{err}"
+    );
+}
+
+/// `--dev` naming the test file, by its path or another one, or a copy of it
+/// (even with other line endings) is refused before any output: the
+/// threshold would be chosen on test. Without `--dev` the test set's own EER
+/// threshold is taken openly (`cli_without_dev_uses_the_test_eer`).
+#[test]
+fn cli_refuses_dev_that_is_the_test_file() {
+    let test = path_arg("test_crlf.txt");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy.txt");
+    std::fs::copy(&test, &copy).unwrap();
+    let lf_copy = dir.path().join("lf_copy.txt");
+    let text = std::fs::read_to_string(&test).unwrap();
+    std::fs::write(&lf_copy, text.replace("\r\n", "\n")).unwrap();
+    let other_path = fixture("../scores/./test_crlf.txt");
+    let cases = [
+        (PathBuf::from(&test), "are the same file"),
+        (other_path, "are the same file"),
+        (copy, "hold the same scores"),
+        (lf_copy, "hold the same scores"),
+    ];
+    for (dev, how) in cases {
+        let dev = dev.to_str().unwrap();
+        let args = ["--dev", dev, "--test", &test, "--higher", "bonafide"];
+        let (result, out, log) = run_cli(&args);
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, CliError::DevIsTest { how: h, .. } if *h == how),
+            "{dev}: {err}"
+        );
+        assert!(
+            err.to_string().starts_with(&format!(
+                "--dev {dev} and --test {test} {how}: the threshold would be chosen on the test \
+                 scores themselves"
+            )),
+            "{err}"
+        );
+        assert_eq!((out.as_str(), log.as_str()), ("", ""), "{dev}");
+    }
 }
