@@ -1,11 +1,12 @@
 //! `detect`: attack probabilities and live/attack decisions for images,
 //! directories of images and list files, batched, decoded on all cores.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use fas_data::image_io::{is_image_file, is_unsupported_image};
+use fas_data::protocol::MAX_LIST_BYTES;
 use fas_data::{BadInputPolicy, Loader, Media, Problem, Sample};
 
 use crate::checkpoint::{read_model_checkpoint, resolve_checkpoint};
@@ -16,14 +17,18 @@ use crate::error::{Error, Result};
 /// Score face images with a trained detector.
 ///
 /// Each PATH is an image, a directory (its images, recursively, sorted), or
-/// a list file (.txt: the first column of every non-blank line, relative to
-/// --root). Prints per image the attack probability (higher = attack) and
-/// the decision at the checkpoint's dev-calibrated threshold, as CSV or,
-/// with --json, one JSON object per line. An unreadable image gets an error
-/// line and the others go on; the exit status is 1 when any failed.
+/// a list file (.txt: the first column of every non-blank line; an entry is
+/// relative to --root, except an absolute path to an existing file, which is
+/// kept). Prints per image the attack probability (higher = attack) and the
+/// decision at the checkpoint's dev-calibrated threshold, as CSV or, with
+/// --json, one JSON object per line. An unreadable image gets an error line (naming the list
+/// file and line of a listed one) and the others go on; the exit status is
+/// 1 when any failed.
 ///
 /// Give face crops like the training images (the detector finds no face:
 /// a whole photo or a frame with a small face gives a meaningless score).
+/// An image with a side under 16 px is scored with a warning on standard
+/// error.
 #[derive(Debug, Parser)]
 #[command(name = "detect", version)]
 pub struct DetectArgs {
@@ -37,7 +42,8 @@ pub struct DetectArgs {
     /// Decision threshold on P(attack), in [0, 1] [default: the checkpoint's].
     #[arg(long, value_parser = super::parse_probability)]
     pub threshold: Option<f64>,
-    /// Directory that list-file entries are relative to [default: the current one].
+    /// Directory that list-file entries are relative to (a leading / dropped, as in
+    /// FA3-CLIP's lists, unless the entry is an existing file) [default: the current one].
     #[arg(long)]
     pub root: Option<PathBuf>,
     /// Batch, threads, device.
@@ -48,11 +54,17 @@ pub struct DetectArgs {
     pub paths: Vec<PathBuf>,
 }
 
+/// An image with a side shorter than this many pixels cannot be a face
+/// crop: it is scored, as any image, with a warning that the score means
+/// nothing.
+pub const MIN_FACE_CROP_SIDE: u32 = 16;
+
 /// One input: an image to score, or a problem found while expanding the
 /// arguments.
 #[derive(Debug, Clone)]
 enum Input {
-    Image(PathBuf),
+    /// An image; for a list entry, the list file and 1-based line naming it.
+    Image(PathBuf, Option<(PathBuf, usize)>),
     Unusable(PathBuf, String),
 }
 
@@ -63,6 +75,9 @@ pub struct Detection {
     pub path: PathBuf,
     /// Attack probability, or why there is none.
     pub result: std::result::Result<f64, String>,
+    /// Why the score, though given, means nothing (an image too small to be
+    /// a face crop); [`run`] prints it on standard error.
+    pub warning: Option<String>,
 }
 
 fn expand(paths: &[PathBuf], root: &Path) -> Vec<Input> {
@@ -74,7 +89,7 @@ fn expand(paths: &[PathBuf], root: &Path) -> Vec<Input> {
             let walked = collect_images(path, &mut found, &mut listed);
             // A folder an earlier argument already listed adds nothing (its
             // images are in); one that could not be listed says so itself.
-            let said = found.iter().any(|input| matches!(input, Input::Image(_)))
+            let said = found.iter().any(|input| matches!(input, Input::Image(..)))
                 || found
                     .iter()
                     .any(|input| matches!(input, Input::Unusable(p, _) if p == path));
@@ -90,21 +105,12 @@ fn expand(paths: &[PathBuf], root: &Path) -> Vec<Input> {
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
         {
-            match std::fs::read(path) {
-                Ok(bytes) => {
-                    for line in String::from_utf8_lossy(&bytes).lines() {
-                        if let Some(entry) = line.split_whitespace().next() {
-                            inputs.push(Input::Image(root.join(entry.trim_start_matches('/'))));
-                        }
-                    }
-                }
-                Err(e) => inputs.push(Input::Unusable(
-                    path.clone(),
-                    format!("cannot read list: {e}"),
-                )),
+            match read_list(path, root) {
+                Ok(listed) => inputs.extend(listed),
+                Err(reason) => inputs.push(Input::Unusable(path.clone(), reason)),
             }
         } else {
-            inputs.push(Input::Image(path.clone()));
+            inputs.push(Input::Image(path.clone(), None));
         }
     }
     inputs
@@ -113,9 +119,106 @@ fn expand(paths: &[PathBuf], root: &Path) -> Vec<Input> {
 impl Input {
     fn path(&self) -> &Path {
         match self {
-            Input::Image(path) | Input::Unusable(path, _) => path,
+            Input::Image(path, _) | Input::Unusable(path, _) => path,
         }
     }
+}
+
+/// The images `list` names: the first column of each line that is not
+/// blank. Like the protocol lists (`fas_data::protocol::read_list`): a
+/// byte-order mark starting a line (the file, or one of several
+/// concatenated) is not part of the entry, CRLF endings work, and there is
+/// no comment syntax. An entry is joined onto `root`, with a leading `/`
+/// dropped as the protocol lists' readers drop it (FA3-CLIP writes its
+/// entries so), unless it is an absolute path to an existing file (a list
+/// that `find /data -name '*.jpg'` wrote): that is kept. The error says why
+/// the list cannot be read.
+fn read_list(list: &Path, root: &Path) -> std::result::Result<Vec<Input>, String> {
+    let bytes = read_list_bytes(list)?;
+    let mut inputs = Vec::new();
+    for (index, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+        // The `\r` of a CRLF ending is whitespace.
+        if let Some(entry) = String::from_utf8_lossy(line).split_whitespace().next() {
+            let origin = (list.to_path_buf(), index + 1);
+            let path = match Path::new(entry) {
+                absolute if absolute.is_absolute() && absolute.is_file() => absolute.to_path_buf(),
+                _ => root.join(entry.trim_start_matches('/')),
+            };
+            inputs.push(Input::Image(path, Some(origin)));
+        }
+    }
+    Ok(inputs)
+}
+
+/// The bytes of `list`, a regular file of at most [`MAX_LIST_BYTES`] (the
+/// protocol lists' limit): a file far larger is not a list of images (an
+/// archive, a video), and reading it whole would exhaust memory.
+fn read_list_bytes(list: &Path) -> std::result::Result<Vec<u8>, String> {
+    let too_large = || {
+        format!(
+            "cannot read list: more than {MAX_LIST_BYTES} bytes, the most a list of images is \
+             read at; is it the right file?"
+        )
+    };
+    let cannot_read = |e: std::io::Error| format!("cannot read list: {e}");
+    let file = open_regular_file(list).map_err(cannot_read)?;
+    if file.metadata().map_err(cannot_read)?.len() > MAX_LIST_BYTES {
+        return Err(too_large());
+    }
+    // The bound holds even if the file grows after the size was checked.
+    let mut bytes = Vec::new();
+    file.take(MAX_LIST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot_read)?;
+    if bytes.len() as u64 > MAX_LIST_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// `path` (links followed) opened for reading, if it is a regular file.
+/// Opening a FIFO blocks until a writer comes, and reading a device such as
+/// `/dev/zero` never ends, so anything else is refused: from the path's
+/// metadata before opening, and again from the opened handle's, as the path
+/// may have changed in between (on unix the open itself never blocks).
+fn open_regular_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let not_regular = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, a device or a socket); give a file",
+        )
+    };
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    Ok(file)
+}
+
+/// The warning for a scored image with a side under [`MIN_FACE_CROP_SIDE`],
+/// from its header. None when its size cannot be read (it was just read to
+/// be scored, so this is a file changed since).
+fn small_image_warning(path: &Path) -> Option<String> {
+    let file = open_regular_file(path).ok()?;
+    let (width, height) = image::ImageReader::new(std::io::BufReader::new(file))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()?;
+    (width.min(height) < MIN_FACE_CROP_SIDE).then(|| {
+        format!(
+            "{width}x{height} px, too small to be a face crop (a side under \
+             {MIN_FACE_CROP_SIDE} px): its score means nothing"
+        )
+    })
 }
 
 /// The images under `dir`, following links, each real directory listed
@@ -169,7 +272,7 @@ fn collect_images(
             Ok(meta) if meta.is_dir() => {
                 collect_images(&path, out, listed);
             }
-            Ok(_) if is_image_file(&path) => out.push(Input::Image(path)),
+            Ok(_) if is_image_file(&path) => out.push(Input::Image(path, None)),
             Ok(_) if is_unsupported_image(&path) => out.push(Input::Unusable(
                 path,
                 "image format not decoded (JPEG and PNG only); convert it to score it".into(),
@@ -184,7 +287,9 @@ fn collect_images(
     true
 }
 
-/// Scores every input in order; unreadable images get their error.
+/// Scores every input in order; unreadable images get their error (with
+/// the list file and line of a listed one), images too small to be face
+/// crops a warning.
 pub fn detect(detector: &Detector, args: &DetectArgs) -> Result<Vec<Detection>> {
     let root = args.root.clone().unwrap_or_else(|| PathBuf::from("."));
     let inputs = expand(&args.paths, &root);
@@ -192,11 +297,12 @@ pub fn detect(detector: &Detector, args: &DetectArgs) -> Result<Vec<Detection>> 
         .iter()
         .enumerate()
         .filter_map(|(i, input)| match input {
-            Input::Image(path) => Some((i, path.clone())),
+            Input::Image(path, _) => Some((i, path.clone())),
             Input::Unusable(..) => None,
         })
         .collect();
     let mut results: Vec<Option<std::result::Result<f64, String>>> = vec![None; inputs.len()];
+    let mut warnings: Vec<Option<String>> = vec![None; inputs.len()];
     for (i, input) in inputs.iter().enumerate() {
         if let Input::Unusable(_, reason) = input {
             results[i] = Some(Err(reason.clone()));
@@ -211,7 +317,10 @@ pub fn detect(detector: &Detector, args: &DetectArgs) -> Result<Vec<Detection>> 
             media: Media::Image,
             // The input's position, to put the results back in order.
             video_id: i.to_string(),
-            origin: (path.clone(), 0),
+            origin: match &inputs[*i] {
+                Input::Image(_, Some(listed)) => listed.clone(),
+                _ => (path.clone(), 0),
+            },
         })
         .collect();
     let mut config = evaluation_loader(
@@ -238,6 +347,7 @@ pub fn detect(detector: &Detector, args: &DetectArgs) -> Result<Vec<Detection>> 
             for (index, p) in scored.iter().zip(probabilities) {
                 if let Some(slot) = results.get_mut(*index) {
                     *slot = Some(Ok(p));
+                    warnings[*index] = small_image_warning(inputs[*index].path());
                 }
             }
             // The skipped images are this batch's inputs that were not
@@ -257,14 +367,21 @@ pub fn detect(detector: &Detector, args: &DetectArgs) -> Result<Vec<Detection>> 
     }
     Ok(inputs
         .into_iter()
-        .zip(results)
-        .map(|(input, result)| {
-            let path = match input {
-                Input::Image(path) | Input::Unusable(path, _) => path,
+        .zip(results.into_iter().zip(warnings))
+        .map(|(input, (result, warning))| {
+            let result = result.unwrap_or_else(|| Err("not scored".into()));
+            let (path, result) = match input {
+                Input::Image(path, Some((list, line))) => {
+                    let result = result
+                        .map_err(|e| format!("list file {} line {line}: {e}", list.display()));
+                    (path, result)
+                }
+                Input::Image(path, None) | Input::Unusable(path, _) => (path, result),
             };
             Detection {
                 path,
-                result: result.unwrap_or_else(|| Err("not scored".into())),
+                result,
+                warning,
             }
         })
         .collect())
@@ -293,6 +410,9 @@ pub fn run(args: &DetectArgs, out: &mut dyn Write) -> Result<usize> {
     let mut failed = 0;
     for d in &detections {
         let path = d.path.to_string_lossy();
+        if let Some(warning) = &d.warning {
+            crate::runtime::note(&format!("warning: {path}: {warning}"));
+        }
         let line = match (&d.result, args.json) {
             (Ok(p), true) => serde_json::json!({
                 "path": path,
@@ -327,6 +447,10 @@ fn csv_field(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use candle_core::{DType, Device, Tensor};
+
     use super::*;
 
     fn images_and_problems(inputs: &[Input]) -> (Vec<String>, Vec<String>) {
@@ -334,7 +458,7 @@ mod tests {
         let mut problems = Vec::new();
         for input in inputs {
             match input {
-                Input::Image(path) => images.push(path.display().to_string()),
+                Input::Image(path, _) => images.push(path.display().to_string()),
                 Input::Unusable(path, why) => problems.push(format!("{}: {why}", path.display())),
             }
         }
@@ -407,5 +531,206 @@ mod tests {
         assert!(problems[1].contains("face.webp: image format not decoded"));
         assert!(problems[2].contains("empty: holds no JPEG or PNG image"));
         assert!(problems[3].contains("face.bmp: image format not decoded"));
+    }
+
+    /// `expand` of `paths` on another thread; `None` when it has not
+    /// returned within 30 s (reading a FIFO list blocked for ever).
+    fn expand_in_time(paths: Vec<PathBuf>) -> Option<Vec<Input>> {
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = send.send(expand(&paths, Path::new(".")));
+        });
+        receive.recv_timeout(Duration::from_secs(30)).ok()
+    }
+
+    /// The one problem `expand` found with a list that cannot be read.
+    fn refusal(list: &Path) -> String {
+        let inputs = expand_in_time(vec![list.to_path_buf()])
+            .unwrap_or_else(|| panic!("reading {} did not end", list.display()));
+        let (images, problems) = images_and_problems(&inputs);
+        assert!(images.is_empty(), "{images:?}");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        problems[0].clone()
+    }
+
+    /// A FIFO given as a list is refused at once, not opened (which blocks
+    /// until a writer comes).
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_list_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("faces.txt");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let problem = refusal(&fifo);
+        assert!(
+            problem.contains("faces.txt: cannot read list: not a regular file"),
+            "{problem}"
+        );
+    }
+
+    /// A list linked to `/dev/zero` is refused before reading, not read
+    /// until memory runs out.
+    #[cfg(unix)]
+    #[test]
+    fn a_list_linked_to_a_device_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let zero = dir.path().join("zero.txt");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let problem = refusal(&zero);
+        assert!(
+            problem.contains("zero.txt: cannot read list: not a regular file"),
+            "{problem}"
+        );
+    }
+
+    /// A list larger than [`MAX_LIST_BYTES`] (a sparse file: nothing is
+    /// written) is refused with the limit, not read whole.
+    #[test]
+    fn a_list_over_the_size_limit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = dir.path().join("huge.txt");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(MAX_LIST_BYTES + 1)
+            .unwrap();
+        let problem = refusal(&huge);
+        assert!(
+            problem.contains(&format!(
+                "huge.txt: cannot read list: more than {MAX_LIST_BYTES} bytes"
+            )),
+            "{problem}"
+        );
+    }
+
+    /// A byte-order mark starting the list, or a line of lists
+    /// concatenated, is not part of the entry.
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_an_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("faces.txt");
+        std::fs::write(
+            &list,
+            "\u{feff}first.jpg\r\nsecond.jpg\r\n\u{feff}third.jpg\n",
+        )
+        .unwrap();
+        let (images, problems) = images_and_problems(&expand(&[list], Path::new("data")));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            images,
+            ["data/first.jpg", "data/second.jpg", "data/third.jpg"]
+        );
+    }
+
+    /// An absolute list entry naming an existing file is kept; other entries
+    /// are joined onto the root, a leading `/` dropped (FA3-CLIP's protocol
+    /// lists); blank lines (CRLF ones too) and further columns are ignored.
+    #[test]
+    fn absolute_list_entries_of_existing_files_stay_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let absolute = dir.path().join("elsewhere/face.jpg");
+        assert!(absolute.is_absolute());
+        std::fs::create_dir_all(absolute.parent().unwrap()).unwrap();
+        std::fs::write(&absolute, "x").unwrap();
+        let list = dir.path().join("faces.txt");
+        let text = format!(
+            "{}\r\n\r\n   \r\nrel/y.jpg 1\r\n\n/z.jpg\n\n",
+            absolute.display()
+        );
+        std::fs::write(&list, text).unwrap();
+        let (images, problems) = images_and_problems(&expand(&[list], Path::new("data")));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            images,
+            [
+                absolute.display().to_string(),
+                "data/rel/y.jpg".into(),
+                "data/z.jpg".into()
+            ]
+        );
+    }
+
+    /// A detector of `ClipConfig::tiny()`'s shapes with random weights:
+    /// enough to score 32 px inputs.
+    fn tiny_detector() -> Detector {
+        let cfg = clip_moe::ClipConfig::tiny();
+        let varmap = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = clip_moe::ClipModel::new(&cfg, vb).unwrap();
+        let embeddings = Tensor::randn(0f32, 1., (2, cfg.projection_dim), &Device::Cpu).unwrap();
+        Detector::new(model, embeddings)
+    }
+
+    fn args(extra: &[&str]) -> DetectArgs {
+        let mut argv = vec!["detect", "--checkpoint", "unused", "--workers", "1"];
+        argv.extend_from_slice(extra);
+        DetectArgs::try_parse_from(argv).unwrap()
+    }
+
+    fn write_png(path: &Path, width: u32, height: u32) {
+        image::RgbImage::from_pixel(width, height, image::Rgb([120, 90, 70]))
+            .save(path)
+            .unwrap();
+    }
+
+    /// A listed image that is missing fails with the list file and the
+    /// 1-based line that named it; the others are scored.
+    #[test]
+    fn a_missing_listed_image_names_its_list_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write_png(&dir.path().join("face.png"), 40, 40);
+        let list = dir.path().join("faces.txt");
+        std::fs::write(&list, "\r\nface.png\r\nmissing.jpg\r\n").unwrap();
+        let root = dir.path().to_str().unwrap();
+        let detections = detect(
+            &tiny_detector(),
+            &args(&["--root", root, list.to_str().unwrap()]),
+        )
+        .unwrap();
+        assert_eq!(detections.len(), 2, "{detections:?}");
+        assert!(detections[0].result.is_ok(), "{detections:?}");
+        let error = detections[1].result.as_ref().unwrap_err();
+        let expected = format!("list file {} line 3: ", list.display());
+        assert!(error.starts_with(&expected), "{error}");
+        assert!(error.contains("missing.jpg"), "{error}");
+    }
+
+    /// Images with a side under [`MIN_FACE_CROP_SIDE`] px are scored, with
+    /// a warning each; a face-crop-sized one gets none.
+    #[test]
+    fn images_too_small_for_a_face_are_scored_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = [(1, 1), (1, 5000), (15, 300), (16, 16), (40, 40)];
+        for (width, height) in sizes {
+            write_png(
+                &dir.path().join(format!("{width}x{height}.png")),
+                width,
+                height,
+            );
+        }
+        let detections = detect(&tiny_detector(), &args(&[dir.path().to_str().unwrap()])).unwrap();
+        let found: Vec<(String, bool, Option<String>)> = detections
+            .iter()
+            .map(|d| {
+                let name = d.path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, d.result.is_ok(), d.warning.clone())
+            })
+            .collect();
+        let small = |size: &str| {
+            Some(format!("{size} px, too small to be a face crop (a side under 16 px): its score means nothing"))
+        };
+        assert_eq!(
+            found,
+            [
+                ("15x300.png".to_string(), true, small("15x300")),
+                ("16x16.png".to_string(), true, None),
+                ("1x1.png".to_string(), true, small("1x1")),
+                ("1x5000.png".to_string(), true, small("1x5000")),
+                ("40x40.png".to_string(), true, None),
+            ]
+        );
     }
 }
