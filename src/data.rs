@@ -116,6 +116,44 @@ pub fn read_split(data: &DataConfig, split: Split) -> Result<SplitData> {
     Ok(split_data)
 }
 
+/// Errors when `later` lists the same samples as `earlier` (one list given
+/// for two splits, or two files with the same entries): a threshold and
+/// best checkpoint chosen on dev would be chosen on test, and a model
+/// scored on its training samples would report nothing of what it learned.
+/// When they share only some entries, the note to print says how many.
+pub fn check_distinct(earlier: &SplitData, later: &SplitData) -> Result<Option<String>> {
+    fn entries(split: &SplitData) -> std::collections::HashSet<&str> {
+        split.samples.iter().map(|s| s.entry.as_str()).collect()
+    }
+    let (first, second) = (entries(earlier), entries(later));
+    let mut shared: Vec<&str> = second.intersection(&first).copied().collect();
+    if shared.is_empty() {
+        return Ok(None);
+    }
+    let (a, b) = (earlier.split.name(), later.split.name());
+    if first == second {
+        let consequence = if later.split == Split::Test && earlier.split == Split::Dev {
+            "the threshold and the best checkpoint would be chosen on the test samples"
+        } else {
+            "the model would be scored on the samples it trains on"
+        };
+        return Err(later.error(format!(
+            "lists the same samples as the {a} split ({}): {consequence}; give each split its \
+             own list",
+            earlier.source.display()
+        )));
+    }
+    shared.sort_unstable();
+    Ok(Some(format!(
+        "note: the {a} list ({}) and the {b} list ({}) share {} entries (first: {}); the \
+         {b} metrics include them",
+        earlier.source.display(),
+        later.source.display(),
+        shared.len(),
+        shared[0]
+    )))
+}
+
 /// A human-readable name of the protocol (`p1`, or the list names).
 pub fn protocol_name(data: &DataConfig) -> String {
     match &data.dataset {

@@ -187,6 +187,10 @@ impl Trainer {
         for split in [&train, &dev, &test] {
             split.require_both_classes()?;
         }
+        let mut overlaps = Vec::new();
+        for (earlier, later) in [(&train, &dev), (&train, &test), (&dev, &test)] {
+            overlaps.extend(crate::data::check_distinct(earlier, later)?);
+        }
         let lists = RunLists {
             train: ListDigest::of(&train.samples),
             dev: ListDigest::of(&dev.samples),
@@ -292,6 +296,11 @@ impl Trainer {
             window: LogWindow::new(),
             cfg,
         };
+        if rank == 0 {
+            for note in &overlaps {
+                trainer.progress.println(note);
+            }
+        }
         if options.resume {
             if let Some(latest) = run.latest_checkpoint()? {
                 let checkpoint = read_checkpoint(&latest)?;

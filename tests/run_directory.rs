@@ -427,6 +427,63 @@ fn a_report_copy_over_anything_but_a_report_is_refused_at_the_start() -> Result<
     Ok(())
 }
 
+/// One list given for two splits, or two files listing the same samples,
+/// is refused before anything trains: dev would choose the threshold and
+/// the best checkpoint on test, or the model would be scored on what it
+/// trained on. Lists that share only some entries are taken.
+#[test]
+fn splits_that_list_the_same_samples_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cfg, out) = common::one_epoch(dir.path());
+    let protocol = cfg.data.root.join("UniAttackData/protocol");
+    let list = |split: &str| protocol.join(format!("UniAttackData@p1_image_{split}.txt"));
+    let copy = dir.path().join("test-copy.txt");
+    std::fs::copy(list("test"), &copy)?;
+    let with_lists = |train: std::path::PathBuf, dev: std::path::PathBuf, test| {
+        let mut cfg = cfg.clone();
+        cfg.data.dataset = uniattack::experiment::Dataset::Lists {
+            format: fas_data::ListFormat::UniattackProtocol,
+            train,
+            dev,
+            test,
+        };
+        cfg
+    };
+    for (cfg, expected) in [
+        (
+            with_lists(list("train"), list("test"), list("test")),
+            "chosen on the test samples",
+        ),
+        (
+            with_lists(list("train"), copy.clone(), list("test")),
+            "chosen on the test samples",
+        ),
+        (
+            with_lists(list("test"), list("dev"), list("test")),
+            "scored on the samples it trains on",
+        ),
+    ] {
+        let err = error_of(Trainer::new(cfg, common::options(&out, false)));
+        assert!(
+            err.contains("same samples") && err.contains(expected),
+            "{err}"
+        );
+    }
+    // A dev list that also holds one test sample: taken (with a note).
+    let dev = dir.path().join("dev-plus-one.txt");
+    let test_text = std::fs::read_to_string(list("test"))?;
+    let extra = test_text.lines().next().unwrap();
+    std::fs::write(
+        &dev,
+        format!("{}{extra}\n", std::fs::read_to_string(list("dev"))?),
+    )?;
+    Trainer::new(
+        with_lists(list("train"), dev, list("test")),
+        common::options(&out, false),
+    )?;
+    Ok(())
+}
+
 /// A directory that holds anything a run does not write (a folder of
 /// other results, the data root itself) or that is a file is refused as
 /// `--output`, and nothing in it is touched.

@@ -198,13 +198,12 @@ fn eval_writes_the_report_and_score_files() -> Result<()> {
 fn an_evaluation_directory_holds_one_evaluation() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let data = common::dataset(&dir.path().join("data"));
-    let run = trained(dir.path(), &data, 0)?;
-    let run_arg = run.to_str().unwrap();
+    let runs = [trained(dir.path(), &data, 0)?, trained(dir.path(), &data, 1)?];
     let out = dir.path().join("eval");
     let eval = |checkpoints: usize| -> Result<String> {
         let mut argv = vec!["eval_uniattack", "--output", out.to_str().unwrap()];
-        for _ in 0..checkpoints {
-            argv.extend(["--checkpoint", run_arg]);
+        for run in &runs[..checkpoints] {
+            argv.extend(["--checkpoint", run.to_str().unwrap()]);
         }
         Ok(uniattack::cli::eval::run(&EvalArgs::try_parse_from(argv)?)?)
     };
@@ -307,6 +306,23 @@ fn several_checkpoints_give_mean_and_deviation() -> Result<()> {
     assert!((summary["mean"].as_f64().unwrap() - (x + y) / 2.0).abs() < 1e-12);
     // Sample standard deviation of two values: |x - y| / sqrt(2).
     assert!((summary["std"].as_f64().unwrap() - (x - y).abs() / 2f64.sqrt()).abs() < 1e-12);
+
+    // No seeds of one result: one run given twice (a spread of 0), and a
+    // run on other data (another copy of the dataset, with other lists).
+    let other_data = common::dataset(&dir.path().join("other-data"));
+    let c = trained(&dir.path().join("other"), &other_data, 3)?;
+    let b_again = dir.path().join("run-2/./");
+    for (second, expected) in [(&b_again, "the same checkpoint"), (&c, "the lists scored")] {
+        let args = EvalArgs::try_parse_from([
+            "eval_uniattack",
+            "--checkpoint",
+            b.to_str().unwrap(),
+            "--checkpoint",
+            second.to_str().unwrap(),
+        ])?;
+        let err = uniattack::cli::eval::run(&args).unwrap_err().to_string();
+        assert!(err.contains(expected), "{err}");
+    }
     Ok(())
 }
 

@@ -177,6 +177,9 @@ pub fn evaluate_checkpoint(
         ThresholdOrigin::Dev => {
             let dev = read_split(&data, Split::Dev)?;
             dev.require_both_classes()?;
+            if let Some(overlap) = crate::data::check_distinct(&dev, &test)? {
+                crate::runtime::note(&overlap);
+            }
             Some(dev)
         }
         _ => None,
@@ -290,7 +293,7 @@ fn data_config(args: &EvalArgs, saved: &DataConfig) -> DataConfig {
 /// on dev now) the rule that chooses it. The scoring level and the
 /// threshold's origin come from the command line, the same for all. Seeds
 /// of one configuration agree in all of these.
-fn summary_key(args: &EvalArgs, meta: &CheckpointMeta) -> [(&'static str, String); 3] {
+fn summary_key(args: &EvalArgs, meta: &CheckpointMeta) -> [(&'static str, String); 4] {
     let selection = match meta.kind {
         CheckpointKind::Model => {
             format!("selected on {:?}", meta.experiment.eval.select_on).to_lowercase()
@@ -301,11 +304,15 @@ fn summary_key(args: &EvalArgs, meta: &CheckpointMeta) -> [(&'static str, String
         ThresholdArg::Dev => format!("{:?}", meta.experiment.eval.threshold_rule),
         _ => String::new(),
     };
+    let data = data_config(args, &meta.experiment.data);
+    // The files scored: runs on other data (or other lists of it) are no
+    // seeds of one result.
+    let lists = [Split::Dev, Split::Test]
+        .map(|split| crate::data::list_path(&data, split).display().to_string())
+        .join(" and ");
     [
-        (
-            "protocol",
-            protocol_name(&data_config(args, &meta.experiment.data)),
-        ),
+        ("protocol", protocol_name(&data)),
+        ("the lists scored", lists),
         ("checkpoint selection", selection),
         ("threshold rule", rule),
     ]
@@ -314,13 +321,27 @@ fn summary_key(args: &EvalArgs, meta: &CheckpointMeta) -> [(&'static str, String
 /// Errors unless every checkpoint can be averaged with the first, naming
 /// the first difference.
 fn check_summarisable(args: &EvalArgs) -> Result<()> {
-    let keys = args
+    let paths = args
         .checkpoint
         .iter()
-        .map(|checkpoint| {
-            let path = resolve_checkpoint(checkpoint)?;
-            Ok(summary_key(args, &read_header(&path)?))
-        })
+        .map(|checkpoint| resolve_checkpoint(checkpoint))
+        .collect::<Result<Vec<_>>>()?;
+    for (i, path) in paths.iter().enumerate() {
+        if let Some(j) = (0..i).find(|&j| atomic_io::same_file(&paths[j], path)) {
+            return Err(Error::config(
+                "--checkpoint",
+                format!(
+                    "{} and {} are the same checkpoint; a mean over it twice would show a \
+                     spread of 0: give each seed's run once",
+                    args.checkpoint[j].display(),
+                    args.checkpoint[i].display()
+                ),
+            ));
+        }
+    }
+    let keys = paths
+        .iter()
+        .map(|path| Ok(summary_key(args, &read_header(path)?)))
         .collect::<Result<Vec<_>>>()?;
     for (i, key) in keys.iter().enumerate().skip(1) {
         let differing = keys[0].iter().zip(key).find(|(a, b)| a.1 != b.1);
