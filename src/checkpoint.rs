@@ -560,12 +560,39 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
              checkpoints/best.safetensors)",
         ));
     }
+    if path.exists() {
+        return Err(Error::checkpoint(
+            path,
+            "is not a regular file (a FIFO, a device or a socket); give a checkpoint file or a \
+             run directory",
+        ));
+    }
     Err(Error::checkpoint(path, "no such file or directory"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `--checkpoint` that exists but is neither a file nor a directory
+    /// says so, rather than "no such file".
+    #[cfg(unix)]
+    #[test]
+    fn a_checkpoint_that_is_a_fifo_is_named_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("best.safetensors");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let err = resolve_checkpoint(&fifo).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        let err = resolve_checkpoint(&dir.path().join("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no such file"), "{err}");
+    }
 
     #[test]
     fn checksum_sees_any_change() {

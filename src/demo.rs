@@ -111,6 +111,7 @@ pub fn ensure_dataset(cache: &Path, config: &SynthConfig) -> Result<PathBuf> {
         return Ok(root);
     }
     std::fs::create_dir_all(cache).map_err(|e| Error::io("creating", cache, e))?;
+    remove_abandoned_generations(cache);
     let tmp = cache.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     write_dataset(&tmp, config)?;
@@ -128,6 +129,35 @@ pub fn ensure_dataset(cache: &Path, config: &SynthConfig) -> Result<PathBuf> {
             let _ = std::fs::remove_dir_all(&root);
             std::fs::rename(&tmp, &root).map_err(|e| Error::io("renaming into", &root, e))?;
             Ok(root)
+        }
+    }
+}
+
+/// Removes the temporary directories of generations whose process is gone
+/// (a demo killed while writing its data), which nothing else would ever
+/// remove. Only where the process table can be read (`/proc`, Linux): a
+/// live process's generation, or one of unknown state, is left alone.
+fn remove_abandoned_generations(cache: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|name| name.starts_with(".synth-v"))
+            .and_then(|name| name.rsplit_once(".tmp-"))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            // Best effort: a directory that cannot be removed costs disk,
+            // not the demo.
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -190,5 +220,31 @@ pub fn experiment(root: &Path) -> ExperimentConfig {
             test_during_training: false,
             ..EvalConfig::default()
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A killed generation's directory is removed; a live process's (PID
+    /// 1's here), this process's own and anything else are left.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_abandoned_generations_are_removed() {
+        let cache = tempfile::tempdir().unwrap();
+        // Above any PID Linux hands out (pid_max is at most 2^22).
+        let dead = cache.path().join(".synth-v1-seed0.tmp-4000000000");
+        let live = cache.path().join(".synth-v1-seed0.tmp-1");
+        let own = cache
+            .path()
+            .join(format!(".synth-v1-seed0.tmp-{}", std::process::id()));
+        let other = cache.path().join(".notes.tmp-4000000000");
+        for dir in [&dead, &live, &own, &other] {
+            std::fs::create_dir_all(dir.join("UniAttackData")).unwrap();
+        }
+        remove_abandoned_generations(cache.path());
+        assert!(!dead.exists());
+        assert!(live.exists() && own.exists() && other.exists());
     }
 }

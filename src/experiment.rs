@@ -361,8 +361,14 @@ impl ExperimentConfig {
                 "give at least one template",
             ));
         }
-        if self.loader.batch_size == 0 || self.loader.eval_batch_size == 0 {
+        if self.loader.batch_size == 0 {
             return Err(Error::config("loader.batch_size", "must be at least 1"));
+        }
+        if self.loader.eval_batch_size == 0 {
+            return Err(Error::config(
+                "loader.eval_batch_size",
+                "must be at least 1",
+            ));
         }
         if self.prompts.loss == LossKind::Clip && self.loader.batch_size < 2 {
             return Err(Error::config(
@@ -449,6 +455,10 @@ mod tests {
     #[test]
     fn invalid_settings_name_the_field() {
         let mut cfg = ExperimentConfig::paper("/data".into(), Protocol::P1);
+        let mut eval_zero = cfg.clone();
+        eval_zero.loader.eval_batch_size = 0;
+        let err = eval_zero.validate().unwrap_err().to_string();
+        assert!(err.contains("loader.eval_batch_size"), "{err}");
         cfg.loader.batch_size = 1;
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("loader.batch_size"), "{err}");

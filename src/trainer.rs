@@ -1168,20 +1168,34 @@ fn run_length(training: &crate::experiment::TrainingConfig, steps_per_epoch: u64
     }
 }
 
-/// Whether `run`'s `config.json` is a uniattack experiment (of any
-/// version) rather than someone else's file, such as a model directory's.
-pub(crate) fn holds_experiment(run: &RunDir) -> Result<bool> {
-    let text =
-        std::fs::read_to_string(run.config()).map_err(|e| Error::io("reading", run.config(), e))?;
+/// What `run`'s `config.json` holds.
+pub(crate) enum ConfigFile {
+    /// A uniattack experiment (of any version).
+    Experiment,
+    /// Someone else's JSON, such as a model directory's `config.json`.
+    Foreign,
+    /// No JSON at all (cut short, overwritten): why not.
+    Damaged(String),
+}
+
+/// What `run`'s `config.json` is: an experiment, someone else's file, or
+/// damaged.
+pub(crate) fn config_file(run: &RunDir) -> Result<ConfigFile> {
+    let bytes = std::fs::read(run.config()).map_err(|e| Error::io("reading", run.config(), e))?;
+    let json = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(json) => json,
+        Err(e) => return Ok(ConfigFile::Damaged(format!("not JSON: {e}"))),
+    };
     // Any version's experiment has these sections; a model's config
     // (CLIP's `vision_config`, ...) has none of them.
-    Ok(
-        serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|json| {
-            ["seed", "model", "data", "training"]
-                .iter()
-                .all(|key| json.get(key).is_some())
-        }),
-    )
+    let experiment = ["seed", "model", "data", "training"]
+        .iter()
+        .all(|key| json.get(key).is_some());
+    Ok(if experiment {
+        ConfigFile::Experiment
+    } else {
+        ConfigFile::Foreign
+    })
 }
 
 /// Whether `run` holds a run worth keeping: a checkpoint, a report or a
@@ -1321,12 +1335,19 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
     if !exists && run.config().is_file() {
         // A failed start's own config.json may be replaced; anyone else's
         // (a model directory given as --output) may not.
-        if !holds_experiment(run)? {
+        let what = match config_file(run)? {
+            ConfigFile::Experiment => None,
+            ConfigFile::Foreign => {
+                Some("is not a uniattack experiment (a model directory?)".to_string())
+            }
+            ConfigFile::Damaged(why) => Some(format!("is damaged ({why})")),
+        };
+        if let Some(what) = what {
             return Err(Error::config(
                 "--output",
                 format!(
-                    "{} holds a config.json that is not a uniattack experiment (a model \
-                     directory?); training there would replace it: choose another directory",
+                    "{} holds a config.json that {what} and no run; training there would \
+                     replace it: choose another directory",
                     run.root().display()
                 ),
             ));
@@ -1334,7 +1355,11 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
     }
     std::fs::create_dir_all(run.root()).map_err(|e| Error::io("creating", run.root(), e))?;
     let lock = lock_run(run)?;
-    if exists && run.config().is_file() {
+    // A damaged config.json of a run with a checkpoint is left to the
+    // checkpoint's own record of the experiment, which the resume checks.
+    let left_to_checkpoint = matches!(config_file(run), Ok(ConfigFile::Damaged(_)))
+        && !run.step_checkpoints()?.is_empty();
+    if exists && run.config().is_file() && !left_to_checkpoint {
         let saved = ExperimentConfig::from_file(&run.config())?;
         let differ = differing_sections(&saved, cfg);
         if !differ.is_empty() {

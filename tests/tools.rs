@@ -198,7 +198,10 @@ fn eval_writes_the_report_and_score_files() -> Result<()> {
 fn an_evaluation_directory_holds_one_evaluation() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let data = common::dataset(&dir.path().join("data"));
-    let runs = [trained(dir.path(), &data, 0)?, trained(dir.path(), &data, 1)?];
+    let runs = [
+        trained(dir.path(), &data, 0)?,
+        trained(dir.path(), &data, 1)?,
+    ];
     let out = dir.path().join("eval");
     let eval = |checkpoints: usize| -> Result<String> {
         let mut argv = vec!["eval_uniattack", "--output", out.to_str().unwrap()];
@@ -264,6 +267,20 @@ fn an_evaluation_directory_holds_one_evaluation() -> Result<()> {
     }
     eval(1)?;
     assert_eq!(files(&out), single);
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x")?;
+    let argv = [
+        "eval_uniattack",
+        "--output",
+        file.to_str().unwrap(),
+        "--checkpoint",
+        runs[0].to_str().unwrap(),
+    ];
+    let err = uniattack::cli::eval::run(&EvalArgs::try_parse_from(argv)?)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a directory"), "{err}");
 
     std::fs::write(out.join("notes.txt"), "mine")?;
     let err = eval(1).unwrap_err().to_string();
@@ -648,6 +665,82 @@ fn a_run_resumes_from_anywhere_and_over_moved_data() -> Result<()> {
     assert_eq!(report.step, Some(4));
     let saved = uniattack::experiment::ExperimentConfig::from_file(&out.join("config.json"))?;
     assert_eq!(saved.data.root, moved);
+    Ok(())
+}
+
+/// A demo run with settings of its own resumes with `--demo` (which writes
+/// removed demo data again) and no other flag: the run's settings, not
+/// the demo's defaults.
+#[test]
+fn a_demo_run_resumes_with_its_own_settings() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let out = dir.path().join("run");
+    let (root_arg, out_arg) = (root.to_str().unwrap(), out.to_str().unwrap());
+    let started = TrainArgs::try_parse_from([
+        "train_uniattack",
+        "--demo",
+        "--data",
+        root_arg,
+        "--output",
+        out_arg,
+        "--seed",
+        "5",
+        "--epochs",
+        "3",
+    ])?
+    .experiment()?;
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("config.json"), started.to_json())?;
+    let resumed = TrainArgs::try_parse_from([
+        "train_uniattack",
+        "--resume",
+        "--demo",
+        "--data",
+        root_arg,
+        "--output",
+        out_arg,
+    ])?
+    .experiment()?;
+    assert_eq!(resumed, started);
+    Ok(())
+}
+
+/// A run whose `config.json` was damaged resumes with `--resume --output`
+/// alone from the settings its checkpoint records, and gets its
+/// `config.json` back; without a checkpoint the damage is named.
+#[test]
+fn a_damaged_config_is_taken_from_the_checkpoint() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut cfg, out) = common::one_epoch(dir.path());
+    cfg.training.epochs = 2;
+    cfg.schedule.decay = uniattack::schedule::Decay::Constant;
+    cfg.training.checkpoint_every = Some(1);
+    Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
+    std::fs::remove_file(out.join("checkpoints/step-0000000004.safetensors"))?;
+    let config = out.join("config.json");
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(&config, &text[..text.len() / 2])?;
+    let resume = |run: &Path| {
+        TrainArgs::try_parse_from([
+            "train_uniattack",
+            "--resume",
+            "--output",
+            run.to_str().unwrap(),
+        ])
+    };
+    assert_eq!(resume(&out)?.experiment()?, cfg);
+    uniattack::cli::train::run(&resume(&out)?)?;
+    assert_eq!(std::fs::read_to_string(&config)?, text);
+
+    let failed = dir.path().join("failed-start");
+    std::fs::create_dir_all(&failed)?;
+    std::fs::write(failed.join("config.json"), &text[..10])?;
+    let err = resume(&failed)?.experiment().unwrap_err().to_string();
+    assert!(
+        err.contains("is damaged") && err.contains("original command"),
+        "{err}"
+    );
     Ok(())
 }
 

@@ -387,6 +387,15 @@ fn earlier_evaluation(dir: &Path) -> Result<Vec<PathBuf>> {
             ),
         )
     };
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::config(
+            "--output",
+            format!(
+                "{} exists and is not a directory; give a directory for the evaluation",
+                dir.display()
+            ),
+        ));
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),

@@ -289,14 +289,24 @@ impl TrainArgs {
     pub fn experiment(&self) -> Result<ExperimentConfig> {
         let mut cfg =
             match (self.demo, &self.data) {
-                (true, None) => {
-                    let root = crate::demo::ensure_dataset(
-                        &crate::demo::cache_dir(),
-                        &crate::demo::synth_config(),
-                    )?;
-                    crate::demo::experiment(&root)
+                (true, data) => {
+                    let root = match data {
+                        Some(root) => root.clone(),
+                        None => crate::demo::ensure_dataset(
+                            &crate::demo::cache_dir(),
+                            &crate::demo::synth_config(),
+                        )?,
+                    };
+                    if self.resume && self.run_has_config() {
+                        // A demo run resumed after its cached data was
+                        // removed (written again here): its own settings.
+                        let mut cfg = self.run_config()?;
+                        cfg.data.root = root;
+                        cfg
+                    } else {
+                        crate::demo::experiment(&root)
+                    }
                 }
-                (true, Some(root)) => crate::demo::experiment(root),
                 // A run resumed over data that moved: its own settings,
                 // the new root (its lists' contents are checked against
                 // the checkpoint's record).
@@ -350,17 +360,38 @@ impl TrainArgs {
                 ),
             ));
         }
-        if !crate::trainer::holds_experiment(&dir)? {
-            return Err(Error::config(
+        match crate::trainer::config_file(&dir)? {
+            crate::trainer::ConfigFile::Experiment => ExperimentConfig::from_file(&dir.config()),
+            crate::trainer::ConfigFile::Foreign => Err(Error::config(
                 "--output",
                 format!(
                     "{} holds a config.json that is not a uniattack experiment (a model \
                      directory?): there is no run to resume",
                     run.display()
                 ),
-            ));
+            )),
+            // Every checkpoint records the experiment too; the resume
+            // writes config.json again from it.
+            crate::trainer::ConfigFile::Damaged(why) => match dir.latest_checkpoint()? {
+                Some(latest) => {
+                    crate::runtime::note(&format!(
+                        "note: {} is damaged ({why}); continuing with the settings recorded in \
+                         {}",
+                        dir.config().display(),
+                        latest.display()
+                    ));
+                    Ok(crate::checkpoint::read_header(&latest)?.experiment)
+                }
+                None => Err(Error::config(
+                    "--resume",
+                    format!(
+                        "{} is damaged ({why}) and no checkpoint records the run's settings; \
+                         give the original command's flags",
+                        dir.config().display()
+                    ),
+                )),
+            },
         }
-        ExperimentConfig::from_file(&dir.config())
     }
 
     fn apply_model(&self, cfg: &mut ExperimentConfig) -> Result<()> {

@@ -457,3 +457,44 @@ fn missing_list_file_is_an_io_error() {
     assert!(matches!(err, Error::Io { .. }));
     assert!(err.to_string().contains("nope.txt"));
 }
+
+/// Without decoding, a listed entry that is a directory, a FIFO or a link
+/// loop is reported as what it is, not as a file not found.
+#[cfg(unix)]
+#[test]
+fn listed_entries_that_are_no_files_say_what_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let entry = |name: &str| format!("UniAttackData/Data/live/x/{name}");
+    std::fs::create_dir_all(root.join(entry("folder.jpg"))).unwrap();
+    let fifo = root.join(entry("fifo.jpg"));
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::os::unix::fs::symlink(root.join(entry("loop.jpg")), root.join(entry("loop.jpg"))).unwrap();
+    let list = root.join("UniAttackData/protocol/list.txt");
+    write(
+        &list,
+        &["folder.jpg", "fifo.jpg", "loop.jpg", "missing.jpg"]
+            .map(|name| format!("{} 0\n", entry(name)))
+            .concat(),
+    );
+    let err = read_list(
+        &list,
+        root,
+        &ListFormat::UniattackProtocol,
+        &ListOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "folder.jpg: a directory, not an image file",
+        "fifo.jpg: not a regular file",
+        "loop.jpg: cannot read:",
+        "missing.jpg: file not found",
+    ] {
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+}

@@ -14,10 +14,21 @@ fn check_sample(sample: &Sample, decode: bool) -> std::result::Result<(), String
     };
     for image in images {
         if !decode {
-            if !image.is_file() {
-                return Err("file not found".to_string());
+            // Links followed; what is there instead of a file says more
+            // than "not found" (a directory, a FIFO, a link loop).
+            match std::fs::metadata(&image) {
+                Ok(meta) if meta.is_file() => continue,
+                Ok(meta) if meta.is_dir() => {
+                    return Err("a directory, not an image file".to_string())
+                }
+                Ok(_) => {
+                    return Err("not a regular file (a FIFO, a device or a socket)".to_string())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err("file not found".to_string())
+                }
+                Err(e) => return Err(format!("cannot read: {e}")),
             }
-            continue;
         }
         read_and_verify(&image).map_err(|m| {
             if image == sample.path {
