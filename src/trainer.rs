@@ -1213,40 +1213,30 @@ fn holds_run(run: &RunDir) -> Result<bool> {
     Ok(std::fs::metadata(run.metrics()).is_ok_and(|m| m.len() > 0))
 }
 
-/// The first entry of `run`'s directory, which holds no run yet, that no
-/// start of a run leaves there: anything but `config.json` (checked
-/// apart), an empty `metrics.jsonl`, the lock, the data-parallel launcher's
-/// NCCL id, an atomic write's temporaries and a `checkpoints/` holding only
-/// those. A person's or another program's files (a data root, a folder of
-/// other results) are refused rather than mixed with the run's or
-/// replaced by its scores and plots.
+/// The first entry of `run`'s directory, which holds no run yet, that the
+/// run would write over: `scores/`, `plots/`, a `report.json`, or a
+/// `checkpoints/` holding anything but an atomic write's temporaries
+/// (`config.json` is checked apart). A person's or another program's
+/// results there are refused rather than replaced; other files (a job's
+/// log that the shell created before the run started) are left alone.
 fn foreign_entry(run: &RunDir) -> Result<Option<PathBuf>> {
-    let only_temporaries = |dir: &std::path::Path| -> Result<bool> {
-        let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
-        entries.try_fold(true, |all, entry| {
-            let entry = entry.map_err(|e| Error::io("listing", dir, e))?;
-            Ok(all && atomic_io::is_temporary_name(&entry.file_name().to_string_lossy()))
-        })
-    };
-    let entries = match std::fs::read_dir(run.root()) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("listing", run.root(), e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("listing", run.root(), e))?;
-        let (name, path) = (entry.file_name(), entry.path());
-        let name = name.to_string_lossy();
-        let ours = match name.as_ref() {
-            "config.json" | "metrics.jsonl" | ".lock" | ".nccl-id" => path.is_file(),
-            "checkpoints" => path.is_dir() && only_temporaries(&path)?,
-            _ => atomic_io::is_temporary_name(&name),
-        };
-        if !ours {
-            return Ok(Some(path));
+    let checkpoints = run.checkpoints();
+    if std::fs::symlink_metadata(&checkpoints).is_ok() {
+        if !checkpoints.is_dir() {
+            return Ok(Some(checkpoints));
+        }
+        for entry in
+            std::fs::read_dir(&checkpoints).map_err(|e| Error::io("listing", &checkpoints, e))?
+        {
+            let entry = entry.map_err(|e| Error::io("listing", &checkpoints, e))?;
+            if !atomic_io::is_temporary_name(&entry.file_name().to_string_lossy()) {
+                return Ok(Some(entry.path()));
+            }
         }
     }
-    Ok(None)
+    Ok([run.root().join("scores"), run.plots(), run.report()]
+        .into_iter()
+        .find(|path| std::fs::symlink_metadata(path).is_ok()))
 }
 
 /// Takes the run directory's lock (`.lock`, released when the returned
@@ -1319,13 +1309,24 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
             ),
         ));
     }
+    if resolved(run.root()) == resolved(&cfg.data.root) {
+        return Err(Error::config(
+            "--output",
+            format!(
+                "{} is the data root; the run would write its files among the dataset's: \
+                 choose another directory",
+                run.root().display()
+            ),
+        ));
+    }
     if !exists {
         if let Some(entry) = foreign_entry(run)? {
             return Err(Error::config(
                 "--output",
                 format!(
-                    "{} holds {}, which no uniattack run wrote; training there would mix the \
-                     run's files with it or replace it: choose a new or empty directory",
+                    "{} holds {}, which this run would write over and no uniattack run wrote \
+                     (the directory holds no checkpoint, report or log of one): choose a new \
+                     or empty directory",
                     run.root().display(),
                     entry.display()
                 ),

@@ -484,9 +484,10 @@ fn splits_that_list_the_same_samples_are_refused() -> Result<()> {
     Ok(())
 }
 
-/// A directory that holds anything a run does not write (a folder of
-/// other results, the data root itself) or that is a file is refused as
-/// `--output`, and nothing in it is touched.
+/// A directory holding results the run would write over (a folder of
+/// other results), the data root itself, and a file are refused as
+/// `--output`, and nothing in them is touched; a directory holding only
+/// other files (a job's log the shell created first) is taken.
 #[test]
 fn a_foreign_directory_is_not_an_output() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -516,9 +517,9 @@ fn a_foreign_directory_is_not_an_output() -> Result<()> {
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x")?;
     for (output, resume, expected) in [
-        (results.clone(), false, "which no uniattack run wrote"),
-        (results.clone(), true, "which no uniattack run wrote"),
-        (cfg.data.root.clone(), false, "which no uniattack run wrote"),
+        (results.clone(), false, "which this run would write over"),
+        (results.clone(), true, "which this run would write over"),
+        (cfg.data.root.clone(), false, "is the data root"),
         (file.clone(), false, "is not a directory"),
     ] {
         let before = listing(&results);
@@ -532,6 +533,18 @@ fn a_foreign_directory_is_not_an_output() -> Result<()> {
         assert!(listing(&results) == before && listing(&cfg.data.root) == data_before);
     }
     assert_eq!(std::fs::read_to_string(&file)?, "x");
+
+    // `train_uniattack --output runs/p1 > runs/p1/train.log`, and a
+    // person's file whose name looks like a temporary: taken, and kept.
+    let job = dir.path().join("job");
+    std::fs::create_dir_all(&job)?;
+    std::fs::write(job.join("train.log"), "")?;
+    std::fs::write(job.join(".draft.tmp-notes"), "a person's notes")?;
+    Trainer::new(cfg, common::options(&job, false))?;
+    assert_eq!(
+        std::fs::read_to_string(job.join(".draft.tmp-notes"))?,
+        "a person's notes"
+    );
     Ok(())
 }
 
