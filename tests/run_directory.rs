@@ -499,20 +499,10 @@ fn a_foreign_directory_is_not_an_output() -> Result<()> {
     std::fs::write(results.join("plots/roc.png"), "a plot")?;
     std::fs::write(results.join(".draft.tmp-notes"), "a person's notes")?;
     let listing = |dir: &std::path::Path| -> Vec<(std::path::PathBuf, Vec<u8>)> {
-        let mut found = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(folder) = stack.pop() {
-            for entry in std::fs::read_dir(folder).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    found.push((path.clone(), std::fs::read(&path).unwrap()));
-                }
-            }
-        }
-        found.sort();
-        found
+        common::files_under(dir)
+            .into_iter()
+            .map(|path| (path.clone(), std::fs::read(&path).unwrap()))
+            .collect()
     };
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x")?;

@@ -211,20 +211,10 @@ fn an_evaluation_directory_holds_one_evaluation() -> Result<()> {
         Ok(uniattack::cli::eval::run(&EvalArgs::try_parse_from(argv)?)?)
     };
     let files = |dir: &Path| -> Vec<String> {
-        let mut found = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(folder) = stack.pop() {
-            for entry in std::fs::read_dir(folder).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    found.push(path.strip_prefix(dir).unwrap().display().to_string());
-                }
-            }
-        }
-        found.sort();
-        found
+        common::files_under(dir)
+            .iter()
+            .map(|path| path.strip_prefix(dir).unwrap().display().to_string())
+            .collect()
     };
     let single = [
         "plots/det.png",

@@ -101,3 +101,21 @@ pub fn error_of(result: uniattack::Result<uniattack::Trainer>) -> String {
         Err(e) => e.to_string(),
     }
 }
+
+/// Every file under `dir`, recursively (links followed), sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
