@@ -98,6 +98,15 @@ pub fn list_path(data: &DataConfig, split: Split) -> PathBuf {
 /// Reads `split`'s list: every entry must parse and its file exist (a broken
 /// list is reported whole, never trained on); it must not be empty.
 pub fn read_split(data: &DataConfig, split: Split) -> Result<SplitData> {
+    if !data.root.is_dir() {
+        return Err(Error::config(
+            "--data",
+            format!(
+                "the data root {} is not a directory (moved? give --data <its new place>)",
+                data.root.display()
+            ),
+        ));
+    }
     let source = list_path(data, split);
     let options = ListOptions {
         policy: BadInputPolicy::Fail,
@@ -121,7 +130,13 @@ pub fn read_split(data: &DataConfig, split: Split) -> Result<SplitData> {
 /// best checkpoint chosen on dev would be chosen on test, and a model
 /// scored on its training samples would report nothing of what it learned.
 /// When they share only some entries, the note to print says how many.
-pub fn check_distinct(earlier: &SplitData, later: &SplitData) -> Result<Option<String>> {
+/// With `test_selected` (`--select-on test`, which reports say overstate),
+/// one list for dev and test is taken, with a note.
+pub fn check_distinct(
+    earlier: &SplitData,
+    later: &SplitData,
+    test_selected: bool,
+) -> Result<Option<String>> {
     fn entries(split: &SplitData) -> std::collections::HashSet<&str> {
         split.samples.iter().map(|s| s.entry.as_str()).collect()
     }
@@ -131,9 +146,18 @@ pub fn check_distinct(earlier: &SplitData, later: &SplitData) -> Result<Option<S
         return Ok(None);
     }
     let (a, b) = (earlier.split.name(), later.split.name());
+    let dev_and_test = later.split == Split::Test && earlier.split == Split::Dev;
+    if first == second && dev_and_test && test_selected {
+        return Ok(Some(format!(
+            "note: the dev and test lists hold the same samples ({}); with the checkpoint \
+             selected on test, the threshold is chosen on test too",
+            later.source.display()
+        )));
+    }
     if first == second {
-        let consequence = if later.split == Split::Test && earlier.split == Split::Dev {
-            "the threshold and the best checkpoint would be chosen on the test samples"
+        let consequence = if dev_and_test {
+            "the threshold and the best checkpoint would be chosen on the test samples (only \
+             --select-on test, which reports say overstate, takes one list for both)"
         } else {
             "the model would be scored on the samples it trains on"
         };

@@ -135,8 +135,11 @@ pub fn ensure_dataset(cache: &Path, config: &SynthConfig) -> Result<PathBuf> {
 
 /// Removes the temporary directories of generations whose process is gone
 /// (a demo killed while writing its data), which nothing else would ever
-/// remove. Only where the process table can be read (`/proc`, Linux): a
-/// live process's generation, or one of unknown state, is left alone.
+/// remove. Only where the process table can be read (`/proc`, Linux), and
+/// only directories untouched for an hour (a generation takes about a
+/// minute): a cache shared between machines holds other machines'
+/// generations, whose processes no local table lists. A live process's
+/// generation, or one of unknown state, is left alone.
 fn remove_abandoned_generations(cache: &Path) {
     if !Path::new("/proc/self").exists() {
         return;
@@ -154,13 +157,23 @@ fn remove_abandoned_generations(cache: &Path) {
         else {
             continue;
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        let idle = entry
+            .metadata()
+            .and_then(|meta| meta.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|idle| idle > ABANDONED_AFTER);
+        if idle && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             // Best effort: a directory that cannot be removed costs disk,
             // not the demo.
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
+
+/// How long a generation's directory must have been untouched to be taken
+/// for abandoned.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Marker of a complete generated dataset.
 const COMPLETE: &str = ".complete";
@@ -240,11 +253,20 @@ mod tests {
             .path()
             .join(format!(".synth-v1-seed0.tmp-{}", std::process::id()));
         let other = cache.path().join(".notes.tmp-4000000000");
-        for dir in [&dead, &live, &own, &other] {
+        // Another machine's, writing now into a shared cache.
+        let recent = cache.path().join(".synth-v1-seed1.tmp-4000000001");
+        for dir in [&dead, &live, &own, &other, &recent] {
             std::fs::create_dir_all(dir.join("UniAttackData")).unwrap();
+        }
+        let two_hours_ago = std::time::SystemTime::now() - 2 * ABANDONED_AFTER;
+        for dir in [&dead, &live, &own, &other] {
+            std::fs::File::open(dir)
+                .unwrap()
+                .set_modified(two_hours_ago)
+                .unwrap();
         }
         remove_abandoned_generations(cache.path());
         assert!(!dead.exists());
-        assert!(live.exists() && own.exists() && other.exists());
+        assert!(live.exists() && own.exists() && other.exists() && recent.exists());
     }
 }

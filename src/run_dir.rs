@@ -129,10 +129,13 @@ impl RunDir {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
+            let in_checkpoints = dir == self.checkpoints();
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if atomic_io::is_temporary_name(&name) {
+                if atomic_io::is_temporary_name(&name)
+                    || (in_checkpoints && is_safetensors_temporary(&name))
+                {
                     let path = entry.path();
                     atomic_io::remove_temporary(&path)
                         .map_err(|e| Error::io("removing", &path, e))?;
@@ -141,6 +144,14 @@ impl RunDir {
         }
         Ok(())
     }
+}
+
+/// Whether `name` is the temporary file safetensors makes beside the file
+/// it writes (`.tmp` and six letters or digits, `tempfile`'s default):
+/// earlier versions left one in `checkpoints/` when killed mid-write.
+fn is_safetensors_temporary(name: &str) -> bool {
+    name.strip_prefix(".tmp")
+        .is_some_and(|rest| rest.len() == 6 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 #[cfg(test)]
@@ -163,6 +174,8 @@ mod tests {
         let killed = run.checkpoints().join(".step-2.safetensors.tmp-9-1");
         std::fs::create_dir(&killed).unwrap();
         std::fs::write(killed.join(".tmpAb3dEf"), b"x").unwrap();
+        // An earlier version's leak: safetensors' own temporary.
+        std::fs::write(run.checkpoints().join(".tmpAb3dEf"), b"x").unwrap();
         // Not a temporary of this crate's: kept.
         std::fs::write(run.checkpoints().join(".notes.tmp-draft"), b"x").unwrap();
         assert_eq!(

@@ -162,6 +162,13 @@ impl Trainer {
             .sync
             .as_ref()
             .map_or((0, 1), |s| (s.0.rank(), s.0.world_size()));
+        if let Some(report) = &options.report {
+            // Before anything is written or loaded: a refused --report
+            // leaves no trace.
+            let lists = [Split::Train, Split::Dev, Split::Test]
+                .map(|split| crate::data::list_path(&cfg.data, split));
+            check_report_copy(report, &lists, &run)?;
+        }
         let lock = if rank == 0 {
             Some(prepare_output(&run, &cfg, options.resume)?)
         } else {
@@ -189,7 +196,10 @@ impl Trainer {
         }
         let mut overlaps = Vec::new();
         for (earlier, later) in [(&train, &dev), (&train, &test), (&dev, &test)] {
-            overlaps.extend(crate::data::check_distinct(earlier, later)?);
+            // Selecting on test (to reproduce papers without a dev split)
+            // says openly what one list for dev and test would hide.
+            let test_selected = cfg.eval.select_on == Selection::Test;
+            overlaps.extend(crate::data::check_distinct(earlier, later, test_selected)?);
         }
         let lists = RunLists {
             train: ListDigest::of(&train.samples),
@@ -201,9 +211,6 @@ impl Trainer {
             dev.source.clone(),
             test.source.clone(),
         ];
-        if let Some(report) = &options.report {
-            check_report_copy(report, &list_files, &run)?;
-        }
         let image_size = backbone.clip.vision_config.image_size;
         let mut loader_config = training_loader(&cfg.loader, image_size, cfg.seed);
         if world > 1 {
@@ -1234,9 +1241,13 @@ fn foreign_entry(run: &RunDir) -> Result<Option<PathBuf>> {
             }
         }
     }
+    // An empty folder holds nothing to write over.
+    let empty_dir = |path: &std::path::Path| {
+        std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none())
+    };
     Ok([run.root().join("scores"), run.plots(), run.report()]
         .into_iter()
-        .find(|path| std::fs::symlink_metadata(path).is_ok()))
+        .find(|path| std::fs::symlink_metadata(path).is_ok() && !empty_dir(path)))
 }
 
 /// Takes the run directory's lock (`.lock`, released when the returned
@@ -1319,7 +1330,21 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
             ),
         ));
     }
-    if !exists {
+    // A run without a step checkpoint starts over, whatever else is there:
+    // only what a start of a run leaves may be replaced.
+    let starts_over = !exists || run.step_checkpoints()?.is_empty();
+    if exists && starts_over && !matches!(config_file(run), Ok(ConfigFile::Experiment)) {
+        return Err(Error::config(
+            "--output",
+            format!(
+                "{} holds a metrics.jsonl but no uniattack config.json or checkpoint: it is \
+                 not a uniattack run, and a run there would replace its files: choose another \
+                 directory",
+                run.root().display()
+            ),
+        ));
+    }
+    if starts_over {
         if let Some(entry) = foreign_entry(run)? {
             return Err(Error::config(
                 "--output",
@@ -1421,6 +1446,13 @@ fn check_report_copy(report: &std::path::Path, lists: &[PathBuf], run: &RunDir) 
             ));
         }
     }
+    if let Some(dir) = report.parent().filter(|dir| holds_results(dir)) {
+        return refuse(format!(
+            "{} holds a run's or an evaluation's results, whose report this would replace; \
+             give a path outside it",
+            dir.display()
+        ));
+    }
     if std::fs::symlink_metadata(report).is_ok() && !holds_report(report) {
         return refuse(
             "exists and is not a uniattack report; refusing to replace it (give a new path, or \
@@ -1429,6 +1461,19 @@ fn check_report_copy(report: &std::path::Path, lists: &[PathBuf], run: &RunDir) 
         );
     }
     Ok(())
+}
+
+/// Whether `dir` is a training run's or an evaluation's directory (its
+/// `report.json` belongs to it, not to a copy).
+fn holds_results(dir: &std::path::Path) -> bool {
+    let dir = if dir.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        dir
+    };
+    ["checkpoints", "scores", "metrics.jsonl", "report.csv"]
+        .iter()
+        .any(|name| dir.join(name).exists())
 }
 
 /// The largest file taken for an earlier report (a report is a few KiB).

@@ -385,6 +385,10 @@ fn a_report_copy_over_anything_but_a_report_is_refused_at_the_start() -> Result<
             "inside the run directory",
         ),
         (
+            first.join("report.json"),
+            "holds a run's or an evaluation's results",
+        ),
+        (
             first.join("checkpoints/best.safetensors"),
             "not a uniattack report",
         ),
@@ -469,6 +473,10 @@ fn splits_that_list_the_same_samples_are_refused() -> Result<()> {
             "{err}"
         );
     }
+    // Selecting on test (reports say so) takes one list for dev and test.
+    let mut test_selected = with_lists(list("train"), list("test"), list("test"));
+    test_selected.eval.select_on = uniattack::experiment::Selection::Test;
+    Trainer::new(test_selected, common::options(&out, false))?;
     // A dev list that also holds one test sample: taken (with a note).
     let dev = dir.path().join("dev-plus-one.txt");
     let test_text = std::fs::read_to_string(list("test"))?;
@@ -524,10 +532,20 @@ fn a_foreign_directory_is_not_an_output() -> Result<()> {
     }
     assert_eq!(std::fs::read_to_string(&file)?, "x");
 
-    // `train_uniattack --output runs/p1 > runs/p1/train.log`, and a
-    // person's file whose name looks like a temporary: taken, and kept.
+    // Another program's log beside its results looks like a run's start to
+    // `--resume`, which would start over: refused as well.
+    std::fs::write(results.join("metrics.jsonl"), "{\"loss\": 1.0}\n")?;
+    let before = listing(&results);
+    let err = error_of(Trainer::new(cfg.clone(), common::options(&results, true)));
+    assert!(err.contains("not a uniattack run"), "{err}");
+    assert!(listing(&results) == before);
+
+    // `train_uniattack --output runs/p1 > runs/p1/train.log`, empty result
+    // folders made beforehand, and a person's file whose name looks like a
+    // temporary: taken, and kept.
     let job = dir.path().join("job");
-    std::fs::create_dir_all(&job)?;
+    std::fs::create_dir_all(job.join("scores"))?;
+    std::fs::create_dir_all(job.join("plots"))?;
     std::fs::write(job.join("train.log"), "")?;
     std::fs::write(job.join(".draft.tmp-notes"), "a person's notes")?;
     Trainer::new(cfg, common::options(&job, false))?;

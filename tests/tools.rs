@@ -636,6 +636,11 @@ fn a_run_resumes_from_anywhere_and_over_moved_data() -> Result<()> {
     cfg.schedule.decay = uniattack::schedule::Decay::Constant;
     Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
     std::fs::remove_file(out.join("checkpoints/step-0000000004.safetensors"))?;
+    let before_move = dir.path().join("before-move.safetensors");
+    std::fs::copy(
+        out.join("checkpoints/step-0000000003.safetensors"),
+        &before_move,
+    )?;
     let moved = dir.path().join("moved-data");
     std::fs::rename(&cfg.data.root, &moved)?;
     let args = TrainArgs::try_parse_from([
@@ -655,6 +660,17 @@ fn a_run_resumes_from_anywhere_and_over_moved_data() -> Result<()> {
     assert_eq!(report.step, Some(4));
     let saved = uniattack::experiment::ExperimentConfig::from_file(&out.join("config.json"))?;
     assert_eq!(saved.data.root, moved);
+    // A checkpoint from before the move names the old root: the error says
+    // to give the new one.
+    let args = EvalArgs::try_parse_from([
+        "eval_uniattack",
+        "--checkpoint",
+        before_move.to_str().unwrap(),
+        "--threshold",
+        "0.5",
+    ])?;
+    let err = uniattack::cli::eval::run(&args).unwrap_err().to_string();
+    assert!(err.contains("moved? give --data"), "{err}");
     Ok(())
 }
 
@@ -693,6 +709,11 @@ fn a_demo_run_resumes_with_its_own_settings() -> Result<()> {
     ])?
     .experiment()?;
     assert_eq!(resumed, started);
+    // Its data still there: used as it is, not the demo cache's.
+    let alone =
+        TrainArgs::try_parse_from(["train_uniattack", "--resume", "--demo", "--output", out_arg])?
+            .experiment()?;
+    assert_eq!(alone, started);
     Ok(())
 }
 
@@ -731,6 +752,16 @@ fn a_damaged_config_is_taken_from_the_checkpoint() -> Result<()> {
         err.contains("is damaged") && err.contains("original command"),
         "{err}"
     );
+    // ... and the original command's flags are then taken.
+    let with_flags = TrainArgs::try_parse_from([
+        "train_uniattack",
+        "--resume",
+        "--output",
+        failed.to_str().unwrap(),
+        "--data",
+        cfg.data.root.to_str().unwrap(),
+    ])?;
+    assert_eq!(with_flags.experiment()?.data.root, cfg.data.root);
     Ok(())
 }
 

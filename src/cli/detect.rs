@@ -131,7 +131,8 @@ impl Input {
 /// no comment syntax. An entry is joined onto `root`, with a leading `/`
 /// dropped as the protocol lists' readers drop it (FA3-CLIP writes its
 /// entries so), unless it is an absolute path to an existing file (a list
-/// that `find /data -name '*.jpg'` wrote): that is kept. The error says why
+/// that `find /data -name '*.jpg'` wrote): that is kept, as is one that
+/// names no file either way (its error names it as written). The error says why
 /// the list cannot be read.
 fn read_list(list: &Path, root: &Path) -> std::result::Result<Vec<Input>, String> {
     let bytes = read_list_bytes(list)?;
@@ -141,9 +142,16 @@ fn read_list(list: &Path, root: &Path) -> std::result::Result<Vec<Input>, String
         // The `\r` of a CRLF ending is whitespace.
         if let Some(entry) = String::from_utf8_lossy(line).split_whitespace().next() {
             let origin = (list.to_path_buf(), index + 1);
+            let relative = root.join(entry.trim_start_matches('/'));
             let path = match Path::new(entry) {
-                absolute if absolute.is_absolute() && absolute.is_file() => absolute.to_path_buf(),
-                _ => root.join(entry.trim_start_matches('/')),
+                // Kept where it names a file, or where the root does not
+                // either (the error then names the entry as written).
+                absolute
+                    if absolute.is_absolute() && (absolute.is_file() || !relative.is_file()) =>
+                {
+                    absolute.to_path_buf()
+                }
+                _ => relative,
             };
             inputs.push(Input::Image(path, Some(origin)));
         }
@@ -627,7 +635,9 @@ mod tests {
 
     /// An absolute list entry naming an existing file is kept; other entries
     /// are joined onto the root, a leading `/` dropped (FA3-CLIP's protocol
-    /// lists); blank lines (CRLF ones too) and further columns are ignored.
+    /// lists), unless they name no file there either (then the entry as
+    /// written is what the error names); blank lines (CRLF ones too) and
+    /// further columns are ignored.
     #[test]
     fn absolute_list_entries_of_existing_files_stay_absolute() {
         let dir = tempfile::tempdir().unwrap();
@@ -635,20 +645,27 @@ mod tests {
         assert!(absolute.is_absolute());
         std::fs::create_dir_all(absolute.parent().unwrap()).unwrap();
         std::fs::write(&absolute, "x").unwrap();
+        let root = dir.path().join("data");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("z.jpg"), "x").unwrap();
+        let missing = dir.path().join("nowhere/gone.jpg");
         let list = dir.path().join("faces.txt");
         let text = format!(
-            "{}\r\n\r\n   \r\nrel/y.jpg 1\r\n\n/z.jpg\n\n",
-            absolute.display()
+            "{}\r\n\r\n   \r\nrel/y.jpg 1\r\n\n/z.jpg\n{}\n\n",
+            absolute.display(),
+            missing.display()
         );
         std::fs::write(&list, text).unwrap();
-        let (images, problems) = images_and_problems(&expand(&[list], Path::new("data")));
+        let (images, problems) = images_and_problems(&expand(&[list], &root));
         assert!(problems.is_empty(), "{problems:?}");
+        let under_root = |name: &str| root.join(name).display().to_string();
         assert_eq!(
             images,
             [
                 absolute.display().to_string(),
-                "data/rel/y.jpg".into(),
-                "data/z.jpg".into()
+                under_root("rel/y.jpg"),
+                under_root("z.jpg"),
+                missing.display().to_string(),
             ]
         );
     }

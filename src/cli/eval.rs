@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::evaluator::{
     bpcer_table, evaluate, score_split, write_plots, write_text, EvalReport, ThresholdOrigin,
 };
-use crate::experiment::{DataConfig, Dataset};
+use crate::experiment::{DataConfig, Dataset, Selection};
 use crate::labels::{ScoreExport, SCORE_POLARITY};
 use crate::run_dir::RunDir;
 
@@ -155,6 +155,18 @@ pub fn evaluate_checkpoint(
     let loaded = read_model_checkpoint(&path)?;
     let detector = Detector::from_checkpoint(&loaded, device)?;
     let data = data_config(args, &loaded.meta.experiment.data);
+    if args.data.is_none() && data.root.is_relative() {
+        // Older runs stored the data root as given.
+        crate::runtime::note(&format!(
+            "note: {} records the relative data root {}, taken from the current directory as \
+             {}; give --data to use another",
+            path.display(),
+            data.root.display(),
+            std::path::absolute(&data.root)
+                .unwrap_or_else(|_| data.root.clone())
+                .display()
+        ));
+    }
     let video_level = args.video_level;
     // The threshold's source is settled before any scoring: a checkpoint
     // without a usable stored threshold fails now, not after a test pass.
@@ -177,7 +189,8 @@ pub fn evaluate_checkpoint(
         ThresholdOrigin::Dev => {
             let dev = read_split(&data, Split::Dev)?;
             dev.require_both_classes()?;
-            if let Some(overlap) = crate::data::check_distinct(&dev, &test)? {
+            let test_selected = loaded.meta.experiment.eval.select_on == Selection::Test;
+            if let Some(overlap) = crate::data::check_distinct(&dev, &test, test_selected)? {
                 crate::runtime::note(&overlap);
             }
             Some(dev)

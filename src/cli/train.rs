@@ -285,11 +285,30 @@ pub enum SelectArg {
 
 impl TrainArgs {
     /// The experiment these flags describe (writing the demo data first
-    /// with `--demo`).
+    /// with `--demo`). With `--resume`, the run's own settings are the
+    /// base the flags change, where the run recorded them.
     pub fn experiment(&self) -> Result<ExperimentConfig> {
+        let saved = if self.resume {
+            self.saved_config()?
+        } else {
+            None
+        };
         let mut cfg =
-            match (self.demo, &self.data) {
-                (true, data) => {
+            match (self.demo, &self.data, saved) {
+                // A demo run resumed: its own settings, on its data, or on the
+                // demo data written again after the cache was removed.
+                (true, data, Some(mut cfg)) => {
+                    cfg.data.root = match data {
+                        Some(root) => root.clone(),
+                        None if cfg.data.root.is_dir() => cfg.data.root,
+                        None => crate::demo::ensure_dataset(
+                            &crate::demo::cache_dir(),
+                            &crate::demo::synth_config(),
+                        )?,
+                    };
+                    cfg
+                }
+                (true, data, None) => {
                     let root = match data {
                         Some(root) => root.clone(),
                         None => crate::demo::ensure_dataset(
@@ -297,29 +316,21 @@ impl TrainArgs {
                             &crate::demo::synth_config(),
                         )?,
                     };
-                    if self.resume && self.run_has_config() {
-                        // A demo run resumed after its cached data was
-                        // removed (written again here): its own settings.
-                        let mut cfg = self.run_config()?;
-                        cfg.data.root = root;
-                        cfg
-                    } else {
-                        crate::demo::experiment(&root)
-                    }
+                    crate::demo::experiment(&root)
                 }
-                // A run resumed over data that moved: its own settings,
-                // the new root (its lists' contents are checked against
-                // the checkpoint's record).
-                (false, Some(root)) if self.resume && self.run_has_config() => {
-                    let mut cfg = self.run_config()?;
+                // A run resumed over data that moved: its own settings, the new
+                // root (its lists' contents are checked against the
+                // checkpoint's record).
+                (false, Some(root), Some(mut cfg)) => {
                     cfg.data.root = root.clone();
                     cfg
                 }
-                (false, Some(root)) => {
+                (false, Some(root), None) => {
                     ExperimentConfig::paper(root.clone(), self.protocol.unwrap_or(Protocol::P1))
                 }
-                (false, None) if self.resume => self.run_config()?,
-                (false, None) => return Err(Error::config(
+                (false, None, Some(cfg)) => cfg,
+                (false, None, None) if self.resume => return Err(self.no_saved_config()),
+                (false, None, None) => return Err(Error::config(
                     "--data",
                     "give the data root (with --protocol or --train-list/--dev-list/--test-list), \
                      or --demo for the offline demo",
@@ -336,40 +347,30 @@ impl TrainArgs {
         Ok(cfg)
     }
 
-    /// Whether `--output` holds a run's `config.json` for `--resume`.
-    fn run_has_config(&self) -> bool {
-        self.output
-            .as_ref()
-            .is_some_and(|run| crate::run_dir::RunDir::new(run.clone()).config().is_file())
-    }
-
-    /// The settings of the run `--resume` continues, from its
-    /// `config.json`: `--resume --output RUN` alone needs no other flag.
-    fn run_config(&self) -> Result<ExperimentConfig> {
-        let run = self.output.as_ref().ok_or_else(|| {
-            Error::config("--resume", "needs --output, the run directory to continue")
-        })?;
+    /// The settings the run in `--output` recorded: its `config.json`, or
+    /// (that file damaged) its latest checkpoint's. `None` where it
+    /// recorded none (no `config.json`, or a damaged one and no
+    /// checkpoint): the flags describe the run then.
+    fn saved_config(&self) -> Result<Option<ExperimentConfig>> {
+        let Some(run) = &self.output else {
+            return Ok(None);
+        };
         let dir = crate::run_dir::RunDir::new(run.clone());
         if !dir.config().is_file() {
-            return Err(Error::config(
-                "--data",
-                format!(
-                    "--resume without --data or --demo continues with the run's own settings, \
-                     and {} holds no config.json; give the original command's flags",
-                    run.display()
-                ),
-            ));
+            return Ok(None);
         }
-        match crate::trainer::config_file(&dir)? {
-            crate::trainer::ConfigFile::Experiment => ExperimentConfig::from_file(&dir.config()),
-            crate::trainer::ConfigFile::Foreign => Err(Error::config(
-                "--output",
-                format!(
-                    "{} holds a config.json that is not a uniattack experiment (a model \
-                     directory?): there is no run to resume",
-                    run.display()
-                ),
-            )),
+        let cfg = match crate::trainer::config_file(&dir)? {
+            crate::trainer::ConfigFile::Experiment => ExperimentConfig::from_file(&dir.config())?,
+            crate::trainer::ConfigFile::Foreign => {
+                return Err(Error::config(
+                    "--output",
+                    format!(
+                        "{} holds a config.json that is not a uniattack experiment (a model \
+                         directory?): there is no run to resume",
+                        run.display()
+                    ),
+                ))
+            }
             // Every checkpoint records the experiment too; the resume
             // writes config.json again from it.
             crate::trainer::ConfigFile::Damaged(why) => match dir.latest_checkpoint()? {
@@ -380,18 +381,47 @@ impl TrainArgs {
                         dir.config().display(),
                         latest.display()
                     ));
-                    Ok(crate::checkpoint::read_header(&latest)?.experiment)
+                    crate::checkpoint::read_header(&latest)?.experiment
                 }
-                None => Err(Error::config(
-                    "--resume",
-                    format!(
-                        "{} is damaged ({why}) and no checkpoint records the run's settings; \
-                         give the original command's flags",
-                        dir.config().display()
-                    ),
-                )),
+                None => return Ok(None),
             },
+        };
+        if cfg.data.root.is_relative() && self.data.is_none() {
+            // Older runs stored the data root as given.
+            crate::runtime::note(&format!(
+                "note: {} records the relative data root {}, taken from the current directory \
+                 as {}; give --data to use another",
+                run.display(),
+                cfg.data.root.display(),
+                std::path::absolute(&cfg.data.root)
+                    .unwrap_or_else(|_| cfg.data.root.clone())
+                    .display()
+            ));
         }
+        Ok(Some(cfg))
+    }
+
+    /// Why `--resume` without `--data` or `--demo` has no settings to go on.
+    fn no_saved_config(&self) -> Error {
+        let Some(run) = &self.output else {
+            return Error::config("--resume", "needs --output, the run directory to continue");
+        };
+        let config = crate::run_dir::RunDir::new(run.clone()).config();
+        let what = if config.is_file() {
+            format!(
+                "{} is damaged and no checkpoint records the run's settings",
+                config.display()
+            )
+        } else {
+            format!("{} holds no config.json", run.display())
+        };
+        Error::config(
+            "--data",
+            format!(
+                "--resume without --data or --demo continues with the run's own settings, and \
+                 {what}; give the original command's flags"
+            ),
+        )
     }
 
     fn apply_model(&self, cfg: &mut ExperimentConfig) -> Result<()> {
