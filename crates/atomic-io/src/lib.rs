@@ -108,6 +108,15 @@ pub fn write_atomically<E>(
     })?;
     let tmp = dir.join(file_name);
     let result = write(&tmp).map_err(Failure::Write).and_then(|()| {
+        // A writer's own temporary is private (tempfile's 0600, which
+        // safetensors' files kept): the file gets the mode any new file
+        // gets here instead, the umask's.
+        #[cfg(unix)]
+        default_permissions(&dir, &tmp).map_err(|source| Failure::Io {
+            action: "setting the permissions of",
+            path: tmp.clone(),
+            source,
+        })?;
         // Flush the data before the rename makes it visible, so a crash
         // cannot leave the final name pointing at a partial file.
         std::fs::File::open(&tmp)
@@ -136,6 +145,16 @@ pub fn write_atomically<E>(
     // removed with the other temporaries on the next resume.
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Gives `file` the permissions a file newly created in `dir` gets (the
+/// umask's), read from a probe file made there.
+#[cfg(unix)]
+fn default_permissions(dir: &Path, file: &Path) -> io::Result<()> {
+    let probe = dir.join(".mode");
+    let permissions = std::fs::File::create(&probe)?.metadata()?.permissions();
+    std::fs::remove_file(&probe)?;
+    std::fs::set_permissions(file, permissions)
 }
 
 /// [`write_atomically`] of `bytes`, creating the parent directory.
@@ -272,6 +291,25 @@ mod tests {
         remove_temporary(&old_style).unwrap();
         remove_temporary(&old_style).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A file its writer made private (as tempfile, and so safetensors, do)
+    /// ends with the mode of any new file here.
+    #[cfg(unix)]
+    #[test]
+    fn the_file_gets_the_mode_of_a_new_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("step.safetensors");
+        write_atomically(&path, |tmp| {
+            std::fs::write(tmp, "weights")?;
+            std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o600))
+        })
+        .unwrap();
+        let fresh = dir.path().join("fresh");
+        std::fs::write(&fresh, "").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), mode(&fresh));
     }
 
     #[test]
