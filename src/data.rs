@@ -131,11 +131,16 @@ pub fn read_split(data: &DataConfig, split: Split) -> Result<SplitData> {
 /// scored on its training samples would report nothing of what it learned.
 /// When they share only some entries, the note to print says how many.
 /// With `test_selected` (`--select-on test`, which reports say overstate),
-/// one list for dev and test is taken, with a note.
+/// one list for dev and test is taken, with a note; so is any pair with
+/// `resuming` (a run trained so before this check existed continues as it
+/// was trained). `hint` ends the error for one list given as dev and test:
+/// what the caller can do instead.
 pub fn check_distinct(
     earlier: &SplitData,
     later: &SplitData,
     test_selected: bool,
+    resuming: bool,
+    hint: &str,
 ) -> Result<Option<String>> {
     fn entries(split: &SplitData) -> std::collections::HashSet<&str> {
         split.samples.iter().map(|s| s.entry.as_str()).collect()
@@ -154,12 +159,18 @@ pub fn check_distinct(
             later.source.display()
         )));
     }
+    if first == second && resuming {
+        return Ok(Some(format!(
+            "note: the {a} and {b} lists hold the same samples ({}); this run was trained so, \
+             and its numbers do not measure what a held-out split would",
+            later.source.display()
+        )));
+    }
     if first == second {
         let consequence = if dev_and_test {
-            "the threshold and the best checkpoint would be chosen on the test samples (only \
-             --select-on test, which reports say overstate, takes one list for both)"
+            format!("the threshold and the best checkpoint would be chosen on the test samples ({hint})")
         } else {
-            "the model would be scored on the samples it trains on"
+            "the model would be scored on the samples it trains on".to_string()
         };
         return Err(later.error(format!(
             "lists the same samples as the {a} split ({}): {consequence}; give each split its \

@@ -149,7 +149,7 @@ impl RunDir {
 /// Whether `name` is the temporary file safetensors makes beside the file
 /// it writes (`.tmp` and six letters or digits, `tempfile`'s default):
 /// earlier versions left one in `checkpoints/` when killed mid-write.
-fn is_safetensors_temporary(name: &str) -> bool {
+pub(crate) fn is_safetensors_temporary(name: &str) -> bool {
     name.strip_prefix(".tmp")
         .is_some_and(|rest| rest.len() == 6 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
 }

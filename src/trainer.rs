@@ -95,10 +95,19 @@ pub struct Trainer {
 }
 
 /// Settings a resumed run may change: how long it trains, how many threads
-/// decode, how often it logs, and where its data and list files are (data
-/// that moved: what the lists hold is checked against the checkpoint's
-/// digests). Everything else must match the checkpoint.
+/// decode, and how often it logs. Everything else must match the
+/// checkpoint; where the data is, as [`data_moved`] allows.
 fn comparable(cfg: &ExperimentConfig) -> ExperimentConfig {
+    let mut cfg = cfg.clone();
+    cfg.training.epochs = 0;
+    cfg.training.max_steps = None;
+    cfg.training.log_every = 1;
+    cfg.loader.workers = 0;
+    cfg
+}
+
+/// `cfg` with the data's place (root and list paths) left out.
+fn without_data_place(cfg: &ExperimentConfig) -> ExperimentConfig {
     let mut cfg = cfg.clone();
     cfg.data.root = PathBuf::new();
     if let Dataset::Lists {
@@ -109,22 +118,38 @@ fn comparable(cfg: &ExperimentConfig) -> ExperimentConfig {
             *list = PathBuf::new();
         }
     }
-    cfg.training.epochs = 0;
-    cfg.training.max_steps = None;
-    cfg.training.log_every = 1;
-    cfg.loader.workers = 0;
     cfg
 }
 
+/// `cfg`'s data section with a relative root (an older run's) taken from
+/// the current directory.
+fn absolute_data(cfg: &ExperimentConfig) -> crate::experiment::DataConfig {
+    let mut data = cfg.data.clone();
+    data.root = std::path::absolute(&data.root).unwrap_or(data.root);
+    data
+}
+
+/// Whether `now` differs from `saved` in where the data is (a root or list
+/// files that moved) and in nothing else of the data section. A resume
+/// allows that where the checkpoint recorded what its lists hold, and
+/// checks it.
+fn data_moved(saved: &ExperimentConfig, now: &ExperimentConfig) -> bool {
+    absolute_data(saved) != absolute_data(now)
+        && without_data_place(saved).data == without_data_place(now).data
+}
+
 /// The top-level sections in which two configurations differ, apart from
-/// the settings a resumed run may change.
+/// the settings a resumed run may change. Where the data is counts (a
+/// resume decides apart whether data that moved is the same data:
+/// [`data_moved`]).
 pub(crate) fn differing_sections(a: &ExperimentConfig, b: &ExperimentConfig) -> Vec<&'static str> {
     let (a, b) = (comparable(a), comparable(b));
+    let data_differs = absolute_data(&a) != absolute_data(&b);
     [
         ("seed", a.seed != b.seed),
         ("model", a.model != b.model),
         ("prompts", a.prompts != b.prompts),
-        ("data", a.data != b.data),
+        ("data", data_differs),
         ("loader", a.loader != b.loader),
         ("optim", a.optim != b.optim),
         ("schedule", a.schedule != b.schedule),
@@ -195,11 +220,18 @@ impl Trainer {
             split.require_both_classes()?;
         }
         let mut overlaps = Vec::new();
+        let resuming = options.resume && run.latest_checkpoint()?.is_some();
         for (earlier, later) in [(&train, &dev), (&train, &test), (&dev, &test)] {
             // Selecting on test (to reproduce papers without a dev split)
             // says openly what one list for dev and test would hide.
             let test_selected = cfg.eval.select_on == Selection::Test;
-            overlaps.extend(crate::data::check_distinct(earlier, later, test_selected)?);
+            overlaps.extend(crate::data::check_distinct(
+                earlier,
+                later,
+                test_selected,
+                resuming,
+                "only --select-on test, which reports say overstate, takes one list for both",
+            )?);
         }
         let lists = RunLists {
             train: ListDigest::of(&train.samples),
@@ -387,7 +419,26 @@ impl Trainer {
                 "holds no optimizer state (a best/model checkpoint); resume needs a step checkpoint",
             ));
         }
-        let differ = differing_sections(&meta.experiment, &self.cfg);
+        let mut differ = differing_sections(&meta.experiment, &self.cfg);
+        if differ.contains(&"data") && data_moved(&meta.experiment, &self.cfg) {
+            if meta.lists.is_some() {
+                // The lists' digests are compared below.
+                differ.retain(|section| *section != "data");
+                self.progress.println(&format!(
+                    "note: the data moved from {} to {}; its lists are checked against the \
+                     checkpoint's record of their entries and labels (the images' contents \
+                     are not compared)",
+                    meta.experiment.data.root.display(),
+                    self.cfg.data.root.display()
+                ));
+            } else {
+                differ.retain(|section| *section != "data");
+                differ.push(
+                    "data (this checkpoint predates the record of its lists, so data that moved \
+                     cannot be checked: give the data root and lists it was trained on)",
+                );
+            }
+        }
         if !differ.is_empty() || meta.clip != self.clip {
             return Err(Error::checkpoint(
                 &checkpoint.path,
@@ -1222,7 +1273,7 @@ fn holds_run(run: &RunDir) -> Result<bool> {
 
 /// The first entry of `run`'s directory, which holds no run yet, that the
 /// run would write over: `scores/`, `plots/`, a `report.json`, or a
-/// `checkpoints/` holding anything but an atomic write's temporaries
+/// `checkpoints/` holding anything but a killed write's temporaries
 /// (`config.json` is checked apart). A person's or another program's
 /// results there are refused rather than replaced; other files (a job's
 /// log that the shell created before the run started) are left alone.
@@ -1236,7 +1287,13 @@ fn foreign_entry(run: &RunDir) -> Result<Option<PathBuf>> {
             std::fs::read_dir(&checkpoints).map_err(|e| Error::io("listing", &checkpoints, e))?
         {
             let entry = entry.map_err(|e| Error::io("listing", &checkpoints, e))?;
-            if !atomic_io::is_temporary_name(&entry.file_name().to_string_lossy()) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            // An earlier version's leaked safetensors temporary is a kill's
+            // leftover too (removed under the lock).
+            if !atomic_io::is_temporary_name(&name)
+                && !crate::run_dir::is_safetensors_temporary(&name)
+            {
                 return Ok(Some(entry.path()));
             }
         }
@@ -1333,7 +1390,12 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
     // A run without a step checkpoint starts over, whatever else is there:
     // only what a start of a run leaves may be replaced.
     let starts_over = !exists || run.step_checkpoints()?.is_empty();
-    if exists && starts_over && !matches!(config_file(run), Ok(ConfigFile::Experiment)) {
+    // A damaged config.json beside this trainer's lock is a run's of ours
+    // (killed or damaged before its first checkpoint): it may be replaced.
+    let ours_damaged = matches!(config_file(run), Ok(ConfigFile::Damaged(_)))
+        && run.root().join(".lock").is_file();
+    let ours = ours_damaged || matches!(config_file(run), Ok(ConfigFile::Experiment));
+    if exists && starts_over && !ours {
         return Err(Error::config(
             "--output",
             format!(
@@ -1366,6 +1428,7 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
             ConfigFile::Foreign => {
                 Some("is not a uniattack experiment (a model directory?)".to_string())
             }
+            ConfigFile::Damaged(_) if ours_damaged => None,
             ConfigFile::Damaged(why) => Some(format!("is damaged ({why})")),
         };
         if let Some(what) = what {
@@ -1387,7 +1450,11 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
         && !run.step_checkpoints()?.is_empty();
     if exists && run.config().is_file() && !left_to_checkpoint {
         let saved = ExperimentConfig::from_file(&run.config())?;
-        let differ = differing_sections(&saved, cfg);
+        let mut differ = differing_sections(&saved, cfg);
+        // Data that moved is for the checkpoint's record to judge.
+        if data_moved(&saved, cfg) {
+            differ.retain(|section| *section != "data");
+        }
         if !differ.is_empty() {
             return Err(Error::config(
                 "--resume",
@@ -1431,10 +1498,26 @@ fn check_report_copy(report: &std::path::Path, lists: &[PathBuf], run: &RunDir) 
     inputs.extend([config.as_path(), metrics.as_path()]);
     atomic_io::refuse_input_as_output(report, &inputs)
         .map_err(|e| Error::config("--report", e.to_string()))?;
-    if resolved(report).starts_with(resolved(run.root())) {
+    // The run's own files and folders; another name in the run directory
+    // (`runs/p1/final.json`) is the copy's own.
+    let root = resolved(run.root());
+    let own = [
+        "report.json",
+        "config.json",
+        "metrics.jsonl",
+        ".lock",
+        ".nccl-id",
+        "checkpoints",
+        "scores",
+        "plots",
+    ];
+    if own
+        .iter()
+        .any(|name| resolved(report).starts_with(root.join(name)))
+    {
         return refuse(format!(
-            "is inside the run directory {}, which holds the report already (report.json) \
-             beside files a copy must not replace; give a path outside it",
+            "is one of the files of the run in {} (its report.json, checkpoints, scores or \
+             plots), which a copy must not replace; give another path",
             run.root().display()
         ));
     }
@@ -1446,14 +1529,15 @@ fn check_report_copy(report: &std::path::Path, lists: &[PathBuf], run: &RunDir) 
             ));
         }
     }
-    if let Some(dir) = report.parent().filter(|dir| holds_results(dir)) {
+    let exists = std::fs::symlink_metadata(report).is_ok();
+    if let Some(dir) = report.parent().filter(|dir| exists && holds_results(dir)) {
         return refuse(format!(
-            "{} holds a run's or an evaluation's results, whose report this would replace; \
-             give a path outside it",
+            "is the report of the run or evaluation in {}, which this would replace; give \
+             another path",
             dir.display()
         ));
     }
-    if std::fs::symlink_metadata(report).is_ok() && !holds_report(report) {
+    if exists && !holds_report(report) {
         return refuse(
             "exists and is not a uniattack report; refusing to replace it (give a new path, or \
              the path of an earlier report)"
@@ -1499,19 +1583,29 @@ fn holds_report(path: &std::path::Path) -> bool {
 }
 
 /// `path` made absolute, with its longest existing ancestor's links
-/// resolved, so that two spellings of a place compare equal even when the
-/// file itself does not exist yet.
+/// resolved and the `..` of the rest (which does not exist, so holds no
+/// links) taken lexically, so that two spellings of a place compare equal
+/// even when the file itself does not exist yet.
 fn resolved(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    for ancestor in absolute.ancestors() {
-        if let Ok(real) = std::fs::canonicalize(ancestor) {
-            let rest = absolute
-                .strip_prefix(ancestor)
-                .unwrap_or(std::path::Path::new(""));
-            return real.join(rest);
+    let Some((real, rest)) = absolute.ancestors().find_map(|ancestor| {
+        let real = std::fs::canonicalize(ancestor).ok()?;
+        Some((real, absolute.strip_prefix(ancestor).ok()?.to_path_buf()))
+    }) else {
+        return absolute;
+    };
+    let mut out = real;
+    for component in rest.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
         }
     }
-    absolute
+    out
 }
 
 /// Loss, gradient norm and throughput since the last logged step.

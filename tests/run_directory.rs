@@ -159,6 +159,25 @@ fn a_resume_over_changed_lists_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// Data that moved is taken on resume only where the checkpoint recorded
+/// what its lists hold: a checkpoint from before that record, resumed over
+/// another data root, is refused.
+#[test]
+fn moved_data_needs_the_checkpoints_record_of_its_lists() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cfg, out) = common::one_epoch(dir.path());
+    Trainer::new(cfg.clone(), common::options(&out, false))?.train()?;
+    let moved = dir.path().join("moved");
+    std::fs::rename(&cfg.data.root, &moved)?;
+    let mut elsewhere = cfg.clone();
+    elsewhere.data.root = moved;
+    let latest = out.join("checkpoints/step-0000000002.safetensors");
+    rewrite_checkpoint(&latest, |meta| meta.lists = None)?;
+    let err = error_of(Trainer::new(elsewhere, common::options(&out, true)));
+    assert!(err.contains("predates the record of its lists"), "{err}");
+    Ok(())
+}
+
 /// The step checkpoint is written before the best checkpoint it records,
 /// and a resume writes a missing or damaged best file again from those
 /// weights: byte for byte the best file of a run that never failed.
@@ -378,15 +397,15 @@ fn a_report_copy_over_anything_but_a_report_is_refused_at_the_start() -> Result<
         (dir.path().to_path_buf(), "is a directory"),
         (
             out.join("checkpoints/best.safetensors"),
-            "inside the run directory",
+            "one of the files of the run",
         ),
         (
             out.join("../second/scores/dev.txt"),
-            "inside the run directory",
+            "one of the files of the run",
         ),
         (
             first.join("report.json"),
-            "holds a run's or an evaluation's results",
+            "is the report of the run or evaluation",
         ),
         (
             first.join("checkpoints/best.safetensors"),
@@ -417,7 +436,7 @@ fn a_report_copy_over_anything_but_a_report_is_refused_at_the_start() -> Result<
     let after: Vec<Vec<u8>> = guarded.iter().map(|p| std::fs::read(p).unwrap()).collect();
     assert!(before == after);
 
-    // The first run's report (and a copy of it elsewhere) may be replaced.
+    // A copy of an earlier report, elsewhere, is replaced.
     let copy = dir.path().join("results/p1.json");
     std::fs::create_dir_all(copy.parent().unwrap())?;
     std::fs::copy(first.join("report.json"), &copy)?;
@@ -609,8 +628,11 @@ fn a_killed_first_write_is_cleaned_up() -> Result<()> {
     std::fs::write(killed.join(".tmpAb3dEf"), "half a checkpoint")?;
     let config = out.join(".config.json.tmp-124-1");
     std::fs::create_dir_all(&config)?;
+    // An earlier version's leak: safetensors' own temporary, beside.
+    let leaked = out.join("checkpoints/.tmpAb3dEf");
+    std::fs::write(&leaked, "half a checkpoint")?;
     Trainer::new(cfg, common::options(&out, false))?;
-    assert!(!stale.exists() && !killed.exists() && !config.exists());
+    assert!(!stale.exists() && !killed.exists() && !config.exists() && !leaked.exists());
     Ok(())
 }
 

@@ -752,16 +752,25 @@ fn a_damaged_config_is_taken_from_the_checkpoint() -> Result<()> {
         err.contains("is damaged") && err.contains("original command"),
         "{err}"
     );
-    // ... and the original command's flags are then taken.
+    // ... and the original command's flags are then taken, and the run
+    // starts there (its lock says the directory is a run's of ours).
+    std::fs::write(failed.join(".lock"), "")?;
     let with_flags = TrainArgs::try_parse_from([
         "train_uniattack",
         "--resume",
+        "--demo",
         "--output",
         failed.to_str().unwrap(),
         "--data",
         cfg.data.root.to_str().unwrap(),
     ])?;
-    assert_eq!(with_flags.experiment()?.data.root, cfg.data.root);
+    let flags_cfg = with_flags.experiment()?;
+    assert_eq!(flags_cfg.data.root, cfg.data.root);
+    Trainer::new(flags_cfg.clone(), common::options(&failed, true))?;
+    assert_eq!(
+        std::fs::read_to_string(failed.join("config.json"))?,
+        flags_cfg.to_json()
+    );
     Ok(())
 }
 

@@ -190,7 +190,9 @@ pub fn evaluate_checkpoint(
             let dev = read_split(&data, Split::Dev)?;
             dev.require_both_classes()?;
             let test_selected = loaded.meta.experiment.eval.select_on == Selection::Test;
-            if let Some(overlap) = crate::data::check_distinct(&dev, &test, test_selected)? {
+            let hint = "use the checkpoint's own threshold (--threshold checkpoint) or a number";
+            let overlap = crate::data::check_distinct(&dev, &test, test_selected, false, hint)?;
+            if let Some(overlap) = overlap {
                 crate::runtime::note(&overlap);
             }
             Some(dev)
@@ -321,7 +323,15 @@ fn summary_key(args: &EvalArgs, meta: &CheckpointMeta) -> [(&'static str, String
     // The files scored: runs on other data (or other lists of it) are no
     // seeds of one result.
     let lists = [Split::Dev, Split::Test]
-        .map(|split| crate::data::list_path(&data, split).display().to_string())
+        .map(|split| {
+            // Absolute: an older run's relative root and a newer run's
+            // absolute one may name the same lists.
+            let list = crate::data::list_path(&data, split);
+            std::path::absolute(&list)
+                .unwrap_or(list)
+                .display()
+                .to_string()
+        })
         .join(" and ");
     [
         ("protocol", protocol_name(&data)),
@@ -363,7 +373,8 @@ fn check_summarisable(args: &EvalArgs) -> Result<()> {
                 "--checkpoint",
                 format!(
                     "{} and {} differ in {what} ({first} vs {this}): a mean over them would be \
-                     neither's result; evaluate them separately",
+                     neither's result; evaluate them separately (or, for one dataset in two \
+                     places, give --data)",
                     args.checkpoint[0].display(),
                     args.checkpoint[i].display()
                 ),

@@ -1,9 +1,12 @@
 //! `train_uniattack`: flags -> [`ExperimentConfig`] -> [`Trainer`].
 //!
 //! Every setting flag is optional: unset, it keeps the value of the preset
-//! (the paper's settings, or with `--demo` the demo's), so `--resume` with
-//! the flags of the original command continues that run. `--resume` without
-//! `--data` or `--demo` starts from the run's own `config.json` instead.
+//! (the paper's settings, or with `--demo` the demo's). With `--resume` the
+//! preset is the run's own settings instead (its `config.json`, or its
+//! latest checkpoint's record where that file is damaged): `--resume
+//! --output RUN` alone continues the run, `--data` moves its data root,
+//! and other flags must agree with the run. A run that recorded no
+//! settings resumes from the flags of its original command.
 
 use std::path::PathBuf;
 
@@ -43,9 +46,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Continue the run in --output from its latest checkpoint (needs
-    /// --output: the default directory is new on every start). Without
-    /// --data or --demo it takes the run's settings from its config.json;
-    /// setting flags given beside it must agree with the run.
+    /// --output: the default directory is new on every start), with the
+    /// run's own settings (its config.json): --data gives its data's new
+    /// place, other setting flags must agree with the run.
     #[arg(long, requires = "output")]
     pub resume: bool,
     /// cpu, cuda or cuda:N [default: the first GPU if built with cuda, else cpu].
@@ -386,7 +389,9 @@ impl TrainArgs {
                 None => return Ok(None),
             },
         };
-        if cfg.data.root.is_relative() && self.data.is_none() {
+        // Where it is not there, the data root's own error (or the demo's
+        // data, written again) speaks instead.
+        if cfg.data.root.is_relative() && self.data.is_none() && cfg.data.root.is_dir() {
             // Older runs stored the data root as given.
             crate::runtime::note(&format!(
                 "note: {} records the relative data root {}, taken from the current directory \
