@@ -98,6 +98,12 @@ pub fn list_path(data: &DataConfig, split: Split) -> PathBuf {
 /// Reads `split`'s list: every entry must parse and its file exist (a broken
 /// list is reported whole, never trained on); it must not be empty.
 pub fn read_split(data: &DataConfig, split: Split) -> Result<SplitData> {
+    read_split_checked(data, split, FileCheck::Exists)
+}
+
+/// [`read_split`] with `check` of every listed file: `FileCheck::Decode`
+/// decodes each image too (on all cores).
+pub fn read_split_checked(data: &DataConfig, split: Split, check: FileCheck) -> Result<SplitData> {
     if !data.root.is_dir() {
         return Err(Error::config(
             "--data",
@@ -110,7 +116,7 @@ pub fn read_split(data: &DataConfig, split: Split) -> Result<SplitData> {
     let source = list_path(data, split);
     let options = ListOptions {
         policy: BadInputPolicy::Fail,
-        check: FileCheck::Exists,
+        check,
         allow_outside_root: data.allow_outside_root,
     };
     let listing = read_list(&source, &data.root, &list_format(data), &options)?;

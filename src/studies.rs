@@ -177,6 +177,7 @@ pub fn run(study: Study, base: &ExperimentConfig, out: &Path, device: &Device) -
                     // `--freeze` of everything CLIP has leaves the plain
                     // variant a frozen baseline beside the trained MoE ones.
                     frozen_baseline: true,
+                    check_images: false,
                 };
                 Trainer::new(cfg, options)?.run()?
             }

@@ -26,7 +26,7 @@ use crate::checkpoint::{
     ListDigest, LoadedCheckpoint, LoaderPosition, RunLists, TensorData, UnloggedSteps,
     CLASS_EMBEDDINGS, FORMAT,
 };
-use crate::data::{protocol_name, read_split, training_loader, SplitData};
+use crate::data::{protocol_name, read_split_checked, training_loader, SplitData};
 use crate::detector::{inference_model, prompt_embeddings, Detector};
 use crate::distributed::GradientSync;
 use crate::error::{Error, Result};
@@ -57,6 +57,11 @@ pub struct TrainOptions {
     /// the model as loaded (a study's frozen baseline). A training command
     /// refuses it: nothing would train.
     pub frozen_baseline: bool,
+    /// Decode every listed image at the start (`FileCheck::Decode`), not
+    /// only check that it exists: a damaged one stops the run there, named
+    /// with all the others, rather than at its batch or at the first
+    /// evaluation, hours in.
+    pub check_images: bool,
 }
 
 /// Everything a run needs, set up and (when resuming) restored.
@@ -213,9 +218,14 @@ impl Trainer {
                  branch, freezing text, vision-backbone and logit-scale freezes all of CLIP)",
             ));
         }
-        let train = read_split(&cfg.data, Split::Train)?;
-        let dev = read_split(&cfg.data, Split::Dev)?;
-        let test = read_split(&cfg.data, Split::Test)?;
+        let check = if options.check_images {
+            fas_data::FileCheck::Decode
+        } else {
+            fas_data::FileCheck::Exists
+        };
+        let train = read_split_checked(&cfg.data, Split::Train, check)?;
+        let dev = read_split_checked(&cfg.data, Split::Dev, check)?;
+        let test = read_split_checked(&cfg.data, Split::Test, check)?;
         for split in [&train, &dev, &test] {
             split.require_both_classes()?;
         }

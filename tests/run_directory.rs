@@ -670,3 +670,29 @@ fn runs_of_no_step_or_oversized_accumulation_are_refused() -> Result<()> {
     );
     Ok(())
 }
+
+/// `--check-images` decodes every listed image at the start: a damaged
+/// test image stops the run there, named, instead of after training
+/// (without it, the start only checks that the file exists).
+#[test]
+fn check_images_finds_a_damaged_image_at_the_start() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cfg, out) = common::one_epoch(dir.path());
+    let list = cfg
+        .data
+        .root
+        .join("UniAttackData/protocol/UniAttackData@p1_image_test.txt");
+    let listed = std::fs::read_to_string(&list)?;
+    let entry = listed.split_whitespace().next().unwrap();
+    let image = cfg.data.root.join(entry);
+    let bytes = std::fs::read(&image)?;
+    std::fs::write(&image, &bytes[..bytes.len() / 2])?;
+
+    Trainer::new(cfg.clone(), common::options(&out, false))?;
+    let mut checked = common::options(&dir.path().join("checked"), false);
+    checked.check_images = true;
+    let err = error_of(Trainer::new(cfg, checked));
+    let name = image.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name) && err.contains("truncated"), "{err}");
+    Ok(())
+}

@@ -125,6 +125,11 @@ pub struct TrainArgs {
     /// Accept list entries that lead out of --data with `..`.
     #[arg(long)]
     pub allow_outside_data: bool,
+    /// Decode every listed image before training (on all cores, as
+    /// inspect_dataset does), so a damaged file stops the run at its start,
+    /// with all of them named, not at its batch or the first evaluation.
+    #[arg(long)]
+    pub check_images: bool,
     /// Oversample the smaller of live / attack to 1:1 every epoch.
     #[arg(long)]
     pub balance: bool,
@@ -720,6 +725,7 @@ pub fn run(args: &TrainArgs) -> Result<Option<EvalReport>> {
             report: args.report.clone(),
             sync,
             frozen_baseline: false,
+            check_images: args.check_images,
         },
     )?;
     if !leader {

@@ -57,6 +57,7 @@ pub fn options(output: &Path, resume: bool) -> TrainOptions {
         report: None,
         sync: None,
         frozen_baseline: false,
+        check_images: false,
     }
 }
 
