@@ -1,7 +1,7 @@
 //! `detect`: attack probabilities and live/attack decisions for images,
 //! directories of images and list files, batched, decoded on all cores.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -160,63 +160,31 @@ fn read_list(list: &Path, root: &Path) -> std::result::Result<Vec<Input>, String
 }
 
 /// The bytes of `list`, a regular file of at most [`MAX_LIST_BYTES`] (the
-/// protocol lists' limit): a file far larger is not a list of images (an
-/// archive, a video), and reading it whole would exhaust memory.
+/// protocol lists' limit): a FIFO would block, a device never end, and a
+/// file far larger is not a list of images (an archive, a video).
 fn read_list_bytes(list: &Path) -> std::result::Result<Vec<u8>, String> {
-    let too_large = || {
-        format!(
+    atomic_io::read_regular_file(list, MAX_LIST_BYTES).map_err(|refused| match refused {
+        atomic_io::ReadRefused::Io(e) => format!("cannot read list: {e}"),
+        atomic_io::ReadRefused::NotRegular(kind) => {
+            format!("cannot read list: not a regular file but {kind}; give a file")
+        }
+        atomic_io::ReadRefused::TooLarge => format!(
             "cannot read list: more than {MAX_LIST_BYTES} bytes, the most a list of images is \
              read at; is it the right file?"
-        )
-    };
-    let cannot_read = |e: std::io::Error| format!("cannot read list: {e}");
-    let file = open_regular_file(list).map_err(cannot_read)?;
-    if file.metadata().map_err(cannot_read)?.len() > MAX_LIST_BYTES {
-        return Err(too_large());
-    }
-    // The bound holds even if the file grows after the size was checked.
-    let mut bytes = Vec::new();
-    file.take(MAX_LIST_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(cannot_read)?;
-    if bytes.len() as u64 > MAX_LIST_BYTES {
-        return Err(too_large());
-    }
-    Ok(bytes)
-}
-
-/// `path` (links followed) opened for reading, if it is a regular file.
-/// Opening a FIFO blocks until a writer comes, and reading a device such as
-/// `/dev/zero` never ends, so anything else is refused: from the path's
-/// metadata before opening, and again from the opened handle's, as the path
-/// may have changed in between (on unix the open itself never blocks).
-fn open_regular_file(path: &Path) -> std::io::Result<std::fs::File> {
-    let not_regular = || {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file (a FIFO, a device or a socket); give a file",
-        )
-    };
-    if !std::fs::metadata(path)?.is_file() {
-        return Err(not_regular());
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
-    let file = options.open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(not_regular());
-    }
-    Ok(file)
+        ),
+    })
 }
 
 /// The warning for a scored image with a side under [`MIN_FACE_CROP_SIDE`],
 /// from its header. None when its size cannot be read (it was just read to
 /// be scored, so this is a file changed since).
 fn small_image_warning(path: &Path) -> Option<String> {
-    let file = open_regular_file(path).ok()?;
-    let (width, height) = image::ImageReader::new(std::io::BufReader::new(file))
+    // Only a regular file's header is read (it was one when it was scored).
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let (width, height) = image::ImageReader::open(path)
+        .ok()?
         .with_guessed_format()
         .ok()?
         .into_dimensions()

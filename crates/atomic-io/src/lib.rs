@@ -1,5 +1,7 @@
 //! Writing files so that a crash never leaves a partial file under the
-//! final name, and never writing over a file that is also an input.
+//! final name, never writing over a file that is also an input, and
+//! reading an input file whole only where that ends ([`read_regular_file`]:
+//! a regular file, up to a bound).
 //!
 //! The workspace's writers (model configs and checkpoints, training
 //! checkpoints and reports, synthetic datasets, the command-line tools'
@@ -12,6 +14,9 @@ use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+mod read;
+pub use read::{read_regular_file, ReadRefused};
 
 /// Why an atomic write failed: the caller's writer, or the file system.
 #[derive(Debug)]

@@ -1,7 +1,8 @@
 //! Reading a whole input file (a list, an image) with the checks every
 //! reader needs before it starts: a FIFO or a device reports no size and
 //! may never end, and a file far larger than its kind can be is a mistake
-//! (an archive or a video given as a list or an image).
+//! (an archive or a video given as a list or an image). The reading itself
+//! is `atomic_io::read_regular_file`'s; this names the refusals.
 
 /// Why a file was not read.
 pub(crate) enum ReadFailure {
@@ -18,15 +19,13 @@ pub(crate) fn read_bounded(
     max: u64,
     what: &str,
 ) -> Result<Vec<u8>, ReadFailure> {
-    let meta = std::fs::metadata(path).map_err(ReadFailure::Io)?;
-    if !meta.is_file() {
-        return Err(ReadFailure::Refused("not a regular file".into()));
-    }
-    if meta.len() > max {
-        return Err(ReadFailure::Refused(format!(
-            "{} bytes, more than {what} would be ({max} at most)",
-            meta.len()
-        )));
-    }
-    std::fs::read(path).map_err(ReadFailure::Io)
+    atomic_io::read_regular_file(path, max).map_err(|refused| match refused {
+        atomic_io::ReadRefused::Io(e) => ReadFailure::Io(e),
+        atomic_io::ReadRefused::NotRegular(kind) => {
+            ReadFailure::Refused(format!("not a regular file but {kind}"))
+        }
+        atomic_io::ReadRefused::TooLarge => {
+            ReadFailure::Refused(format!("more than {what} would be ({max} bytes at most)"))
+        }
+    })
 }

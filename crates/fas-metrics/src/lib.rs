@@ -25,7 +25,6 @@ mod grid;
 pub mod label;
 #[cfg(feature = "plot")]
 pub mod plot;
-mod regular_file;
 pub mod report;
 pub mod roc;
 pub mod score_file;

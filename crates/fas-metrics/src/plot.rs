@@ -12,9 +12,9 @@ use plotters::prelude::*;
 
 use crate::error::{MetricsError, Result};
 use crate::label::Polarity;
-use crate::regular_file::read_regular_file;
 use crate::roc::{auc, IntermediatePoints, RocCurve};
 use crate::score_set::ScoreSet;
+use atomic_io::read_regular_file;
 
 const SIZE: (u32, u32) = (800, 600);
 const FONT_CANDIDATES: [&str; 4] = [
@@ -411,14 +411,18 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn font_paths_that_are_no_regular_files_are_skipped() {
-        use crate::regular_file::tests::{make_fifo, within_30s};
         let dir = tempfile::tempdir().unwrap();
         let (fifo, zero) = (dir.path().join("font.ttf"), dir.path().join("zero.ttf"));
-        make_fifo(&fifo);
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success(), "mkfifo {}", fifo.display());
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
         for path in [fifo, zero] {
+            // A read blocked on the FIFO fails the test after 30 s.
+            let (sender, receiver) = std::sync::mpsc::channel();
             let shown = path.display().to_string();
-            assert!(within_30s(move || font_bytes(&path)).is_none(), "{shown}");
+            std::thread::spawn(move || sender.send(font_bytes(&path)));
+            let read = receiver.recv_timeout(std::time::Duration::from_secs(30));
+            assert!(read.expect("still reading after 30 s").is_none(), "{shown}");
         }
         let font = dir.path().join("font.bin");
         std::fs::write(&font, b"glyphs").unwrap();

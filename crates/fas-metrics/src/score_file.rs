@@ -28,7 +28,7 @@ use std::path::Path;
 
 use crate::error::{MetricsError, Result};
 use crate::label::{Label, ScoredSample};
-use crate::regular_file::{read_regular_file, ReadRefused};
+use atomic_io::{read_regular_file, ReadRefused};
 
 /// Label words read as bona fide, compared ignoring ASCII case.
 const BONAFIDE_WORDS: [&str; 6] = [

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Why [`read_regular_file`] returned no bytes.
 #[derive(Debug)]
-pub(crate) enum ReadRefused {
+pub enum ReadRefused {
     /// Inspecting, opening or reading the file failed.
     Io(io::Error),
     /// The path, after following symlinks, is not a regular file; what it
@@ -20,7 +20,7 @@ pub(crate) enum ReadRefused {
 
 /// The bytes of the regular file at `path` (symlinks followed), if it holds
 /// at most `limit` bytes.
-pub(crate) fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadRefused> {
+pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadRefused> {
     // The path first: opening a FIFO for reading would block until a
     // writer appears.
     check_regular(&std::fs::metadata(path).map_err(ReadRefused::Io)?)?;
@@ -77,12 +77,12 @@ fn kind_of(file_type: FileType) -> &'static str {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     /// `run`'s result, or a test failure after 30 s: a read blocked on a
     /// FIFO must fail the test, not hang it.
-    pub(crate) fn within_30s<T: Send + 'static>(run: impl FnOnce() -> T + Send + 'static) -> T {
+    fn within_30s<T: Send + 'static>(run: impl FnOnce() -> T + Send + 'static) -> T {
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || sender.send(run()));
         receiver
@@ -92,7 +92,7 @@ pub(crate) mod tests {
 
     /// Makes a FIFO (named pipe) at `path`.
     #[cfg(unix)]
-    pub(crate) fn make_fifo(path: &Path) {
+    fn make_fifo(path: &Path) {
         let status = std::process::Command::new("mkfifo")
             .arg(path)
             .status()
