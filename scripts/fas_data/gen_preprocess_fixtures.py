@@ -7,13 +7,21 @@ crates/fas-data/tests/fixtures/preprocess/:
 
   <name>.png                 input image (RGB, L, RGBA or LA; various sizes;
                              rgba_224x260 needs no resize at S = 224, and has
-                             colour under alpha 0)
+                             colour under alpha 0); and files whose PNG colour
+                             type changes what Pillow does: palette and 1-bit
+                             (resized NEAREST), grey and RGB with a tRNS chunk
+                             (alpha ignored), 16-bit RGB, RGBA and LA (high
+                             byte kept; encoded by hand, Pillow cannot write them)
   face_200x160_q90.jpg       a face-like JPEG saved by Pillow at quality 90
                              with 4:2:0 chroma subsampling (PIL's default),
                              decoded by PIL (libjpeg-turbo) for its expected
                              outputs; the Rust decoder differs slightly
   <name>.expected<S>.png     Resize(S, BICUBIC) + CenterCrop(S) + convert("RGB"),
                              the uint8 image ToTensor receives (S = 224 and 64)
+  palette_120x90.crop32.png  torchvision RandomResizedCrop(32, scale=(1, 1),
+                             ratio=(4/3, 4/3), BICUBIC) + convert("RGB") of
+                             the palette input: the whole image squashed to
+                             32x32, which PIL resizes NEAREST (mode P)
   normalized32.safetensors   for one input, tensor <name>: ToTensor +
                              Normalize(CLIP mean/std) at S = 32, float32
                              (3, 32, 32); and <name>.imagenet with ImageNet
@@ -34,7 +42,9 @@ manifest). The Rust code under test is never used to produce expected values.
 
 import json
 import pathlib
+import struct
 import sys
+import zlib
 
 import numpy as np
 import PIL
@@ -43,7 +53,15 @@ import safetensors.numpy
 import torch
 import torchvision
 from PIL import Image
-from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+from torchvision.transforms import (
+    CenterCrop,
+    Compose,
+    InterpolationMode,
+    Normalize,
+    RandomResizedCrop,
+    Resize,
+    ToTensor,
+)
 
 OUT = pathlib.Path(__file__).resolve().parents[2] / "crates" / "fas-data" / "tests" / "fixtures" / "preprocess"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -135,7 +153,65 @@ def make_inputs(rng):
     rgba224[100:140, :, 3] = 0
     rgba224[:30, :50, 3] = 0
     images.append(("rgba_224x260", Image.fromarray(rgba224, "RGBA")))
+    images.extend(pillow_mode_inputs(rng))
     return images
+
+
+def pillow_mode_inputs(rng):
+    """Files whose PNG colour type decides what Pillow does with them.
+
+    Palette ("P") and 1-bit ("1") images are resized with NEAREST whatever
+    filter is asked for; grey and RGB files with a tRNS chunk open as "L"
+    and "RGB" (the transparency is only metadata, dropped by convert("RGB"));
+    16-bit RGB, RGBA and LA open as 8-bit modes keeping the high byte.
+    """
+    images = []
+    photo = Image.fromarray(to_u8(face_like(120, 90, rng)), "RGB")
+    images.append(("palette_120x90", photo.quantize(colors=256, method=Image.Quantize.MEDIANCUT)))
+    small = Image.fromarray(to_u8(checker_rings(33, 47, rng)), "RGB")
+    images.append(("palette16_33x47", small.quantize(colors=16, method=Image.Quantize.MEDIANCUT)))
+    # Index 0 transparent, with a colour under it: convert("RGB") shows the colour.
+    trns = Image.fromarray(to_u8(gradient(75, 110, rng)), "RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT)
+    trns.info["transparency"] = 0
+    images.append(("palette_trns_75x110", trns))
+    bilevel = (checker_rings(101, 77, rng)[..., 1] > 127.5).astype(np.uint8) * 255
+    images.append(("bilevel_101x77", Image.fromarray(bilevel, "L").convert("1", dither=Image.Dither.NONE)))
+    grey = Image.fromarray(to_u8(checker_rings(80, 100, rng)[..., 1]), "L")
+    grey.info["transparency"] = int(np.asarray(grey)[10, 10])
+    images.append(("grey_trns_80x100", grey))
+    rgb = Image.fromarray(to_u8(face_like(100, 70, rng)), "RGB")
+    rgb.info["transparency"] = tuple(int(v) for v in np.asarray(rgb)[35, 50])
+    images.append(("rgb_trns_100x70", rgb))
+    return images
+
+
+def deep_inputs(rng):
+    """(name, width, height, PNG colour type, uint16 samples (h, w, c)): 16-bit
+    files, which Pillow cannot write in these modes, so they are encoded here."""
+    w, h = 70, 52
+    # A smooth high byte (small expected files) over a random low byte: a
+    # decoder that rounds to 8 bits instead of truncating differs often.
+    low = rng.integers(0, 256, size=(h, w, 4), dtype=np.uint16)
+    high = np.concatenate([to_u8(face_like(w, h, rng)), to_u8(gradient(w, h, rng)[..., 1:2])], -1).astype(np.uint16)
+    samples = (high << 8) | low
+    rgb, alpha = samples[..., :3], samples[..., 3:]
+    alpha[:10, :10] = 0
+    return [
+        ("rgb16_70x52", w, h, 2, rgb),
+        ("rgba16_70x52", w, h, 6, np.concatenate([rgb, alpha], -1)),
+        ("la16_70x52", w, h, 4, np.concatenate([rgb[..., :1], alpha], -1)),
+    ]
+
+
+def write_png16(path, width, height, color_type, samples):
+    """A minimal 16-bit PNG: IHDR, one zlib IDAT (filter 0 on every row), IEND."""
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
 
 
 def main():
@@ -163,12 +239,19 @@ def main():
         if file_name.endswith(".jpg"):
             # Pillow's default subsampling at quality 90 is 4:2:0; say so explicitly.
             image.save(OUT / file_name, quality=90, subsampling=2)
+        elif "transparency" in image.info:
+            image.save(OUT / file_name, optimize=True, transparency=image.info["transparency"])
         else:
             image.save(OUT / file_name, optimize=True)
         reloaded = Image.open(OUT / file_name)
         assert reloaded.mode == image.mode, (name, reloaded.mode, image.mode)
+        assert ("transparency" in reloaded.info) == ("transparency" in image.info), name
         for size in SIZES_U8:
             clip_resize_crop(size)(reloaded).save(OUT / f"{name}.expected{size}.png", optimize=True)
+        if name == "palette_120x90":
+            # Scale and ratio leave one choice: the whole 120x90 image.
+            crop = RandomResizedCrop(32, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3), interpolation=InterpolationMode.BICUBIC)
+            crop(reloaded).convert("RGB").save(OUT / f"{name}.crop32.png", optimize=True)
         if name == NORMALIZED:
             tensors[name] = clip_transform(SIZE_F32, CLIP_MEAN, CLIP_STD)(reloaded).numpy().astype(np.float32)
             imagenet = clip_transform(SIZE_F32, IMAGENET_MEAN, IMAGENET_STD)(reloaded)
@@ -176,6 +259,21 @@ def main():
         manifest["inputs"].append(
             {"file": file_name, "mode": image.mode, "width": image.width, "height": image.height}
         )
+    for name, width, height, color_type, samples in deep_inputs(rng):
+        file_name = f"{name}.png"
+        write_png16(OUT / file_name, width, height, color_type, samples)
+        reloaded = Image.open(OUT / file_name)
+        # Pillow opens these as 8-bit modes, keeping each sample's high byte
+        # (16-bit grey + alpha as RGBA, the grey in all three colours).
+        mode = {2: "RGB", 4: "RGBA", 6: "RGBA"}[color_type]
+        assert reloaded.mode == mode, (name, reloaded.mode)
+        high = samples >> 8
+        if color_type == 4:
+            high = high[..., [0, 0, 0, 1]]
+        assert (np.asarray(reloaded) == high).all(), name
+        for size in SIZES_U8:
+            clip_resize_crop(size)(reloaded).save(OUT / f"{name}.expected{size}.png", optimize=True)
+        manifest["inputs"].append({"file": file_name, "mode": mode, "bit_depth": 16, "width": width, "height": height})
     safetensors.numpy.save_file(tensors, str(OUT / f"normalized{SIZE_F32}.safetensors"))
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {len(manifest['inputs'])} fixtures to {OUT}")

@@ -6,9 +6,9 @@
 //! worker thread runs them.
 
 use crate::error::{Error, Result};
-use crate::preprocess::{normalize, resize_to_rgb, ClipTransform};
+use crate::preprocess::{normalize, resize_to_rgb, ClipTransform, TransformInput};
 use crate::resample::Rect;
-use image::{DynamicImage, RgbImage};
+use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -117,7 +117,7 @@ impl AugmentConfig {
     /// Augments `image` and returns it normalised, `CHW`, `transform.size` square.
     pub fn apply<R: Rng>(
         &self,
-        image: &DynamicImage,
+        image: &impl TransformInput,
         transform: &ClipTransform,
         rng: &mut R,
     ) -> Result<Vec<f32>> {
@@ -140,11 +140,12 @@ impl AugmentConfig {
 /// torchvision `RandomResizedCrop.get_params` (ten tries, then a centre crop
 /// clamped to the ratio range), then crop and bicubic resize to `size`.
 fn random_resized_crop<R: Rng>(
-    image: &DynamicImage,
+    input: &impl TransformInput,
     size: usize,
     crop: RandomResizedCrop,
     rng: &mut R,
 ) -> Result<RgbImage> {
+    let image = input.pixels();
     let (width, height) = (image.width() as usize, image.height() as usize);
     if width == 0 || height == 0 {
         return Err(Error::Preprocess(format!(
@@ -199,7 +200,7 @@ fn random_resized_crop<R: Rng>(
         width: size,
         height: size,
     };
-    resize_to_rgb(image, region, size, size, window)
+    resize_to_rgb(input, region, size, size, window)
 }
 
 /// torchvision `ColorJitter` on the `[0, 1]` image (quantised back to `u8`,
@@ -293,6 +294,7 @@ fn shift_hue([r, g, b]: [f32; 3], shift: f32) -> [f32; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::DynamicImage;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::jpeg_segments::segment_at;
-use image::DynamicImage;
+use image::{DynamicImage, Luma, Rgb};
 use std::path::Path;
 
 /// File extensions treated as images when scanning folders (case-insensitive):
@@ -36,7 +36,7 @@ pub fn is_unsupported_image(path: &Path) -> bool {
 /// whose scans do not reach the end-of-image marker. Data after that marker
 /// (camera trailers) is ignored, as PIL ignores it. [`verify_image`] checks
 /// more, at the cost of a second entropy decode.
-pub fn load_image(path: &Path) -> Result<DynamicImage> {
+pub fn load_image(path: &Path) -> Result<DecodedImage> {
     read_and_decode(path).map_err(|message| Error::Image {
         path: path.to_path_buf(),
         message,
@@ -44,7 +44,7 @@ pub fn load_image(path: &Path) -> Result<DynamicImage> {
 }
 
 /// Reads and decodes `path`; the error is a message without the path.
-fn read_and_decode(path: &Path) -> std::result::Result<DynamicImage, String> {
+fn read_and_decode(path: &Path) -> std::result::Result<DecodedImage, String> {
     decode_image(&read_bytes(path)?)
 }
 
@@ -66,7 +66,7 @@ pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
 
 /// Reads and [verifies](verify_image) `path`; the error is a message
 /// without the path.
-pub(crate) fn read_and_verify(path: &Path) -> std::result::Result<DynamicImage, String> {
+pub(crate) fn read_and_verify(path: &Path) -> std::result::Result<DecodedImage, String> {
     let bytes = read_bytes(path)?;
     verify_image(&bytes)
 }
@@ -79,18 +79,155 @@ pub(crate) fn read_and_verify(path: &Path) -> std::result::Result<DynamicImage, 
 /// 1.8x as long, `docs/benchmarks.md`), so the dataset check
 /// ([`crate::FileCheck::Decode`], `inspect_dataset`) runs it once and the
 /// training loader does not.
-pub fn verify_image(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
+pub fn verify_image(bytes: &[u8]) -> std::result::Result<DecodedImage, String> {
     check_markers(bytes)?;
     if bytes.starts_with(&[0xFF, 0xD8]) {
         crate::jpeg_scan::check(bytes).map_err(|fault| format!("corrupt JPEG: {fault}"))?;
     }
-    image::load_from_memory(bytes).map_err(|e| format!("cannot decode: {e}"))
+    decode_unchecked(bytes)
 }
 
 /// Decodes image bytes; the error is a message for [`Error::Image`].
-pub fn decode_image(bytes: &[u8]) -> std::result::Result<DynamicImage, String> {
+pub fn decode_image(bytes: &[u8]) -> std::result::Result<DecodedImage, String> {
     check_markers(bytes)?;
-    image::load_from_memory(bytes).map_err(|e| format!("cannot decode: {e}"))
+    decode_unchecked(bytes)
+}
+
+fn decode_unchecked(bytes: &[u8]) -> std::result::Result<DecodedImage, String> {
+    let image = image::load_from_memory(bytes).map_err(|e| format!("cannot decode: {e}"))?;
+    Ok(as_pillow_opens(bytes, image))
+}
+
+/// How Pillow's `Image.resize` resamples an image, which its mode decides:
+/// `P` (palette) and `1` (bilevel) images are always resized
+/// nearest-neighbour, whatever filter is asked for; every other mode with
+/// the filter asked for (CLIP asks for bicubic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resampling {
+    /// The requested filter: bicubic in CLIP's transform.
+    #[default]
+    Bicubic,
+    /// Nearest-neighbour, for palette and 1-bit files.
+    Nearest,
+}
+
+/// A decoded image file as PIL holds it for CLIP's transform: 8-bit pixels
+/// (L, LA, RGB or RGBA) and the resampling its mode gets.
+///
+/// The decoder expands what PIL keeps as metadata or modes, so the file's
+/// own header decides ([`load_image`] and [`decode_image`] do this):
+///
+/// - palette and 1-bit PNGs decode to RGB(A) / grey here, but PIL keeps them
+///   as `P` and `1` and resizes them nearest-neighbour;
+/// - a tRNS chunk on a grey or RGB PNG becomes an alpha channel here, but
+///   PIL opens `L` and `RGB` (the transparency only in `info`), resizes the
+///   colours without premultiplying and `convert("RGB")` ignores it: the
+///   alpha channel is dropped;
+/// - 16-bit RGB, RGBA and grey + alpha PNGs open in PIL as 8-bit modes that
+///   keep each sample's high byte (the decoder would round): the high byte
+///   is kept.
+///
+/// A 16-bit grey PNG is the one case not reproduced: PIL opens it as
+/// `I;16`, and `convert("RGB")` then saturates every value above 255 to
+/// white; here it keeps the high byte, as for the other 16-bit files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedImage {
+    /// The pixels.
+    pub image: DynamicImage,
+    /// What Pillow's resize does with them.
+    pub resampling: Resampling,
+}
+
+impl From<DynamicImage> for DecodedImage {
+    /// An image without a file behind it, resized as PIL resizes an image of
+    /// its mode (`L`, `LA`, `RGB`, `RGBA`: with the filter asked for).
+    fn from(image: DynamicImage) -> Self {
+        Self {
+            image,
+            resampling: Resampling::Bicubic,
+        }
+    }
+}
+
+/// The pixels, for reading them (size, colour type, conversions).
+impl std::ops::Deref for DecodedImage {
+    type Target = DynamicImage;
+    fn deref(&self) -> &DynamicImage {
+        &self.image
+    }
+}
+
+/// The PNG header's bit depth and colour type, if `bytes` is a PNG.
+fn png_depth_and_colour(bytes: &[u8]) -> Option<(u8, u8)> {
+    const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n'];
+    // Signature, then the IHDR chunk: length, "IHDR", width, height, bit
+    // depth (byte 24), colour type (byte 25). The decoder has accepted the
+    // file, so IHDR is where the format puts it.
+    if !bytes.starts_with(&SIGNATURE) || bytes.get(12..16) != Some(b"IHDR") {
+        return None;
+    }
+    Some((*bytes.get(24)?, *bytes.get(25)?))
+}
+
+/// `image` (decoded from `bytes`) as PIL would open the file ([`DecodedImage`]).
+fn as_pillow_opens(bytes: &[u8], image: DynamicImage) -> DecodedImage {
+    let Some((depth, colour)) = png_depth_and_colour(bytes) else {
+        return image.into();
+    };
+    const GREY: u8 = 0;
+    const RGB: u8 = 2;
+    const PALETTE: u8 = 3;
+    let image = match (colour, image) {
+        // Alpha from a tRNS chunk, which PIL's L and RGB modes do not hold.
+        // (Conversion to fewer channels drops alpha without blending.)
+        (GREY, image @ DynamicImage::ImageLumaA8(_)) => image.to_luma8().into(),
+        (RGB, image @ DynamicImage::ImageRgba8(_)) => image.to_rgb8().into(),
+        (_, image) => high_bytes(image, colour == GREY || colour == RGB),
+    };
+    let resampling = if colour == PALETTE || (colour == GREY && depth == 1) {
+        Resampling::Nearest
+    } else {
+        Resampling::Bicubic
+    };
+    DecodedImage { image, resampling }
+}
+
+/// A 16-bit image reduced to 8 bits by keeping each sample's high byte, as
+/// PIL's `;16B` raw modes do (alpha dropped when `drop_alpha`: it came from
+/// a tRNS chunk); an 8-bit image unchanged.
+fn high_bytes(image: DynamicImage, drop_alpha: bool) -> DynamicImage {
+    use image::{GrayAlphaImage, GrayImage, LumaA, RgbImage, Rgba, RgbaImage};
+    let hi = |v: u16| (v >> 8) as u8;
+    let (w, h) = (image.width(), image.height());
+    match image {
+        DynamicImage::ImageLuma16(im) => {
+            GrayImage::from_fn(w, h, |x, y| Luma([hi(im.get_pixel(x, y)[0])])).into()
+        }
+        DynamicImage::ImageLumaA16(im) if drop_alpha => {
+            GrayImage::from_fn(w, h, |x, y| Luma([hi(im.get_pixel(x, y)[0])])).into()
+        }
+        DynamicImage::ImageLumaA16(im) => GrayAlphaImage::from_fn(w, h, |x, y| {
+            let [l, a] = im.get_pixel(x, y).0;
+            LumaA([hi(l), hi(a)])
+        })
+        .into(),
+        DynamicImage::ImageRgb16(im) => RgbImage::from_fn(w, h, |x, y| {
+            let [r, g, b] = im.get_pixel(x, y).0;
+            Rgb([hi(r), hi(g), hi(b)])
+        })
+        .into(),
+        DynamicImage::ImageRgba16(im) if drop_alpha => RgbImage::from_fn(w, h, |x, y| {
+            let [r, g, b, _] = im.get_pixel(x, y).0;
+            Rgb([hi(r), hi(g), hi(b)])
+        })
+        .into(),
+        DynamicImage::ImageRgba16(im) => RgbaImage::from_fn(w, h, |x, y| {
+            let [r, g, b, a] = im.get_pixel(x, y).0;
+            Rgba([hi(r), hi(g), hi(b), hi(a)])
+        })
+        .into(),
+        other => other,
+    }
 }
 
 /// The cheap checks of [`decode_image`]: an empty file, and the JPEG marker

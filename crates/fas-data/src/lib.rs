@@ -55,9 +55,10 @@ pub mod video;
 
 pub use augment::{AugmentConfig, ColorJitter, RandomResizedCrop};
 pub use error::{Error, Problem, Result};
+pub use image_io::{DecodedImage, Resampling};
 pub use label::{attack_hint_from_path, AttackKind, Category, Label, LabelConvention};
 pub use loader::{Balance, Batch, Epoch, Loader, LoaderConfig};
-pub use preprocess::{ClipTransform, Normalization};
+pub use preprocess::{ClipTransform, Normalization, TransformInput};
 pub use protocol::folder::read_folder;
 pub use protocol::{
     read_list, BadInputPolicy, FileCheck, ListFormat, ListOptions, ListSpec, Listing, VideoIdRule,

@@ -26,14 +26,19 @@
 //!   200x160 4:2:0 test fixture (upscaled, 13 % of values differ), and
 //!   16/255 for a 4:2:0 JPEG of pure noise (the worst case for chroma
 //!   upsampling). `tests/preprocess_parity.rs` holds the fixture to 4/255.
-//! - Palette (`P`) and 1-bit PNGs: PIL resizes them with nearest-neighbour
-//!   (Pillow forces `NEAREST` for modes `P` and `1`), while the decoder here
-//!   expands them to RGB(A) / grey and they are resized bicubically like any
-//!   other image. The output is smoother than CLIP's for such files;
-//!   photographs are never stored that way.
+//! - PNG colour types that PIL opens in other modes than the decoder's
+//!   output are handled as PIL handles them ([`DecodedImage`]): palette and
+//!   1-bit files are resized nearest-neighbour (Pillow forces `NEAREST` for
+//!   modes `P` and `1`), a tRNS chunk on a grey or RGB file is ignored, and
+//!   16-bit files keep their high byte (fixtures in
+//!   `tests/preprocess_parity.rs`). The one exception is a 16-bit grey PNG,
+//!   which PIL saturates to white above 255 and this crate does not.
+//!   Images given as a [`DynamicImage`] have no file behind them and are
+//!   resized as PIL resizes their mode (bicubic).
 
 use crate::error::{Error, Result};
-use crate::resample::{resize_bicubic, Image8, Rect};
+use crate::image_io::{DecodedImage, Resampling};
+use crate::resample::{resize_bicubic, resize_nearest, Image8, Rect};
 use candle_core::{Device, Tensor};
 use image::{DynamicImage, RgbImage};
 use serde::{Deserialize, Serialize};
@@ -77,6 +82,36 @@ impl Normalization {
     }
 }
 
+/// What the transforms take: decoded pixels, and how Pillow resamples them.
+///
+/// A file read by [`crate::image_io::load_image`] is a [`DecodedImage`],
+/// which knows when Pillow would resize it nearest-neighbour; a
+/// [`DynamicImage`] made in memory is resized bicubically.
+pub trait TransformInput {
+    /// The pixels.
+    fn pixels(&self) -> &DynamicImage;
+    /// The resampling Pillow's `Image.resize` would apply.
+    fn resampling(&self) -> Resampling;
+}
+
+impl TransformInput for DynamicImage {
+    fn pixels(&self) -> &DynamicImage {
+        self
+    }
+    fn resampling(&self) -> Resampling {
+        Resampling::Bicubic
+    }
+}
+
+impl TransformInput for DecodedImage {
+    fn pixels(&self) -> &DynamicImage {
+        &self.image
+    }
+    fn resampling(&self) -> Resampling {
+        self.resampling
+    }
+}
+
 /// The evaluation transform (and the last step of training ones).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ClipTransform {
@@ -117,8 +152,9 @@ impl ClipTransform {
 
     /// Resize + centre crop + RGB, before scaling and normalisation: the
     /// `uint8` picture torchvision's `ToTensor` would receive.
-    pub fn resize_crop(&self, image: &DynamicImage) -> Result<RgbImage> {
+    pub fn resize_crop(&self, input: &impl TransformInput) -> Result<RgbImage> {
         self.validate()?;
+        let image = input.pixels();
         let size = self.size as usize;
         if image.width() == 0 || image.height() == 0 {
             return Err(Error::Preprocess(format!(
@@ -149,16 +185,16 @@ impl ClipTransform {
             width: size,
             height: size,
         };
-        resize_to_rgb(image, full, out_w, out_h, window)
+        resize_to_rgb(input, full, out_w, out_h, window)
     }
 
     /// The normalised `(3, size, size)` image, channel-major (`CHW`).
-    pub fn apply(&self, image: &DynamicImage) -> Result<Vec<f32>> {
+    pub fn apply(&self, image: &impl TransformInput) -> Result<Vec<f32>> {
         Ok(normalize(&self.resize_crop(image)?, self.normalization))
     }
 
     /// [`ClipTransform::apply`] as a CPU tensor `(3, size, size)`.
-    pub fn to_tensor(&self, image: &DynamicImage) -> Result<Tensor> {
+    pub fn to_tensor(&self, image: &impl TransformInput) -> Result<Tensor> {
         let size = self.size as usize;
         Ok(Tensor::from_vec(
             self.apply(image)?,
@@ -187,13 +223,27 @@ fn resampling_pixels(image: &DynamicImage) -> (Vec<u8>, usize) {
 /// When `region` already has the output size, Pillow's `resize` returns the
 /// image unchanged (no premultiplied round trip), so the window is cut out
 /// and converted directly: alpha is dropped, colour under alpha 0 kept.
+/// Nearest-neighbour resizing (palette and 1-bit files) copies pixels, so
+/// it needs no premultiplying either: what a palette image's alpha came
+/// from (tRNS) is dropped by `convert("RGB")`.
 pub(crate) fn resize_to_rgb(
-    image: &DynamicImage,
+    input: &impl TransformInput,
     region: Rect,
     out_w: usize,
     out_h: usize,
     window: Rect,
 ) -> Result<RgbImage> {
+    let image = input.pixels();
+    if input.resampling() == Resampling::Nearest {
+        // `to_rgb8` drops alpha without blending, as `convert("RGB")` does.
+        let rgb = image.to_rgb8();
+        let src = Image8 {
+            data: rgb.as_raw(),
+            width: rgb.width() as usize,
+            channels: 3,
+        };
+        return rgb_image(resize_nearest(src, region, out_w, out_h, window), window);
+    }
     if (out_w, out_h) == (region.width, region.height) {
         return Ok(image
             .crop_imm(
@@ -232,6 +282,11 @@ pub(crate) fn resize_to_rgb(
             })
             .collect(),
     };
+    rgb_image(rgb, window)
+}
+
+/// Packed RGB values as an image of `window`'s size.
+fn rgb_image(rgb: Vec<u8>, window: Rect) -> Result<RgbImage> {
     let len = rgb.len();
     RgbImage::from_raw(window.width as u32, window.height as u32, rgb).ok_or_else(|| {
         Error::Preprocess(format!(

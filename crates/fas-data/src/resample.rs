@@ -1,4 +1,5 @@
-//! Pillow-compatible antialiased bicubic resampling of 8-bit images.
+//! Pillow-compatible resampling of 8-bit images: antialiased bicubic, and
+//! the nearest-neighbour scaling Pillow forces on palette and 1-bit images.
 //!
 //! A port of Pillow's `libImaging/Resample.c` (`ImagingResampleInner` with the
 //! bicubic filter, a = -0.5): separable convolution in two passes (in
@@ -128,6 +129,65 @@ pub(crate) fn resize_bicubic(
         3 => resize_channels::<3>(src, region, out_width, out_height, window),
         _ => resize_channels::<4>(src, region, out_width, out_height, window),
     }
+}
+
+/// Pillow's nearest-neighbour resize (`_resize` with `NEAREST`, which runs
+/// `ImagingScaleAffine` in `libImaging/Geometry.c`), of `region` of `src` to
+/// `out_width x out_height`, returning only `window` (packed, `src.channels`
+/// channels).
+///
+/// Equals Pillow's `src.crop(region).resize((out_width, out_height),
+/// NEAREST).crop(window)`. Pillow steps through the source in `f64`: the
+/// first sample sits at half a step, each next one a step further (the
+/// running sum, not `(x + 0.5) * step`, whose rounding can differ), and
+/// truncates it to an index.
+pub(crate) fn resize_nearest(
+    src: Image8<'_>,
+    region: Rect,
+    out_width: usize,
+    out_height: usize,
+    window: Rect,
+) -> Vec<u8> {
+    /// Source index per output index along one axis (`COORD` of the running
+    /// position); `None` past the source, which Pillow fills with 0.
+    fn positions(
+        in_size: usize,
+        out_size: usize,
+        first: usize,
+        count: usize,
+    ) -> Vec<Option<usize>> {
+        let step = in_size as f64 / out_size as f64;
+        let mut at = step * 0.5;
+        let mut out = Vec::with_capacity(count);
+        for x in 0..first + count {
+            if x >= first {
+                // `at` only grows from a positive start, so truncation is `COORD`.
+                let index = at as usize;
+                out.push((index < in_size).then_some(index));
+            }
+            at += step;
+        }
+        out
+    }
+    let channels = src.channels;
+    let columns = positions(region.width, out_width, window.x, window.width);
+    let rows = positions(region.height, out_height, window.y, window.height);
+    let stride = src.width * channels;
+    let mut out = vec![0u8; window.width * window.height * channels];
+    for (row, out_row) in rows
+        .iter()
+        .zip(out.chunks_exact_mut(window.width * channels))
+    {
+        let Some(y) = row else { continue };
+        let line = &src.data[(region.y + y) * stride..];
+        for (column, px) in columns.iter().zip(out_row.chunks_exact_mut(channels)) {
+            if let Some(x) = column {
+                let at = (region.x + x) * channels;
+                px.copy_from_slice(&line[at..at + channels]);
+            }
+        }
+    }
+    out
 }
 
 fn resize_channels<const C: usize>(
@@ -290,6 +350,79 @@ mod tests {
         };
         let out = resize_bicubic(src, full, 4, 3, window);
         assert_eq!(out, [15, 16, 17, 18, 19, 20, 27, 28, 29, 30, 31, 32]);
+    }
+
+    /// Pillow `Image.resize((4, 3), NEAREST)` of a 1-channel 5x2 image whose
+    /// value is `10 * y + x`, derived by hand from `ImagingScaleAffine`
+    /// (columns at 5/4 * (0.5, 1.5, 2.5, 3.5) = 0.625, 1.875, 3.125, 4.375 ->
+    /// 0, 1, 3, 4; rows at 2/3 * (0.5, 1.5, 2.5) -> 0, 1, 1) and checked
+    /// against Pillow 13.0.0, as is the cut-out region below. The window
+    /// keeps columns 1..3 of rows 1..2.
+    #[test]
+    fn nearest_follows_pillows_running_position() {
+        let data: Vec<u8> = (0..2)
+            .flat_map(|y| (0..5).map(move |x| 10 * y + x))
+            .collect();
+        let src = Image8 {
+            data: &data,
+            width: 5,
+            channels: 1,
+        };
+        let region = Rect {
+            x: 0,
+            y: 0,
+            width: 5,
+            height: 2,
+        };
+        let all = Rect {
+            x: 0,
+            y: 0,
+            width: 4,
+            height: 3,
+        };
+        assert_eq!(
+            resize_nearest(src, region, 4, 3, all),
+            [0, 1, 3, 4, 10, 11, 13, 14, 10, 11, 13, 14]
+        );
+        let window = Rect {
+            x: 1,
+            y: 1,
+            width: 2,
+            height: 2,
+        };
+        assert_eq!(resize_nearest(src, region, 4, 3, window), [11, 13, 11, 13]);
+        // A region is cut out first: columns 1..5 of row 1 to 2x1.
+        let part = Rect {
+            x: 1,
+            y: 1,
+            width: 4,
+            height: 1,
+        };
+        let two = Rect {
+            x: 0,
+            y: 0,
+            width: 2,
+            height: 1,
+        };
+        assert_eq!(resize_nearest(src, part, 2, 1, two), [12, 14]);
+        // 2 -> 7 pixels: the fourth sample's running position is
+        // 0.9999999999999999 (index 0), where (3 + 0.5) * 2/7 gives 1.0.
+        // Pillow 13.0.0: [0, 0, 0, 0, 1, 1, 1].
+        let pair = Image8 {
+            data: &[0, 1],
+            width: 2,
+            channels: 1,
+        };
+        let line = |width| Rect {
+            x: 0,
+            y: 0,
+            width,
+            height: 1,
+        };
+        assert_eq!(
+            resize_nearest(pair, line(2), 7, 1, line(7)),
+            [0, 0, 0, 0, 1, 1, 1]
+        );
     }
 
     #[test]

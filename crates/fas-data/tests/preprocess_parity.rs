@@ -25,6 +25,23 @@ const PNG_INPUTS: [&str; 9] = [
     "rgba_224x260",
 ];
 
+/// PNG files whose colour type changes what Pillow does with them: palette
+/// and 1-bit images are resized nearest-neighbour whatever the filter asked
+/// for; a tRNS chunk on a grey or RGB file is metadata that `convert("RGB")`
+/// drops (no premultiplied resize); 16-bit RGB, RGBA and grey + alpha are
+/// opened keeping each sample's high byte.
+const PILLOW_MODE_INPUTS: [&str; 9] = [
+    "palette_120x90",
+    "palette16_33x47",
+    "palette_trns_75x110",
+    "bilevel_101x77",
+    "grey_trns_80x100",
+    "rgb_trns_100x70",
+    "rgb16_70x52",
+    "rgba16_70x52",
+    "la16_70x52",
+];
+
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/preprocess")
@@ -69,6 +86,69 @@ fn resize_crop_matches_pil_torchvision() -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// The same comparison for files whose PNG colour type decides Pillow's
+/// mode ([`PILLOW_MODE_INPUTS`]): exact too, at a downscale (64) and an
+/// upscale (224).
+#[test]
+fn png_colour_types_are_resized_as_pillow_opens_them() -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    for size in [224u32, 64] {
+        for name in PILLOW_MODE_INPUTS {
+            let (max, differing) = compare(&format!("{name}.png"), size)?;
+            if (max, differing) != (0, 0) {
+                failures.push(format!(
+                    "{name} at {size}: {differing} values differ, by up to {max}/255"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// Training's random resized crop resizes a palette file nearest-neighbour
+/// too, as torchvision's `RandomResizedCrop` on the PIL image does. Scale
+/// (1, 1) and ratio 4/3 leave one crop of the 120x90 input, the whole
+/// image, squashed to 32x32: `palette_120x90.crop32.png` from the generator.
+#[test]
+fn random_resized_crop_of_a_palette_file_is_nearest_as_in_torchvision() -> anyhow::Result<()> {
+    use fas_data::{AugmentConfig, RandomResizedCrop};
+    use rand::SeedableRng;
+    let config = AugmentConfig {
+        crop: Some(RandomResizedCrop {
+            scale: (1.0, 1.0),
+            ratio: (4.0 / 3.0, 4.0 / 3.0),
+        }),
+        hflip_probability: 0.0,
+        color_jitter: None,
+    };
+    // Normalised back to 0..255, so the output reads as the uint8 image.
+    let transform = ClipTransform {
+        size: 32,
+        normalization: Normalization::Custom {
+            mean: [0.0; 3],
+            std: [1.0 / 255.0; 3],
+        },
+    };
+    let image = load_image(&fixture("palette_120x90.png"))?;
+    let ours = config.apply(
+        &image,
+        &transform,
+        &mut rand_chacha::ChaCha8Rng::seed_from_u64(3),
+    )?;
+    let expected = image::open(fixture("palette_120x90.crop32.png"))?.to_rgb8();
+    let mut differing = 0;
+    for (i, px) in expected.pixels().enumerate() {
+        for c in 0..3 {
+            if (ours[c * 32 * 32 + i] - f32::from(px[c])).abs() > 1e-3 {
+                differing += 1;
+            }
+        }
+    }
+    assert_eq!(differing, 0, "{differing} of 3072 values differ");
     Ok(())
 }
 
