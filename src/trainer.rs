@@ -1351,6 +1351,51 @@ fn lock_run(run: &RunDir) -> Result<std::fs::File> {
 /// has succeeded, so a refused or failed resume leaves the run's own
 /// configuration as it was.
 fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<std::fs::File> {
+    check_output(run, cfg, resume)?;
+    let exists = holds_run(run)?;
+    std::fs::create_dir_all(run.root()).map_err(|e| Error::io("creating", run.root(), e))?;
+    let lock = lock_run(run)?;
+    // A damaged config.json of a run with a checkpoint is left to the
+    // checkpoint's own record of the experiment, which the resume checks.
+    let left_to_checkpoint = matches!(config_file(run), Ok(ConfigFile::Damaged(_)))
+        && !run.step_checkpoints()?.is_empty();
+    if exists && run.config().is_file() && !left_to_checkpoint {
+        let saved = ExperimentConfig::from_file(&run.config())?;
+        let mut differ = differing_sections(&saved, cfg);
+        // Data that moved is for the checkpoint's record to judge.
+        if data_moved(&saved, cfg) {
+            differ.retain(|section| *section != "data");
+        }
+        if !differ.is_empty() {
+            return Err(Error::config(
+                "--resume",
+                format!(
+                    "the run in {} was started with other settings (differs in: {}); resume \
+                     it with the same flags",
+                    run.root().display(),
+                    differ.join(", ")
+                ),
+            ));
+        }
+    }
+    // Under the lock: a temporary is a write a killed process left (even
+    // before the run recorded anything, such as a first checkpoint).
+    run.remove_stale_temporaries()?;
+    if !exists {
+        // A new run's settings, at once: a start killed or failed before
+        // its first record (loading or downloading the model, reading the
+        // lists) is retried with `--resume --output RUN` alone.
+        crate::evaluator::write_text(&run.config(), &cfg.to_json())?;
+    }
+    Ok(lock)
+}
+
+/// The refusals of [`prepare_output`], which write nothing: a file, the
+/// data root, another program's results or configuration, a run that
+/// `--resume` would start over. `train_uniattack --gpus N` runs them before
+/// it creates the directory and its NCCL id file, so a refused `--output`
+/// is left as it was.
+pub(crate) fn check_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<()> {
     if run.root().exists() && !run.root().is_dir() {
         return Err(Error::config(
             "--output",
@@ -1452,41 +1497,7 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
             ));
         }
     }
-    std::fs::create_dir_all(run.root()).map_err(|e| Error::io("creating", run.root(), e))?;
-    let lock = lock_run(run)?;
-    // A damaged config.json of a run with a checkpoint is left to the
-    // checkpoint's own record of the experiment, which the resume checks.
-    let left_to_checkpoint = matches!(config_file(run), Ok(ConfigFile::Damaged(_)))
-        && !run.step_checkpoints()?.is_empty();
-    if exists && run.config().is_file() && !left_to_checkpoint {
-        let saved = ExperimentConfig::from_file(&run.config())?;
-        let mut differ = differing_sections(&saved, cfg);
-        // Data that moved is for the checkpoint's record to judge.
-        if data_moved(&saved, cfg) {
-            differ.retain(|section| *section != "data");
-        }
-        if !differ.is_empty() {
-            return Err(Error::config(
-                "--resume",
-                format!(
-                    "the run in {} was started with other settings (differs in: {}); resume \
-                     it with the same flags",
-                    run.root().display(),
-                    differ.join(", ")
-                ),
-            ));
-        }
-    }
-    // Under the lock: a temporary is a write a killed process left (even
-    // before the run recorded anything, such as a first checkpoint).
-    run.remove_stale_temporaries()?;
-    if !exists {
-        // A new run's settings, at once: a start killed or failed before
-        // its first record (loading or downloading the model, reading the
-        // lists) is retried with `--resume --output RUN` alone.
-        crate::evaluator::write_text(&run.config(), &cfg.to_json())?;
-    }
-    Ok(lock)
+    Ok(())
 }
 
 /// Errors now, not after the whole run, when `--report` could not be

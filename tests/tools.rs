@@ -847,6 +847,24 @@ fn flags_that_would_do_nothing_are_refused() -> Result<()> {
         "{err}"
     );
 
+    // `--gpus N` checks --output before the launcher writes its NCCL id
+    // file there: the data root is refused untouched (this is checked
+    // before, and so also without, NCCL).
+    let data = common::dataset(&dir.path().join("gpus-data"));
+    let before = common::files_under(&data);
+    let err = uniattack::cli::train::run(&parse(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--gpus",
+        "2",
+        "--output",
+        data.to_str().unwrap(),
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("is the data root"), "{err}");
+    assert_eq!(common::files_under(&data), before);
+
     for flag in [
         &["--resume", "--output", "x"][..],
         &["--report", "r.json"],

@@ -699,6 +699,11 @@ pub fn run(args: &TrainArgs) -> Result<Option<EvalReport>> {
                 ),
             ));
         }
+        // Before the launcher creates the directory and its NCCL id file:
+        // a refused --output (the data root, another program's results) is
+        // left as it was.
+        let run = crate::run_dir::RunDir::new(output.clone());
+        crate::trainer::check_output(&run, &cfg, args.resume)?;
         let report = crate::launch::launch_ranks(gpus, &output, args.output.is_none())?;
         crate::runtime::say(&summary_table(&report));
         return Ok(Some(report));
