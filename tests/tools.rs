@@ -319,7 +319,18 @@ fn several_checkpoints_give_mean_and_deviation() -> Result<()> {
     let other_data = common::dataset(&dir.path().join("other-data"));
     let c = trained(&dir.path().join("other"), &other_data, 3)?;
     let b_again = dir.path().join("run-2/./");
-    for (second, expected) in [(&b_again, "the same checkpoint"), (&c, "the lists scored")] {
+    // A copy of a run's directory is the same training under another path.
+    let b_copy = dir.path().join("copy-of-run-2");
+    std::fs::create_dir_all(b_copy.join("checkpoints"))?;
+    std::fs::copy(
+        b.join("checkpoints/best.safetensors"),
+        b_copy.join("checkpoints/best.safetensors"),
+    )?;
+    for (second, expected) in [
+        (&b_again, "the same checkpoint"),
+        (&b_copy, "the same training (one experiment with seed 2"),
+        (&c, "the lists scored"),
+    ] {
         let args = EvalArgs::try_parse_from([
             "eval_uniattack",
             "--checkpoint",

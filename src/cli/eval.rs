@@ -362,10 +362,34 @@ fn check_summarisable(args: &EvalArgs) -> Result<()> {
             ));
         }
     }
-    let keys = paths
+    let metas = paths
         .iter()
-        .map(|path| Ok(summary_key(args, &read_header(path)?)))
+        .map(|path| read_header(path))
         .collect::<Result<Vec<_>>>()?;
+    // A copy of a run directory, or a rerun of one seed, holds the same
+    // training under another path: the same experiment (seed included) at
+    // the same step. Training is deterministic, so a mean over both would
+    // show a spread of (close to) 0 that no second seed measured.
+    for (i, meta) in metas.iter().enumerate() {
+        let same = |other: &CheckpointMeta| {
+            other.step == meta.step
+                && other.kind == meta.kind
+                && other.experiment == meta.experiment
+        };
+        if let Some(j) = (0..i).find(|&j| same(&metas[j])) {
+            return Err(Error::config(
+                "--checkpoint",
+                format!(
+                    "{} and {} hold the same training (one experiment with seed {}, at step                      {}): a copy of one run, or a rerun of its seed; a mean over them would                      show no spread between seeds: give runs of different seeds",
+                    args.checkpoint[j].display(),
+                    args.checkpoint[i].display(),
+                    meta.experiment.seed,
+                    meta.step
+                ),
+            ));
+        }
+    }
+    let keys: Vec<_> = metas.iter().map(|meta| summary_key(args, meta)).collect();
     for (i, key) in keys.iter().enumerate().skip(1) {
         let differing = keys[0].iter().zip(key).find(|(a, b)| a.1 != b.1);
         if let Some(((what, first), (_, this))) = differing {
