@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::MetricsError;
-use crate::label::{Polarity, ScoredSample};
+use crate::label::{Label, Polarity, ScoredSample};
 use crate::report::{evaluate_protocol, ProtocolConfig, ProtocolReport};
 use crate::score_file::read_score_file;
 use crate::score_set::ScoreSet;
@@ -37,7 +37,8 @@ pub enum CliError {
     /// the file where there is one).
     #[error(transparent)]
     Metrics(#[from] MetricsError),
-    /// `--dev` and `--test` name one file, or two files of the same scores:
+    /// `--dev` and `--test` name one file, or two files of the same scores
+    /// (in any order):
     /// the threshold would be chosen on the test scores themselves, which the
     /// protocol forbids (threshold and model selection on dev, never test).
     #[error(
@@ -155,6 +156,25 @@ fn load(path: &Path, polarity: Polarity) -> Result<(Vec<ScoredSample>, ScoreSet)
     Ok((samples, set))
 }
 
+/// Whether `a` and `b` hold the same scored samples, in any order.
+fn same_scores(a: &[ScoredSample], b: &[ScoredSample]) -> bool {
+    fn sorted(samples: &[ScoredSample]) -> Vec<(Option<&str>, u64, Option<Option<&str>>)> {
+        let mut keys: Vec<_> = samples
+            .iter()
+            .map(|s| {
+                let label = match &s.label {
+                    Label::Bonafide => None,
+                    Label::Attack(kind) => Some(kind.as_deref()),
+                };
+                (s.id.as_deref(), s.score.to_bits(), label)
+            })
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+    a.len() == b.len() && sorted(a) == sorted(b)
+}
+
 /// Whether `a` and `b` name one file (symlinks and `..` resolved); paths
 /// that cannot be resolved are left for reading to report.
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -250,8 +270,9 @@ pub fn run(
     let dev = match &args.dev {
         Some(path) => {
             let (samples, set) = load(path, polarity)?;
-            // A copy (or a hard link) is the same scores under another path.
-            if samples == test_samples {
+            // A copy (or a hard link) is the same scores under another
+            // path; so is a copy in another order (sorted, filtered).
+            if same_scores(&samples, &test_samples) {
                 return Err(dev_is_test(path, "hold the same scores"));
             }
             Some(set)

@@ -475,12 +475,18 @@ fn cli_refuses_dev_that_is_the_test_file() {
     let lf_copy = dir.path().join("lf_copy.txt");
     let text = std::fs::read_to_string(&test).unwrap();
     std::fs::write(&lf_copy, text.replace("\r\n", "\n")).unwrap();
+    // The same lines in reverse order (a sorted or shuffled copy).
+    let reordered = dir.path().join("reordered.txt");
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.reverse();
+    std::fs::write(&reordered, lines.join("\n") + "\n").unwrap();
     let other_path = fixture("../scores/./test_crlf.txt");
     let cases = [
         (PathBuf::from(&test), "are the same file"),
         (other_path, "are the same file"),
         (copy, "hold the same scores"),
         (lf_copy, "hold the same scores"),
+        (reordered, "hold the same scores"),
     ];
     for (dev, how) in cases {
         let dev = dev.to_str().unwrap();
