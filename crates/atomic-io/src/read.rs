@@ -24,11 +24,7 @@ pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadRefused
     // The path first: opening a FIFO for reading would block until a
     // writer appears.
     check_regular(&std::fs::metadata(path).map_err(ReadRefused::Io)?)?;
-    let file = File::open(path).map_err(ReadRefused::Io)?;
-    // Then the open handle, which is what is read: the path may have been
-    // replaced since it was checked.
-    let metadata = file.metadata().map_err(ReadRefused::Io)?;
-    check_regular(&metadata)?;
+    let (file, metadata) = open_regular(path)?;
     if metadata.len() > limit {
         return Err(ReadRefused::TooLarge);
     }
@@ -42,6 +38,46 @@ pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadRefused
         return Err(ReadRefused::TooLarge);
     }
     Ok(bytes)
+}
+
+/// Opens `path` and checks the open handle, which is what is read: the
+/// path may have been replaced since it was checked (by a FIFO, too). On
+/// Unix the open does not block (`O_NONBLOCK`, which a FIFO without a
+/// writer would otherwise wait on, and which does not change reads of
+/// regular files); the flag is cleared again before reading.
+fn open_regular(path: &Path) -> Result<(File, Metadata), ReadRefused> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(ReadRefused::Io)?;
+    let metadata = file.metadata().map_err(ReadRefused::Io)?;
+    check_regular(&metadata)?;
+    #[cfg(unix)]
+    clear_nonblocking(&file).map_err(ReadRefused::Io)?;
+    Ok((file, metadata))
+}
+
+/// Clears `O_NONBLOCK` on `file` (a regular file on a network file system
+/// may honour it).
+#[cfg(unix)]
+fn clear_nonblocking(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is open for the duration of the calls (`file` is
+    // borrowed); F_GETFL and F_SETFL read and set status flags only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn check_regular(metadata: &Metadata) -> Result<(), ReadRefused> {
@@ -109,6 +145,21 @@ mod tests {
         let fifo = dir.path().join("fifo.txt");
         make_fifo(&fifo);
         let result = within_30s(move || read_regular_file(&fifo, 1 << 30));
+        assert!(
+            matches!(result, Err(ReadRefused::NotRegular("a FIFO"))),
+            "{result:?}"
+        );
+    }
+
+    /// A FIFO swapped in for the file after the path was checked: the open
+    /// itself does not block, and the open handle is refused.
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_behind_a_checked_path_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.txt");
+        make_fifo(&fifo);
+        let result = within_30s(move || open_regular(&fifo).map(|_| ()));
         assert!(
             matches!(result, Err(ReadRefused::NotRegular("a FIFO"))),
             "{result:?}"
