@@ -19,8 +19,7 @@ use clip_moe::{
     attack_probability, l2_normalize, ClipConfig, ClipModel, ClipTokenizer, PromptClassifier,
     PromptTemplate,
 };
-use fas_data::ClipTransform;
-use image::DynamicImage;
+use fas_data::{ClipTransform, TransformInput};
 
 use crate::checkpoint::{LoadedCheckpoint, CLASS_EMBEDDINGS};
 use crate::data::transform;
@@ -141,8 +140,11 @@ impl Detector {
     }
 
     /// Attack probability per decoded image (transform, then
-    /// [`Detector::attack_probabilities`]).
-    pub fn score_images(&self, images: &[DynamicImage]) -> Result<Vec<f64>> {
+    /// [`Detector::attack_probabilities`]): files read with
+    /// `fas_data::image_io::load_image` ([`fas_data::DecodedImage`], which
+    /// resizes palette and 1-bit files as Pillow does), or images made in
+    /// memory (`image::DynamicImage`).
+    pub fn score_images<I: TransformInput>(&self, images: &[I]) -> Result<Vec<f64>> {
         if images.is_empty() {
             return Ok(Vec::new());
         }

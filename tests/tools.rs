@@ -328,7 +328,11 @@ fn several_checkpoints_give_mean_and_deviation() -> Result<()> {
     )?;
     for (second, expected) in [
         (&b_again, "the same checkpoint"),
-        (&b_copy, "the same training (one experiment with seed 2"),
+        (
+            &b_copy,
+            "hold the same training (one experiment with seed 2, at step 2): a copy of one run, \
+             or a rerun of its seed",
+        ),
         (&c, "the lists scored"),
     ] {
         let args = EvalArgs::try_parse_from([

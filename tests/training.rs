@@ -119,6 +119,21 @@ fn saved_checkpoint_gives_identical_scores() -> Result<()> {
         2,
     )?;
     assert_eq!(live.scores, loaded.scores);
+    // The library call on files read one by one scores them as the
+    // loader's batches do.
+    let detector = Detector::from_checkpoint(&best, &Device::Cpu)?;
+    let files = test.samples[..3]
+        .iter()
+        .map(|sample| fas_data::image_io::load_image(&sample.path))
+        .collect::<fas_data::Result<Vec<_>>>()?;
+    let one_by_one = detector.score_images(&files)?;
+    for (a, b) in one_by_one.iter().zip(&loaded.scores[..3]) {
+        assert!(
+            (a - b).abs() < 1e-6,
+            "{one_by_one:?} vs {:?}",
+            &loaded.scores[..3]
+        );
+    }
     let written: Vec<f64> = std::fs::read_to_string(out.join("scores/test.txt"))?
         .lines()
         .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())

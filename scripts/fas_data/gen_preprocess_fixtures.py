@@ -9,9 +9,11 @@ crates/fas-data/tests/fixtures/preprocess/:
                              rgba_224x260 needs no resize at S = 224, and has
                              colour under alpha 0); and files whose PNG colour
                              type changes what Pillow does: palette and 1-bit
-                             (resized NEAREST), grey and RGB with a tRNS chunk
-                             (alpha ignored), 16-bit RGB, RGBA and LA (high
-                             byte kept; encoded by hand, Pillow cannot write them)
+                             (resized NEAREST; 1-, 4- and 8-bit, alpha levels
+                             in tRNS), grey and RGB with a tRNS chunk (alpha
+                             ignored), 2-bit grey, 16-bit RGB (also with tRNS),
+                             RGBA and LA (high byte kept); the 2- and 16-bit
+                             files are encoded here, Pillow cannot write them
   face_200x160_q90.jpg       a face-like JPEG saved by Pillow at quality 90
                              with 4:2:0 chroma subsampling (PIL's default),
                              decoded by PIL (libjpeg-turbo) for its expected
@@ -170,10 +172,17 @@ def pillow_mode_inputs(rng):
     images.append(("palette_120x90", photo.quantize(colors=256, method=Image.Quantize.MEDIANCUT)))
     small = Image.fromarray(to_u8(checker_rings(33, 47, rng)), "RGB")
     images.append(("palette16_33x47", small.quantize(colors=16, method=Image.Quantize.MEDIANCUT)))
+    two = Image.fromarray(to_u8(gradient(37, 23, rng)), "RGB").quantize(colors=2, method=Image.Quantize.MEDIANCUT)
+    two.encoderinfo_bits = 1
+    images.append(("palette2_37x23", two))
     # Index 0 transparent, with a colour under it: convert("RGB") shows the colour.
     trns = Image.fromarray(to_u8(gradient(75, 110, rng)), "RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT)
     trns.info["transparency"] = 0
     images.append(("palette_trns_75x110", trns))
+    # Several alpha levels in the palette (tRNS bytes), none of them used.
+    levels = Image.fromarray(to_u8(checker_rings(41, 29, rng)), "RGB").quantize(colors=8, method=Image.Quantize.MEDIANCUT)
+    levels.info["transparency"] = bytes([0, 64, 128, 200, 255, 30, 0, 90])
+    images.append(("palette_alpha_41x29", levels))
     bilevel = (checker_rings(101, 77, rng)[..., 1] > 127.5).astype(np.uint8) * 255
     images.append(("bilevel_101x77", Image.fromarray(bilevel, "L").convert("1", dither=Image.Dither.NONE)))
     grey = Image.fromarray(to_u8(checker_rings(80, 100, rng)[..., 1]), "L")
@@ -198,20 +207,47 @@ def deep_inputs(rng):
     alpha[:10, :10] = 0
     return [
         ("rgb16_70x52", w, h, 2, rgb),
+        # tRNS naming one pixel's colour: Pillow opens RGB, alpha ignored.
+        ("rgb16_trns_70x52", w, h, 2, rgb),
         ("rgba16_70x52", w, h, 6, np.concatenate([rgb, alpha], -1)),
         ("la16_70x52", w, h, 4, np.concatenate([rgb[..., :1], alpha], -1)),
     ]
 
 
-def write_png16(path, width, height, color_type, samples):
-    """A minimal 16-bit PNG: IHDR, one zlib IDAT (filter 0 on every row), IEND."""
-    def chunk(kind, data):
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+def png_chunk(kind, data):
+    body = kind + data
+    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
 
-    rows = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(height))
-    ihdr = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+
+def write_png(path, width, height, depth, color_type, rows, extra=b""):
+    """A minimal PNG: IHDR, `extra` chunks, one zlib IDAT of `rows` (each
+    already packed, filter 0 prepended here), IEND."""
+    data = b"".join(b"\x00" + row for row in rows)
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + extra
+        + png_chunk(b"IDAT", zlib.compress(data, 9))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def write_png16(path, width, height, color_type, samples, extra=b""):
+    """A 16-bit PNG of `samples` (h, w, c), big-endian as PNG stores them."""
+    rows = [samples[y].astype(">u2").tobytes() for y in range(height)]
+    write_png(path, width, height, 16, color_type, rows, extra)
+
+
+def write_grey2(path, values):
+    """A 2-bit grey PNG of `values` (h, w) in 0..3, four pixels a byte,
+    the first in the high bits; Pillow opens it as L, scaling by 85."""
+    height, width = values.shape
+    padded = np.zeros((height, (width + 3) // 4 * 4), dtype=np.uint8)
+    padded[:, :width] = values
+    quads = padded.reshape(height, -1, 4)
+    packed = (quads[..., 0] << 6) | (quads[..., 1] << 4) | (quads[..., 2] << 2) | quads[..., 3]
+    write_png(path, width, height, 2, 0, [packed[y].astype(np.uint8).tobytes() for y in range(height)])
 
 
 def main():
@@ -239,6 +275,8 @@ def main():
         if file_name.endswith(".jpg"):
             # Pillow's default subsampling at quality 90 is 4:2:0; say so explicitly.
             image.save(OUT / file_name, quality=90, subsampling=2)
+        elif getattr(image, "encoderinfo_bits", None):
+            image.save(OUT / file_name, bits=image.encoderinfo_bits)
         elif "transparency" in image.info:
             image.save(OUT / file_name, optimize=True, transparency=image.info["transparency"])
         else:
@@ -259,9 +297,19 @@ def main():
         manifest["inputs"].append(
             {"file": file_name, "mode": image.mode, "width": image.width, "height": image.height}
         )
+    grey2 = (checker_rings(45, 31, rng)[..., 1] / 64).astype(np.uint8).clip(0, 3)
+    write_grey2(OUT / "grey2_45x31.png", grey2)
+    reloaded = Image.open(OUT / "grey2_45x31.png")
+    assert reloaded.mode == "L" and (np.asarray(reloaded) == grey2 * 85).all()
+    for size in SIZES_U8:
+        clip_resize_crop(size)(reloaded).save(OUT / f"grey2_45x31.expected{size}.png", optimize=True)
+    manifest["inputs"].append({"file": "grey2_45x31.png", "mode": "L", "bit_depth": 2, "width": 45, "height": 31})
     for name, width, height, color_type, samples in deep_inputs(rng):
         file_name = f"{name}.png"
-        write_png16(OUT / file_name, width, height, color_type, samples)
+        extra = b""
+        if "trns" in name:
+            extra = png_chunk(b"tRNS", samples[20, 30, :3].astype(">u2").tobytes())
+        write_png16(OUT / file_name, width, height, color_type, samples, extra)
         reloaded = Image.open(OUT / file_name)
         # Pillow opens these as 8-bit modes, keeping each sample's high byte
         # (16-bit grey + alpha as RGBA, the grey in all three colours).
@@ -271,6 +319,7 @@ def main():
         if color_type == 4:
             high = high[..., [0, 0, 0, 1]]
         assert (np.asarray(reloaded) == high).all(), name
+        assert ("transparency" in reloaded.info) == ("trns" in name), name
         for size in SIZES_U8:
             clip_resize_crop(size)(reloaded).save(OUT / f"{name}.expected{size}.png", optimize=True)
         manifest["inputs"].append({"file": file_name, "mode": mode, "bit_depth": 16, "width": width, "height": height})

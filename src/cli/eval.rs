@@ -369,18 +369,22 @@ fn check_summarisable(args: &EvalArgs) -> Result<()> {
     // A copy of a run directory, or a rerun of one seed, holds the same
     // training under another path: the same experiment (seed included) at
     // the same step. Training is deterministic, so a mean over both would
-    // show a spread of (close to) 0 that no second seed measured.
+    // show a spread of (close to) 0 that no second seed measured. (Another
+    // number of ranks trains another run from the same seed.)
     for (i, meta) in metas.iter().enumerate() {
         let same = |other: &CheckpointMeta| {
             other.step == meta.step
                 && other.kind == meta.kind
+                && other.world_size == meta.world_size
                 && other.experiment == meta.experiment
         };
         if let Some(j) = (0..i).find(|&j| same(&metas[j])) {
             return Err(Error::config(
                 "--checkpoint",
                 format!(
-                    "{} and {} hold the same training (one experiment with seed {}, at step                      {}): a copy of one run, or a rerun of its seed; a mean over them would                      show no spread between seeds: give runs of different seeds",
+                    "{} and {} hold the same training (one experiment with seed {}, at step \
+                     {}): a copy of one run, or a rerun of its seed; a mean over them would \
+                     show no spread between seeds: give runs of different seeds",
                     args.checkpoint[j].display(),
                     args.checkpoint[i].display(),
                     meta.experiment.seed,

@@ -138,7 +138,8 @@ impl AugmentConfig {
 }
 
 /// torchvision `RandomResizedCrop.get_params` (ten tries, then a centre crop
-/// clamped to the ratio range), then crop and bicubic resize to `size`.
+/// clamped to the ratio range), then crop and resize to `size`: bicubic, or
+/// nearest-neighbour for the palette and 1-bit files Pillow resizes so.
 fn random_resized_crop<R: Rng>(
     input: &impl TransformInput,
     size: usize,

@@ -29,15 +29,21 @@ const PNG_INPUTS: [&str; 9] = [
 /// and 1-bit images are resized nearest-neighbour whatever the filter asked
 /// for; a tRNS chunk on a grey or RGB file is metadata that `convert("RGB")`
 /// drops (no premultiplied resize); 16-bit RGB, RGBA and grey + alpha are
-/// opened keeping each sample's high byte.
-const PILLOW_MODE_INPUTS: [&str; 9] = [
+/// opened keeping each sample's high byte; 2-bit grey is scaled to 0..255.
+const PILLOW_MODE_INPUTS: [&str; 13] = [
     "palette_120x90",
     "palette16_33x47",
+    // 1 bit per index.
+    "palette2_37x23",
     "palette_trns_75x110",
+    // Several alpha levels in tRNS, which convert("RGB") ignores.
+    "palette_alpha_41x29",
     "bilevel_101x77",
     "grey_trns_80x100",
+    "grey2_45x31",
     "rgb_trns_100x70",
     "rgb16_70x52",
+    "rgb16_trns_70x52",
     "rgba16_70x52",
     "la16_70x52",
 ];

@@ -271,7 +271,7 @@ pub fn run(
         Some(path) => {
             let (samples, set) = load(path, polarity)?;
             // A copy (or a hard link) is the same scores under another
-            // path; so is a copy in another order (sorted, filtered).
+            // path; so is a copy in another order (sorted or shuffled).
             if same_scores(&samples, &test_samples) {
                 return Err(dev_is_test(path, "hold the same scores"));
             }
