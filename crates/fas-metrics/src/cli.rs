@@ -158,7 +158,9 @@ fn load(path: &Path, polarity: Polarity) -> Result<(Vec<ScoredSample>, ScoreSet)
 
 /// Whether `a` and `b` hold the same scored samples, in any order.
 fn same_scores(a: &[ScoredSample], b: &[ScoredSample]) -> bool {
-    fn sorted(samples: &[ScoredSample]) -> Vec<(Option<&str>, u64, Option<Option<&str>>)> {
+    /// Id, score bits, and label (`None`: bona fide; else the attack type).
+    type Key<'a> = (Option<&'a str>, u64, Option<Option<&'a str>>);
+    fn sorted(samples: &[ScoredSample]) -> Vec<Key<'_>> {
         let mut keys: Vec<_> = samples
             .iter()
             .map(|s| {
