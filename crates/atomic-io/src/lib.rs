@@ -94,18 +94,33 @@ pub fn remove_temporary(path: &Path) -> io::Result<()> {
 /// directory: a kill at any moment leaves one directory, which
 /// [`is_temporary_name`] recognises and [`remove_temporary`] removes,
 /// rather than a nameless file as large as a checkpoint.
+///
+/// `path` must name a regular file or nothing: a directory, a FIFO, a
+/// device or a socket there is refused, not replaced (an output given as
+/// `/dev/full` or a named pipe is a mistake, and renaming over it would
+/// remove it). A symbolic link is written through: its target gets the
+/// new content and the link stays; a link to nothing is refused.
+///
+/// Before the first write into a directory, each process removes the
+/// temporaries there that killed processes left ([`remove_dead_temporaries`]),
+/// so a rerun after a kill does not leave them for good.
 pub fn write_atomically<E>(
     path: &Path,
     write: impl FnOnce(&Path) -> Result<(), E>,
 ) -> Result<(), Failure<E>> {
-    let not_a_file = || Failure::Io {
+    let refused = |why: String| Failure::Io {
         action: "writing",
         path: path.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, "not a file path"),
+        source: io::Error::new(io::ErrorKind::InvalidInput, why),
     };
+    let target = write_target(path).map_err(refused)?;
+    let path = target.as_path();
     let (Some(dir), Some(file_name)) = (temporary_dir(path), path.file_name()) else {
-        return Err(not_a_file());
+        return Err(refused("not a file path".to_string()));
     };
+    if let Some(parent) = dir.parent() {
+        sweep_once(parent);
+    }
     std::fs::create_dir(&dir).map_err(|source| Failure::Io {
         action: "creating",
         path: dir.clone(),
@@ -150,6 +165,115 @@ pub fn write_atomically<E>(
     // removed with the other temporaries on the next resume.
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Where a write of `path` goes: `path` itself when it names a regular
+/// file or nothing, the file a symbolic link there points to; the reason
+/// otherwise.
+fn write_target(path: &Path) -> Result<PathBuf, String> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        // Nothing there (or an unreadable parent, which the write reports).
+        Err(_) => return Ok(path.to_path_buf()),
+    };
+    if meta.file_type().is_symlink() {
+        return match std::fs::canonicalize(path) {
+            Ok(target) => match std::fs::metadata(&target) {
+                Ok(meta) if meta.is_file() => Ok(target),
+                Ok(meta) => Err(format!(
+                    "is a symbolic link to {}, which is {}, not a regular file; refusing to \
+                     replace it (give the path of a file)",
+                    target.display(),
+                    read::kind_of(meta.file_type())
+                )),
+                Err(e) => Err(format!("is a symbolic link that cannot be followed: {e}")),
+            },
+            Err(_) => Err(
+                "is a symbolic link to a file that does not exist; give the path of the file \
+                 itself"
+                    .to_string(),
+            ),
+        };
+    }
+    if meta.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    Err(format!(
+        "is {}, not a regular file; refusing to replace it (give the path of a file)",
+        read::kind_of(meta.file_type())
+    ))
+}
+
+/// [`remove_dead_temporaries`] of `dir`, once per directory per process
+/// (best effort: a failure to list or remove is not the write's failure).
+fn sweep_once(dir: &Path) {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static SWEPT: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    let first = match SWEPT.lock() {
+        Ok(mut swept) => swept
+            .get_or_insert_with(HashSet::new)
+            .insert(dir.to_path_buf()),
+        Err(_) => false,
+    };
+    if first {
+        let _ = remove_dead_temporaries(dir);
+    }
+}
+
+/// Removes the temporaries of [`write_atomically`] in `dir` whose process
+/// is gone (the process id in the name, `.<name>.tmp-<pid>-<n>`, runs no
+/// more): what a process killed mid-write left. A live process's are
+/// kept, and so are all of them where liveness cannot be checked (not
+/// Unix). A process id is local to its machine: on a file system shared
+/// between machines, a write of the same file by another machine at that
+/// moment would fail (its temporary removed), not be mixed up.
+///
+/// Returns the number removed.
+pub fn remove_dead_temporaries(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| is_temporary_name(n)) else {
+            continue;
+        };
+        let pid = name
+            .rsplit_once(".tmp-")
+            .and_then(|(_, tail)| tail.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if pid.is_some_and(process_is_gone) {
+            remove_temporary(&entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether no process with id `pid` exists (Unix: `kill(pid, 0)` says no
+/// such process); `false` wherever that cannot be told.
+fn process_is_gone(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        if pid == std::process::id() {
+            return false;
+        }
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        if pid <= 0 {
+            return false;
+        }
+        // SAFETY: signal 0 sends nothing; it only checks that the process
+        // exists and may be signalled.
+        let status = unsafe { libc::kill(pid, 0) };
+        status != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        false
+    }
 }
 
 /// Gives `file` the permissions a file newly created in `dir` gets (the
@@ -315,6 +439,100 @@ mod tests {
         std::fs::write(&fresh, "").unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), mode(&fresh));
+    }
+
+    /// A FIFO, a socket or a directory at the path is refused and left as
+    /// it was (a rename would have replaced it with a regular file).
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_refused_not_replaced() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let socket = dir.path().join("socket");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let folder = dir.path().join("folder");
+        std::fs::create_dir(&folder).unwrap();
+        for (path, kind) in [
+            (&fifo, "a FIFO"),
+            (&socket, "a socket"),
+            (&folder, "a directory"),
+        ] {
+            let err = write_bytes(path, b"data").unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("is {kind}, not a regular file")),
+                "{err}"
+            );
+        }
+        let kind = |p: &Path| std::fs::symlink_metadata(p).unwrap().file_type();
+        assert!(kind(&fifo).is_fifo() && kind(&socket).is_socket() && kind(&folder).is_dir());
+        assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 0);
+        // Nothing else was made beside them (no temporary left).
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    }
+
+    /// A symbolic link is written through: the file it points to gets the
+    /// content and the link stays a link. A link to nothing is refused.
+    #[cfg(unix)]
+    #[test]
+    fn symbolic_links_are_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.json");
+        std::fs::write(&real, "old").unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink("real.json", &link).unwrap();
+        write_bytes(&link, b"new").unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "new");
+
+        let dangling = dir.path().join("dangling.json");
+        std::os::unix::fs::symlink("missing.json", &dangling).unwrap();
+        let err = write_bytes(&dangling, b"x").unwrap_err().to_string();
+        assert!(err.contains("a file that does not exist"), "{err}");
+        assert!(!dir.path().join("missing.json").exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    }
+
+    /// The first write into a directory removes the temporaries of
+    /// processes that are gone, and keeps a live process's.
+    #[cfg(unix)]
+    #[test]
+    fn temporaries_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut done = std::process::Command::new("true").spawn().unwrap();
+        let dead = done.id();
+        done.wait().unwrap();
+        let mut running = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let dead_dir = dir.path().join(format!(".out.png.tmp-{dead}-0"));
+        std::fs::create_dir(&dead_dir).unwrap();
+        std::fs::write(dead_dir.join("out.png"), "half").unwrap();
+        let dead_file = dir.path().join(format!(".a.jpg.tmp-{dead}-3"));
+        std::fs::write(&dead_file, "half").unwrap();
+        let live = dir.path().join(format!(".b.jpg.tmp-{}-0", running.id()));
+        std::fs::create_dir(&live).unwrap();
+        let notes = dir.path().join(".notes.tmp-draft");
+        std::fs::write(&notes, "a person's").unwrap();
+
+        write_bytes(&dir.path().join("out.png"), b"whole").unwrap();
+        let _ = running.kill();
+        let _ = running.wait();
+        assert!(!dead_dir.exists() && !dead_file.exists());
+        assert!(live.is_dir() && notes.is_file());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out.png")).unwrap(),
+            "whole"
+        );
     }
 
     #[test]

@@ -89,7 +89,7 @@ fn check_regular(metadata: &Metadata) -> Result<(), ReadRefused> {
 }
 
 /// What a file that is not a regular file is, for error messages.
-fn kind_of(file_type: FileType) -> &'static str {
+pub(crate) fn kind_of(file_type: FileType) -> &'static str {
     if file_type.is_dir() {
         return "a directory";
     }
