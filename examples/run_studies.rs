@@ -33,7 +33,11 @@ fn main() -> anyhow::Result<()> {
     let out = args.train.output.clone().unwrap_or_else(|| {
         uniattack::runtime::default_run_dir(&format!("{:?}-study", args.study).to_lowercase())
     });
-    let table = uniattack::studies::run(args.study, &base, &out, &device)?;
+    let options = uniattack::studies::StudyOptions {
+        device,
+        check_images: args.train.check_images,
+    };
+    let table = uniattack::studies::run(args.study, &base, &out, &options)?;
     uniattack::runtime::say(&table);
     Ok(())
 }

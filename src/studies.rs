@@ -7,14 +7,16 @@
 use std::path::Path;
 
 use candle_core::Device;
-use clip_moe::{MoeKind, PromptTemplate};
+use clip_moe::{MoeConfig, MoeKind, PromptTemplate};
+use fas_data::protocol::uniattack::Split;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::ListDigest;
 use crate::error::{Error, Result};
 use crate::evaluator::{EvalReport, ThresholdOrigin};
-use crate::experiment::{ExperimentConfig, Selection};
+use crate::experiment::{ExperimentConfig, ModelConfig, Selection};
 use crate::run_dir::RunDir;
-use crate::trainer::{differing_sections, TrainOptions, Trainer};
+use crate::trainer::{data_moved, differing_sections, resolved, TrainOptions, Trainer};
 
 /// Which ablation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -24,6 +26,61 @@ pub enum Study {
     Moe,
     /// Table 5: prompt templates T-1 to T-8.
     Prompts,
+}
+
+impl Study {
+    /// Its `--study` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Study::Moe => "moe",
+            Study::Prompts => "prompts",
+        }
+    }
+
+    /// The first line of the study's `table.md`, by which a later run
+    /// recognises the table as its own (and not a person's, or the other
+    /// study's) before replacing it.
+    pub fn heading(self) -> &'static str {
+        match self {
+            Study::Moe => "# MoE study (Table 6 of the paper), written by run_studies --study moe",
+            Study::Prompts => {
+                "# Prompt study (Table 5 of the paper), written by run_studies --study prompts"
+            }
+        }
+    }
+}
+
+/// How a study trains its variants.
+#[derive(Debug, Clone)]
+pub struct StudyOptions {
+    /// Where every variant trains.
+    pub device: Device,
+    /// Decode every listed image at each variant's start
+    /// ([`TrainOptions::check_images`]), so a damaged image stops the study
+    /// there.
+    pub check_images: bool,
+}
+
+/// `cfg` with only the settings its model uses: plain CLIP keeps no MoE
+/// placement (which blocks get a branch, how wide its experts are belong to
+/// the MoE variants), so changing those leaves its finished run reusable.
+fn own_settings(mut cfg: ExperimentConfig) -> ExperimentConfig {
+    if cfg.model.moe.kind() == MoeKind::None {
+        cfg.model.moe = MoeConfig::none();
+    }
+    cfg
+}
+
+/// `cfg` without the settings that shape how a run is carried out but not
+/// the report it ends with: how many rolling checkpoints it keeps, how
+/// often it checkpoints between evaluations, and how many images an
+/// evaluation batch holds.
+fn report_settings(cfg: &ExperimentConfig) -> ExperimentConfig {
+    let mut cfg = cfg.clone();
+    cfg.training.keep_last = 1;
+    cfg.training.checkpoint_every = None;
+    cfg.loader.eval_batch_size = 1;
+    cfg
 }
 
 /// The variants of `study`, named, each `base` with one setting changed.
@@ -38,7 +95,7 @@ pub fn variants(study: Study, base: &ExperimentConfig) -> Vec<(String, Experimen
         .map(|(name, kind)| {
             let mut cfg = base.clone();
             cfg.model.moe = cfg.model.moe.with_kind(kind);
-            (name.to_string(), cfg)
+            (name.to_string(), own_settings(cfg))
         })
         .collect(),
         Study::Prompts => PromptTemplate::ALL
@@ -47,7 +104,7 @@ pub fn variants(study: Study, base: &ExperimentConfig) -> Vec<(String, Experimen
             .map(|(i, template)| {
                 let mut cfg = base.clone();
                 cfg.prompts.templates = vec![template];
-                (format!("T-{}", i + 1), cfg)
+                (format!("T-{}", i + 1), own_settings(cfg))
             })
             .collect(),
     }
@@ -126,60 +183,235 @@ pub fn refuse_run_flags(train: &crate::cli::train::TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The largest `table.md` read to recognise it (a study's is a few KiB).
+const MAX_TABLE_BYTES: u64 = 1 << 20;
+
+/// Refuses, before anything trains, an `out` the study must not write
+/// into: a file, the data root, or a directory whose `table.md` this study
+/// did not write (a person's notes, the other study's table).
+fn check_study_dir(study: Study, base: &ExperimentConfig, out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(Error::config(
+            "--output",
+            format!(
+                "{} exists and is not a directory; give a directory for the study",
+                out.display()
+            ),
+        ));
+    }
+    if resolved(out) == resolved(&base.data.root) {
+        return Err(Error::config(
+            "--output",
+            format!(
+                "{} is the data root; the study would write its runs and table.md among the \
+                 dataset's files: choose another directory",
+                out.display()
+            ),
+        ));
+    }
+    let table = out.join("table.md");
+    if std::fs::symlink_metadata(&table).is_err() {
+        return Ok(());
+    }
+    let first_line = atomic_io::read_regular_file(&table, MAX_TABLE_BYTES)
+        .ok()
+        .and_then(|bytes| {
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .next()
+                .map(str::to_string)
+        });
+    let writer = [Study::Moe, Study::Prompts]
+        .into_iter()
+        .find(|s| first_line.as_deref() == Some(s.heading()));
+    match writer {
+        Some(writer) if writer == study => Ok(()),
+        Some(writer) => Err(Error::config(
+            "--output",
+            format!(
+                "{} holds the table of the {} study, which this {} study would replace: \
+                 choose another --output",
+                table.display(),
+                writer.name(),
+                study.name()
+            ),
+        )),
+        None => Err(Error::config(
+            "--output",
+            format!(
+                "{} was not written by run_studies (its first line is not a study's heading), \
+                 and the study would replace it: move it, or choose another --output (a table \
+                 of an earlier run_studies without the heading may be removed: the finished \
+                 variants are reused)",
+                table.display()
+            ),
+        )),
+    }
+}
+
+/// The report of `run` when it is a finished run of `cfg` (`None` when it
+/// is not finished). A finished run of other settings is an error: its row
+/// would not belong in the table. Its settings may differ where a resume
+/// allows (its data moved, its lists the same) and in those that do not
+/// change a finished run's report ([`report_settings`]), not in its length.
+fn finished_report(run: &RunDir, name: &str, cfg: &ExperimentConfig) -> Result<Option<EvalReport>> {
+    let Some(report) = std::fs::read_to_string(run.report())
+        .ok()
+        .and_then(|text| serde_json::from_str::<EvalReport>(&text).ok())
+    else {
+        return Ok(None);
+    };
+    let saved = own_settings(ExperimentConfig::from_file(&run.config())?);
+    let mut differ = differing_sections(&report_settings(&saved), &report_settings(cfg));
+    // Unlike a resumed run, a reused one must have run as long.
+    if saved.training.epochs != cfg.training.epochs
+        || saved.training.max_steps != cfg.training.max_steps
+    {
+        differ.push("training length");
+    }
+    let moved = differ.contains(&"data") && data_moved(&saved, cfg);
+    if moved {
+        differ.retain(|section| *section != "data");
+    }
+    if !differ.is_empty() {
+        return Err(Error::config(
+            "--output",
+            format!(
+                "{} holds a finished {name} run of other settings (differs in: {}); its row \
+                 would not belong in this table: choose another --output",
+                run.root().display(),
+                differ.join(", ")
+            ),
+        ));
+    }
+    if moved {
+        check_moved_lists(run, name, cfg)?;
+        crate::runtime::say(&format!(
+            "note: the data of the finished {name} run moved from {} to {}; its lists hold \
+             the entries and labels it was trained on (the images' contents are not compared)",
+            saved.data.root.display(),
+            cfg.data.root.display()
+        ));
+    }
+    Ok(Some(report))
+}
+
+/// Errors unless the lists of `cfg`, whose data moved since the finished
+/// `run`, hold the entries and labels its checkpoint recorded, as a resume
+/// checks them.
+fn check_moved_lists(run: &RunDir, name: &str, cfg: &ExperimentConfig) -> Result<()> {
+    let checkpoint = match run.best_checkpoint() {
+        best if best.is_file() => Some(best),
+        _ => run.latest_checkpoint()?,
+    };
+    let recorded = match &checkpoint {
+        Some(path) => crate::checkpoint::read_header(path)?.lists,
+        None => None,
+    };
+    let Some(recorded) = recorded else {
+        return Err(Error::config(
+            "--data",
+            format!(
+                "the finished {name} run in {} has no checkpoint recording its lists, so data \
+                 that moved cannot be checked: give the data root and lists it was trained on",
+                run.root().display()
+            ),
+        ));
+    };
+    for (split, then) in [
+        (Split::Train, recorded.train),
+        (Split::Dev, recorded.dev),
+        (Split::Test, recorded.test),
+    ] {
+        let now = crate::data::read_split(&cfg.data, split)?;
+        let digest = ListDigest::of(&now.samples);
+        if digest != then {
+            return Err(Error::Split {
+                split: split.name().to_string(),
+                source_name: now.source,
+                reason: format!(
+                    "differs from the list the finished {name} run in {} was trained on ({} \
+                     samples then, {} now, or other entries or labels); its row would not \
+                     belong in this table: give the data it was trained on, or another --output",
+                    run.root().display(),
+                    then.samples,
+                    digest.samples
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Makes, for every variant still to train, the checks of its start that
+/// differ between variants (its settings, its model, its directory), so a
+/// bad setting of a later variant (`--moe-layers 99`) stops the study
+/// before the first variant trains, not hours in.
+fn check_variants(to_train: &[(&ExperimentConfig, &RunDir)]) -> Result<()> {
+    let mut built: Vec<&ModelConfig> = Vec::new();
+    for &(cfg, run) in to_train {
+        cfg.validate()?;
+        crate::trainer::check_output(run, cfg, run.config().is_file())?;
+        if !built.contains(&&cfg.model) {
+            // Building the model checks the MoE placement against the
+            // tower, the experts and slots, and pretrained weights against
+            // their configuration; the prompt variants share one model.
+            crate::backbone::build(&cfg.model, cfg.seed, &Device::Cpu)?;
+            built.push(&cfg.model);
+        }
+    }
+    Ok(())
+}
+
 /// Trains every variant of `study` into `out/<variant>` (a finished
 /// variant, one with `report.json` from the same settings, is read instead
 /// of retrained; an interrupted one is resumed), then writes and returns
-/// `out/table.md`. A finished variant of other settings (another protocol,
-/// seed, length...) is an error: its row would not belong in the table.
-pub fn run(study: Study, base: &ExperimentConfig, out: &Path, device: &Device) -> Result<String> {
-    let mut rows = Vec::new();
+/// `out/table.md`, headed by [`Study::heading`]. Everything that would stop
+/// the study is checked before the first variant trains: `out` (not a
+/// file, not the data root, no `table.md` but this study's), every finished
+/// variant's settings (see [`finished_report`]), and every other variant's
+/// settings, model and directory.
+pub fn run(
+    study: Study,
+    base: &ExperimentConfig,
+    out: &Path,
+    options: &StudyOptions,
+) -> Result<String> {
+    check_study_dir(study, base, out)?;
+    let mut planned = Vec::new();
     for (name, cfg) in variants(study, base) {
-        let dir = out.join(&name);
-        let run_dir = RunDir::new(dir.clone());
-        let finished = std::fs::read_to_string(run_dir.report())
-            .ok()
-            .and_then(|text| serde_json::from_str::<EvalReport>(&text).ok());
-        if finished.is_some() {
-            let saved = ExperimentConfig::from_file(&run_dir.config())?;
-            let mut differ = differing_sections(&saved, &cfg);
-            // Unlike a resumed run, a reused one must have run as long.
-            if saved.training.epochs != cfg.training.epochs
-                || saved.training.max_steps != cfg.training.max_steps
-            {
-                differ.push("training length");
-            }
-            if !differ.is_empty() {
-                return Err(Error::config(
-                    "--output",
-                    format!(
-                        "{} holds a finished {name} run of other settings (differs in: {}); \
-                         its row would not belong in this table: choose another --output",
-                        dir.display(),
-                        differ.join(", ")
-                    ),
-                ));
-            }
-        }
+        let run_dir = RunDir::new(out.join(&name));
+        let finished = finished_report(&run_dir, &name, &cfg)?;
+        planned.push((name, cfg, run_dir, finished));
+    }
+    let to_train: Vec<_> = planned
+        .iter()
+        .filter(|(_, _, _, finished)| finished.is_none())
+        .map(|(_, cfg, run_dir, _)| (cfg, run_dir))
+        .collect();
+    check_variants(&to_train)?;
+    let mut rows = Vec::new();
+    for (name, cfg, run_dir, finished) in planned {
         let report = match finished {
             Some(report) => report,
             None => {
                 crate::runtime::say(&format!(
-                    "study {study:?}: training {name} into {}",
-                    dir.display()
+                    "study {}: training {name} into {}",
+                    study.name(),
+                    run_dir.root().display()
                 ));
-                let resume = run_dir.config().is_file();
-                let options = TrainOptions {
-                    output: dir,
-                    resume,
-                    device: device.clone(),
+                let train = TrainOptions {
+                    output: run_dir.root().to_path_buf(),
+                    resume: run_dir.config().is_file(),
+                    device: options.device.clone(),
                     report: None,
                     sync: None,
                     // `--freeze` of everything CLIP has leaves the plain
                     // variant a frozen baseline beside the trained MoE ones.
                     frozen_baseline: true,
-                    check_images: false,
+                    check_images: options.check_images,
                 };
-                Trainer::new(cfg, options)?.run()?
+                Trainer::new(cfg, train)?.run()?
             }
         };
         rows.push((name, report));
@@ -187,7 +419,7 @@ pub fn run(study: Study, base: &ExperimentConfig, out: &Path, device: &Device) -
     let protocol = rows
         .first()
         .map_or_else(String::new, |(_, r)| r.protocol.clone());
-    let text = table(&protocol, &rows);
+    let text = format!("{}\n\n{}", study.heading(), table(&protocol, &rows));
     crate::evaluator::write_text(&out.join("table.md"), &text)?;
     Ok(text)
 }
@@ -208,5 +440,18 @@ mod tests {
         assert_eq!(prompts.len(), 8);
         assert_eq!(prompts[7].1, base);
         assert_eq!(prompts[2].1.prompts.templates, vec![PromptTemplate::T3]);
+    }
+
+    /// Plain CLIP's settings carry no MoE placement: `--moe-layers` and
+    /// the experts' width belong to the MoE variants.
+    #[test]
+    fn the_plain_variant_has_no_moe_settings() {
+        let mut base =
+            ExperimentConfig::paper("/data".into(), fas_data::protocol::uniattack::Protocol::P1);
+        base.model.moe.layers = clip_moe::MoeLayers::Last(3);
+        base.model.moe.expert_hidden_dim = Some(64);
+        let moe = variants(Study::Moe, &base);
+        assert_eq!(moe[0].1.model.moe, MoeConfig::none());
+        assert_eq!(moe[2].1, base);
     }
 }

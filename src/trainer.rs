@@ -138,7 +138,7 @@ fn absolute_data(cfg: &ExperimentConfig) -> crate::experiment::DataConfig {
 /// files that moved) and in nothing else of the data section. A resume
 /// allows that where the checkpoint recorded what its lists hold, and
 /// checks it.
-fn data_moved(saved: &ExperimentConfig, now: &ExperimentConfig) -> bool {
+pub(crate) fn data_moved(saved: &ExperimentConfig, now: &ExperimentConfig) -> bool {
     absolute_data(saved) != absolute_data(now)
         && without_data_place(saved).data == without_data_place(now).data
 }
@@ -1607,7 +1607,7 @@ fn holds_report(path: &std::path::Path) -> bool {
 /// resolved and the `..` of the rest (which does not exist, so holds no
 /// links) taken lexically, so that two spellings of a place compare equal
 /// even when the file itself does not exist yet.
-fn resolved(path: &std::path::Path) -> PathBuf {
+pub(crate) fn resolved(path: &std::path::Path) -> PathBuf {
     use std::path::Component;
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let Some((real, rest)) = absolute.ancestors().find_map(|ancestor| {

@@ -929,14 +929,17 @@ fn moe_study_tabulates_three_runs() -> Result<()> {
     let mut base = common::experiment(&data);
     base.training.epochs = 1;
     let out = dir.path().join("study");
-    let device = candle_core::Device::Cpu;
-    let table = uniattack::studies::run(uniattack::studies::Study::Moe, &base, &out, &device)?;
+    let options = uniattack::studies::StudyOptions {
+        device: candle_core::Device::Cpu,
+        check_images: false,
+    };
+    let table = uniattack::studies::run(uniattack::studies::Study::Moe, &base, &out, &options)?;
     for name in ["| clip |", "| soft-moe |", "| la-soft-moe |"] {
         assert!(table.contains(name), "{table}");
     }
     let report = out.join("clip/report.json");
     let written = std::fs::metadata(&report)?.modified()?;
-    let again = uniattack::studies::run(uniattack::studies::Study::Moe, &base, &out, &device)?;
+    let again = uniattack::studies::run(uniattack::studies::Study::Moe, &base, &out, &options)?;
     assert_eq!(again, table);
     assert_eq!(std::fs::metadata(&report)?.modified()?, written);
     assert_eq!(std::fs::read_to_string(out.join("table.md"))?, table);
@@ -973,7 +976,7 @@ fn moe_study_tabulates_three_runs() -> Result<()> {
     // Finished runs of other settings are not rows of this table.
     let mut other = base.clone();
     other.seed += 1;
-    let err = uniattack::studies::run(uniattack::studies::Study::Moe, &other, &out, &device)
+    let err = uniattack::studies::run(uniattack::studies::Study::Moe, &other, &out, &options)
         .unwrap_err()
         .to_string();
     assert!(
