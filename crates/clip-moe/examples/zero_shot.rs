@@ -14,6 +14,8 @@
 //! or with `--json` one object: `image_embeds`, `text_embeds` (L2-normalised,
 //! one row per input, in input order), `logits_per_image` (images x texts,
 //! scaled by the model's logit scale) and `probs` (softmax over texts).
+//! A closed pipe (`... | head`) ends the output quietly; any other failure
+//! to write it (a full disk) is an error (exit status 1).
 
 use std::path::PathBuf;
 
@@ -25,13 +27,28 @@ use clip_moe::{load_model, ClipConfig, ClipTokenizer};
 use fas_data::image_io::load_image;
 use fas_data::ClipTransform;
 
-/// `println!` that stops quietly on a closed stdout (`... | head`) instead
-/// of panicking; the exit status stays the tool's own.
+/// `println!` that returns the write's outcome as [`written`] judges it;
+/// call it as `outln!(...)?`.
 macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        written({
+            use std::io::Write as _;
+            writeln!(std::io::stdout(), $($arg)*)
+        })
+    };
+}
+
+/// A write to standard output judged: a closed pipe (`... | head`) is no
+/// error, as nobody reads the rest (the exit status stays the tool's own);
+/// any other failure (a full disk) is, so that a table that was not written
+/// never passes for one.
+fn written(result: std::io::Result<()>) -> Result<()> {
+    match result {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::anyhow!(
+            "cannot write the output to standard output: {error}"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Zero-shot image-text matching: the softmax over the texts for every image.
@@ -99,8 +116,7 @@ fn main() -> Result<()> {
             "logits_per_image": out.logits_per_image.to_vec2::<f32>()?,
             "probs": probs_rows,
         });
-        outln!("{json}");
-        return Ok(());
+        return outln!("{json}");
     }
     let headers: Vec<String> = args.texts.iter().map(|t| cell(t)).collect();
     let width = headers
@@ -109,21 +125,21 @@ fn main() -> Result<()> {
         .max()
         .unwrap_or(0)
         .max(8);
-    print!("{:<24}", "image \\ text");
+    let mut line = format!("{:<24}", "image \\ text");
     for t in &headers {
-        print!("  {t:>width$}");
+        line += &format!("  {t:>width$}");
     }
-    outln!();
+    outln!("{line}")?;
     for (path, row) in args.images.iter().zip(&probs_rows) {
         let name = path
             .file_name()
             .map(|n| cell(&n.to_string_lossy()))
             .unwrap_or_default();
-        print!("{name:<24}");
+        let mut line = format!("{name:<24}");
         for p in row {
-            print!("  {p:>width$.4}");
+            line += &format!("  {p:>width$.4}");
         }
-        outln!();
+        outln!("{line}")?;
     }
     Ok(())
 }

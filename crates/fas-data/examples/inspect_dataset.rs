@@ -9,21 +9,16 @@
 //! `{"split", "samples", "duplicates", "counts": {live, physical, adversarial,
 //! editing, unknown}, "kinds": {...}, "problems": [{file, line, message}],
 //! "ignored": [...]}`.
-//! The exit status is 1 when any problem was found.
+//! The exit status is 1 when any problem was found, or the report could not
+//! be written (a closed pipe, `... | head`, is not a failure).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use fas_data::{read_folder, read_list, BadInputPolicy, FileCheck, ListFormat, ListOptions};
 use std::path::PathBuf;
 
-/// `println!` that stops quietly on a closed stdout (`... | head`) instead
-/// of panicking; the exit status stays the tool's own.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
+mod common;
+use common::outln;
 
 /// Read a dataset list (or an image-folder layout), decode every image, and
 /// report counts and every problem with its file and line.
@@ -36,7 +31,8 @@ macro_rules! outln {
 /// are accepted, there are no comment lines (a `#` line is an entry and
 /// fails as a missing file), entries are normalised (`./a` = `a`, `a//b` =
 /// `a/b`) and must stay below --data unless --allow-outside-data. An empty
-/// list is an error. Exit status 1 when any problem was found, 2 on usage.
+/// list is an error. Exit status 1 when any problem was found or the report
+/// could not be written (a closed pipe is no failure), 2 on usage.
 #[derive(Parser)]
 #[command(name = "inspect_dataset", version)]
 struct Args {
@@ -96,6 +92,21 @@ fn main() -> Result<()> {
         (_, None) => usage("--list FILE is required for list formats"),
         _ => {}
     }
+    // One clear error, not every entry reported missing.
+    match std::fs::metadata(&data) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => bail!(
+            "the data root {} (--data) is not a directory",
+            data.display()
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            bail!("the data root {} (--data) does not exist", data.display())
+        }
+        Err(error) => bail!(
+            "cannot read the data root {} (--data): {error}",
+            data.display()
+        ),
+    }
     let options = ListOptions {
         policy: BadInputPolicy::Skip,
         check: FileCheck::Decode,
@@ -134,29 +145,29 @@ fn main() -> Result<()> {
             "problems": serde_json::to_value(&listing.problems)?,
             "ignored": serde_json::to_value(&listing.ignored)?,
         });
-        outln!("{report}");
+        outln!("{report}")?;
     } else {
         outln!(
             "split {split}: {} valid samples, {} duplicate lines",
             listing.samples.len(),
             listing.duplicates
-        );
+        )?;
         for (category, n) in &counts {
-            outln!("  {:<12} {n}", category.name());
+            outln!("  {:<12} {n}", category.name())?;
         }
-        outln!("by kind:");
+        outln!("by kind:")?;
         for (kind, n) in &kinds {
-            outln!("  {kind:<24} {n}");
+            outln!("  {kind:<24} {n}")?;
         }
         if !listing.ignored.is_empty() {
-            outln!("{} file(s) passed over", listing.ignored.len());
+            outln!("{} passed over (not listed)", listing.ignored.len())?;
             for ignored in &listing.ignored {
-                outln!("  {ignored}");
+                outln!("  {ignored}")?;
             }
         }
-        outln!("{} problem(s)", listing.problems.len());
+        outln!("{} problem(s)", listing.problems.len())?;
         for problem in &listing.problems {
-            outln!("  {problem}");
+            outln!("  {problem}")?;
         }
     }
     if !listing.problems.is_empty() {

@@ -9,14 +9,8 @@ use fas_data::image_io::load_image;
 use fas_data::{ClipTransform, Normalization};
 use std::path::PathBuf;
 
-/// `println!` that stops quietly on a closed stdout (`... | head`) instead
-/// of panicking; the exit status stays the tool's own.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
+mod common;
+use common::outln;
 
 /// CLIP's transform of one image, saved as `pixel_values` in safetensors.
 ///
@@ -58,6 +52,6 @@ fn main() -> Result<()> {
         "wrote pixel_values {:?} to {}",
         tensor.dims(),
         args.output.display()
-    );
+    )?;
     Ok(())
 }

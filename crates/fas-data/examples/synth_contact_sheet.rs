@@ -8,26 +8,21 @@ use clap::Parser;
 use fas_data::synth::{contact_sheet, SynthConfig};
 use std::path::PathBuf;
 
-/// `println!` that stops quietly on a closed stdout (`... | head`) instead
-/// of panicking; the exit status stays the tool's own.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
+mod common;
+use common::outln;
 
 /// Render a contact sheet (PNG) of synthetic subjects and their attacks.
 #[derive(Parser)]
 #[command(name = "synth_contact_sheet", version)]
 struct Args {
-    /// PNG file to write (atomically).
-    #[arg(long, alias = "out")]
+    /// PNG file to write (atomically); its name must end in `.png`.
+    #[arg(long, alias = "out", value_parser = png_path)]
     output: PathBuf,
-    /// Rows (subjects).
+    /// Rows (subjects), at least 1.
     #[arg(long, default_value_t = 4)]
     subjects: usize,
-    /// Image side in pixels.
+    /// Image side in pixels, 32 to 4096; the sheet may hold at most 2^28
+    /// pixels (checked before anything is drawn).
     #[arg(long, default_value_t = 128)]
     size: u32,
     /// Seed of everything.
@@ -36,6 +31,22 @@ struct Args {
     /// Strength of the digital attacks' traces, 1 to 8.
     #[arg(long, default_value_t = 1.0)]
     digital_strength: f32,
+}
+
+/// An output path naming a PNG file: the sheet is always PNG, and PNG bytes
+/// under another extension mislead every program that opens them.
+fn png_path(text: &str) -> std::result::Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    let is_png = path
+        .extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("png"));
+    if is_png {
+        Ok(path)
+    } else {
+        Err(format!(
+            "the contact sheet is written as PNG: name a .png file, not {text}"
+        ))
+    }
 }
 
 fn main() -> Result<()> {
@@ -54,6 +65,6 @@ fn main() -> Result<()> {
         .context("encoding the PNG")?;
     atomic_io::write_bytes(&args.output, &png)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    outln!("wrote {}", args.output.display());
+    outln!("wrote {}", args.output.display())?;
     Ok(())
 }

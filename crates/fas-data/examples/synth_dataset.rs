@@ -8,27 +8,25 @@ use clap::Parser;
 use fas_data::synth::{write_dataset, write_dataset_over, SynthConfig};
 use std::path::PathBuf;
 
-/// `println!` that stops quietly on a closed stdout (`... | head`) instead
-/// of panicking; the exit status stays the tool's own.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
+mod common;
+use common::outln;
 
 /// Write a synthetic UniAttackData-style dataset (live, print, replay,
 /// adversarial and face-swap images of procedurally drawn subjects).
 ///
 /// A non-empty --output directory is refused unless --force (its protocol
-/// lists would be replaced).
+/// lists would be replaced), and so is an --output that is not a directory.
+/// The settings are checked before anything is written.
 #[derive(Parser)]
 #[command(name = "synth_dataset", version)]
 struct Args {
     /// Directory to write (it receives UniAttackData/Data and UniAttackData/protocol).
     #[arg(long, alias = "out")]
     output: PathBuf,
-    /// Number of subjects (at least 5; 2 of every 5 train, 1 dev, 2 test).
+    /// Number of subjects, 5 to 10000 (2 of every 5 train, 1 dev, 2 test;
+    /// 10 images each). All images together may hold at most 2^33 pixels
+    /// (several GB of JPEGs): at --size 224 that is 10000 subjects, at
+    /// 4096 px 51.
     #[arg(long, default_value_t = 15)]
     subjects: usize,
     /// Image side in pixels (32 to 4096).
@@ -63,9 +61,9 @@ fn main() -> Result<()> {
         "wrote {} images under {}",
         summary.images,
         args.output.display()
-    );
+    )?;
     for (list, lines) in &summary.lists {
-        outln!("  {list}: {lines} lines");
+        outln!("  {list}: {lines} lines")?;
     }
     Ok(())
 }

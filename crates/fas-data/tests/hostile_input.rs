@@ -233,6 +233,92 @@ fn folder_layout_follows_links_and_reports_what_it_passes_over() {
         .any(|m| m.contains("loop") && m.contains("cycle")));
 }
 
+/// Runs `job` on another thread and fails if it has not finished within
+/// `limit`, so a test of something that used to hang fails instead.
+fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(job()));
+    result
+        .recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("did not finish within {limit:?}"))
+}
+
+/// A ladder of directories where each level links to the one below twice
+/// (`l<i>/a` and `l<i>/b` -> `l<i-1>`) reaches the bottom by 2^20 paths:
+/// each directory is walked once, so the listing takes milliseconds (walking
+/// every path took hours) and each image is listed once.
+#[cfg(unix)]
+#[test]
+fn folder_layout_walks_a_directory_shared_by_links_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let levels = 20;
+    let ladder = dir.path().join("ladder");
+    write_jpeg(&ladder.join("l0/bottom.jpg"), 16);
+    for level in 1..=levels {
+        let here = ladder.join(format!("l{level}"));
+        write_jpeg(&here.join(format!("level{level}.jpg")), 16);
+        let below = format!("../l{}", level - 1);
+        std::os::unix::fs::symlink(&below, here.join("a")).unwrap();
+        std::os::unix::fs::symlink(&below, here.join("b")).unwrap();
+    }
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("live")).unwrap();
+    std::os::unix::fs::symlink(ladder.join(format!("l{levels}")), root.join("live/shared"))
+        .unwrap();
+    let listing = within(std::time::Duration::from_secs(10), move || {
+        read_folder(&root, &ListOptions::default())
+    })
+    .unwrap();
+    assert_eq!(listing.samples.len(), levels + 1);
+    assert_eq!(listing.duplicates, 0);
+    let mut names: Vec<&str> = listing
+        .samples
+        .iter()
+        .map(|s| s.path.file_name().unwrap().to_str().unwrap())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), levels + 1, "{names:?}");
+    // The `b` of every level leads to a directory already walked through `a`.
+    let shared: Vec<String> = listing.ignored.iter().map(|p| p.to_string()).collect();
+    assert_eq!(shared.len(), levels, "{shared:?}");
+    assert!(shared
+        .iter()
+        .all(|m| m.contains("/b: the same directory as") && m.contains("listed once")));
+}
+
+/// A directory reached through links under two categories is a problem,
+/// not listed under whichever path came first; a link to a directory that
+/// holds the root (a link to `/`, as `/proc/<pid>/root` is) is a cycle.
+#[cfg(unix)]
+#[test]
+fn folder_layout_refuses_a_directory_under_two_categories_and_links_above_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    write_jpeg(&root.join("live/a.jpg"), 16);
+    write_jpeg(&dir.path().join("outside/b.jpg"), 16);
+    std::os::unix::fs::symlink(dir.path(), root.join("live/up")).unwrap();
+    let listing = read_folder(&root, &ListOptions::default()).unwrap();
+    let entries: Vec<&str> = listing.samples.iter().map(|s| s.entry.as_str()).collect();
+    assert_eq!(entries, ["live/a.jpg"]);
+    assert!(
+        listing.ignored[0].to_string().contains("cycle"),
+        "{:?}",
+        listing.ignored
+    );
+    std::os::unix::fs::symlink(root.join("live"), root.join("print")).unwrap();
+    let err = read_folder(&root, &ListOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("print: the same directory as") && err.contains("under another category"),
+        "{err}"
+    );
+}
+
 /// A JPEG whose header claims 4000 x 4000 pixels but holds a 16 x 16 scan
 /// fails the decode check instead of decoding to grey.
 #[test]
@@ -338,6 +424,15 @@ fn root_file(dir: &Path) -> std::path::PathBuf {
 fn errors_quote_a_huge_line_briefly() {
     let dir = tempfile::tempdir().unwrap();
     let line = format!("{} 0 extra\n", "x".repeat(20_000_000));
+    let err = read(dir.path(), &line, &ListOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.len() < 2_000, "message of {} bytes", err.len());
+    assert!(err.contains("bytes)"), "{}", &err[..200]);
+
+    // A well-formed line whose entry is huge: the missing file's problem
+    // quotes the entry briefly too.
+    let line = format!("{}.jpg 0\n", "y".repeat(10_000_000));
     let err = read(dir.path(), &line, &ListOptions::default())
         .unwrap_err()
         .to_string();

@@ -36,22 +36,97 @@ fn all_files(root: &Path) -> BTreeMap<String, Vec<u8>> {
     files
 }
 
+/// Each invalid setting is refused before anything is written, with a
+/// message naming that setting (and no other): a hundred million subjects,
+/// or 60 at 4096 px, would fill a disk.
 #[test]
 fn invalid_configuration_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    for config in [
-        SynthConfig {
+    for (config, expected) in [
+        (
+            SynthConfig {
+                subjects: 0,
+                ..small()
+            },
+            "5 to 10000 subjects",
+        ),
+        (
+            SynthConfig {
+                subjects: 100_000_000,
+                ..small()
+            },
+            "5 to 10000 subjects",
+        ),
+        (
+            SynthConfig {
+                image_size: 100_000,
+                ..small()
+            },
+            "32 to 4096 px, got 100000 px",
+        ),
+        (
+            SynthConfig {
+                subjects: 60,
+                image_size: 4096,
+                ..small()
+            },
+            "use fewer subjects or a smaller size",
+        ),
+    ] {
+        // `validate`, not `write_dataset`: were the limits gone, this test
+        // would start writing the dataset.
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains(expected), "{err}");
+    }
+    let err = write_dataset(
+        dir.path(),
+        &SynthConfig {
             subjects: 0,
             ..small()
         },
-        SynthConfig {
-            image_size: 100_000,
-            ..small()
-        },
-    ] {
-        assert!(write_dataset(dir.path(), &config).is_err());
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("5 to 10000 subjects"), "{err}");
+    let err = SynthConfig {
+        image_size: 1,
+        ..SynthConfig::default()
     }
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("got 1 px") && !err.contains("subjects"),
+        "{err}"
+    );
     assert!(all_files(dir.path()).is_empty());
+}
+
+/// An output that is a file is named as such up front (it used to fail on
+/// the first image: "cannot write afile/UniAttackData/...: Not a directory").
+#[test]
+fn an_output_that_is_a_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"").unwrap();
+    for write in [write_dataset, fas_data::synth::write_dataset_over] {
+        let err = write(&file, &small()).unwrap_err().to_string();
+        assert!(err.contains("exists and is not a directory"), "{err}");
+    }
+}
+
+#[test]
+fn images_per_subject_counts_what_is_rendered() {
+    for live_frames in [1, 2, 8] {
+        let config = SynthConfig {
+            live_frames,
+            image_size: 32,
+            ..small()
+        };
+        assert_eq!(
+            subject_images(&config, 0).unwrap().len(),
+            config.images_per_subject()
+        );
+    }
 }
 
 #[test]
@@ -380,6 +455,17 @@ fn contact_sheets_of_no_subject_or_too_many_pixels_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("fewer subjects or a smaller size"), "{err}");
+    // Refused before a row is drawn (a row at 4096 px took 14 s and 1.2 GB).
+    let large = SynthConfig {
+        image_size: 4096,
+        ..SynthConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let err = fas_data::synth::contact_sheet(&large, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fewer subjects or a smaller size"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
     let small = SynthConfig {
         image_size: 32,
         ..small()

@@ -12,21 +12,39 @@ use crate::image_io::is_image_file;
 use crate::label::{AttackKind, Label};
 use crate::protocol::{check_files, ListOptions, Listing};
 use crate::sample::{Media, Sample};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Lists every image under `root` (sorted by path, so the order is the same on
 /// every file system), labelled by its top-level folder. Symbolic links to
-/// directories are followed, except one that leads back into a directory
-/// being walked (a cycle); files in image formats the reader does not decode
-/// (`.webp`, `.bmp`, ...) and such links are reported in [`Listing::ignored`].
-/// A file reached twice through links is listed once (counted in
-/// [`Listing::duplicates`]), or is a problem when the two paths give it
-/// different categories.
+/// directories are followed, and every directory is walked once, however
+/// many links lead to it: one reached again (through another link) is passed
+/// over, and so is a link into a directory being walked or one holding it (a
+/// cycle, such as a link to `/`). Files in image formats the reader does not
+/// decode (`.webp`, `.bmp`, ...) and the links passed over are reported in
+/// [`Listing::ignored`]. A file or directory reached through links under two
+/// different categories is a problem; a file reached twice under one is
+/// listed once (counted in [`Listing::duplicates`]).
 pub fn read_folder(root: &Path, options: &ListOptions) -> Result<Listing> {
-    let mut files = Vec::new();
-    let mut ignored = Vec::new();
-    let mut ancestors = Vec::new();
-    walk(root, &mut files, &mut ignored, &mut ancestors)?;
+    let mut walk = Walk {
+        root,
+        files: Vec::new(),
+        ignored: Vec::new(),
+        problems: Vec::new(),
+        open: Vec::new(),
+        walked: HashMap::new(),
+    };
+    let canonical_root = std::fs::canonicalize(root).map_err(|reason| Error::Io {
+        path: root.to_path_buf(),
+        reason,
+    })?;
+    walk.enter(root, canonical_root)?;
+    let Walk {
+        mut files,
+        mut ignored,
+        problems,
+        ..
+    } = walk;
     files.sort();
     ignored.sort_by(|a: &Problem, b: &Problem| a.file.cmp(&b.file));
     if files.is_empty() {
@@ -44,10 +62,10 @@ pub fn read_folder(root: &Path, options: &ListOptions) -> Result<Listing> {
     }
     let mut listing = Listing {
         ignored,
+        problems,
         ..Listing::default()
     };
-    let mut reached: std::collections::HashMap<PathBuf, (PathBuf, Label)> =
-        std::collections::HashMap::new();
+    let mut reached: HashMap<PathBuf, (PathBuf, Label)> = HashMap::new();
     for file in files {
         let Ok(relative) = file.strip_prefix(root) else {
             continue;
@@ -119,48 +137,109 @@ fn folder_label(name: &str, method: Option<String>) -> Option<Label> {
     Some(Label::Attack(kind))
 }
 
-/// Collects the image files under `dir`, following links to directories
-/// unless they lead back into `ancestors` (the canonical directories being
-/// walked).
-fn walk(
-    dir: &Path,
-    files: &mut Vec<PathBuf>,
-    ignored: &mut Vec<Problem>,
-    ancestors: &mut Vec<PathBuf>,
-) -> Result<()> {
-    let io = |reason| Error::Io {
-        path: dir.to_path_buf(),
-        reason,
-    };
-    let here = std::fs::canonicalize(dir).map_err(io)?;
-    ancestors.push(here);
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        let path = entry.path();
-        // `metadata` follows links: a link to a directory is a directory.
-        let Ok(meta) = std::fs::metadata(&path) else {
-            ignored.push(Problem::in_file(&path, "broken symbolic link"));
-            continue;
+/// The label a folder's path gives every image below it, as far as the path
+/// fixes it: the category folder and, for adversarial and editing, the method
+/// folder under it. `None` for the root and a folder of no category.
+fn folder_path_label(relative: &Path) -> Option<Label> {
+    let mut parts = relative.iter().map(|p| p.to_string_lossy().into_owned());
+    let category = parts.next()?;
+    folder_label(&category, parts.next())
+}
+
+/// One walk over a folder layout, collecting its image files.
+struct Walk<'a> {
+    root: &'a Path,
+    files: Vec<PathBuf>,
+    ignored: Vec<Problem>,
+    problems: Vec<Problem>,
+    /// The canonical directories being walked, the root first.
+    open: Vec<PathBuf>,
+    /// Every directory walked (canonical path -> the path it was walked
+    /// under). Each is walked once: directories shared by links (`a` and
+    /// `b` both linking to one folder, level after level) would otherwise
+    /// be walked once per path, a number that doubles with every level.
+    walked: HashMap<PathBuf, PathBuf>,
+}
+
+impl Walk<'_> {
+    /// Collects the image files under `dir` (whose canonical path is
+    /// `canonical`), in path order, following links to directories not
+    /// walked yet.
+    fn enter(&mut self, dir: &Path, canonical: PathBuf) -> Result<()> {
+        let io = |reason| Error::Io {
+            path: dir.to_path_buf(),
+            reason,
         };
-        if meta.is_dir() {
-            let target = std::fs::canonicalize(&path).map_err(io)?;
-            if ancestors.iter().any(|a| a == &target) {
-                ignored.push(Problem::in_file(
-                    &path,
-                    "symbolic link back into a directory being listed (a cycle); not followed",
-                ));
+        self.walked.insert(canonical.clone(), dir.to_path_buf());
+        self.open.push(canonical.clone());
+        // Sorted, so that of two paths to one directory the first in path
+        // order is the one walked, on every file system.
+        let mut entries = std::fs::read_dir(dir)
+            .map_err(io)?
+            .map(|entry| entry.and_then(|e| Ok((e.path(), e.file_type()?.is_symlink()))))
+            .collect::<std::io::Result<Vec<(PathBuf, bool)>>>()
+            .map_err(io)?;
+        entries.sort();
+        for (path, is_link) in entries {
+            // `metadata` follows links: a link to a directory is a directory.
+            let Ok(meta) = std::fs::metadata(&path) else {
+                self.ignored
+                    .push(Problem::in_file(&path, "broken symbolic link"));
                 continue;
+            };
+            if meta.is_dir() {
+                let target = match (is_link, path.file_name()) {
+                    (false, Some(name)) => canonical.join(name),
+                    _ => std::fs::canonicalize(&path).map_err(|reason| Error::Io {
+                        path: path.clone(),
+                        reason,
+                    })?,
+                };
+                self.enter_subdirectory(&path, target)?;
+            } else if is_image_file(&path) {
+                self.files.push(path);
+            } else if crate::image_io::is_unsupported_image(&path) {
+                self.ignored.push(Problem::in_file(
+                    &path,
+                    "image format not decoded by this reader (JPEG and PNG only); convert it to use it",
+                ));
             }
-            walk(&path, files, ignored, ancestors)?;
-        } else if is_image_file(&path) {
-            files.push(path);
-        } else if crate::image_io::is_unsupported_image(&path) {
-            ignored.push(Problem::in_file(
-                &path,
-                "image format not decoded by this reader (JPEG and PNG only); convert it to use it",
+        }
+        self.open.pop();
+        Ok(())
+    }
+
+    /// Walks the subdirectory at `path` (canonical path `target`) unless it
+    /// leads back into the walk or was walked already.
+    fn enter_subdirectory(&mut self, path: &Path, target: PathBuf) -> Result<()> {
+        if self.open.iter().any(|open| open.starts_with(&target)) {
+            self.ignored.push(Problem::in_file(
+                path,
+                "symbolic link to a directory being listed or one holding it (a cycle); not followed",
+            ));
+            return Ok(());
+        }
+        let Some(first) = self.walked.get(&target) else {
+            return self.enter(path, target);
+        };
+        let label_of = |dir: &Path| dir.strip_prefix(self.root).ok().and_then(folder_path_label);
+        if label_of(first) == label_of(path) {
+            self.ignored.push(Problem::in_file(
+                path,
+                format!(
+                    "the same directory as {} (through a link); its images are listed once, there",
+                    first.display()
+                ),
+            ));
+        } else {
+            self.problems.push(Problem::in_file(
+                path,
+                format!(
+                    "the same directory as {} (through a link), under another category",
+                    first.display()
+                ),
             ));
         }
+        Ok(())
     }
-    ancestors.pop();
-    Ok(())
 }

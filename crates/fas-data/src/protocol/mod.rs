@@ -437,7 +437,9 @@ pub(crate) fn check_files(listing: &mut Listing, check: FileCheck) {
                 let problem = if *line == 0 {
                     Problem::in_file(file, message)
                 } else {
-                    Problem::at_line(file, *line, format!("{}: {message}", sample.path.display()))
+                    // The entry as listed may be any length: quoted briefly.
+                    let entry = quote(&sample.path.display().to_string());
+                    Problem::at_line(file, *line, format!("{entry}: {message}"))
                 };
                 listing.problems.push(problem);
             }

@@ -66,29 +66,71 @@ impl Default for SynthConfig {
     }
 }
 
+/// The most subjects generated (UniAttackData has 1,800).
+pub const MAX_SUBJECTS: usize = 10_000;
+
+/// The most pixels a whole dataset may hold, all images together (2^33,
+/// about 8.6 gigapixels: 3 to 5 GB of JPEGs), so a mistyped flag cannot fill
+/// a disk.
+pub const MAX_DATASET_PIXELS: u64 = 1 << 33;
+
 impl SynthConfig {
-    /// Rejects fewer than 5 subjects, images outside 32 to
-    /// [`crate::preprocess::MAX_SIZE`] pixels and live frame counts outside 1 to 8.
+    /// Images [`subject_images`] renders per subject: the live frames, two
+    /// prints, a replay, one per adversarial and one per editing method.
+    pub fn images_per_subject(&self) -> usize {
+        self.live_frames
+            .saturating_add(3 + ADVERSARIAL_METHODS.len() + EDITING_METHODS.len())
+    }
+
+    /// Pixels of all the dataset's images together (saturating).
+    fn dataset_pixels(&self) -> u64 {
+        let side = u64::from(self.image_size);
+        (self.subjects as u64)
+            .saturating_mul(self.images_per_subject() as u64)
+            .saturating_mul(side * side)
+    }
+
+    /// Rejects a digital strength outside 1 to 8, fewer than 5 or more than
+    /// [`MAX_SUBJECTS`] subjects, images outside 32 to
+    /// [`crate::preprocess::MAX_SIZE`] pixels, live frame counts outside 1
+    /// to 8, and datasets of more than [`MAX_DATASET_PIXELS`]. The message
+    /// names the one setting at fault.
     pub fn validate(&self) -> Result<()> {
+        let invalid = |message: String| Err(Error::Config(message));
         if !(1.0..=8.0).contains(&self.digital_strength) {
-            return Err(Error::Config(format!(
+            return invalid(format!(
                 "digital attack strength must be 1 to 8, got {}",
                 self.digital_strength
-            )));
+            ));
         }
-        if self.subjects < 5
-            || self.image_size < 32
-            || self.image_size > MAX_SIZE
-            || self.live_frames == 0
-            || self.live_frames > LIVE_FRAMES.len()
-        {
-            return Err(Error::Config(format!(
-                "synthetic data needs at least 5 subjects, images of 32 to {MAX_SIZE} px and 1 to {} live frames, got {} subjects, {} px, {} frames",
+        if !(5..=MAX_SUBJECTS).contains(&self.subjects) {
+            return invalid(format!(
+                "synthetic data needs 5 to {MAX_SUBJECTS} subjects (2 of every 5 train, 1 dev, 2 test), got {}",
+                self.subjects
+            ));
+        }
+        if !(32..=MAX_SIZE).contains(&self.image_size) {
+            return invalid(format!(
+                "synthetic images must be 32 to {MAX_SIZE} px, got {} px",
+                self.image_size
+            ));
+        }
+        if !(1..=LIVE_FRAMES.len()).contains(&self.live_frames) {
+            return invalid(format!(
+                "synthetic data needs 1 to {} live frames per subject, got {}",
                 LIVE_FRAMES.len(),
-                self.subjects,
-                self.image_size,
                 self.live_frames
-            )));
+            ));
+        }
+        if self.dataset_pixels() > MAX_DATASET_PIXELS {
+            return invalid(format!(
+                "{} subjects x {} images of {size}x{size} px is {} pixels, more than {MAX_DATASET_PIXELS} \
+                 (several GB of JPEGs): use fewer subjects or a smaller size",
+                self.subjects,
+                self.images_per_subject(),
+                self.dataset_pixels(),
+                size = self.image_size,
+            ));
         }
         Ok(())
     }

@@ -53,7 +53,11 @@ fn in_protocol(protocol: Protocol, split: Split, category: Category) -> bool {
 ///
 /// A `root` that exists and is not empty is refused (its protocol lists
 /// would be overwritten in place); [`write_dataset_over`] writes into one
-/// anyway. Every file is written atomically.
+/// anyway. A `root` that exists and is not a directory is refused, and so is
+/// a configuration [`SynthConfig::validate`] rejects (more than
+/// [`super::MAX_SUBJECTS`] subjects or [`super::MAX_DATASET_PIXELS`]
+/// pixels among them), before anything is written. Every file is written
+/// atomically.
 pub fn write_dataset(root: &Path, config: &SynthConfig) -> Result<SynthSummary> {
     if let Ok(mut entries) = std::fs::read_dir(root) {
         if entries.next().is_some() {
@@ -71,6 +75,12 @@ pub fn write_dataset(root: &Path, config: &SynthConfig) -> Result<SynthSummary> 
 /// are replaced (atomically), other files are left alone.
 pub fn write_dataset_over(root: &Path, config: &SynthConfig) -> Result<SynthSummary> {
     config.validate()?;
+    if std::fs::metadata(root).is_ok_and(|meta| !meta.is_dir()) {
+        return Err(Error::Config(format!(
+            "{} exists and is not a directory; choose a new or empty directory for the dataset",
+            root.display()
+        )));
+    }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(config.subjects.max(1));
@@ -180,12 +190,12 @@ pub fn contact_sheet(config: &SynthConfig, subjects: usize) -> Result<RgbImage> 
             "a contact sheet needs at least one subject".into(),
         ));
     }
-    // Its size is known from the first row: refuse a sheet no machine
-    // should allocate before rendering the rest.
-    let first = subject_images(config, 0)?;
+    // Refuse a sheet no machine should allocate before rendering anything.
     let side = config.image_size;
     let gap = 4;
-    let width = first.len() as u64 * (u64::from(side) + gap) + gap;
+    let width = (config.images_per_subject() as u64)
+        .saturating_mul(u64::from(side) + gap)
+        .saturating_add(gap);
     let height = (count as u64)
         .saturating_mul(u64::from(side) + gap)
         .saturating_add(gap);
@@ -195,10 +205,9 @@ pub fn contact_sheet(config: &SynthConfig, subjects: usize) -> Result<RgbImage> 
              {MAX_SHEET_PIXELS}: use fewer subjects or a smaller size"
         )));
     }
-    let mut rows = vec![first];
-    for i in 1..count {
-        rows.push(subject_images(config, i)?);
-    }
+    let rows = (0..count)
+        .map(|i| subject_images(config, i))
+        .collect::<Result<Vec<_>>>()?;
     let columns = rows[0].len() as u32;
     let gap = gap as u32;
     let mut sheet = RgbImage::from_pixel(
