@@ -98,8 +98,9 @@ pub fn remove_temporary(path: &Path) -> io::Result<()> {
 /// `path` must name a regular file or nothing: a directory, a FIFO, a
 /// device or a socket there is refused, not replaced (an output given as
 /// `/dev/full` or a named pipe is a mistake, and renaming over it would
-/// remove it). A symbolic link is written through: its target gets the
-/// new content and the link stays; a link to nothing is refused.
+/// remove it). A symbolic link is written through: the file it points to
+/// gets the new content (and is created if missing, as `>` in a shell
+/// would) and the link stays.
 ///
 /// Before the first write into a directory, each process removes the
 /// temporaries there that killed processes left ([`remove_dead_temporaries`]),
@@ -118,8 +119,10 @@ pub fn write_atomically<E>(
     let (Some(dir), Some(file_name)) = (temporary_dir(path), path.file_name()) else {
         return Err(refused("not a file path".to_string()));
     };
-    if let Some(parent) = dir.parent() {
-        sweep_once(parent);
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sweep_once(parent),
+        // A bare file name: the current directory.
+        _ => sweep_once(Path::new(".")),
     }
     std::fs::create_dir(&dir).map_err(|source| Failure::Io {
         action: "creating",
@@ -168,40 +171,53 @@ pub fn write_atomically<E>(
 }
 
 /// Where a write of `path` goes: `path` itself when it names a regular
-/// file or nothing, the file a symbolic link there points to; the reason
-/// otherwise.
+/// file or nothing, the file a symbolic link there points to (existing or
+/// not); the reason otherwise.
 fn write_target(path: &Path) -> Result<PathBuf, String> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        // Nothing there (or an unreadable parent, which the write reports).
-        Err(_) => return Ok(path.to_path_buf()),
-    };
-    if meta.file_type().is_symlink() {
-        return match std::fs::canonicalize(path) {
-            Ok(target) => match std::fs::metadata(&target) {
-                Ok(meta) if meta.is_file() => Ok(target),
-                Ok(meta) => Err(format!(
-                    "is a symbolic link to {}, which is {}, not a regular file; refusing to \
-                     replace it (give the path of a file)",
-                    target.display(),
-                    read::kind_of(meta.file_type())
-                )),
-                Err(e) => Err(format!("is a symbolic link that cannot be followed: {e}")),
-            },
-            Err(_) => Err(
-                "is a symbolic link to a file that does not exist; give the path of the file \
-                 itself"
-                    .to_string(),
-            ),
+    let mut target = path.to_path_buf();
+    // Links are followed one at a time (a link to a missing file is written
+    // through, which `canonicalize` cannot resolve), up to the kernel's own
+    // limit on a chain.
+    for _ in 0..40 {
+        let meta = match std::fs::symlink_metadata(&target) {
+            Ok(meta) => meta,
+            // Nothing there (or an unreadable parent, which the write reports).
+            Err(_) => return Ok(target),
+        };
+        if meta.is_file() {
+            return Ok(target);
+        }
+        if !meta.file_type().is_symlink() {
+            let what = read::kind_of(meta.file_type());
+            return Err(if target == path {
+                format!("is {what}, not a regular file; refusing to replace it (give the path of a file)")
+            } else {
+                format!(
+                    "is a symbolic link to {}, which is {what}, not a regular file; refusing \
+                     to replace it (give the path of a file)",
+                    target.display()
+                )
+            });
+        }
+        // A link to something that is not a path (`/dev/stdout` on a pipe
+        // leads to `pipe:[…]`): what it points to, as the kernel follows it.
+        if let Ok(followed) = std::fs::metadata(&target) {
+            if !followed.is_file() {
+                return Err(format!(
+                    "is a symbolic link to {}, not a regular file; refusing to write through \
+                     it (give the path of a file)",
+                    read::kind_of(followed.file_type())
+                ));
+            }
+        }
+        let next = std::fs::read_link(&target)
+            .map_err(|e| format!("is a symbolic link that cannot be read: {e}"))?;
+        target = match target.parent() {
+            Some(parent) if next.is_relative() => parent.join(next),
+            _ => next,
         };
     }
-    if meta.is_file() {
-        return Ok(path.to_path_buf());
-    }
-    Err(format!(
-        "is {}, not a regular file; refusing to replace it (give the path of a file)",
-        read::kind_of(meta.file_type())
-    ))
+    Err("is a chain of more than 40 symbolic links (a loop?)".to_string())
 }
 
 /// [`remove_dead_temporaries`] of `dir`, once per directory per process
@@ -221,33 +237,64 @@ fn sweep_once(dir: &Path) {
     }
 }
 
-/// Removes the temporaries of [`write_atomically`] in `dir` whose process
-/// is gone (the process id in the name, `.<name>.tmp-<pid>-<n>`, runs no
-/// more): what a process killed mid-write left. A live process's are
+/// Removes the temporaries of [`write_atomically`] in `dir` that a process
+/// killed mid-write left: a directory named `.<name>.tmp-<pid>-<n>` whose
+/// process is gone (no process `<pid>` runs) and that holds only what a
+/// write puts there (the file `<name>`, a writer's own `.tmp…` files, the
+/// mode probe). Anything else of that name (a person's folder, a file) is
 /// kept, and so are all of them where liveness cannot be checked (not
-/// Unix). A process id is local to its machine: on a file system shared
-/// between machines, a write of the same file by another machine at that
-/// moment would fail (its temporary removed), not be mixed up.
+/// Unix).
 ///
-/// Returns the number removed.
+/// A process id is local to its machine and PID namespace: on a file
+/// system shared between machines or containers, a write in progress
+/// elsewhere into this directory may have its temporary removed, and that
+/// write then fails with an error (its target untouched); nothing is lost.
+///
+/// Returns the number removed; one that cannot be removed is passed over.
 pub fn remove_dead_temporaries(dir: &Path) -> io::Result<usize> {
     let mut removed = 0;
     for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
+        let Ok(entry) = entry else { continue };
         let name = entry.file_name();
         let Some(name) = name.to_str().filter(|n| is_temporary_name(n)) else {
             continue;
         };
-        let pid = name
-            .rsplit_once(".tmp-")
-            .and_then(|(_, tail)| tail.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok());
-        if pid.is_some_and(process_is_gone) {
-            remove_temporary(&entry.path())?;
+        let Some((target, pid)) = name
+            .strip_prefix('.')
+            .and_then(|rest| rest.rsplit_once(".tmp-"))
+            .and_then(|(target, tail)| {
+                Some((target, tail.split_once('-')?.0.parse::<u32>().ok()?))
+            })
+        else {
+            continue;
+        };
+        let path = entry.path();
+        if process_is_gone(pid)
+            && holds_only_a_write(&path, target)
+            && std::fs::remove_dir_all(&path).is_ok()
+        {
             removed += 1;
         }
     }
     Ok(removed)
+}
+
+/// Whether `dir` is a directory (not a link) holding only what
+/// [`write_atomically`] of `target` puts in its temporary directory: the
+/// file `target`, the mode probe `.mode`, and a writer's own `.tmp…` files.
+fn holds_only_a_write(dir: &Path, target: &str) -> bool {
+    let is_dir = std::fs::symlink_metadata(dir).is_ok_and(|meta| meta.is_dir());
+    is_dir
+        && std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.into_iter().all(|entry| {
+                entry.is_ok_and(|entry| {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    let plain = entry.file_type().is_ok_and(|t| t.is_file());
+                    plain && (name == target || name == ".mode" || name.starts_with(".tmp"))
+                })
+            })
+        })
 }
 
 /// Whether no process with id `pid` exists (Unix: `kill(pid, 0)` says no
@@ -477,7 +524,8 @@ mod tests {
     }
 
     /// A symbolic link is written through: the file it points to gets the
-    /// content and the link stays a link. A link to nothing is refused.
+    /// content (and is created when missing) and the link stays a link. A
+    /// link to a FIFO is refused.
     #[cfg(unix)]
     #[test]
     fn symbolic_links_are_written_through() {
@@ -487,22 +535,65 @@ mod tests {
         let link = dir.path().join("link.json");
         std::os::unix::fs::symlink("real.json", &link).unwrap();
         write_bytes(&link, b"new").unwrap();
-        assert!(std::fs::symlink_metadata(&link)
-            .unwrap()
-            .file_type()
-            .is_symlink());
+        let is_link = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        };
+        assert!(is_link(&link));
         assert_eq!(std::fs::read_to_string(&real).unwrap(), "new");
 
-        let dangling = dir.path().join("dangling.json");
-        std::os::unix::fs::symlink("missing.json", &dangling).unwrap();
-        let err = write_bytes(&dangling, b"x").unwrap_err().to_string();
-        assert!(err.contains("a file that does not exist"), "{err}");
-        assert!(!dir.path().join("missing.json").exists());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+        // A link to a file not made yet, through a second link.
+        std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
+        let pending = dir.path().join("pending.json");
+        std::os::unix::fs::symlink("elsewhere/made.json", &pending).unwrap();
+        let chain = dir.path().join("chain.json");
+        std::os::unix::fs::symlink(&pending, &chain).unwrap();
+        write_bytes(&chain, b"made").unwrap();
+        assert!(is_link(&chain) && is_link(&pending));
+        let made = dir.path().join("elsewhere/made.json");
+        assert_eq!(std::fs::read_to_string(made).unwrap(), "made");
+
+        let fifo = dir.path().join("pipe");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let to_fifo = dir.path().join("to-fifo.json");
+        std::os::unix::fs::symlink("pipe", &to_fifo).unwrap();
+        let err = write_bytes(&to_fifo, b"x").unwrap_err().to_string();
+        assert!(
+            err.contains("is a symbolic link to a FIFO, not a regular file"),
+            "{err}"
+        );
+        let names = |p: &Path| {
+            let mut names: Vec<_> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            names(dir.path()),
+            [
+                "chain.json",
+                "elsewhere",
+                "link.json",
+                "pending.json",
+                "pipe",
+                "real.json",
+                "to-fifo.json"
+            ]
+        );
     }
 
-    /// The first write into a directory removes the temporaries of
-    /// processes that are gone, and keeps a live process's.
+    /// The first write into a directory removes the temporary directories
+    /// of processes that are gone, and keeps a live process's, and
+    /// anything of such a name that a write does not leave (a person's
+    /// folder of other files, a plain file).
     #[cfg(unix)]
     #[test]
     fn temporaries_of_dead_processes_are_removed() {
@@ -514,21 +605,28 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        // Killed mid-write: the file, a writer's own temporary.
         let dead_dir = dir.path().join(format!(".out.png.tmp-{dead}-0"));
         std::fs::create_dir(&dead_dir).unwrap();
         std::fs::write(dead_dir.join("out.png"), "half").unwrap();
-        let dead_file = dir.path().join(format!(".a.jpg.tmp-{dead}-3"));
-        std::fs::write(&dead_file, "half").unwrap();
+        std::fs::write(dead_dir.join(".tmpAb3dEf"), "half").unwrap();
+        // Killed between making the directory and writing.
+        let empty = dir.path().join(format!(".c.jpg.tmp-{dead}-2"));
+        std::fs::create_dir(&empty).unwrap();
+        // Kept: a live process's, a person's folder, a plain file.
         let live = dir.path().join(format!(".b.jpg.tmp-{}-0", running.id()));
         std::fs::create_dir(&live).unwrap();
-        let notes = dir.path().join(".notes.tmp-draft");
-        std::fs::write(&notes, "a person's").unwrap();
+        let photos = dir.path().join(format!(".photos.tmp-{dead}-12"));
+        std::fs::create_dir(&photos).unwrap();
+        std::fs::write(photos.join("holiday.jpg"), "a person's").unwrap();
+        let plain = dir.path().join(format!(".a.jpg.tmp-{dead}-3"));
+        std::fs::write(&plain, "a person's").unwrap();
 
         write_bytes(&dir.path().join("out.png"), b"whole").unwrap();
         let _ = running.kill();
         let _ = running.wait();
-        assert!(!dead_dir.exists() && !dead_file.exists());
-        assert!(live.is_dir() && notes.is_file());
+        assert!(!dead_dir.exists() && !empty.exists());
+        assert!(live.is_dir() && photos.join("holiday.jpg").is_file() && plain.is_file());
         assert_eq!(
             std::fs::read_to_string(dir.path().join("out.png")).unwrap(),
             "whole"
