@@ -290,12 +290,14 @@ fn folder_layout_walks_a_directory_shared_by_links_once() {
         .all(|m| m.contains("/b: the same directory as") && m.contains("listed once")));
 }
 
-/// A directory reached through links under two categories is a problem,
-/// not listed under whichever path came first; a link to a directory that
-/// holds the root (a link to `/`, as `/proc/<pid>/root` is) is a cycle.
+/// A directory reached through links under two categories is walked under
+/// each, so its files are a problem (one file, two categories) whichever
+/// path sorts first; a path of no category that sorts first does not hide
+/// the category's own folder. A link to a directory that holds the root (a
+/// link to `/`, as `/proc/<pid>/root` is) is a cycle.
 #[cfg(unix)]
 #[test]
-fn folder_layout_refuses_a_directory_under_two_categories_and_links_above_the_root() {
+fn folder_layout_directories_under_two_paths_and_links_above_the_root() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     write_jpeg(&root.join("live/a.jpg"), 16);
@@ -309,12 +311,32 @@ fn folder_layout_refuses_a_directory_under_two_categories_and_links_above_the_ro
         "{:?}",
         listing.ignored
     );
+
+    // `all` (no category) sorts before `live` and links to it: its image is
+    // a problem, live's is still listed.
+    std::os::unix::fs::symlink(root.join("live"), root.join("all")).unwrap();
+    let skip = ListOptions {
+        policy: fas_data::BadInputPolicy::Skip,
+        ..ListOptions::default()
+    };
+    let listing = read_folder(&root, &skip).unwrap();
+    let entries: Vec<&str> = listing.samples.iter().map(|s| s.entry.as_str()).collect();
+    assert_eq!(entries, ["live/a.jpg"]);
+    assert!(
+        listing.problems[0]
+            .to_string()
+            .contains("unknown category folder \"all\""),
+        "{:?}",
+        listing.problems
+    );
+    std::fs::remove_file(root.join("all")).unwrap();
+
     std::os::unix::fs::symlink(root.join("live"), root.join("print")).unwrap();
     let err = read_folder(&root, &ListOptions::default())
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("print: the same directory as") && err.contains("under another category"),
+        err.contains("the same file as") && err.contains("under another category"),
         "{err}"
     );
 }

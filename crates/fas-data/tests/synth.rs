@@ -465,7 +465,17 @@ fn contact_sheets_of_no_subject_or_too_many_pixels_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("fewer subjects or a smaller size"), "{err}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    // Microseconds now; generous for a loaded machine.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // A size out of range says the range, not "fewer subjects".
+    let beyond = SynthConfig {
+        image_size: 5000,
+        ..SynthConfig::default()
+    };
+    let err = fas_data::synth::contact_sheet(&beyond, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("must be 32 to 4096 px, got 5000 px"), "{err}");
     let small = SynthConfig {
         image_size: 32,
         ..small()

@@ -17,20 +17,20 @@ use std::path::{Path, PathBuf};
 
 /// Lists every image under `root` (sorted by path, so the order is the same on
 /// every file system), labelled by its top-level folder. Symbolic links to
-/// directories are followed, and every directory is walked once, however
-/// many links lead to it: one reached again (through another link) is passed
-/// over, and so is a link into a directory being walked or one holding it (a
-/// cycle, such as a link to `/`). Files in image formats the reader does not
-/// decode (`.webp`, `.bmp`, ...) and the links passed over are reported in
-/// [`Listing::ignored`]. A file or directory reached through links under two
-/// different categories is a problem; a file reached twice under one is
-/// listed once (counted in [`Listing::duplicates`]).
+/// directories are followed, and every directory is walked once per label
+/// its paths give, however many links lead to it: one reached again under
+/// the same label (through another link) is passed over, and so is a link
+/// into a directory being walked or one holding it (a cycle, such as a link
+/// to `/`). Files in image formats the reader does not decode (`.webp`,
+/// `.bmp`, ...) and the links passed over are reported in
+/// [`Listing::ignored`]. A file reached through links under two different
+/// categories is a problem; a file reached twice under one is listed once
+/// (counted in [`Listing::duplicates`]).
 pub fn read_folder(root: &Path, options: &ListOptions) -> Result<Listing> {
     let mut walk = Walk {
         root,
         files: Vec::new(),
         ignored: Vec::new(),
-        problems: Vec::new(),
         open: Vec::new(),
         walked: HashMap::new(),
     };
@@ -42,7 +42,6 @@ pub fn read_folder(root: &Path, options: &ListOptions) -> Result<Listing> {
     let Walk {
         mut files,
         mut ignored,
-        problems,
         ..
     } = walk;
     files.sort();
@@ -62,7 +61,6 @@ pub fn read_folder(root: &Path, options: &ListOptions) -> Result<Listing> {
     }
     let mut listing = Listing {
         ignored,
-        problems,
         ..Listing::default()
     };
     let mut reached: HashMap<PathBuf, (PathBuf, Label)> = HashMap::new();
@@ -151,14 +149,17 @@ struct Walk<'a> {
     root: &'a Path,
     files: Vec<PathBuf>,
     ignored: Vec<Problem>,
-    problems: Vec<Problem>,
     /// The canonical directories being walked, the root first.
     open: Vec<PathBuf>,
-    /// Every directory walked (canonical path -> the path it was walked
-    /// under). Each is walked once: directories shared by links (`a` and
-    /// `b` both linking to one folder, level after level) would otherwise
-    /// be walked once per path, a number that doubles with every level.
-    walked: HashMap<PathBuf, PathBuf>,
+    /// Every directory walked, with the label its path gives (canonical
+    /// path and label -> the path it was walked under). Each is walked once
+    /// per label: directories shared by links (`a` and `b` both linking to
+    /// one folder, level after level) would otherwise be walked once per
+    /// path, a number that doubles with every level. Under another label
+    /// (or none) it is walked again, so that its files are listed under
+    /// each category a path gives them, and a file under two categories
+    /// is reported as before, whichever path comes first.
+    walked: HashMap<(PathBuf, Option<Label>), PathBuf>,
 }
 
 impl Walk<'_> {
@@ -170,7 +171,9 @@ impl Walk<'_> {
             path: dir.to_path_buf(),
             reason,
         };
-        self.walked.insert(canonical.clone(), dir.to_path_buf());
+        let label = self.label_of(dir);
+        self.walked
+            .insert((canonical.clone(), label), dir.to_path_buf());
         self.open.push(canonical.clone());
         // Sorted, so that of two paths to one directory the first in path
         // order is the one walked, on every file system.
@@ -209,8 +212,14 @@ impl Walk<'_> {
         Ok(())
     }
 
+    /// The label `dir`'s path gives the images below it (`None`: no category yet).
+    fn label_of(&self, dir: &Path) -> Option<Label> {
+        dir.strip_prefix(self.root).ok().and_then(folder_path_label)
+    }
+
     /// Walks the subdirectory at `path` (canonical path `target`) unless it
-    /// leads back into the walk or was walked already.
+    /// leads back into the walk or was walked already under the label its
+    /// path gives.
     fn enter_subdirectory(&mut self, path: &Path, target: PathBuf) -> Result<()> {
         if self.open.iter().any(|open| open.starts_with(&target)) {
             self.ignored.push(Problem::in_file(
@@ -219,27 +228,17 @@ impl Walk<'_> {
             ));
             return Ok(());
         }
-        let Some(first) = self.walked.get(&target) else {
-            return self.enter(path, target);
+        let key = (target, self.label_of(path));
+        let Some(first) = self.walked.get(&key) else {
+            return self.enter(path, key.0);
         };
-        let label_of = |dir: &Path| dir.strip_prefix(self.root).ok().and_then(folder_path_label);
-        if label_of(first) == label_of(path) {
-            self.ignored.push(Problem::in_file(
-                path,
-                format!(
-                    "the same directory as {} (through a link); its images are listed once, there",
-                    first.display()
-                ),
-            ));
-        } else {
-            self.problems.push(Problem::in_file(
-                path,
-                format!(
-                    "the same directory as {} (through a link), under another category",
-                    first.display()
-                ),
-            ));
-        }
+        self.ignored.push(Problem::in_file(
+            path,
+            format!(
+                "the same directory as {} (through a link); its images are listed once, there",
+                first.display()
+            ),
+        ));
         Ok(())
     }
 }

@@ -200,9 +200,11 @@ pub struct Listing {
     /// Entries listed more than once with the same label. They are kept (CFD
     /// lists repeat a few paths) and counted here.
     pub duplicates: usize,
-    /// Files passed over while listing a folder layout, each with the reason
-    /// (an image format the reader does not decode, a link cycle): they are
-    /// not samples, and are reported so that a count is never silently short.
+    /// Files and links passed over while listing a folder layout, each with
+    /// the reason (an image format the reader does not decode, a link cycle,
+    /// a link to a directory already walked under the same category): they
+    /// are not samples, and are reported so that a count is never silently
+    /// short.
     pub ignored: Vec<Problem>,
 }
 

@@ -190,8 +190,15 @@ pub fn contact_sheet(config: &SynthConfig, subjects: usize) -> Result<RgbImage> 
             "a contact sheet needs at least one subject".into(),
         ));
     }
-    // Refuse a sheet no machine should allocate before rendering anything.
+    // Refuse a sheet no machine should allocate before rendering anything,
+    // after the image size's own range (its message names the range).
     let side = config.image_size;
+    if !(32..=super::MAX_SIZE).contains(&side) {
+        return Err(Error::Config(format!(
+            "synthetic images must be 32 to {} px, got {side} px",
+            super::MAX_SIZE
+        )));
+    }
     let gap = 4;
     let width = (config.images_per_subject() as u64)
         .saturating_mul(u64::from(side) + gap)
