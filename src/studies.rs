@@ -74,9 +74,9 @@ fn own_settings(mut cfg: ExperimentConfig) -> ExperimentConfig {
 /// `cfg` without the settings that shape how a run is carried out but not
 /// the report it ends with: how many rolling checkpoints it keeps, how
 /// often it checkpoints between evaluations, and how many images an
-/// evaluation batch holds.
+/// evaluation batch holds (and, for plain CLIP, the MoE placement).
 fn report_settings(cfg: &ExperimentConfig) -> ExperimentConfig {
-    let mut cfg = cfg.clone();
+    let mut cfg = own_settings(cfg.clone());
     cfg.training.keep_last = 1;
     cfg.training.checkpoint_every = None;
     cfg.loader.eval_batch_size = 1;
@@ -284,8 +284,8 @@ fn finished_report(run: &RunDir, name: &str, cfg: &ExperimentConfig) -> Result<O
             ),
         ));
     }
+    check_lists(run, name, cfg, moved)?;
     if moved {
-        check_moved_lists(run, name, cfg)?;
         crate::runtime::say(&format!(
             "note: the data of the finished {name} run moved from {} to {}; its lists hold \
              the entries and labels it was trained on (the images' contents are not compared)",
@@ -296,10 +296,12 @@ fn finished_report(run: &RunDir, name: &str, cfg: &ExperimentConfig) -> Result<O
     Ok(Some(report))
 }
 
-/// Errors unless the lists of `cfg`, whose data moved since the finished
-/// `run`, hold the entries and labels its checkpoint recorded, as a resume
-/// checks them.
-fn check_moved_lists(run: &RunDir, name: &str, cfg: &ExperimentConfig) -> Result<()> {
+/// Errors unless the lists of `cfg` hold the entries and labels the
+/// finished `run`'s checkpoint recorded, as a resume checks them (lists
+/// edited in place would otherwise tabulate a run on other data). A run
+/// from before checkpoints recorded their lists passes, unless its data
+/// `moved`: that cannot be checked.
+fn check_lists(run: &RunDir, name: &str, cfg: &ExperimentConfig, moved: bool) -> Result<()> {
     let checkpoint = match run.best_checkpoint() {
         best if best.is_file() => Some(best),
         _ => run.latest_checkpoint()?,
@@ -309,6 +311,9 @@ fn check_moved_lists(run: &RunDir, name: &str, cfg: &ExperimentConfig) -> Result
         None => None,
     };
     let Some(recorded) = recorded else {
+        if !moved {
+            return Ok(());
+        }
         return Err(Error::config(
             "--data",
             format!(
@@ -344,14 +349,20 @@ fn check_moved_lists(run: &RunDir, name: &str, cfg: &ExperimentConfig) -> Result
 }
 
 /// Makes, for every variant still to train, the checks of its start that
-/// differ between variants (its settings, its model, its directory), so a
+/// differ between variants (its settings, its model, its directory, an
+/// interrupted one's saved settings), so a
 /// bad setting of a later variant (`--moe-layers 99`) stops the study
 /// before the first variant trains, not hours in.
 fn check_variants(to_train: &[(&ExperimentConfig, &RunDir)]) -> Result<()> {
     let mut built: Vec<&ModelConfig> = Vec::new();
     for &(cfg, run) in to_train {
         cfg.validate()?;
-        crate::trainer::check_output(run, cfg, run.config().is_file())?;
+        let resume = run.config().is_file();
+        crate::trainer::check_output(run, cfg, resume)?;
+        // An interrupted variant resumes only with its own settings.
+        if resume {
+            crate::trainer::check_saved_settings(run, cfg)?;
+        }
         if !built.contains(&&cfg.model) {
             // Building the model checks the MoE placement against the
             // tower, the experts and slots, and pretrained weights against
@@ -369,8 +380,10 @@ fn check_variants(to_train: &[(&ExperimentConfig, &RunDir)]) -> Result<()> {
 /// `out/table.md`, headed by [`Study::heading`]. Everything that would stop
 /// the study is checked before the first variant trains: `out` (not a
 /// file, not the data root, no `table.md` but this study's), every finished
-/// variant's settings (see [`finished_report`]), and every other variant's
-/// settings, model and directory.
+/// variant's settings and lists (see [`finished_report`]), and every other
+/// variant's settings, model, directory and, for an interrupted one, its
+/// saved settings. What only a resume's checkpoint can tell (its lists,
+/// its world size) is checked when that variant starts.
 pub fn run(
     study: Study,
     base: &ExperimentConfig,

@@ -1355,28 +1355,8 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
     let exists = holds_run(run)?;
     std::fs::create_dir_all(run.root()).map_err(|e| Error::io("creating", run.root(), e))?;
     let lock = lock_run(run)?;
-    // A damaged config.json of a run with a checkpoint is left to the
-    // checkpoint's own record of the experiment, which the resume checks.
-    let left_to_checkpoint = matches!(config_file(run), Ok(ConfigFile::Damaged(_)))
-        && !run.step_checkpoints()?.is_empty();
-    if exists && run.config().is_file() && !left_to_checkpoint {
-        let saved = ExperimentConfig::from_file(&run.config())?;
-        let mut differ = differing_sections(&saved, cfg);
-        // Data that moved is for the checkpoint's record to judge.
-        if data_moved(&saved, cfg) {
-            differ.retain(|section| *section != "data");
-        }
-        if !differ.is_empty() {
-            return Err(Error::config(
-                "--resume",
-                format!(
-                    "the run in {} was started with other settings (differs in: {}); resume \
-                     it with the same flags",
-                    run.root().display(),
-                    differ.join(", ")
-                ),
-            ));
-        }
+    if exists {
+        check_saved_settings(run, cfg)?;
     }
     // Under the lock: a temporary is a write a killed process left (even
     // before the run recorded anything, such as a first checkpoint).
@@ -1388,6 +1368,36 @@ fn prepare_output(run: &RunDir, cfg: &ExperimentConfig, resume: bool) -> Result<
         crate::evaluator::write_text(&run.config(), &cfg.to_json())?;
     }
     Ok(lock)
+}
+
+/// Errors when the run in `run` (one that exists) was started with settings
+/// a resume may not change ([`differing_sections`]; data that moved is for
+/// the checkpoint's record to judge). A damaged `config.json` of a run with
+/// a checkpoint is left to the checkpoint's own record of the experiment,
+/// which the resume checks.
+pub(crate) fn check_saved_settings(run: &RunDir, cfg: &ExperimentConfig) -> Result<()> {
+    let left_to_checkpoint = matches!(config_file(run), Ok(ConfigFile::Damaged(_)))
+        && !run.step_checkpoints()?.is_empty();
+    if !run.config().is_file() || left_to_checkpoint {
+        return Ok(());
+    }
+    let saved = ExperimentConfig::from_file(&run.config())?;
+    let mut differ = differing_sections(&saved, cfg);
+    if data_moved(&saved, cfg) {
+        differ.retain(|section| *section != "data");
+    }
+    if !differ.is_empty() {
+        return Err(Error::config(
+            "--resume",
+            format!(
+                "the run in {} was started with other settings (differs in: {}); resume \
+                 it with the same flags",
+                run.root().display(),
+                differ.join(", ")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The refusals of [`prepare_output`], which write nothing: a file, the

@@ -206,3 +206,50 @@ fn finished_variants_are_reused_where_a_resume_allows() -> Result<()> {
     );
     Ok(())
 }
+
+/// A finished variant's lists are compared with its checkpoint's record
+/// even where the data did not move: a list edited in place is other data.
+#[test]
+fn a_list_edited_in_place_is_not_the_finished_variants_data() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = base(dir.path());
+    let out = dir.path().join("study");
+    run(Study::Moe, &base, &out, &cpu())?;
+    let list = base
+        .data
+        .root
+        .join("UniAttackData/protocol/UniAttackData@p1_image_test.txt");
+    let listed = std::fs::read_to_string(&list)?;
+    let mut lines: Vec<&str> = listed.lines().collect();
+    lines.pop();
+    std::fs::write(&list, lines.join("\n") + "\n")?;
+    let err = error_of(run(Study::Moe, &base, &out, &cpu()));
+    assert!(
+        err.contains("test split") && err.contains("differs from the list the finished clip run"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// An interrupted variant started with other settings is refused before an
+/// earlier variant trains, not when its own turn comes.
+#[test]
+fn an_interrupted_variant_of_other_settings_is_refused_up_front() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = base(dir.path());
+    let out = dir.path().join("study");
+    run(Study::Moe, &base, &out, &cpu())?;
+    // soft-moe trains first on the next run; la-soft-moe was interrupted
+    // (no report yet) under the settings of the first run.
+    std::fs::remove_dir_all(out.join("soft-moe"))?;
+    std::fs::remove_file(out.join("la-soft-moe/report.json"))?;
+    let mut now = base.clone();
+    now.training.keep_last = 3;
+    let err = error_of(run(Study::Moe, &now, &out, &cpu()));
+    assert!(
+        err.contains("la-soft-moe was started with other settings"),
+        "{err}"
+    );
+    assert!(!trained_anything(&out.join("soft-moe")), "{err}");
+    Ok(())
+}
