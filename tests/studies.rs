@@ -45,6 +45,16 @@ fn trained_anything(out: &Path) -> bool {
     })
 }
 
+/// Removes the last entry of the P1 test list under `root`: other data.
+fn drop_last_test_entry(root: &Path) -> Result<()> {
+    let list = root.join("UniAttackData/protocol/UniAttackData@p1_image_test.txt");
+    let listed = std::fs::read_to_string(&list)?;
+    let mut lines: Vec<&str> = listed.lines().collect();
+    lines.pop();
+    std::fs::write(&list, lines.join("\n") + "\n")?;
+    Ok(())
+}
+
 /// A `table.md` run_studies did not write, or the other study's, is
 /// refused before anything trains, and left as it was.
 #[test]
@@ -194,11 +204,7 @@ fn finished_variants_are_reused_where_a_resume_allows() -> Result<()> {
     assert!(err.contains("training length"), "{err}");
 
     // The moved test list without its last entry is other data.
-    let list = moved.join("UniAttackData/protocol/UniAttackData@p1_image_test.txt");
-    let listed = std::fs::read_to_string(&list)?;
-    let mut lines: Vec<&str> = listed.lines().collect();
-    lines.pop();
-    std::fs::write(&list, lines.join("\n") + "\n")?;
+    drop_last_test_entry(&moved)?;
     let err = error_of(run(Study::Moe, &now, &out, &cpu()));
     assert!(
         err.contains("test split") && err.contains("differs from the list the finished clip run"),
@@ -215,14 +221,7 @@ fn a_list_edited_in_place_is_not_the_finished_variants_data() -> Result<()> {
     let base = base(dir.path());
     let out = dir.path().join("study");
     run(Study::Moe, &base, &out, &cpu())?;
-    let list = base
-        .data
-        .root
-        .join("UniAttackData/protocol/UniAttackData@p1_image_test.txt");
-    let listed = std::fs::read_to_string(&list)?;
-    let mut lines: Vec<&str> = listed.lines().collect();
-    lines.pop();
-    std::fs::write(&list, lines.join("\n") + "\n")?;
+    drop_last_test_entry(&base.data.root)?;
     let err = error_of(run(Study::Moe, &base, &out, &cpu()));
     assert!(
         err.contains("test split") && err.contains("differs from the list the finished clip run"),

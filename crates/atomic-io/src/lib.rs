@@ -488,6 +488,16 @@ mod tests {
         assert_eq!(mode(&path), mode(&fresh));
     }
 
+    /// Makes a FIFO (named pipe) at `path`.
+    #[cfg(unix)]
+    fn make_fifo(path: &Path) {
+        let status = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mkfifo {}", path.display());
+    }
+
     /// A FIFO, a socket or a directory at the path is refused and left as
     /// it was (a rename would have replaced it with a regular file).
     #[cfg(unix)]
@@ -496,11 +506,7 @@ mod tests {
         use std::os::unix::fs::FileTypeExt;
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("pipe");
-        let status = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        make_fifo(&fifo);
         let socket = dir.path().join("socket");
         let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
         let folder = dir.path().join("folder");
@@ -556,11 +562,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(made).unwrap(), "made");
 
         let fifo = dir.path().join("pipe");
-        let status = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        make_fifo(&fifo);
         let to_fifo = dir.path().join("to-fifo.json");
         std::os::unix::fs::symlink("pipe", &to_fifo).unwrap();
         let err = write_bytes(&to_fifo, b"x").unwrap_err().to_string();
