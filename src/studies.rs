@@ -213,14 +213,25 @@ fn check_study_dir(study: Study, base: &ExperimentConfig, out: &Path) -> Result<
     if std::fs::symlink_metadata(&table).is_err() {
         return Ok(());
     }
-    let first_line = atomic_io::read_regular_file(&table, MAX_TABLE_BYTES)
-        .ok()
-        .and_then(|bytes| {
-            String::from_utf8_lossy(&bytes)
-                .lines()
-                .next()
-                .map(str::to_string)
-        });
+    let bytes = match atomic_io::read_regular_file(&table, MAX_TABLE_BYTES) {
+        Ok(bytes) => bytes,
+        Err(atomic_io::ReadRefused::NotRegular(what)) => {
+            return Err(Error::config(
+                "--output",
+                format!(
+                    "{} is {what}, not a table run_studies wrote, and the study would replace \
+                     it: move it, or choose another --output",
+                    table.display()
+                ),
+            ))
+        }
+        // Unreadable or too large: not a table this tool wrote (below).
+        Err(_) => Vec::new(),
+    };
+    let first_line = String::from_utf8_lossy(&bytes)
+        .lines()
+        .next()
+        .map(str::to_string);
     let writer = [Study::Moe, Study::Prompts]
         .into_iter()
         .find(|s| first_line.as_deref() == Some(s.heading()));

@@ -68,6 +68,14 @@ fn a_table_of_another_writer_is_not_replaced() -> Result<()> {
     assert!(err.contains("was not written by run_studies"), "{err}");
     assert_eq!(std::fs::read_to_string(mine.join("table.md"))?, "MINE\n");
     assert!(!mine.join("clip").exists());
+    // A folder named table.md is said to be one.
+    let folder = dir.path().join("folder");
+    std::fs::create_dir_all(folder.join("table.md"))?;
+    let err = error_of(run(Study::Moe, &base, &folder, &cpu()));
+    assert!(
+        err.contains("table.md is a directory, not a table"),
+        "{err}"
+    );
 
     let out = dir.path().join("moe");
     let table = run(Study::Moe, &base, &out, &cpu())?;

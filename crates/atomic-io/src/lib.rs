@@ -179,6 +179,15 @@ fn write_target(path: &Path) -> Result<PathBuf, String> {
     // through, which `canonicalize` cannot resolve), up to the kernel's own
     // limit on a chain.
     for _ in 0..40 {
+        if is_descriptor_path(&target) {
+            return Err(format!(
+                "leads to {}, an open file descriptor (such as standard output), which a write \
+                 that replaces the file by renaming cannot reach: it would replace the file \
+                 behind it (a redirect's earlier lines) or create a stray one; give the path of \
+                 a file",
+                target.display()
+            ));
+        }
         let meta = match std::fs::symlink_metadata(&target) {
             Ok(meta) => meta,
             // Nothing there (or an unreadable parent, which the write reports).
@@ -218,6 +227,19 @@ fn write_target(path: &Path) -> Result<PathBuf, String> {
         };
     }
     Err("is a chain of more than 40 symbolic links (a loop?)".to_string())
+}
+
+/// Whether `path` names an open file descriptor: `/dev/fd/N`,
+/// `/dev/stdout` and the like lead to `/proc/<pid>/fd/N` (or
+/// `/proc/self/fd/N`), whose "link" is the open file itself (a pipe, a
+/// deleted file, a file opened for appending), not a path to rename onto.
+fn is_descriptor_path(path: &Path) -> bool {
+    let parts: Vec<_> = path.components().collect();
+    matches!(
+        parts.as_slice(),
+        [std::path::Component::RootDir, proc, _, fd, _]
+            if proc.as_os_str() == "proc" && fd.as_os_str() == "fd"
+    )
 }
 
 /// [`remove_dead_temporaries`] of `dir`, once per directory per process
@@ -570,6 +592,25 @@ mod tests {
             err.contains("is a symbolic link to a FIFO, not a regular file"),
             "{err}"
         );
+        // A link to an open descriptor of a regular file (`/dev/stdout`
+        // redirected to a log): refused, the log kept whole.
+        let log = dir.path().join("log.txt");
+        std::fs::write(&log, "earlier line\n").unwrap();
+        let open = std::fs::File::open(&log).unwrap();
+        let descriptor = {
+            use std::os::fd::AsRawFd;
+            format!("/proc/self/fd/{}", open.as_raw_fd())
+        };
+        let to_descriptor = dir.path().join("stdout");
+        std::os::unix::fs::symlink(&descriptor, &to_descriptor).unwrap();
+        for path in [Path::new(&descriptor), to_descriptor.as_path()] {
+            let err = write_bytes(path, b"x").unwrap_err().to_string();
+            assert!(err.contains("an open file descriptor"), "{err}");
+        }
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "earlier line\n");
+        drop(open);
+        std::fs::remove_file(&log).unwrap();
+        std::fs::remove_file(&to_descriptor).unwrap();
         let names = |p: &Path| {
             let mut names: Vec<_> = std::fs::read_dir(p)
                 .unwrap()
