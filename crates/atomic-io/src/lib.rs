@@ -66,11 +66,16 @@ fn temporary_dir(path: &Path) -> Option<PathBuf> {
 /// left behind only by a process killed mid-write. Nothing else matches,
 /// so a person's `.notes.tmp-draft` is never taken for one.
 pub fn is_temporary_name(name: &str) -> bool {
+    temporary_parts(name).is_some()
+}
+
+/// The target name and process id of a temporary's name
+/// (`.<name>.tmp-<pid>-<n>`), `None` for any other name.
+fn temporary_parts(name: &str) -> Option<(&str, &str)> {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    name.strip_prefix('.')
-        .and_then(|rest| rest.rsplit_once(".tmp-"))
-        .and_then(|(target, tail)| Some((target, tail.split_once('-')?)))
-        .is_some_and(|(target, (pid, call))| !target.is_empty() && digits(pid) && digits(call))
+    let (target, tail) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+    let (pid, call) = tail.split_once('-')?;
+    (!target.is_empty() && digits(pid) && digits(call)).then_some((target, pid))
 }
 
 /// Removes what a killed [`write_atomically`] left at `path` (a temporary
@@ -278,15 +283,10 @@ pub fn remove_dead_temporaries(dir: &Path) -> io::Result<usize> {
     for entry in std::fs::read_dir(dir)? {
         let Ok(entry) = entry else { continue };
         let name = entry.file_name();
-        let Some(name) = name.to_str().filter(|n| is_temporary_name(n)) else {
-            continue;
-        };
         let Some((target, pid)) = name
-            .strip_prefix('.')
-            .and_then(|rest| rest.rsplit_once(".tmp-"))
-            .and_then(|(target, tail)| {
-                Some((target, tail.split_once('-')?.0.parse::<u32>().ok()?))
-            })
+            .to_str()
+            .and_then(temporary_parts)
+            .and_then(|(target, pid)| Some((target, pid.parse::<u32>().ok()?)))
         else {
             continue;
         };
