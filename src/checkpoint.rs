@@ -186,6 +186,24 @@ impl ListDigest {
             checksum: sum.hex(),
         }
     }
+
+    /// How this list differs from `then`, the one a run recorded (`None`:
+    /// it does not), for messages.
+    pub fn change_since(&self, then: &ListDigest) -> Option<String> {
+        if self == then {
+            None
+        } else if self.samples == then.samples {
+            Some(format!(
+                "the same {} samples, other entries or labels",
+                self.samples
+            ))
+        } else {
+            Some(format!(
+                "{} samples then, {} now",
+                then.samples, self.samples
+            ))
+        }
+    }
 }
 
 /// The digests of a run's three lists.

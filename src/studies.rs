@@ -340,18 +340,15 @@ fn check_lists(run: &RunDir, name: &str, cfg: &ExperimentConfig, moved: bool) ->
         (Split::Test, recorded.test),
     ] {
         let now = crate::data::read_split(&cfg.data, split)?;
-        let digest = ListDigest::of(&now.samples);
-        if digest != then {
+        if let Some(change) = ListDigest::of(&now.samples).change_since(&then) {
             return Err(Error::Split {
                 split: split.name().to_string(),
                 source_name: now.source,
                 reason: format!(
-                    "differs from the list the finished {name} run in {} was trained on ({} \
-                     samples then, {} now, or other entries or labels); its row would not \
-                     belong in this table: give the data it was trained on, or another --output",
+                    "differs from the list the finished {name} run in {} was trained on \
+                     ({change}); its row would not belong in this table: give the data it was \
+                     trained on, or another --output",
                     run.root().display(),
-                    then.samples,
-                    digest.samples
                 ),
             });
         }

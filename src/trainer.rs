@@ -488,12 +488,7 @@ impl Trainer {
                 ("test", &saved.test, &self.lists.test),
             ];
             for ((split, then, now), file) in splits.into_iter().zip(&self.list_files) {
-                if then != now {
-                    let change = if then.samples == now.samples {
-                        format!("the same {} samples, other entries or labels", now.samples)
-                    } else {
-                        format!("{} samples then, {} now", then.samples, now.samples)
-                    };
+                if let Some(change) = now.change_since(then) {
                     return Err(Error::Split {
                         split: split.into(),
                         source_name: file.clone(),
