@@ -328,6 +328,15 @@ fn vertical_pass<const C: usize>(
 mod tests {
     use super::*;
 
+    fn rect(x: usize, y: usize, width: usize, height: usize) -> Rect {
+        Rect {
+            x,
+            y,
+            width,
+            height,
+        }
+    }
+
     #[test]
     fn identity_size_copies_window() {
         let data: Vec<u8> = (0..4 * 3 * 3).map(|v| v as u8).collect();
@@ -336,18 +345,8 @@ mod tests {
             width: 4,
             channels: 3,
         };
-        let full = Rect {
-            x: 0,
-            y: 0,
-            width: 4,
-            height: 3,
-        };
-        let window = Rect {
-            x: 1,
-            y: 1,
-            width: 2,
-            height: 2,
-        };
+        let full = rect(0, 0, 4, 3);
+        let window = rect(1, 1, 2, 2);
         let out = resize_bicubic(src, full, 4, 3, window);
         assert_eq!(out, [15, 16, 17, 18, 19, 20, 27, 28, 29, 30, 31, 32]);
     }
@@ -368,42 +367,17 @@ mod tests {
             width: 5,
             channels: 1,
         };
-        let region = Rect {
-            x: 0,
-            y: 0,
-            width: 5,
-            height: 2,
-        };
-        let all = Rect {
-            x: 0,
-            y: 0,
-            width: 4,
-            height: 3,
-        };
+        let region = rect(0, 0, 5, 2);
+        let all = rect(0, 0, 4, 3);
         assert_eq!(
             resize_nearest(src, region, 4, 3, all),
             [0, 1, 3, 4, 10, 11, 13, 14, 10, 11, 13, 14]
         );
-        let window = Rect {
-            x: 1,
-            y: 1,
-            width: 2,
-            height: 2,
-        };
+        let window = rect(1, 1, 2, 2);
         assert_eq!(resize_nearest(src, region, 4, 3, window), [11, 13, 11, 13]);
         // A region is cut out first: columns 1..5 of row 1 to 2x1.
-        let part = Rect {
-            x: 1,
-            y: 1,
-            width: 4,
-            height: 1,
-        };
-        let two = Rect {
-            x: 0,
-            y: 0,
-            width: 2,
-            height: 1,
-        };
+        let part = rect(1, 1, 4, 1);
+        let two = rect(0, 0, 2, 1);
         assert_eq!(resize_nearest(src, part, 2, 1, two), [12, 14]);
         // 2 -> 7 pixels: the fourth sample's running position is
         // 0.9999999999999999 (index 0), where (3 + 0.5) * 2/7 gives 1.0.
@@ -413,14 +387,8 @@ mod tests {
             width: 2,
             channels: 1,
         };
-        let line = |width| Rect {
-            x: 0,
-            y: 0,
-            width,
-            height: 1,
-        };
         assert_eq!(
-            resize_nearest(pair, line(2), 7, 1, line(7)),
+            resize_nearest(pair, rect(0, 0, 2, 1), 7, 1, rect(0, 0, 7, 1)),
             [0, 0, 0, 0, 1, 1, 1]
         );
     }
@@ -433,24 +401,8 @@ mod tests {
             width: 50,
             channels: 1,
         };
-        let region = Rect {
-            x: 0,
-            y: 0,
-            width: 50,
-            height: 30,
-        };
-        let out = resize_bicubic(
-            src,
-            region,
-            17,
-            9,
-            Rect {
-                x: 0,
-                y: 0,
-                width: 17,
-                height: 9,
-            },
-        );
+        let region = rect(0, 0, 50, 30);
+        let out = resize_bicubic(src, region, 17, 9, rect(0, 0, 17, 9));
         assert!(out.iter().all(|&v| v == 200));
     }
 }
