@@ -264,6 +264,23 @@ fn sweep_once(dir: &Path) {
     }
 }
 
+/// Whether `/proc/<pid>/stat` gives the process's state as zombie (`Z`) or
+/// dead (`X`): it has exited and will write nothing more, though its id is
+/// still taken. The state is the first field after the command name's
+/// closing parenthesis (the name itself may hold spaces and parentheses).
+/// `false` where `/proc` cannot tell (not Linux, or no such file).
+#[cfg(unix)]
+fn has_exited(pid: libc::pid_t) -> bool {
+    std::fs::read(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let after_name = stat
+            .iter()
+            .rposition(|&b| b == b')')
+            .map(|at| &stat[at + 1..]);
+        let state = after_name.and_then(|rest| rest.iter().find(|b| !b.is_ascii_whitespace()));
+        matches!(state, Some(b'Z' | b'X'))
+    })
+}
+
 /// Removes the temporaries of [`write_atomically`] in `dir` that a process
 /// killed mid-write left: a directory named `.<name>.tmp-<pid>-<n>` whose
 /// process is gone (no process `<pid>` runs) and that holds only what a
@@ -319,8 +336,11 @@ fn holds_only_a_write(dir: &Path, target: &str) -> bool {
         })
 }
 
-/// Whether no process with id `pid` exists (Unix: `kill(pid, 0)` says no
-/// such process); `false` wherever that cannot be told.
+/// Whether no process with id `pid` runs any more: `kill(pid, 0)` says no
+/// such process, or (Linux) `/proc/<pid>/stat` says it has exited and only
+/// waits to be reaped (a zombie: a writer killed by `timeout -s KILL` stays
+/// one until its parent waits, and writes nothing more). `false` wherever
+/// that cannot be told.
 fn process_is_gone(pid: u32) -> bool {
     #[cfg(unix)]
     {
@@ -336,7 +356,10 @@ fn process_is_gone(pid: u32) -> bool {
         // SAFETY: signal 0 sends nothing; it only checks that the process
         // exists and may be signalled.
         let status = unsafe { libc::kill(pid, 0) };
-        status != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        if status != 0 {
+            return io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        }
+        has_exited(pid)
     }
     #[cfg(not(unix))]
     {
@@ -674,6 +697,37 @@ mod tests {
             std::fs::read_to_string(dir.path().join("out.png")).unwrap(),
             "whole"
         );
+    }
+
+    /// A writer that was killed but not yet reaped by its parent (a
+    /// zombie, as `timeout -s KILL` leaves one for a moment) writes
+    /// nothing more: its temporary is removed though its id is taken.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn temporaries_of_unreaped_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not waited for: it stays a zombie until `wait` below.
+        let stat = format!("/proc/{pid}/stat");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !std::fs::read_to_string(&stat)
+            .unwrap()
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        {
+            assert!(std::time::Instant::now() < deadline, "{pid} never exited");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let temporary = dir.path().join(format!(".out.png.tmp-{pid}-0"));
+        std::fs::create_dir(&temporary).unwrap();
+        std::fs::write(temporary.join("out.png"), "half").unwrap();
+
+        let removed = remove_dead_temporaries(dir.path()).unwrap();
+        child.wait().unwrap();
+        assert_eq!(removed, 1);
+        assert!(!temporary.exists());
     }
 
     #[test]
