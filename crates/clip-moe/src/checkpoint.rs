@@ -76,6 +76,10 @@ impl WeightsFile {
             message: e.to_string(),
         };
         if pickle {
+            // candle's reader copies memo entries where Python shares them:
+            // a small hostile file would exhaust memory (an abort, not an
+            // error) before it returned.
+            crate::pickle_guard::check_expansion(path)?;
             // candle's pickle reader indexes into what the file declares
             // and can panic on a malformed one: an error here, not an abort.
             let opened =

@@ -62,6 +62,7 @@ pub mod loss;
 mod model;
 mod moe_file;
 mod moe_placement;
+mod pickle_guard;
 mod prompts;
 mod text;
 mod tokenizer;

@@ -70,6 +70,24 @@ fn a_malformed_pickle_is_an_error_not_a_crash() {
     assert!(err.contains("malformed_pickle"), "{err}");
 }
 
+/// A pickle of 538 bytes whose lists each hold the one before twice
+/// (`scripts/clip_moe/gen_pickle_bomb.py`): candle's reader copies where
+/// Python shares and would need 2^40 copies. Refused with an error naming
+/// the file, in well under a second, before candle's reader runs.
+#[test]
+fn a_pickle_that_would_exhaust_memory_is_refused() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/pickle_bomb")
+        .join(LEGACY_WEIGHTS_FILE);
+    let err = match load_model(&fixture_config(), &path, &Device::Cpu, false) {
+        Ok(_) => panic!("the pickle bomb loaded"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("pickle_bomb"), "{err}");
+    assert!(err.contains("archive/data.pkl"), "{err}");
+    assert!(err.contains("makes a reader copy more than"), "{err}");
+}
+
 #[test]
 fn directory_with_only_the_pickle_resolves_to_it() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
