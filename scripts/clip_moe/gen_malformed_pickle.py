@@ -15,7 +15,8 @@ import io
 import pathlib
 import pickletools
 import struct
-import zipfile
+
+from pickle_zip import write_pickle_zip
 
 OUT = pathlib.Path(__file__).resolve().parents[2] / (
     "crates/clip-moe/tests/fixtures/malformed_pickle/pytorch_model.bin"
@@ -37,14 +38,7 @@ def main():
     ]
     pickle = b"".join(ops)
     pickletools.dis(io.BytesIO(pickle))  # valid pickle, or this raises
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        # A fixed timestamp: the same bytes on every run.
-        info = zipfile.ZipInfo("archive/data.pkl", date_time=(2026, 1, 1, 0, 0, 0))
-        archive.writestr(info, pickle)
-    OUT.write_bytes(buffer.getvalue())
-    print(f"wrote {OUT} ({len(buffer.getvalue())} bytes)")
+    write_pickle_zip(OUT, pickle)
 
 
 if __name__ == "__main__":

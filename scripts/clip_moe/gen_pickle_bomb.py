@@ -15,7 +15,8 @@ import io
 import pathlib
 import pickle
 import pickletools
-import zipfile
+
+from pickle_zip import write_pickle_zip
 
 OUT = pathlib.Path(__file__).resolve().parents[2] / (
     "crates/clip-moe/tests/fixtures/pickle_bomb/pytorch_model.bin"
@@ -37,14 +38,7 @@ def main():
     assert len(lists) == ROUNDS + 1 and lists[0] == []
     for inner, outer in zip(lists, lists[1:]):
         assert len(outer) == 2 and outer[0] is inner and outer[1] is inner
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        # A fixed timestamp: the same bytes on every run.
-        info = zipfile.ZipInfo("archive/data.pkl", date_time=(2026, 1, 1, 0, 0, 0))
-        archive.writestr(info, data)
-    OUT.write_bytes(buffer.getvalue())
-    print(f"wrote {OUT} ({len(buffer.getvalue())} bytes)")
+    write_pickle_zip(OUT, data)
 
 
 if __name__ == "__main__":

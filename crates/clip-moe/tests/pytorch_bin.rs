@@ -60,10 +60,7 @@ fn a_corrupt_pickle_is_an_error_naming_the_file() -> anyhow::Result<()> {
 /// naming the file, not a crash of the reader.
 #[test]
 fn a_malformed_pickle_is_an_error_not_a_crash() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/malformed_pickle")
-        .join(LEGACY_WEIGHTS_FILE);
-    let err = match load_model(&fixture_config(), &path, &Device::Cpu, false) {
+    let err = match load_fixture_pickle("malformed_pickle") {
         Ok(_) => panic!("a malformed pickle loaded"),
         Err(err) => err.to_string(),
     };
@@ -76,16 +73,22 @@ fn a_malformed_pickle_is_an_error_not_a_crash() {
 /// the file, in well under a second, before candle's reader runs.
 #[test]
 fn a_pickle_that_would_exhaust_memory_is_refused() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/pickle_bomb")
-        .join(LEGACY_WEIGHTS_FILE);
-    let err = match load_model(&fixture_config(), &path, &Device::Cpu, false) {
+    let err = match load_fixture_pickle("pickle_bomb") {
         Ok(_) => panic!("the pickle bomb loaded"),
         Err(err) => err.to_string(),
     };
     assert!(err.contains("pickle_bomb"), "{err}");
     assert!(err.contains("archive/data.pkl"), "{err}");
     assert!(err.contains("makes a reader copy more than"), "{err}");
+}
+
+/// Loads `tests/fixtures/<name>/pytorch_model.bin` into the fixture's model.
+fn load_fixture_pickle(name: &str) -> clip_moe::Result<clip_moe::checkpoint::LoadedModel> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .join(LEGACY_WEIGHTS_FILE);
+    load_model(&fixture_config(), &path, &Device::Cpu, false)
 }
 
 #[test]
