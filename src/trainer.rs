@@ -688,7 +688,10 @@ impl Trainer {
             // collective it does not make.
             sync.0.all_reduce_mean(&mut grads)?;
             if let Some(Some(mean)) = grads.pop() {
-                let mean = mean.to_vec1::<f32>()?;
+                // A view into the all-reduced buffer of every gradient: read
+                // as it is, candle would copy that whole buffer (all the
+                // model's gradients) from the GPU to read these two values.
+                let mean = mean.force_contiguous()?.to_vec1::<f32>()?;
                 loss = mean[0] as f64;
                 images = (mean[1] * sync.0.world_size() as f32).round() as usize;
             }
@@ -803,16 +806,36 @@ impl Trainer {
     /// The global gradient norm; errors naming the first non-finite
     /// gradient; scales the gradients as `torch.nn.utils.clip_grad_norm_`
     /// when clipping is on.
+    ///
+    /// Each gradient's sum of squares stays on the device, and all of them
+    /// come back in one read: a read per parameter would wait for the GPU
+    /// some 200 times a step. The sums are over flattened gradients: a
+    /// scalar parameter's (`logit_scale`, the routers' `scale`) would be a
+    /// reduction over no dimension, which candle's CUDA backend launches
+    /// with an empty (zero-byte) shape buffer.
     fn clip_gradients(&self, grads: &mut [Option<Tensor>], step: u64) -> Result<f64> {
-        let mut sum_sq = 0.0f64;
+        let mut names = Vec::new();
+        let mut sums = Vec::new();
         for (grad, (name, _)) in grads.iter().zip(self.adam.vars()) {
             let Some(grad) = grad else { continue };
-            let sq = f64::from(
+            names.push(name);
+            sums.push(
                 grad.to_dtype(DType::F32)?
+                    .flatten_all()?
                     .sqr()?
-                    .sum_all()?
-                    .to_scalar::<f32>()?,
+                    .sum_keepdim(0)?,
             );
+        }
+        let sums = if sums.is_empty() {
+            Vec::new()
+        } else {
+            Tensor::cat(&sums, 0)?
+                .to_device(&Device::Cpu)?
+                .to_vec1::<f32>()?
+        };
+        let mut sum_sq = 0.0f64;
+        for (name, sq) in names.into_iter().zip(sums) {
+            let sq = f64::from(sq);
             if !sq.is_finite() {
                 return Err(Error::NonFinite {
                     step,
