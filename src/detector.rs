@@ -32,6 +32,8 @@ pub struct Detector {
     /// `(2, projection_dim)` L2-normalised prompt embeddings, rows live, fake.
     class_embeddings: Tensor,
     transform: ClipTransform,
+    /// On CUDA, whether F32 matmuls use TF32 while this detector scores.
+    tf32: bool,
 }
 
 /// Detached (untracked) views of every variable in `varmap`, by name.
@@ -66,13 +68,33 @@ impl Detector {
     /// A detector over `model` (built on untracked weights, see
     /// [`inference_model`]) with the given `(2, projection_dim)` class
     /// embeddings.
+    /// F32 matmuls run in full F32 (PyTorch's default for inference); see
+    /// [`Detector::with_tf32`].
     pub fn new(model: ClipModel, class_embeddings: Tensor) -> Self {
         let transform = transform(model.config().vision_config.image_size);
         Self {
             model,
             class_embeddings: class_embeddings.detach(),
             transform,
+            tf32: false,
         }
+    }
+
+    /// On CUDA, lets the F32 matmuls of scoring use TF32 (candle's
+    /// `set_gemm_reduced_precision_f32`, a process-wide switch that is set
+    /// for each scoring call and restored after it). A run trained with
+    /// TF32 is evaluated with it, during training and afterwards
+    /// ([`Detector::from_checkpoint`] takes the run's setting), so its
+    /// checkpoint's dev threshold meets the scores it was chosen on. No
+    /// effect on the CPU.
+    pub fn with_tf32(mut self, tf32: bool) -> Self {
+        self.tf32 = tf32;
+        self
+    }
+
+    /// Whether scoring on CUDA uses TF32 matmuls.
+    pub fn tf32(&self) -> bool {
+        self.tf32
     }
 
     /// The detector a checkpoint holds: its weights, model configuration and
@@ -97,7 +119,8 @@ impl Detector {
                 ),
             ));
         }
-        Ok(Self::new(model, embeddings.to_dtype(DType::F32)?))
+        Ok(Self::new(model, embeddings.to_dtype(DType::F32)?)
+            .with_tf32(checkpoint.meta.experiment.model.tf32))
     }
 
     /// The transform images go through (CLIP's, at the model's image size).
@@ -123,6 +146,7 @@ impl Detector {
     /// `(batch, 2)` prompt logits (columns live, fake) of preprocessed
     /// `(batch, 3, S, S)` pixels.
     pub fn logits(&self, pixels: &Tensor) -> Result<Tensor> {
+        let _precision = MatmulPrecision::set(self.device(), self.tf32);
         let pixels = pixels.to_device(self.device())?;
         let embeds = l2_normalize(&self.model.image_features(&pixels)?)?;
         Ok(self
@@ -155,5 +179,34 @@ impl Detector {
         }
         let pixels = Tensor::from_vec(pixels, (images.len(), 3, size, size), &Device::Cpu)?;
         self.attack_probabilities(&pixels)
+    }
+}
+
+/// Sets candle's process-wide TF32 switch for F32 matmuls on CUDA while it
+/// lives, and puts back the previous setting when dropped (the training
+/// steps' own setting, around an evaluation during training). Nothing on
+/// other devices.
+struct MatmulPrecision {
+    previous: Option<bool>,
+}
+
+impl MatmulPrecision {
+    fn set(device: &Device, tf32: bool) -> Self {
+        if !device.is_cuda() {
+            return Self { previous: None };
+        }
+        let previous = candle_core::cuda::gemm_reduced_precision_f32();
+        candle_core::cuda::set_gemm_reduced_precision_f32(tf32);
+        Self {
+            previous: Some(previous),
+        }
+    }
+}
+
+impl Drop for MatmulPrecision {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous {
+            candle_core::cuda::set_gemm_reduced_precision_f32(previous);
+        }
     }
 }

@@ -889,7 +889,7 @@ impl Trainer {
             &self.cfg.prompts.templates,
             &self.device,
         )?;
-        Ok(Detector::new(model, embeddings))
+        Ok(Detector::new(model, embeddings).with_tf32(self.cfg.model.tf32))
     }
 
     /// Scores dev (and test), updates the best checkpoint, writes the step

@@ -6,7 +6,8 @@
 # the device, from the repository root:
 #   OUT=/some/dir scripts/device/gpu_checks.sh
 # runs the CUDA parity tests, a few steps of the demo on CUDA in F32 and
-# BF16, the training step of ViT-B/16 + La-SoftMoE at batch 32 through the
+# BF16 (and eval_uniattack on the F32 run, whose scores must equal the
+# training's final evaluation's byte for byte), the training step of ViT-B/16 + La-SoftMoE at batch 32 through the
 # real train_uniattack binary against PyTorch's step (TF32 on both; BF16
 # against autocast), then the candle CUDA benches side by side with PyTorch
 # (and transformers) on the same GPU, and writes logs under $OUT.
@@ -104,6 +105,21 @@ if [ "${DEMO:-1}" = 1 ]; then
     echo "== the demo on CUDA (40 steps), F32 and BF16"
     demo f32
     demo bf16
+    # eval_uniattack scores the best checkpoint as training's final
+    # evaluation did (with the run's TF32 setting): the same scores, byte
+    # for byte, or the checkpoint's dev threshold would meet other numbers.
+    if [ -f "$OUT/demo-f32/report.json" ]; then
+        timeout 120 "$BIN/eval_uniattack" --device cuda --checkpoint "$OUT/demo-f32" \
+            --output "$OUT/demo-f32-eval" >"$OUT/demo-f32-eval.log" 2>&1 || status=1
+        for split in dev test; do
+            if cmp -s "$OUT/demo-f32/scores/$split.txt" "$OUT/demo-f32-eval/scores/$split.txt"; then
+                echo "eval_uniattack: $split scores identical to training's"
+            else
+                echo "eval_uniattack: $split scores DIFFER from training's"
+                status=1
+            fi
+        done
+    fi
 fi
 
 if [ "${STEP_BENCH:-1}" = 1 ]; then
