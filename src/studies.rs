@@ -71,18 +71,6 @@ fn own_settings(mut cfg: ExperimentConfig) -> ExperimentConfig {
     cfg
 }
 
-/// `cfg` without the settings that shape how a run is carried out but not
-/// the report it ends with: how many rolling checkpoints it keeps, how
-/// often it checkpoints between evaluations, and how many images an
-/// evaluation batch holds (and, for plain CLIP, the MoE placement).
-fn report_settings(cfg: &ExperimentConfig) -> ExperimentConfig {
-    let mut cfg = own_settings(cfg.clone());
-    cfg.training.keep_last = 1;
-    cfg.training.checkpoint_every = None;
-    cfg.loader.eval_batch_size = 1;
-    cfg
-}
-
 /// The variants of `study`, named, each `base` with one setting changed.
 pub fn variants(study: Study, base: &ExperimentConfig) -> Vec<(String, ExperimentConfig)> {
     match study {
@@ -263,8 +251,9 @@ fn check_study_dir(study: Study, base: &ExperimentConfig, out: &Path) -> Result<
 /// The report of `run` when it is a finished run of `cfg` (`None` when it
 /// is not finished). A finished run of other settings is an error: its row
 /// would not belong in the table. Its settings may differ where a resume
-/// allows (its data moved, its lists the same) and in those that do not
-/// change a finished run's report ([`report_settings`]), not in its length.
+/// allows (its data moved, its lists the same; its rolling checkpoints and
+/// evaluation batch size, which its weights do not depend on) and, for
+/// plain CLIP, in the MoE placement; not in its length.
 fn finished_report(run: &RunDir, name: &str, cfg: &ExperimentConfig) -> Result<Option<EvalReport>> {
     let Some(report) = std::fs::read_to_string(run.report())
         .ok()
@@ -273,7 +262,7 @@ fn finished_report(run: &RunDir, name: &str, cfg: &ExperimentConfig) -> Result<O
         return Ok(None);
     };
     let saved = own_settings(ExperimentConfig::from_file(&run.config())?);
-    let mut differ = differing_sections(&report_settings(&saved), &report_settings(cfg));
+    let mut differ = differing_sections(&saved, &own_settings(cfg.clone()));
     // Unlike a resumed run, a reused one must have run as long.
     if saved.training.epochs != cfg.training.epochs
         || saved.training.max_steps != cfg.training.max_steps

@@ -100,14 +100,21 @@ pub struct Trainer {
 }
 
 /// Settings a resumed run may change: how long it trains, how many threads
-/// decode, and how often it logs. Everything else must match the
-/// checkpoint; where the data is, as [`data_moved`] allows.
+/// decode, how often it logs, and what none of its weights depend on: how
+/// many rolling checkpoints it keeps and how often it writes one between
+/// evaluations (a disk filling up, a machine that is preempted), and how
+/// many images an evaluation batch holds (an evaluation that ran out of
+/// GPU memory). Everything else must match the checkpoint; where the data
+/// is, as [`data_moved`] allows.
 fn comparable(cfg: &ExperimentConfig) -> ExperimentConfig {
     let mut cfg = cfg.clone();
     cfg.training.epochs = 0;
     cfg.training.max_steps = None;
     cfg.training.log_every = 1;
+    cfg.training.keep_last = 1;
+    cfg.training.checkpoint_every = None;
     cfg.loader.workers = 0;
+    cfg.loader.eval_batch_size = 1;
     cfg
 }
 

@@ -612,6 +612,54 @@ fn a_shortened_resume_evaluates_its_last_step_or_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// A resume may change what no weight depends on: the rolling checkpoints
+/// kept, how often one is written between evaluations, and the evaluation
+/// batch size (an evaluation that ran out of GPU memory). The resumed run
+/// ends with the weights of one never stopped, keeps the new number of
+/// checkpoints, and records the new settings.
+#[test]
+fn a_resume_may_change_checkpointing_and_the_evaluation_batch() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut cfg, out) = common::one_epoch(dir.path());
+    cfg.training.epochs = 2;
+    // A constant schedule may change length (the first part stops early).
+    cfg.schedule.decay = Decay::Constant;
+    let whole = dir.path().join("whole");
+    Trainer::new(cfg.clone(), common::options(&whole, false))?.train()?;
+
+    let mut first = cfg.clone();
+    first.training.max_steps = Some(2);
+    Trainer::new(first, common::options(&out, false))?.train()?;
+    let mut resumed = cfg.clone();
+    resumed.training.keep_last = 1;
+    resumed.training.checkpoint_every = Some(1);
+    resumed.loader.eval_batch_size = 5;
+    Trainer::new(resumed.clone(), common::options(&out, true))?.train()?;
+
+    let steps: Vec<_> = std::fs::read_dir(out.join("checkpoints"))?
+        .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|name| name.as_ref().map_or(true, |n| n.starts_with("step-")))
+        .collect::<std::io::Result<_>>()?;
+    assert_eq!(steps, ["step-0000000004.safetensors"]);
+    let saved = uniattack::ExperimentConfig::from_file(&out.join("config.json"))?;
+    assert_eq!(saved, resumed);
+    let weights = |run: &std::path::Path| -> Result<Vec<(String, Vec<f32>)>> {
+        let last = uniattack::checkpoint::read_checkpoint(
+            &run.join("checkpoints/step-0000000004.safetensors"),
+        )?;
+        let mut tensors = Vec::new();
+        for (name, tensor) in last.tensors {
+            tensors.push((name, tensor.flatten_all()?.to_vec1::<f32>()?));
+        }
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(tensors)
+    };
+    let (got, want) = (weights(&out)?, weights(&whole)?);
+    assert!(!got.is_empty());
+    assert_eq!(got, want);
+    Ok(())
+}
+
 /// A write a killed process left in a directory that holds no run yet (a
 /// first checkpoint) is removed when a run starts there.
 #[test]

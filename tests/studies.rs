@@ -250,8 +250,10 @@ fn an_interrupted_variant_of_other_settings_is_refused_up_front() -> Result<()> 
     // (no report yet) under the settings of the first run.
     std::fs::remove_dir_all(out.join("soft-moe"))?;
     std::fs::remove_file(out.join("la-soft-moe/report.json"))?;
+    // Wider experts: plain CLIP's finished run stays reusable (it has no
+    // branch), the interrupted la-soft-moe's settings differ.
     let mut now = base.clone();
-    now.training.keep_last = 3;
+    now.model.moe.expert_hidden_dim = Some(now.model.moe.expert_hidden_dim.unwrap_or(64) * 2);
     let err = error_of(run(Study::Moe, &now, &out, &cpu()));
     assert!(
         err.contains("la-soft-moe was started with other settings"),
