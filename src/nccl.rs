@@ -26,8 +26,12 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use crate::distributed::GradientSync;
 use crate::error::{Error, Result};
 
-/// An NCCL communicator, used by one thread at a time.
-struct CommCell(Comm);
+/// An NCCL communicator, used by one thread at a time. Never dropped:
+/// cudarc's `Drop` for `Comm` aborts the communicator and panics when that
+/// fails (after a CUDA error, the likely moment), which would end the
+/// process before it prints the error that stopped the run. The process
+/// exits right after its communicator's last use, and exit frees it.
+struct CommCell(std::mem::ManuallyDrop<Comm>);
 
 // SAFETY: NCCL allows a communicator to be used from any thread as long as
 // calls on it do not overlap; every use goes through the `Mutex` below.
@@ -73,6 +77,15 @@ impl NcclGroup {
                 format!("rank {rank} is outside a world of {world}"),
             ));
         }
+        // Non-blocking communicators launch from NCCL's own thread, whose
+        // per-thread stream is not the one candle computes on: the
+        // all-reduce would no longer be ordered with the step's kernels.
+        if std::env::var_os("NCCL_COMM_BLOCKING").is_some_and(|v| v == "0") {
+            return Err(Error::config(
+                "NCCL_COMM_BLOCKING",
+                "0 (non-blocking communicators) is not supported: unset it",
+            ));
+        }
         let id = if rank == 0 {
             let id = Id::new().map_err(|e| nccl_error("cannot create the NCCL id", e))?;
             let bytes: Vec<u8> = id.internal().iter().map(|&c| c as u8).collect();
@@ -104,8 +117,15 @@ impl NcclGroup {
         };
         let comm = Comm::from_rank(cuda.cuda_stream(), rank, world, id)
             .map_err(|e| nccl_error("cannot join the NCCL group", e))?;
+        if rank == 0 {
+            // Joining returns once every rank joined, so each has read the
+            // id. A file left behind would hand this group's id to the
+            // ranks of a later run started by hand, which would then wait
+            // for a group that is gone.
+            let _ = std::fs::remove_file(id_file);
+        }
         Ok(Self {
-            comm: Arc::new(Mutex::new(CommCell(comm))),
+            comm: Arc::new(Mutex::new(CommCell(std::mem::ManuallyDrop::new(comm)))),
             rank,
             world,
         })

@@ -265,6 +265,13 @@ impl Trainer {
         if world > 1 {
             loader_config.batch_size *= world;
             loader_config.shard = Some((rank, world));
+            // One decoding thread per core is for a single process: the
+            // ranks of one machine share its cores. (The data order does
+            // not depend on the thread count.)
+            if loader_config.workers == 0 {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                loader_config.workers = (cores / world).max(1);
+            }
         }
         let loader = Loader::new(train.samples.clone(), loader_config)?;
         let batches_per_epoch = loader.batches_per_epoch();

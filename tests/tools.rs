@@ -896,6 +896,34 @@ fn flags_that_would_do_nothing_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// A build without NCCL refuses `--gpus 2` before the launcher fetches the
+/// model for its ranks: no download (here: an attempt at a hub that cannot
+/// be reached) for a run that cannot start.
+#[cfg(not(feature = "nccl"))]
+#[test]
+fn gpus_without_nccl_are_refused_before_the_model_is_fetched() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = common::dataset(&dir.path().join("data"));
+    let out = dir.path().join("run");
+    let args = TrainArgs::try_parse_from([
+        "train_uniattack",
+        "--data",
+        data.to_str().unwrap(),
+        "--protocol",
+        "p1",
+        "--model",
+        "nobody-here/no-such-model",
+        "--gpus",
+        "2",
+        "--output",
+        out.to_str().unwrap(),
+    ])?;
+    let err = uniattack::cli::train::run(&args).unwrap_err().to_string();
+    assert!(err.contains("--features nccl"), "{err}");
+    assert!(!out.exists());
+    Ok(())
+}
+
 /// `--moe` switches the branch and keeps its other settings; `--experts` and
 /// `--slots` apply to it, and without a branch they are refused, not lost.
 #[test]

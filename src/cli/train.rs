@@ -679,7 +679,8 @@ pub fn run(args: &TrainArgs) -> Result<Option<EvalReport>> {
         .unwrap_or_else(|| crate::runtime::default_run_dir(&args.run_name(&cfg)));
     let rank = crate::launch::RankEnv::from_env()?;
     let leader = rank.as_ref().is_none_or(|r| r.rank == 0);
-    if leader {
+    // A launched rank 0 leaves this line to the launcher, which printed it.
+    if leader && !rank.as_ref().is_some_and(|r| r.launched) {
         crate::runtime::say(&format!("run directory: {}", output.display()));
     }
     let gpus = args.gpus.unwrap_or(1);
@@ -704,8 +705,17 @@ pub fn run(args: &TrainArgs) -> Result<Option<EvalReport>> {
         // left as it was.
         let run = crate::run_dir::RunDir::new(output.clone());
         crate::trainer::check_output(&run, &cfg, args.resume)?;
+        crate::launch::require_nccl(gpus)?;
+        // The model's files, once, before the ranks start: N ranks
+        // downloading at once contend for the hub cache's lock, which lets
+        // one wait only seconds (a rank would fail, or fall back to another
+        // weights file). The ranks then find them in the cache.
+        if let crate::experiment::ModelSource::Pretrained { model } = &cfg.model.source {
+            clip_moe::hub::resolve(model, &clip_moe::HubOptions::from_env())?;
+        }
+        // Rank 0 prints the table and the report's path (on this
+        // process's standard output).
         let report = crate::launch::launch_ranks(gpus, &output, args.output.is_none())?;
-        crate::runtime::say(&summary_table(&report));
         return Ok(Some(report));
     }
     let (device, sync) = match &rank {
