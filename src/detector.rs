@@ -68,8 +68,9 @@ impl Detector {
     /// A detector over `model` (built on untracked weights, see
     /// [`inference_model`]) with the given `(2, projection_dim)` class
     /// embeddings.
-    /// F32 matmuls run in full F32 (PyTorch's default for inference); see
-    /// [`Detector::with_tf32`].
+    ///
+    /// Its F32 matmuls run in full F32 on CUDA (PyTorch's default for
+    /// inference); see [`Detector::with_tf32`].
     pub fn new(model: ClipModel, class_embeddings: Tensor) -> Self {
         let transform = transform(model.config().vision_config.image_size);
         Self {
