@@ -2,11 +2,12 @@
 //! global batch, with the gradients averaged across them before every
 //! optimizer step, so every rank takes the same step.
 //!
-//! The averaging sits behind [`GradientSync`]. [`InProcessGroup`] runs the
-//! ranks as threads of one process (the CPU test of the data-parallel
-//! logic, and a way to split a batch across cores' worth of loaders);
-//! `crate::nccl` implements it over NCCL, one process per GPU
-//! (`--features nccl`).
+//! The ranks meet through [`GradientSync`], whose one collective is an
+//! in-place sum of an F32 buffer. [`InProcessGroup`] runs the ranks as
+//! threads of one process (the CPU test of the data-parallel logic);
+//! `crate::nccl` sums over NCCL, one process per GPU (`--features nccl`).
+//! What travels in the buffer (the gradients, each rank's success, loss and
+//! images) is [`crate::gradient_exchange`]'s, the same code over both.
 
 use std::sync::{Arc, Barrier, Mutex};
 
@@ -14,48 +15,45 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 
-/// Averages gradients across the ranks of a data-parallel run.
+/// The collective of a data-parallel run: every rank calls the same methods
+/// in the same order, with buffers of the same length.
 pub trait GradientSync: Send + Sync {
     /// This rank, `0..world_size`.
     fn rank(&self) -> usize;
     /// Number of ranks.
     fn world_size(&self) -> usize;
-    /// Replaces every gradient by its mean over the ranks, computed in F32.
-    /// Every rank passes the same parameters in the same order; `None` (no
-    /// gradient reached the parameter) must be `None` on every rank.
-    fn all_reduce_mean(&self, grads: &mut [Option<Tensor>]) -> Result<()>;
+    /// Replaces `buffer`, a contiguous one-dimensional F32 tensor of the
+    /// same length on every rank, by its sum over the ranks, in place: the
+    /// same values on every rank. In place, because the buffer of a step
+    /// holds every gradient of the model: a second one would cost as much
+    /// memory again.
+    fn all_reduce_sum(&self, buffer: &Tensor) -> Result<()>;
 
     /// Whether every rank passed `ok`. Every rank calls it at the same
     /// points, a rank that failed included, so the others learn of the
     /// failure there instead of waiting for that rank in the next
-    /// all-reduce. The mean is `k / n` for `k` ranks ok of `n`; it is
-    /// compared with `1 - 1/(2n)`, not with 1: a mean computed as the sum
-    /// times `f32(1/n)` (NCCL's path) is 0.99999994 for `n` = 41, 47, ...
+    /// collective. The flags are summed: a count of ranks, exact in F32.
     fn all_ok(&self, ok: bool, device: &Device) -> Result<bool> {
-        let mut flag = [Some(Tensor::new(&[if ok { 1f32 } else { 0f32 }], device)?)];
-        self.all_reduce_mean(&mut flag)?;
-        let mean = match &flag[0] {
-            Some(mean) => mean.to_vec1::<f32>()?,
-            None => Vec::new(),
-        };
-        let all = 1.0 - 0.5 / self.world_size().max(1) as f32;
-        Ok(mean.len() == 1 && mean[0] > all)
+        let flag = Tensor::new(&[if ok { 1f32 } else { 0f32 }], device)?;
+        self.all_reduce_sum(&flag)?;
+        let count = flag.to_vec1::<f32>()?;
+        Ok(count.len() == 1 && count[0] == self.world_size() as f32)
     }
 }
 
-/// What a rank deposits: each gradient's F32 values, or nothing.
-type Contribution = Vec<Option<Vec<f32>>>;
+/// A rank's buffer of a round, or why it could not be read.
+type Deposit = std::result::Result<Vec<f32>, String>;
 
 struct Shared {
     world: usize,
-    deposits: Mutex<Vec<Option<Contribution>>>,
-    mean: Mutex<Option<std::result::Result<Arc<Contribution>, String>>>,
+    deposits: Mutex<Vec<Option<Deposit>>>,
+    sum: Mutex<Option<std::result::Result<Arc<Vec<f32>>, String>>>,
     barrier: Barrier,
 }
 
-/// One rank of a group of threads in this process. The mean is summed in
-/// rank order and divided by the world size, the same arithmetic on every
-/// rank, so every rank ends with bit-identical parameters.
+/// One rank of a group of threads in this process. The buffers are summed
+/// in rank order, the same arithmetic for every rank, so every rank ends
+/// with bit-identical parameters.
 #[derive(Clone)]
 pub struct InProcessGroup {
     shared: Arc<Shared>,
@@ -78,7 +76,7 @@ impl InProcessGroup {
         let shared = Arc::new(Shared {
             world,
             deposits: Mutex::new(vec![None; world]),
-            mean: Mutex::new(None),
+            sum: Mutex::new(None),
             barrier: Barrier::new(world.max(1)),
         });
         (0..world)
@@ -91,7 +89,19 @@ impl InProcessGroup {
 }
 
 fn poisoned() -> Error {
-    Error::config("data parallel", "a rank panicked while averaging gradients")
+    Error::config("data parallel", "a rank panicked while summing")
+}
+
+/// `buffer`'s values, if it is what [`GradientSync::all_reduce_sum`] takes.
+fn values_of(buffer: &Tensor) -> Deposit {
+    if buffer.dtype() != DType::F32 || buffer.rank() != 1 || !buffer.is_contiguous() {
+        return Err(format!(
+            "the buffer to sum must be a contiguous F32 vector, got {:?} {:?}",
+            buffer.dtype(),
+            buffer.shape()
+        ));
+    }
+    buffer.to_vec1::<f32>().map_err(|e| e.to_string())
 }
 
 impl GradientSync for InProcessGroup {
@@ -103,78 +113,59 @@ impl GradientSync for InProcessGroup {
         self.shared.world
     }
 
-    fn all_reduce_mean(&self, grads: &mut [Option<Tensor>]) -> Result<()> {
+    fn all_reduce_sum(&self, buffer: &Tensor) -> Result<()> {
         let shared = &self.shared;
-        let contribution: Contribution = grads
-            .iter()
-            .map(|g| {
-                g.as_ref()
-                    .map(|g| g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
-                    .transpose()
-            })
-            .collect::<candle_core::Result<_>>()?;
-        shared.deposits.lock().map_err(|_| poisoned())?[self.rank] = Some(contribution);
+        // Deposited even when unreadable: every rank reaches every barrier,
+        // also when the round fails, or the others would wait forever.
+        shared.deposits.lock().map_err(|_| poisoned())?[self.rank] = Some(values_of(buffer));
         shared.barrier.wait();
         if self.rank == 0 {
             let mut deposits = shared.deposits.lock().map_err(|_| poisoned())?;
-            let all: Vec<Contribution> = deposits
-                .iter_mut()
-                .map(|d| d.take().unwrap_or_default())
-                .collect();
-            // Every rank reaches every barrier, also when the round fails:
-            // a rank returning early would leave the others waiting.
-            *shared.mean.lock().map_err(|_| poisoned())? = Some(mean_of(&all, shared.world));
+            let all: Vec<_> = deposits.iter_mut().map(Option::take).collect();
+            *shared.sum.lock().map_err(|_| poisoned())? = Some(sum_of(all));
         }
         shared.barrier.wait();
-        let mean = shared
-            .mean
+        let sum = shared
+            .sum
             .lock()
             .map_err(|_| poisoned())?
             .clone()
-            .ok_or_else(poisoned)?;
-        let mean = match mean {
-            Ok(mean) => mean,
-            Err(reason) => {
-                shared.barrier.wait();
-                return Err(Error::config("data parallel", reason));
-            }
-        };
-        for (grad, values) in grads.iter_mut().zip(mean.iter()) {
-            if let (Some(g), Some(values)) = (grad.as_ref(), values) {
-                let averaged =
-                    Tensor::from_slice(values, g.shape(), g.device())?.to_dtype(g.dtype())?;
-                *grad = Some(averaged);
-            }
-        }
+            .ok_or_else(poisoned);
         // Nobody may start the next round before everyone has read this one.
         shared.barrier.wait();
+        let sum = sum?.map_err(|reason| Error::config("data parallel", reason))?;
+        let summed = Tensor::from_slice(&sum, sum.len(), buffer.device())?;
+        buffer.slice_set(&summed, 0, 0)?;
         Ok(())
     }
 }
 
-/// The mean of the ranks' contributions, summed in rank order, or why
-/// there is none.
-fn mean_of(all: &[Contribution], world: usize) -> std::result::Result<Arc<Contribution>, String> {
-    let count = all[0].len();
-    let layout = |c: &Contribution| -> Vec<Option<usize>> {
-        c.iter().map(|g| g.as_ref().map(Vec::len)).collect()
-    };
-    if all.iter().any(|c| layout(c) != layout(&all[0])) {
-        return Err("ranks passed different gradients (number, presence or size)".into());
+/// The ranks' buffers summed in rank order, or why there is no sum.
+fn sum_of(all: Vec<Option<Deposit>>) -> std::result::Result<Arc<Vec<f32>>, String> {
+    let mut buffers = Vec::with_capacity(all.len());
+    for (rank, deposit) in all.into_iter().enumerate() {
+        match deposit {
+            Some(Ok(values)) => buffers.push(values),
+            Some(Err(reason)) => return Err(format!("rank {rank}: {reason}")),
+            None => return Err(format!("rank {rank} deposited nothing")),
+        }
     }
-    let inv = world as f32;
-    let mean: Contribution = (0..count)
-        .map(|i| {
-            let first = all[0][i].as_ref()?;
-            let mut sum = first.clone();
-            for rank in &all[1..] {
-                let values = rank[i].as_ref()?;
-                sum.iter_mut().zip(values).for_each(|(s, v)| *s += v);
-            }
-            Some(sum.into_iter().map(|s| s / inv).collect())
-        })
-        .collect();
-    Ok(Arc::new(mean))
+    let Some((first, rest)) = buffers.split_first_mut() else {
+        return Err("a group of no ranks".into());
+    };
+    if rest.iter().any(|b| b.len() != first.len()) {
+        let lengths: Vec<usize> = std::iter::once(&*first)
+            .chain(rest.iter())
+            .map(Vec::len)
+            .collect();
+        return Err(format!(
+            "ranks passed buffers of different lengths {lengths:?}"
+        ));
+    }
+    for buffer in rest.iter() {
+        first.iter_mut().zip(buffer).for_each(|(s, v)| *s += v);
+    }
+    Ok(Arc::new(std::mem::take(first)))
 }
 
 /// A handle to a rank's synchronisation, for [`crate::TrainOptions`].
@@ -187,106 +178,98 @@ impl std::fmt::Debug for SyncHandle {
     }
 }
 
+/// Test support: ranks of an [`InProcessGroup`] on threads.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
-    /// Three ranks: each gets the mean, computed the same way on all.
-    #[test]
-    fn ranks_receive_the_mean() {
-        let ranks = InProcessGroup::new(3);
-        let results: Vec<Vec<f32>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = ranks
-                .iter()
-                .map(|rank| {
-                    scope.spawn(move || {
-                        let r = rank.rank() as f32;
-                        let mut grads = vec![
-                            Some(Tensor::new(&[r, 2.0 * r, 1.0], &Device::Cpu).unwrap()),
-                            None,
-                        ];
-                        rank.all_reduce_mean(&mut grads).unwrap();
-                        assert!(grads[1].is_none());
-                        grads[0].as_ref().unwrap().to_vec1::<f32>().unwrap()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        for result in &results {
-            assert_eq!(result, &vec![1.0, 2.0, 1.0]);
-        }
-    }
-
-    /// NCCL's mean: the sum times `f32(1/n)`, which is below 1 for a sum of
-    /// `n` ones at some world sizes.
-    struct ScaledMean(usize, f32);
-
-    impl GradientSync for ScaledMean {
-        fn rank(&self) -> usize {
-            0
-        }
-        fn world_size(&self) -> usize {
-            self.0
-        }
-        fn all_reduce_mean(&self, grads: &mut [Option<Tensor>]) -> Result<()> {
-            // This rank's flag stands for itself; the others sent `self.1`.
-            for grad in grads.iter_mut().flatten() {
-                let mine = grad.to_vec1::<f32>()?[0];
-                let sum = mine + self.1 * (self.0 - 1) as f32;
-                *grad = Tensor::new(&[sum * (1.0 / self.0 as f32)], grad.device())?;
-            }
-            Ok(())
-        }
-    }
-
-    /// All ranks ok is recognised at every world size, although 41 ones
-    /// times `f32(1/41)` is 0.99999994; one rank failing is seen at any.
-    #[test]
-    fn all_ok_survives_the_rounding_of_a_scaled_mean() {
-        let device = Device::Cpu;
-        assert_ne!(41.0f32 * (1.0 / 41.0f32), 1.0, "the case this guards");
-        for world in [1, 2, 3, 8, 41, 47, 328, 1024] {
-            assert!(
-                ScaledMean(world, 1.0).all_ok(true, &device).unwrap(),
-                "{world}"
-            );
-            if world > 1 {
-                assert!(
-                    !ScaledMean(world, 1.0).all_ok(false, &device).unwrap(),
-                    "{world}"
-                );
-                assert!(
-                    !ScaledMean(world, 0.0).all_ok(true, &device).unwrap(),
-                    "{world}"
-                );
-            }
-        }
-    }
-
-    /// Ranks passing gradients of different sizes all get an error; none
-    /// is left waiting at a barrier. Then they agree that not all are ok.
-    #[test]
-    fn a_mismatched_round_fails_every_rank_and_all_ok_says_so() {
+    /// Runs `f` on every rank of a new group of `world`, each on a thread of
+    /// its own, and returns the results in rank order; fails if a rank takes
+    /// more than 30 s (one left waiting at a barrier never returns).
+    pub(crate) fn on_ranks<T: Send + 'static>(
+        world: usize,
+        f: impl Fn(&InProcessGroup) -> T + Send + Sync + 'static,
+    ) -> Vec<T> {
+        let f = Arc::new(f);
         let (send, receive) = std::sync::mpsc::channel();
-        for rank in InProcessGroup::new(2) {
-            let send = send.clone();
+        for rank in InProcessGroup::new(world) {
+            let (f, send) = (Arc::clone(&f), send.clone());
             std::thread::spawn(move || {
-                let len = 2 + rank.rank();
-                let mut grads = vec![Some(Tensor::zeros(len, DType::F32, &Device::Cpu).unwrap())];
-                let mismatch = rank.all_reduce_mean(&mut grads).map_err(|e| e.to_string());
-                let agreed = rank.all_ok(rank.rank() == 0, &Device::Cpu).unwrap();
-                let both = rank.all_ok(true, &Device::Cpu).unwrap();
-                let _ = send.send((mismatch, agreed, both));
+                let _ = send.send((rank.rank(), f(&rank)));
             });
         }
-        for _ in 0..2 {
-            let (mismatch, agreed, both) = receive
+        let mut results: Vec<Option<T>> = (0..world).map(|_| None).collect();
+        for _ in 0..world {
+            let (rank, result) = receive
                 .recv_timeout(std::time::Duration::from_secs(30))
                 .expect("a rank hung");
-            let err = mismatch.expect_err("a mismatched round succeeded");
-            assert!(err.contains("different gradients"), "{err}");
-            assert!(!agreed && both);
+            results[rank] = Some(result);
+        }
+        results.into_iter().map(Option::unwrap).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::on_ranks;
+    use super::*;
+
+    /// Three ranks: each buffer becomes the sum, the same on all.
+    #[test]
+    fn ranks_receive_the_sum_in_place() {
+        let results = on_ranks(3, |rank| {
+            let r = rank.rank() as f32;
+            let buffer = Tensor::new(&[r, 2.0 * r, 1.0], &Device::Cpu).unwrap();
+            rank.all_reduce_sum(&buffer).unwrap();
+            buffer.to_vec1::<f32>().unwrap()
+        });
+        for result in &results {
+            assert_eq!(result, &vec![3.0, 6.0, 3.0]);
+        }
+    }
+
+    /// Every rank ok is seen as such; one rank not ok is seen by all.
+    #[test]
+    fn all_ok_is_true_only_when_every_rank_is_ok() {
+        for world in [1, 2, 3] {
+            let all = on_ranks(world, |rank| rank.all_ok(true, &Device::Cpu).unwrap());
+            assert!(all.iter().all(|&ok| ok), "{world}: {all:?}");
+            let last_fails = on_ranks(world, move |rank| {
+                rank.all_ok(rank.rank() + 1 != world, &Device::Cpu).unwrap()
+            });
+            assert!(last_fails.iter().all(|&ok| !ok), "{world}: {last_fails:?}");
+        }
+    }
+
+    /// Buffers of different lengths, or one that is not an F32 vector,
+    /// give every rank an error; none is left waiting at a barrier, and the
+    /// group still agrees afterwards.
+    #[test]
+    fn a_bad_round_fails_every_rank_and_the_group_goes_on() {
+        type Case = (&'static str, fn(usize) -> Tensor);
+        let cases: [Case; 2] = [
+            ("different lengths", |rank| {
+                Tensor::zeros(2 + rank, DType::F32, &Device::Cpu).unwrap()
+            }),
+            ("contiguous F32 vector", |rank| {
+                let dtype = if rank == 1 { DType::BF16 } else { DType::F32 };
+                Tensor::zeros(2, dtype, &Device::Cpu).unwrap()
+            }),
+        ];
+        for (expected, buffer) in cases {
+            let results = on_ranks(2, move |rank| {
+                let failed = rank
+                    .all_reduce_sum(&buffer(rank.rank()))
+                    .map_err(|e| e.to_string());
+                let agreed = rank.all_ok(rank.rank() == 0, &Device::Cpu).unwrap();
+                let both = rank.all_ok(true, &Device::Cpu).unwrap();
+                (failed, agreed, both)
+            });
+            for (failed, agreed, both) in results {
+                let err = failed.expect_err("a bad round succeeded");
+                assert!(err.contains(expected), "{err}");
+                assert!(!agreed && both);
+            }
         }
     }
 }

@@ -103,11 +103,13 @@ impl RankEnv {
 
     /// The device and gradient synchronisation of this rank: `cuda:<local
     /// rank>` unless `--device` names one (`cuda` alone names none),
-    /// joined to the NCCL group.
+    /// joined to the NCCL group, whose waits for the other ranks last at
+    /// most `collective_timeout` each.
     pub fn join(
         &self,
         device: Option<&str>,
         output: &Path,
+        collective_timeout: Duration,
     ) -> Result<(Device, Option<SyncHandle>)> {
         let spec = match device {
             Some(spec) if spec != "cuda" => spec.to_string(),
@@ -118,25 +120,31 @@ impl RankEnv {
             .id_file
             .clone()
             .unwrap_or_else(|| output.join(".nccl-id"));
-        let sync = join_group(&device, self, &id_file)?;
+        let sync = join_group(&device, self, &id_file, collective_timeout)?;
         Ok((device, Some(sync)))
     }
 }
 
 #[cfg(feature = "nccl")]
-fn join_group(device: &Device, rank: &RankEnv, id_file: &Path) -> Result<SyncHandle> {
+fn join_group(
+    device: &Device,
+    rank: &RankEnv,
+    id_file: &Path,
+    collective_timeout: Duration,
+) -> Result<SyncHandle> {
     let group = crate::nccl::NcclGroup::join(
         device,
         rank.rank,
         rank.world,
         id_file,
         Duration::from_secs(600),
+        collective_timeout,
     )?;
     Ok(SyncHandle(std::sync::Arc::new(group)))
 }
 
 #[cfg(not(feature = "nccl"))]
-fn join_group(_: &Device, rank: &RankEnv, _: &Path) -> Result<SyncHandle> {
+fn join_group(_: &Device, rank: &RankEnv, _: &Path, _: Duration) -> Result<SyncHandle> {
     Err(no_nccl(rank.world))
 }
 
@@ -410,7 +418,7 @@ mod tests {
         assert!(err.contains("--features nccl"), "{err}");
         let rank = env(&[(RANK, "0"), (WORLD, "2")]).unwrap().unwrap();
         let err = rank
-            .join(Some("cpu"), dir.path())
+            .join(Some("cpu"), dir.path(), Duration::from_secs(1))
             .map(|_| ())
             .unwrap_err()
             .to_string();

@@ -29,6 +29,7 @@ pub mod distributed;
 mod error;
 pub mod evaluator;
 pub mod experiment;
+pub mod gradient_exchange;
 pub mod init;
 pub mod labels;
 pub mod launch;
@@ -41,6 +42,7 @@ pub mod schedule;
 pub mod studies;
 pub mod tensor_data;
 pub mod trainer;
+pub mod watchdog;
 
 pub use adam::{Adam, AdamConfig, WeightDecay};
 pub use detector::Detector;

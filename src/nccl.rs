@@ -4,9 +4,10 @@
 //! every rank can read (the run's output directory on one machine, a shared
 //! directory across machines); the other ranks wait for that file, then all
 //! join one communicator on the stream candle computes on, so the
-//! all-reduce is ordered with the step's kernels. Every step's gradients are
-//! concatenated into one F32 buffer, summed by one `ncclAllReduce` and
-//! divided by the world size: the same buffer on every rank, so every rank
+//! all-reduce is ordered with the step's kernels. Each step's buffer
+//! ([`crate::gradient_exchange`]: every gradient, already divided by the
+//! world size, and each rank's success, loss and images) is summed in
+//! place by one `ncclAllReduce`: the same sum on every rank, so every rank
 //! takes the same Adam step.
 //!
 //! Not yet run on a GPU (no GPU was available while it was written): the
@@ -19,12 +20,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Tensor};
 
 use crate::distributed::GradientSync;
 use crate::error::{Error, Result};
+use crate::watchdog::Watchdog;
 
 /// An NCCL communicator, used by one thread at a time. Never dropped:
 /// cudarc's `Drop` for `Comm` aborts the communicator and panics when that
@@ -40,8 +41,16 @@ unsafe impl Send for CommCell {}
 /// This process's rank of an NCCL data-parallel group.
 pub struct NcclGroup {
     comm: Arc<Mutex<CommCell>>,
+    device: Device,
     rank: usize,
     world: usize,
+    /// Ends the process when a collective waits too long for the others.
+    watchdog: Watchdog,
+    /// The agreements' flag and the values it takes, allocated once: a rank
+    /// that could not allocate a flag would skip the collective.
+    flag: Tensor,
+    one: Tensor,
+    zero: Tensor,
 }
 
 impl std::fmt::Debug for NcclGroup {
@@ -57,13 +66,16 @@ fn nccl_error(what: &str, e: impl std::fmt::Debug) -> Error {
 impl NcclGroup {
     /// Joins rank `rank` of `world` on `device` (a CUDA device), the group's
     /// id exchanged through `id_file`: rank 0 writes it, the others wait up
-    /// to `timeout` for it to appear.
+    /// to `timeout` for it to appear. A collective that waits longer than
+    /// `collective_timeout` for the other ranks ends this process with a
+    /// message (exit status 1).
     pub fn join(
         device: &Device,
         rank: usize,
         world: usize,
         id_file: &Path,
         timeout: Duration,
+        collective_timeout: Duration,
     ) -> Result<Self> {
         let Device::Cuda(cuda) = device else {
             return Err(Error::config(
@@ -124,48 +136,59 @@ impl NcclGroup {
             // for a group that is gone.
             let _ = std::fs::remove_file(id_file);
         }
+        let watchdog = Watchdog::new(collective_timeout, move |what| {
+            eprintln!(
+                "error: rank {rank}: {what} waited more than {} s for the other ranks: one of \
+                 them is stuck or gone (its own output may say why). This rank stops; \
+                 --collective-timeout sets the limit",
+                collective_timeout.as_secs()
+            );
+            // The waiting thread is inside the CUDA driver and cannot be
+            // woken; exit handlers could wait on it too.
+            unsafe { libc::_exit(1) }
+        });
         Ok(Self {
             comm: Arc::new(Mutex::new(CommCell(std::mem::ManuallyDrop::new(comm)))),
+            device: device.clone(),
             rank,
             world,
+            watchdog,
+            flag: Tensor::zeros(1, DType::F32, device)?,
+            one: Tensor::ones(1, DType::F32, device)?,
+            zero: Tensor::zeros(1, DType::F32, device)?,
         })
     }
 }
 
-/// Sum over the ranks of a contiguous F32 CUDA tensor.
+/// Sums a contiguous F32 CUDA tensor over the ranks, in place.
 struct AllReduceSum(Arc<Mutex<CommCell>>);
 
-impl CustomOp1 for AllReduceSum {
+impl InplaceOp1 for AllReduceSum {
     fn name(&self) -> &'static str {
         "nccl-all-reduce-sum"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> candle_core::Result<()> {
         candle_core::bail!("nccl-all-reduce-sum: the tensor must be on a CUDA device")
     }
 
     fn cuda_fwd(
         &self,
-        storage: &candle_core::CudaStorage,
+        storage: &mut candle_core::CudaStorage,
         layout: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    ) -> candle_core::Result<()> {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("nccl-all-reduce-sum: the tensor must be contiguous")
         };
-        let device = storage.device().clone();
-        let src = storage.as_cuda_slice::<f32>()?.slice(start..end);
-        let mut dst = device.alloc_zeros::<f32>(end - start)?;
+        let mut values = storage.as_cuda_slice_mut::<f32>()?.slice_mut(start..end);
         let comm = self
             .0
             .lock()
             .map_err(|_| candle_core::Error::msg("nccl-all-reduce-sum: lock poisoned"))?;
         comm.0
-            .all_reduce(&src, &mut dst, &ReduceOp::Sum)
+            .all_reduce_in_place(&mut values, &ReduceOp::Sum)
             .map_err(|e| candle_core::Error::msg(format!("ncclAllReduce: {e:?}")))?;
-        Ok((
-            candle_core::CudaStorage::wrap_cuda_slice(dst, device),
-            layout.shape().clone(),
-        ))
+        Ok(())
     }
 }
 
@@ -178,27 +201,39 @@ impl GradientSync for NcclGroup {
         self.world
     }
 
-    fn all_reduce_mean(&self, grads: &mut [Option<Tensor>]) -> Result<()> {
-        let present: Vec<usize> = (0..grads.len()).filter(|&i| grads[i].is_some()).collect();
-        if present.is_empty() {
-            return Ok(());
+    fn all_reduce_sum(&self, buffer: &Tensor) -> Result<()> {
+        if buffer.dtype() != DType::F32 || buffer.rank() != 1 {
+            return Err(Error::config(
+                "nccl",
+                format!(
+                    "the buffer to sum must be an F32 vector, got {:?} {:?}",
+                    buffer.dtype(),
+                    buffer.shape()
+                ),
+            ));
         }
-        let mut flat = Vec::with_capacity(present.len());
-        let mut shapes = Vec::with_capacity(present.len());
-        for &i in &present {
-            let grad = grads[i].as_ref().expect("present");
-            shapes.push((grad.shape().clone(), grad.dtype()));
-            flat.push(grad.to_dtype(DType::F32)?.flatten_all()?);
-        }
-        let summed =
-            Tensor::cat(&flat, 0)?.apply_op1_no_bwd(&AllReduceSum(Arc::clone(&self.comm)))?;
-        let mean = (summed / self.world as f64)?;
-        let mut offset = 0;
-        for (&i, (shape, dtype)) in present.iter().zip(shapes) {
-            let n = shape.elem_count();
-            grads[i] = Some(mean.narrow(0, offset, n)?.reshape(shape)?.to_dtype(dtype)?);
-            offset += n;
-        }
+        // Under watch until the sum is there: the all-reduce only queues
+        // the work, and the wait for the other ranks happens on the GPU.
+        // The callers read the sum right away, so waiting here costs
+        // nothing.
+        let _watch = self
+            .watchdog
+            .watch(format!("the all-reduce of {} values", buffer.elem_count()));
+        buffer.inplace_op1(&AllReduceSum(Arc::clone(&self.comm)))?;
+        self.device.synchronize()?;
         Ok(())
+    }
+
+    /// The trait's agreement, without allocating on the GPU.
+    fn all_ok(&self, ok: bool, _: &Device) -> Result<bool> {
+        let written = self
+            .flag
+            .slice_set(if ok { &self.one } else { &self.zero }, 0, 0);
+        // Made whatever happened above. A flag not written holds the last
+        // sum, the world size, and the sum is then not the world size.
+        self.all_reduce_sum(&self.flag)?;
+        written?;
+        let count = self.flag.to_vec1::<f32>()?;
+        Ok(count.len() == 1 && count[0] == self.world as f32)
     }
 }

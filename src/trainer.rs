@@ -32,6 +32,7 @@ use crate::distributed::GradientSync;
 use crate::error::{Error, Result};
 use crate::evaluator::{bpcer_table, score_split, write_plots, EvalReport, ThresholdOrigin};
 use crate::experiment::{Dataset, EvalEvery, ExperimentConfig, FrozenPart, LossKind, Selection};
+use crate::gradient_exchange::{GradientExchange, StepShare};
 use crate::labels::{class_index, ScoreExport, SCORE_POLARITY};
 use crate::progress::{MetricsLog, MetricsRecord, Progress};
 use crate::run_dir::RunDir;
@@ -92,6 +93,8 @@ pub struct Trainer {
     report_copy: Option<PathBuf>,
     progress: Progress,
     sync: Option<crate::distributed::SyncHandle>,
+    /// The buffer the ranks exchange each step in (with `sync`).
+    exchange: Option<GradientExchange>,
     /// Rank 0's exclusive lock on the run directory, held while this
     /// trainer lives.
     _lock: Option<std::fs::File>,
@@ -318,6 +321,18 @@ impl Trainer {
         }
 
         let adam = Adam::new(trainable, cfg.optim)?;
+        // Allocated once, before the first step: a rank that cannot hold it
+        // fails at the start, where every rank learns of it.
+        let exchange = options
+            .sync
+            .as_ref()
+            .map(|_| {
+                GradientExchange::new(
+                    adam.vars().map(|(name, var)| (name, var.as_tensor())),
+                    &device,
+                )
+            })
+            .transpose()?;
         let text_frozen = cfg.model.frozen.contains(&FrozenPart::Text);
         let classifier = PromptClassifier::new(
             &backbone.model,
@@ -355,6 +370,7 @@ impl Trainer {
                 Progress::silent()
             },
             sync: options.sync,
+            exchange,
             _lock: lock,
             window: LogWindow::new(),
             cfg,
@@ -629,14 +645,17 @@ impl Trainer {
                     .training
                     .accumulation
                     .min(self.batches_per_epoch - first);
-                // Each phase ends with every rank learning whether all
-                // succeeded, a failing rank included: one rank's error (a
+                // With data parallelism each step is two collectives, made
+                // by every rank whatever happened to it: the exchange of the
+                // gradients (which carries whether each rank computed its
+                // step) and the agreement on the update. A rank's error (a
                 // damaged image in its shard, rank 0's evaluation or
                 // checkpoint write) stops the others at the same point
-                // instead of leaving them waiting in the next all-reduce.
+                // instead of leaving them waiting in a collective it skips.
                 let gathered = self.gather(&mut batches, group);
-                let (grads, loss_sum, images) = self.all_ranks(gathered, "compute")?;
-                let stepped = self.finish_step(grads, loss_sum, images, first, group, epoch);
+                let stepped = self
+                    .share(gathered)
+                    .and_then(|share| self.finish_step(share, first, group, epoch));
                 let epoch_done = self.all_ranks(stepped, "update")?;
                 if epoch_done {
                     break;
@@ -658,9 +677,8 @@ impl Trainer {
     }
 
     /// Forward and backward of the `group` micro-batches of one step: the
-    /// summed gradients (with data parallelism, then the mean loss and the
-    /// images as one more slot), the summed losses and the images.
-    fn gather(&self, batches: &mut fas_data::Epoch, group: usize) -> Result<Gathered> {
+    /// summed gradients, the mean loss and the images.
+    fn gather(&self, batches: &mut fas_data::Epoch, group: usize) -> Result<StepShare> {
         let mut grads: Vec<Option<Tensor>> = vec![None; self.adam.vars().count()];
         let mut loss_sum = 0.0;
         let mut images = 0;
@@ -672,44 +690,39 @@ impl Trainer {
             loss_sum += loss;
             images += n;
         }
-        if self.sync.is_some() {
-            // The mean loss and the image count ride along with the
-            // gradients, so rank 0 logs the mean loss over every rank's
-            // shard and the images of all ranks. Made here, so that the
-            // update phase starts with the all-reduce.
-            let totals = [(loss_sum / group as f64) as f32, images as f32];
-            grads.push(Some(Tensor::new(&totals, &self.device)?));
-        }
-        Ok((grads, loss_sum, images))
+        Ok(StepShare {
+            grads,
+            loss: loss_sum / group as f64,
+            images,
+        })
     }
 
-    /// Averages the gathered gradients over the ranks, takes the optimizer
-    /// step, logs, and on rank 0 evaluates and checkpoints when due.
-    /// Whether the step ended the epoch.
+    /// This rank's step, or its failure, shared with the other ranks: the
+    /// step of all ranks (the mean gradients and loss, all images). Without
+    /// data parallelism, the step as it is.
+    fn share(&self, mine: Result<StepShare>) -> Result<StepShare> {
+        match (&self.sync, &self.exchange) {
+            (Some(sync), Some(exchange)) => exchange.exchange(&*sync.0, mine),
+            _ => mine,
+        }
+    }
+
+    /// Takes the optimizer step with the step's (averaged) gradients, logs,
+    /// and on rank 0 evaluates and checkpoints when due. Whether the step
+    /// ended the epoch.
     fn finish_step(
         &mut self,
-        mut grads: Vec<Option<Tensor>>,
-        loss_sum: f64,
-        mut images: usize,
+        share: StepShare,
         first: usize,
         group: usize,
         epoch: u64,
     ) -> Result<bool> {
         let step = self.adam.step_count() + 1;
-        let mut loss = loss_sum / group as f64;
-        if let Some(sync) = &self.sync {
-            // First: a rank that failed here would leave the others in a
-            // collective it does not make.
-            sync.0.all_reduce_mean(&mut grads)?;
-            if let Some(Some(mean)) = grads.pop() {
-                // A view into the all-reduced buffer of every gradient: read
-                // as it is, candle would copy that whole buffer (all the
-                // model's gradients) from the GPU to read these two values.
-                let mean = mean.force_contiguous()?.to_vec1::<f32>()?;
-                loss = mean[0] as f64;
-                images = (mean[1] * sync.0.world_size() as f32).round() as usize;
-            }
-        }
+        let StepShare {
+            mut grads,
+            loss,
+            images,
+        } = share;
         let cfg = &self.cfg;
         let grad_norm = self.clip_gradients(&mut grads, step)?;
         let lr = cfg.schedule.lr_at(cfg.optim.lr, step, self.total_steps);
@@ -1227,10 +1240,6 @@ pub fn report_json(report: &EvalReport) -> Result<String> {
         source,
     })
 }
-
-/// A step's summed gradients (one slot per trainable variable), summed
-/// losses and images.
-type Gathered = (Vec<Option<Tensor>>, f64, usize);
 
 /// `result` of this rank's `phase`, once every rank has said whether its
 /// own succeeded: a rank that failed returns its own error, the others an

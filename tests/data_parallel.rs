@@ -1,8 +1,8 @@
 //! Data parallelism on the CPU (in-process ranks): two ranks of batch 8
 //! take the same steps as one rank of batch 16 and log its losses, each
 //! rank ends with identical parameters, a group of one equals the plain run
-//! exactly, and ranks resumed from a checkpoint end as ranks run straight
-//! through.
+//! exactly (parameters and logged losses), and ranks resumed from a
+//! checkpoint end as ranks run straight through.
 
 mod common;
 
@@ -79,6 +79,11 @@ fn two_ranks_of_eight_take_the_steps_of_one_rank_of_sixteen() -> Result<()> {
     assert!(
         alone[0] == single,
         "a group of one differs from the plain run"
+    );
+    assert_eq!(
+        train_losses(&dir.path().join("alone"))?,
+        train_losses(&dir.path().join("one"))?,
+        "a group of one logs other losses than the plain run"
     );
 
     let ranks = run_ranks(&config(&root, 8), &dir.path().join("two"), 2);

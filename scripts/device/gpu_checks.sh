@@ -177,7 +177,7 @@ fi
 if [ "${NCCL_CHECK:-1}" = 1 ] && [ -x "$BIN/train_uniattack_nccl" ]; then
     # The data-parallel path at world size 1: this process is rank 0 of one,
     # joins an NCCL communicator and all-reduces every step's gradients
-    # (sum, then / 1: exact), so its losses should equal the plain F32 run's.
+    # (a sum of one: exact), so its losses should equal the plain F32 run's.
     echo "== NCCL, world size 1, against the plain F32 demo run"
     [ -f "$OUT/demo-f32/metrics.jsonl" ] || demo f32
     UNIATTACK_RANK=0 UNIATTACK_WORLD_SIZE=1 UNIATTACK_CACHE="$OUT/demo-cache" timeout 300 \

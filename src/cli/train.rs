@@ -61,6 +61,13 @@ pub struct TrainArgs {
     /// Multi-node: see docs/gpu.md.
     #[arg(long)]
     pub gpus: Option<usize>,
+    /// With data parallelism: how long a rank waits for the others in one
+    /// exchange before it stops with an error (a rank that hangs would
+    /// otherwise hold every GPU forever; NCCL itself waits without end).
+    /// Rank 0's evaluations and checkpoints happen while the others wait.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1800,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub collective_timeout: u64,
 
     /// CLIP weights: hub id or local directory [default: openai/clip-vit-base-patch16;
     /// demo: random:demo]. `random:vit-b16` is ViT-B/16 with random weights (benchmarks).
@@ -719,7 +726,11 @@ pub fn run(args: &TrainArgs) -> Result<Option<EvalReport>> {
         return Ok(Some(report));
     }
     let (device, sync) = match &rank {
-        Some(rank) => rank.join(args.device.as_deref(), &output)?,
+        Some(rank) => rank.join(
+            args.device.as_deref(),
+            &output,
+            std::time::Duration::from_secs(args.collective_timeout),
+        )?,
         None => (crate::runtime::device(args.device.as_deref())?, None),
     };
     if leader {
