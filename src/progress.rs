@@ -29,6 +29,17 @@ pub enum MetricsRecord {
         grad_norm: f64,
         /// Training images per second since the last record.
         images_per_second: f64,
+        /// Seconds per step spent waiting for the loader's next batch, mean
+        /// since the last record (the rest of a step is the model's): near
+        /// 0 when the loader keeps up, the time to win back when not.
+        /// Absent from logs written before it was recorded.
+        #[serde(default)]
+        data_wait_s: f64,
+        /// With `train_uniattack --profile-phases`: seconds per step in each
+        /// phase, mean since the last record, the device synchronised
+        /// after each phase so that its work is counted there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phases: Option<PhaseSeconds>,
     },
     /// An evaluation.
     Eval {
@@ -59,6 +70,47 @@ impl MetricsRecord {
     pub fn step(&self) -> u64 {
         match self {
             MetricsRecord::Train { step, .. } | MetricsRecord::Eval { step, .. } => *step,
+        }
+    }
+}
+
+/// Where the time of a training step goes, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSeconds {
+    /// Waiting for the loader's batches.
+    pub data: f64,
+    /// Uploading the batches and the forward pass, to the loss.
+    pub forward: f64,
+    /// The backward pass and the gradients' sum over micro-batches.
+    pub backward: f64,
+    /// Averaging with the other ranks (data parallelism; 0 without).
+    pub exchange: f64,
+    /// The global gradient norm (its read) and clipping.
+    pub clip: f64,
+    /// The optimizer's update.
+    pub update: f64,
+}
+
+impl PhaseSeconds {
+    /// The phases' sum, phase by phase.
+    pub fn add(&mut self, other: &Self) {
+        self.data += other.data;
+        self.forward += other.forward;
+        self.backward += other.backward;
+        self.exchange += other.exchange;
+        self.clip += other.clip;
+        self.update += other.update;
+    }
+
+    /// Every phase divided by `n`.
+    pub fn divided(&self, n: f64) -> Self {
+        Self {
+            data: self.data / n,
+            forward: self.forward / n,
+            backward: self.backward / n,
+            exchange: self.exchange / n,
+            clip: self.clip / n,
+            update: self.update / n,
         }
     }
 }
@@ -196,6 +248,8 @@ mod tests {
             lr: 1e-3,
             grad_norm: 1.0,
             images_per_second: 10.0,
+            data_wait_s: 0.0,
+            phases: None,
         }
     }
 

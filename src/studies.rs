@@ -420,6 +420,7 @@ pub fn run(
                     // variant a frozen baseline beside the trained MoE ones.
                     frozen_baseline: true,
                     check_images: options.check_images,
+                    profile_phases: false,
                 };
                 Trainer::new(cfg, train)?.run()?
             }

@@ -34,7 +34,7 @@ use crate::evaluator::{bpcer_table, score_split, write_plots, EvalReport, Thresh
 use crate::experiment::{Dataset, EvalEvery, ExperimentConfig, FrozenPart, LossKind, Selection};
 use crate::gradient_exchange::{GradientExchange, StepShare};
 use crate::labels::{class_index, ScoreExport, SCORE_POLARITY};
-use crate::progress::{MetricsLog, MetricsRecord, Progress};
+use crate::progress::{MetricsLog, MetricsRecord, PhaseSeconds, Progress};
 use crate::run_dir::RunDir;
 use crate::schedule::Decay;
 
@@ -63,6 +63,11 @@ pub struct TrainOptions {
     /// with all the others, rather than at its batch or at the first
     /// evaluation, hours in.
     pub check_images: bool,
+    /// Time each step's phases (loader, forward, backward, exchange,
+    /// gradient norm, update) into `metrics.jsonl`, synchronising the
+    /// device after each: a profile of where a GPU step's time goes, at
+    /// the cost of the overlap the synchronisations remove.
+    pub profile_phases: bool,
 }
 
 /// Everything a run needs, set up and (when resuming) restored.
@@ -100,6 +105,10 @@ pub struct Trainer {
     _lock: Option<std::fs::File>,
     /// The steps since the last logged record (checkpointed with them).
     window: LogWindow,
+    /// `TrainOptions::profile_phases`.
+    profile_phases: bool,
+    /// The current step's phase times.
+    step_phases: std::cell::Cell<PhaseSeconds>,
 }
 
 /// Settings a resumed run may change: how long it trains, how many threads
@@ -372,7 +381,9 @@ impl Trainer {
             sync: options.sync,
             exchange,
             _lock: lock,
-            window: LogWindow::new(),
+            window: LogWindow::new(options.profile_phases),
+            profile_phases: options.profile_phases,
+            step_phases: Default::default(),
             cfg,
         };
         if rank == 0 {
@@ -601,7 +612,7 @@ impl Trainer {
         self.position = meta.position;
         self.best = meta.best.clone();
         self.calibration = meta.calibration;
-        self.window = LogWindow::resumed(meta.unlogged);
+        self.window = LogWindow::resumed(meta.unlogged, self.profile_phases);
         if !self.cfg.model.frozen.contains(&FrozenPart::Text) {
             return Ok(());
         }
@@ -683,7 +694,10 @@ impl Trainer {
         let mut loss_sum = 0.0;
         let mut images = 0;
         for _ in 0..group {
-            let batch = batches.next().ok_or_else(|| {
+            let waiting = Instant::now();
+            let batch = batches.next();
+            self.add_phase(|p| &mut p.data, waiting);
+            let batch = batch.ok_or_else(|| {
                 Error::config("loader", "the epoch ended before its last batch")
             })??;
             let (loss, n) = self.micro_batch(&batch, group, &mut grads)?;
@@ -702,9 +716,38 @@ impl Trainer {
     /// data parallelism, the step as it is.
     fn share(&self, mine: Result<StepShare>) -> Result<StepShare> {
         match (&self.sync, &self.exchange) {
-            (Some(sync), Some(exchange)) => exchange.exchange(&*sync.0, mine),
+            (Some(sync), Some(exchange)) => {
+                self.profiled(|p| &mut p.exchange, || exchange.exchange(&*sync.0, mine))
+            }
             _ => mine,
         }
+    }
+
+    /// Adds the time since `start` to the current step's `phase`.
+    fn add_phase(&self, phase: fn(&mut PhaseSeconds) -> &mut f64, start: Instant) {
+        let mut phases = self.step_phases.get();
+        *phase(&mut phases) += start.elapsed().as_secs_f64();
+        self.step_phases.set(phases);
+    }
+
+    /// `work()`, timed into the current step's `phase` when profiling, the
+    /// device synchronised at its end so that the phase's kernels count
+    /// there (without profiling, nothing is timed or synchronised).
+    fn profiled<T>(
+        &self,
+        phase: fn(&mut PhaseSeconds) -> &mut f64,
+        work: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if !self.profile_phases {
+            return work();
+        }
+        let start = Instant::now();
+        let out = work();
+        let synced = self.device.synchronize();
+        self.add_phase(phase, start);
+        let out = out?;
+        synced?;
+        Ok(out)
     }
 
     /// Takes the optimizer step with the step's (averaged) gradients, logs,
@@ -723,10 +766,15 @@ impl Trainer {
             loss,
             images,
         } = share;
+        let grad_norm = self.profiled(|p| &mut p.clip, || self.clip_gradients(&mut grads, step))?;
         let cfg = &self.cfg;
-        let grad_norm = self.clip_gradients(&mut grads, step)?;
         let lr = cfg.schedule.lr_at(cfg.optim.lr, step, self.total_steps);
+        let start = Instant::now();
         self.adam.step(&grads, lr)?;
+        if self.profile_phases {
+            self.device.synchronize()?;
+            self.add_phase(|p| &mut p.update, start);
+        }
         let next = first + group;
         self.position = if next >= self.batches_per_epoch {
             LoaderPosition {
@@ -739,7 +787,8 @@ impl Trainer {
                 next_batch: next,
             }
         };
-        self.window.add(loss, grad_norm, images);
+        self.window
+            .add(loss, grad_norm, images, &self.step_phases.take());
         if step.is_multiple_of(self.cfg.training.log_every) || step == self.total_steps {
             let record = self.window.record(step, epoch, lr);
             if let Some(metrics) = &mut self.metrics {
@@ -789,44 +838,56 @@ impl Trainer {
         grads: &mut [Option<Tensor>],
     ) -> Result<(f64, usize)> {
         let step = self.adam.step_count() + 1;
-        let pixels = batch
-            .images
-            .to_device(&self.device)?
-            .to_dtype(self.cfg.model.precision.compute_dtype())?;
-        let targets: Vec<u32> = batch
-            .labels
-            .iter()
-            .zip(&batch.entries)
-            .map(|(label, entry)| {
-                label.as_ref().map(class_index).ok_or_else(|| {
-                    Error::config("train split", format!("entry {entry} has no label"))
-                })
-            })
-            .collect::<Result<_>>()?;
-        let n = targets.len();
-        let targets = Tensor::from_vec(targets, n, &self.device)?;
-        let logits = self.classifier.image_logits(&self.model, &pixels)?;
-        let loss = match self.cfg.prompts.loss {
-            LossKind::Clip => clip_loss_with_prompts(&logits, &targets)?,
-            LossKind::CrossEntropy => prompt_cross_entropy(&logits, &targets)?,
-        };
-        let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+        let (loss, value, n) = self.profiled(
+            |p| &mut p.forward,
+            || {
+                let pixels = batch
+                    .images
+                    .to_device(&self.device)?
+                    .to_dtype(self.cfg.model.precision.compute_dtype())?;
+                let targets: Vec<u32> = batch
+                    .labels
+                    .iter()
+                    .zip(&batch.entries)
+                    .map(|(label, entry)| {
+                        label.as_ref().map(class_index).ok_or_else(|| {
+                            Error::config("train split", format!("entry {entry} has no label"))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                let n = targets.len();
+                let targets = Tensor::from_vec(targets, n, &self.device)?;
+                let logits = self.classifier.image_logits(&self.model, &pixels)?;
+                let loss = match self.cfg.prompts.loss {
+                    LossKind::Clip => clip_loss_with_prompts(&logits, &targets)?,
+                    LossKind::CrossEntropy => prompt_cross_entropy(&logits, &targets)?,
+                };
+                let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+                Ok((loss, value, n))
+            },
+        )?;
         if !value.is_finite() {
             return Err(Error::NonFinite {
                 step,
                 what: format!("the loss ({value})"),
             });
         }
-        let backward = (loss / group as f64)?.backward()?;
-        for (slot, (_, var)) in grads.iter_mut().zip(self.adam.vars()) {
-            if let Some(grad) = backward.get(var.as_tensor()) {
-                let grad = grad.detach();
-                *slot = Some(match slot.take() {
-                    Some(sum) => (sum + grad)?,
-                    None => grad,
-                });
-            }
-        }
+        self.profiled(
+            |p| &mut p.backward,
+            || {
+                let backward = (loss / group as f64)?.backward()?;
+                for (slot, (_, var)) in grads.iter_mut().zip(self.adam.vars()) {
+                    if let Some(grad) = backward.get(var.as_tensor()) {
+                        let grad = grad.detach();
+                        *slot = Some(match slot.take() {
+                            Some(sum) => (sum + grad)?,
+                            None => grad,
+                        });
+                    }
+                }
+                Ok(())
+            },
+        )?;
         Ok((value, n))
     }
 
@@ -1687,27 +1748,36 @@ struct LogWindow {
     steps: u64,
     images: usize,
     started: Instant,
+    /// The steps timed since the clock started (a resumed window holds
+    /// steps of the interrupted run, whose times are gone).
+    timed_steps: u64,
+    phases: PhaseSeconds,
+    /// Whether `phases` beyond the loader's are measured.
+    profiled: bool,
 }
 
 impl LogWindow {
-    fn new() -> Self {
+    fn new(profiled: bool) -> Self {
         Self {
             losses: 0.0,
             norms: 0.0,
             steps: 0,
             images: 0,
             started: Instant::now(),
+            timed_steps: 0,
+            phases: PhaseSeconds::default(),
+            profiled,
         }
     }
 
     /// A window holding the steps a checkpoint had not logged yet; its
     /// throughput counts only what comes after.
-    fn resumed(unlogged: UnloggedSteps) -> Self {
+    fn resumed(unlogged: UnloggedSteps, profiled: bool) -> Self {
         Self {
             losses: f64::from_bits(unlogged.loss_sum_bits),
             norms: f64::from_bits(unlogged.grad_norm_sum_bits),
             steps: unlogged.steps,
-            ..Self::new()
+            ..Self::new(profiled)
         }
     }
 
@@ -1720,23 +1790,29 @@ impl LogWindow {
         }
     }
 
-    /// Starts the throughput clock (and image count) afresh.
+    /// Starts the throughput clock (and image count, and step times)
+    /// afresh.
     fn restart_clock(&mut self) {
         self.images = 0;
+        self.timed_steps = 0;
+        self.phases = PhaseSeconds::default();
         self.started = Instant::now();
     }
 
-    fn add(&mut self, loss: f64, norm: f64, images: usize) {
+    fn add(&mut self, loss: f64, norm: f64, images: usize, phases: &PhaseSeconds) {
         self.losses += loss;
         self.norms += norm;
         self.steps += 1;
         self.images += images;
+        self.timed_steps += 1;
+        self.phases.add(phases);
     }
 
     /// The record of the window, and a fresh window.
     fn record(&mut self, step: u64, epoch: u64, lr: f64) -> MetricsRecord {
         let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
         let steps = self.steps.max(1) as f64;
+        let per_step = self.phases.divided(self.timed_steps.max(1) as f64);
         let record = MetricsRecord::Train {
             step,
             epoch,
@@ -1744,8 +1820,10 @@ impl LogWindow {
             lr,
             grad_norm: self.norms / steps,
             images_per_second: self.images as f64 / seconds,
+            data_wait_s: per_step.data,
+            phases: self.profiled.then_some(per_step),
         };
-        *self = Self::new();
+        *self = Self::new(self.profiled);
         record
     }
 }

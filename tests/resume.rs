@@ -109,7 +109,9 @@ fn logged(out: &Path) -> Result<Vec<String>> {
     for line in text.lines() {
         let mut record: serde_json::Value = serde_json::from_str(line)?;
         if let Some(fields) = record.as_object_mut() {
-            fields.remove("images_per_second");
+            for timing in ["images_per_second", "data_wait_s", "phases"] {
+                fields.remove(timing);
+            }
         }
         records.push(record.to_string());
     }

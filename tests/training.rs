@@ -450,3 +450,65 @@ fn bf16_steps_move_the_f32_master_weights() -> Result<()> {
     eprintln!("first-step loss: bf16 {a}, f32 {b}");
     Ok(())
 }
+
+/// `--profile-phases`: every training record says where its step's time
+/// went, each phase of a single-rank CPU step measured (no exchange), and
+/// the phases together take no more than the training did. Without it only
+/// the loader's wait is recorded.
+#[test]
+fn profiled_steps_record_where_their_time_goes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cfg, out) = common::one_epoch(dir.path());
+    let mut options = common::options(&out, false);
+    options.profile_phases = true;
+    let mut trainer = Trainer::new(cfg.clone(), options)?;
+    let started = std::time::Instant::now();
+    trainer.train()?;
+    let wall = started.elapsed().as_secs_f64();
+    let records = train_records(&out.join("metrics.jsonl"))?;
+    assert_eq!(records.len(), 2, "{records:?}");
+    let mut total = 0.0;
+    for (data_wait_s, phases) in &records {
+        let p = phases.expect("a profiled step without phases");
+        for (name, seconds) in [
+            ("forward", p.forward),
+            ("backward", p.backward),
+            ("clip", p.clip),
+            ("update", p.update),
+        ] {
+            assert!(seconds > 0.0 && seconds.is_finite(), "{name}: {p:?}");
+        }
+        assert_eq!(p.exchange, 0.0, "an exchange without ranks: {p:?}");
+        assert!(
+            p.data >= 0.0 && p.data == *data_wait_s,
+            "{p:?} {data_wait_s}"
+        );
+        total += p.data + p.forward + p.backward + p.exchange + p.clip + p.update;
+    }
+    assert!(total <= wall, "phases {total} s in a training of {wall} s");
+
+    let plain = dir.path().join("plain");
+    Trainer::new(cfg, common::options(&plain, false))?.train()?;
+    for (data_wait_s, phases) in train_records(&plain.join("metrics.jsonl"))? {
+        assert!(phases.is_none() && data_wait_s >= 0.0);
+    }
+    Ok(())
+}
+
+/// Each training record's `data_wait_s` and `phases`.
+fn train_records(
+    metrics: &std::path::Path,
+) -> Result<Vec<(f64, Option<uniattack::progress::PhaseSeconds>)>> {
+    let mut out = Vec::new();
+    for line in std::fs::read_to_string(metrics)?.lines() {
+        if let MetricsRecord::Train {
+            data_wait_s,
+            phases,
+            ..
+        } = serde_json::from_str(line)?
+        {
+            out.push((data_wait_s, phases));
+        }
+    }
+    Ok(out)
+}

@@ -63,6 +63,9 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA")
     parser.add_argument("--amp", choices=["none", "bf16"], default="none")
+    parser.add_argument("--profile-phases", action="store_true",
+                        help="also time forward, backward and Adam apart, synchronising "
+                             "the device between them (train_uniattack --profile-phases)")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
@@ -94,7 +97,16 @@ def main():
             return pooled.float()
         return model.vision_model(pixel_values=pixels).pooler_output
 
+    phases = []
+
     def step():
+        marks = [time.perf_counter()]
+
+        def mark():
+            if args.profile_phases:
+                sync()
+                marks.append(time.perf_counter())
+
         image = model.visual_projection(vision())
         text = model.text_projection(model.text_model(input_ids=ids).pooler_output)
         image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
@@ -102,13 +114,20 @@ def main():
         s = logits[:, labels]
         target = torch.arange(args.batch, device=device)
         loss = (F.cross_entropy(s, target) + F.cross_entropy(s.t(), target)) / 2
+        mark()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        mark()
         opt.step()
+        mark()
+        if args.profile_phases:
+            phases.append({name: b - a for name, a, b in
+                           zip(["forward", "backward", "update"], marks, marks[1:])})
 
     for _ in range(args.warmup):
         step()
     sync()
+    phases.clear()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
@@ -127,6 +146,9 @@ def main():
         "tf32": args.tf32, "amp": args.amp,
         "peak_gpu_mib": (torch.cuda.max_memory_allocated(device) / 2**20
                          if device.type == "cuda" else None),
+        **({"profiled": True,
+            "phase_s": {k: statistics.median(p[k] for p in phases) for k in phases[0]}}
+           if phases else {}),
     }))
 
 

@@ -137,6 +137,12 @@ pub struct TrainArgs {
     /// with all of them named, not at its batch or the first evaluation.
     #[arg(long)]
     pub check_images: bool,
+    /// Record where each step's time goes (loader, forward, backward,
+    /// exchange, gradient norm, update) in metrics.jsonl's `phases`, the
+    /// device synchronised after each phase: for profiling, slightly
+    /// slower. The loader's wait is always recorded (`data_wait_s`).
+    #[arg(long)]
+    pub profile_phases: bool,
     /// Oversample the smaller of live / attack to 1:1 every epoch.
     #[arg(long)]
     pub balance: bool,
@@ -752,6 +758,7 @@ pub fn run(args: &TrainArgs) -> Result<Option<EvalReport>> {
             sync,
             frozen_baseline: false,
             check_images: args.check_images,
+            profile_phases: args.profile_phases,
         },
     )?;
     if !leader {

@@ -58,6 +58,7 @@ pub fn options(output: &Path, resume: bool) -> TrainOptions {
         sync: None,
         frozen_baseline: false,
         check_images: false,
+        profile_phases: false,
     }
 }
 
