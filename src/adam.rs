@@ -14,9 +14,12 @@
 //!   `denom = sqrt(v)/sqrt(1−β₂ᵗ) + ε`, `θ.addcdiv_(m, denom, −η/(1−β₁ᵗ))`;
 //!   `tests/adam_pytorch.rs` checks it against `torch.optim` on a fixture.
 //! * On the CPU the step is one fused pass per parameter, in place (the
-//!   moments are host vectors); on other devices it is composed of tensor
-//!   operations. Parameters stay F32 (master weights) whatever precision the
-//!   forward pass runs in.
+//!   moments are host vectors). On a GPU with fused-ops' CUDA kernels on
+//!   (`FUSED_OPS_CUDA=1`) it is one kernel per parameter, in place, in the
+//!   same order and roundings (`fused_ops::adam_update`, checked bit for bit
+//!   against `torch.optim` on the emulator); otherwise it is composed of
+//!   tensor operations, about a dozen kernels per parameter. Parameters stay
+//!   F32 (master weights) whatever precision the forward pass runs in.
 
 use std::collections::HashMap;
 
@@ -220,11 +223,18 @@ impl Adam {
                     })?;
                 }
                 Moments::Tensors { m, v } => {
-                    let (new_param, new_m, new_v) =
-                        composite_step(&coefficients, slot.var.as_tensor(), grad, m, v)?;
-                    slot.var.set(&new_param)?;
-                    *m = new_m;
-                    *v = new_v;
+                    let param = slot.var.as_tensor();
+                    if fused_ops::adam_update_fits(param, grad, m, v) {
+                        // One kernel, in place, bit-equal to the CPU path
+                        // (with fused-ops' CUDA kernels on).
+                        fused_ops::adam_update(param, grad, m, v, &coefficients.scalars())?;
+                    } else {
+                        let (new_param, new_m, new_v) =
+                            composite_step(&coefficients, param, grad, m, v)?;
+                        slot.var.set(&new_param)?;
+                        *m = new_m;
+                        *v = new_v;
+                    }
                 }
             }
         }
@@ -369,6 +379,25 @@ impl Coefficients {
             bias_correction2_sqrt: bias_correction2.sqrt(),
             eps: config.eps,
             neg_step_size: -(lr / bias_correction1),
+        }
+    }
+}
+
+impl Coefficients {
+    /// The scalars as F32, as PyTorch's kernels take them (and the fused
+    /// CPU loop below rounds them).
+    fn scalars(&self) -> fused_ops::AdamScalars {
+        fused_ops::AdamScalars {
+            decay_factor: self.decay_factor as f32,
+            coupled_decay: self.coupled_decay as f32,
+            lerp_weight: self.lerp_weight as f32,
+            beta2: self.beta2 as f32,
+            one_minus_beta2: self.one_minus_beta2 as f32,
+            bias_correction2_sqrt: self.bias_correction2_sqrt as f32,
+            eps: self.eps as f32,
+            neg_step_size: self.neg_step_size as f32,
+            decoupled: self.decay_factor != 1.0,
+            coupled: self.coupled_decay != 0.0,
         }
     }
 }

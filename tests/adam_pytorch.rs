@@ -34,6 +34,22 @@ fn ulps(a: f32, b: f32) -> u32 {
 
 #[test]
 fn matches_torch_optim_step_by_step() -> Result<()> {
+    check_against_torch(&Device::Cpu)
+}
+
+/// On a GPU with fused-ops' CUDA kernels on, each parameter's step is one
+/// kernel (`fused_ops::adam_update`): bit-equal to `torch.optim` too (the
+/// composite of tensor operations, with the kernels off, is not: it rounds
+/// in other places).
+#[cfg(feature = "cuda")]
+#[test]
+fn on_a_gpu_the_fused_step_matches_torch_optim() -> Result<()> {
+    fused_ops::set_fused_cuda_kernels(true);
+    check_against_torch(&Device::new_cuda(0)?)
+}
+
+/// Every case of the fixture on `device`, every value compared to the bit.
+fn check_against_torch(device: &Device) -> Result<()> {
     let (tensors, meta) = fixture()?;
     let steps = meta["steps"].as_u64().context("steps")? as usize;
     let names: Vec<String> = meta["shapes"]
@@ -61,7 +77,7 @@ fn matches_torch_optim_step_by_step() -> Result<()> {
             .map(|n| {
                 Ok((
                     n.clone(),
-                    Var::from_tensor(&tensors[&format!("{case}/init/{n}")])?,
+                    Var::from_tensor(&tensors[&format!("{case}/init/{n}")].to_device(device)?)?,
                 ))
             })
             .collect::<Result<_>>()?;
@@ -69,8 +85,12 @@ fn matches_torch_optim_step_by_step() -> Result<()> {
         for step in 0..steps {
             let grads: Vec<Option<Tensor>> = names
                 .iter()
-                .map(|n| Some(tensors[&format!("{case}/grad{step}/{n}")].clone()))
-                .collect();
+                .map(|n| {
+                    tensors[&format!("{case}/grad{step}/{n}")]
+                        .to_device(device)
+                        .map(Some)
+                })
+                .collect::<candle_core::Result<_>>()?;
             adam.step(&grads, config.lr)?;
             let state: HashMap<String, Tensor> = adam.state_tensors()?.into_iter().collect();
             for (n, var) in &vars {

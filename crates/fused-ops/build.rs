@@ -42,6 +42,9 @@ fn compile_emulator() {
         .warnings(true)
         // `#pragma unroll` is for nvcc.
         .flag("-Wno-unknown-pragmas")
+        // a * b + c stays two roundings, as nvcc keeps `__fmul_rn` and
+        // `__fadd_rn` (GCC would fuse them where the CPU has FMA).
+        .flag("-ffp-contract=off")
         // The kernels register themselves with the launcher from static
         // initialisers that nothing else refers to: keep them linked.
         .link_lib_modifier("+whole-archive")

@@ -60,6 +60,7 @@ cp "$(executable test --release -p softmoe --test parity)" .gpu/bin/softmoe_pari
 cp "$(executable test --release -p clip-moe --test parity)" .gpu/bin/clip_moe_parity
 cp "$(executable test --release -p clip-moe --test cuda)" .gpu/bin/clip_moe_cuda
 cp "$(executable test --release -p fused-ops --test cuda_parity)" .gpu/bin/fused_ops_cuda
+cp "$(executable test --release -p uniattack --test adam_pytorch)" .gpu/bin/adam_cuda
 # train_uniattack with NCCL (gpu_checks.sh's world-size-1 check), first, so
 # the plain build below writes the plain binary last. cudarc links NCCL at
 # build time: NVIDIA's nvidia-nccl-cu13 wheel, unpacked once into NCCL_DIR.

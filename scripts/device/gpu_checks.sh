@@ -12,7 +12,8 @@
 # against autocast), then the candle CUDA benches side by side with PyTorch
 # (and transformers) on the same GPU, and writes logs under $OUT.
 # fused-ops' CUDA kernels are checked first (they already pass on the CPU
-# emulator, `cargo test`), then the tiny model with them on; where they
+# emulator, `cargo test`), with uniattack's Adam on the fused step against
+# torch.optim, then the tiny model with them on; where they
 # pass, the step is also timed with them on (FUSED_OPS_CUDA=1), and
 # cuda_rows times each op (row ops, La-SoftMoE's combine ops, attention)
 # as composite and kernel (ROWS_BENCH=0 skips it), and grad_accumulation
@@ -23,7 +24,8 @@
 # TESTS=0 skips the tests (then KERNELS_OK=1 lets the step run with the
 # kernels, from an earlier call's verdict) and DEMO=0 the demo runs;
 # STEP_BENCH=0 skips the training-step comparison (STEP_ROUNDS=1 runs it
-# once instead of twice); DETECT_BENCH=0 the
+# once instead of twice); PHASE_PROFILE=0 the step's phase times
+# (train_uniattack --profile-phases); DETECT_BENCH=0 the
 # detector's inference against PyTorch; LOADER_BENCH=0 the loader on every
 # core; BENCHES=0 the layer benches that follow them (the device call allows
 # 600 s in all: split the checks over calls with these switches).
@@ -81,7 +83,11 @@ if [ "${TESTS:-1}" = 1 ]; then
     kernels_ok=0
     timeout 120 "$BIN/fused_ops_cuda" --test-threads 1 --nocapture >"$OUT/fused_ops_cuda.log" 2>&1 &&
         kernels_ok=1 || status=1
-    grep -E "max diff|^test |test result|panicked|rror" "$OUT/fused_ops_cuda.log" | tail -n 40
+    grep -E "max diff|fused Adam|^test |test result|panicked|rror" "$OUT/fused_ops_cuda.log" | tail -n 40
+    # uniattack's optimizer on the GPU with the kernels on: one fused
+    # kernel per parameter, bit-equal to torch.optim.
+    timeout 120 "$BIN/adam_cuda" --test-threads 1 >"$OUT/adam_cuda.log" 2>&1 || { status=1; kernels_ok=0; }
+    grep -E "^test |test result|panicked|rror" "$OUT/adam_cuda.log"
     for t in softmoe_parity clip_moe_parity clip_moe_cuda; do
         timeout 300 "$BIN/$t" --test-threads 1 >"$OUT/$t.log" 2>&1 || status=1
         grep -E "^test |test result|panicked|rror" "$OUT/$t.log"
@@ -122,46 +128,61 @@ if [ "${DEMO:-1}" = 1 ]; then
     fi
 fi
 
-if [ "${STEP_BENCH:-1}" = 1 ]; then
-    echo "== training step, ViT-B/16 + La-SoftMoE, 224 px, batch 32"
+step_data() { # the synthetic 224 px set the timed training runs read
     data="$OUT/step-data"
-    "$BIN/synth_dataset" --out "$data" --subjects 30 --size 224 >/dev/null 2>&1 || status=1
-    # The real binary: images/s per logged step (median after the first 3)
-    # and the peak GPU memory nvidia-smi sees for its process.
-    rust_step() { # precision [kernels: 0 or 1]
-        local out="$OUT/step-$1-k${2:-0}" peak=0
-        rm -rf "$out"
-        FUSED_OPS_CUDA=${2:-0} "$BIN/train_uniattack" --model random:vit-b16 --data "$data" --protocol p1 --device cuda \
-            --precision "$1" --batch-size 32 --workers "$(nproc)" --epochs 1000 --max-steps 23 \
-            --log-every 1 --eval-every 100000 --no-test-during-training --output "$out" \
-            >"$out.log" 2>&1 &
-        local pid=$! deadline=$((SECONDS + ${STEP_DEADLINE:-180}))
-        while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
-            used=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits |
-                awk -F', ' -v p="$pid" '$1 == p {print $2}')
-            [ -n "$used" ] && [ "$used" -gt "$peak" ] && peak=$used
-            sleep 0.5
-            [ -f "$out/metrics.jsonl" ] && [ "$(grep -c '"kind":"train"' "$out/metrics.jsonl")" -ge 23 ] && break
-        done
-        local timed_out=0
-        if kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -ge "$deadline" ]; then
-            timed_out=1
-            echo "rust_step $1 k${2:-0}: deadline of ${STEP_DEADLINE:-180} s reached; stopped" >&2
-        fi
-        kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-        "$PY" - "$out/metrics.jsonl" "$1" "$peak" "${2:-0}" "$timed_out" <<'PY'
+    [ -d "$data" ] || "$BIN/synth_dataset" --out "$data" --subjects 30 --size 224 >/dev/null 2>&1 || status=1
+}
+# The real binary: images/s per logged step (median after the first 3)
+# and the peak GPU memory nvidia-smi sees for its process; with profile 1,
+# also the median seconds of each phase of a step (--profile-phases: the
+# device synchronised after each phase, so its images/s is not the
+# headline figure).
+rust_step() { # precision [kernels: 0 or 1] [profile: 0 or 1]
+    local out="$OUT/step-$1-k${2:-0}-p${3:-0}" peak=0 profile=()
+    [ "${3:-0}" = 1 ] && profile=(--profile-phases)
+    rm -rf "$out"
+    FUSED_OPS_CUDA=${2:-0} "$BIN/train_uniattack" --model random:vit-b16 --data "$data" --protocol p1 --device cuda \
+        --precision "$1" --batch-size 32 --workers "$(nproc)" --epochs 1000 --max-steps 23 \
+        --log-every 1 --eval-every 100000 --no-test-during-training ${profile[@]+"${profile[@]}"} --output "$out" \
+        >"$out.log" 2>&1 &
+    local pid=$! deadline=$((SECONDS + ${STEP_DEADLINE:-180}))
+    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+        used=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits |
+            awk -F', ' -v p="$pid" '$1 == p {print $2}')
+        [ -n "$used" ] && [ "$used" -gt "$peak" ] && peak=$used
+        sleep 0.5
+        [ -f "$out/metrics.jsonl" ] && [ "$(grep -c '"kind":"train"' "$out/metrics.jsonl")" -ge 23 ] && break
+    done
+    local timed_out=0
+    if kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -ge "$deadline" ]; then
+        timed_out=1
+        echo "rust_step $1 k${2:-0}: deadline of ${STEP_DEADLINE:-180} s reached; stopped" >&2
+    fi
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    "$PY" - "$out/metrics.jsonl" "$1" "$peak" "${2:-0}" "$timed_out" <<'PY'
 import json, os, statistics, sys
 path = sys.argv[1]
 records = list(map(json.loads, open(path))) if os.path.exists(path) else []
-rates = [r["images_per_second"] for r in records if r["kind"] == "train"][3:]
-print(json.dumps({"impl": "uniattack", "precision": sys.argv[2], "batch": 32,
-                  "fused_cuda_kernels": sys.argv[4] == "1",
-                  "images_per_s": statistics.median(rates) if rates else None,
-                  "steps": len(rates), "timed_out": sys.argv[5] == "1",
-                  "peak_gpu_mib": int(sys.argv[3])}))
+train = [r for r in records if r["kind"] == "train"][3:]
+rates = [r["images_per_second"] for r in train]
+result = {"impl": "uniattack", "precision": sys.argv[2], "batch": 32,
+          "fused_cuda_kernels": sys.argv[4] == "1",
+          "images_per_s": statistics.median(rates) if rates else None,
+          "steps": len(rates), "timed_out": sys.argv[5] == "1",
+          "peak_gpu_mib": int(sys.argv[3]),
+          "data_wait_s": statistics.median(r.get("data_wait_s", 0.0) for r in train) if train else None}
+phases = [r["phases"] for r in train if r.get("phases")]
+if phases:
+    result["profiled"] = True
+    result["phase_s"] = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+print(json.dumps(result))
 sys.exit(0 if rates else 1)
 PY
-    }
+}
+
+if [ "${STEP_BENCH:-1}" = 1 ]; then
+    echo "== training step, ViT-B/16 + La-SoftMoE, 224 px, batch 32"
+    step_data
     for round in $(seq "${STEP_ROUNDS:-2}"); do
         for precision in f32 bf16; do
             rust_step "$precision" 0 || status=1
@@ -172,6 +193,24 @@ PY
         done
     done >"$OUT/train_step.log" 2>&1 # not a pipe: a pipe's loop would set status in a subshell
     cat "$OUT/train_step.log"
+fi
+
+if [ "${PHASE_PROFILE:-1}" = 1 ]; then
+    # Where a step's time goes (loader wait, forward, backward, gradient
+    # norm, Adam), F32 + TF32 and BF16, kernels off (and on, where they
+    # passed: the fused Adam step shows in `update`), beside PyTorch's
+    # forward, backward and Adam timed the same way: the profile that says
+    # what to fuse next.
+    echo "== training step phases, ViT-B/16 + La-SoftMoE, batch 32 (--profile-phases)"
+    step_data
+    for precision in f32 bf16; do
+        rust_step "$precision" 0 1 || status=1
+        if [ "$kernels_ok" = 1 ]; then rust_step "$precision" 1 1 || status=1; fi
+        amp=none; [ "$precision" = bf16 ] && amp=bf16
+        "$PY" scripts/uniattack/bench_train_step_torch.py --device cuda --batch 32 --steps 10 \
+            --warmup 3 --tf32 --amp "$amp" --profile-phases || status=1
+    done >"$OUT/step_phases.log" 2>&1 # not a pipe: status would be set in a subshell
+    cat "$OUT/step_phases.log"
 fi
 
 if [ "${NCCL_CHECK:-1}" = 1 ] && [ -x "$BIN/train_uniattack_nccl" ]; then

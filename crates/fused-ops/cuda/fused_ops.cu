@@ -684,6 +684,30 @@ __device__ void attention_bwd_dkv(const T* q, const T* k, const T* v, const T* d
     }
 }
 
+// One Adam step of one parameter, element by element, in place: the update
+// of PyTorch's single-tensor implementation (torch.optim.Adam/AdamW with
+// foreach=False, as uniattack's CPU path computes it), in its order and
+// roundings. Every rounding is spelled out (`__f*_rn`, `fmaf` where PyTorch's
+// CPU kernels fuse a multiply-add), so nvcc contracts nothing and the result
+// is the CPU's to the bit.
+__device__ void adam_update(float* p, float* m, float* v, const float* g, int64_t n,
+                            float decay_factor, float coupled_decay, float lerp_weight,
+                            float beta2, float one_minus_beta2, float bias_correction2_sqrt,
+                            float eps, float neg_step_size, int decoupled, int coupled) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float pi = p[i];
+    if (decoupled) pi = __fmul_rn(pi, decay_factor);
+    float gi = g[i];
+    if (coupled) gi = fmaf(pi, coupled_decay, gi);
+    const float mi = fmaf(lerp_weight, __fsub_rn(gi, m[i]), m[i]);
+    const float vi = fmaf(__fmul_rn(one_minus_beta2, gi), gi, __fmul_rn(v[i], beta2));
+    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bias_correction2_sqrt), eps);
+    p[i] = __fadd_rn(pi, __fdiv_rn(__fmul_rn(neg_step_size, mi), denom));
+    m[i] = mi;
+    v[i] = vi;
+}
+
 // Every entry point is defined through KERNEL(name, (parameters), call);
 // the CPU emulator (emulation/emulator.h) defines it first to also register
 // the kernel under its name.
@@ -773,3 +797,10 @@ ROW_KERNELS(__nv_bfloat16, bf16)
 
 ATTENTION_WIDTHS(float, f32)
 ATTENTION_WIDTHS(__nv_bfloat16, bf16)
+
+KERNEL(adam_update_f32,
+       (float* p, float* m, float* v, const float* g, int64_t n, float decay_factor,
+        float coupled_decay, float lerp_weight, float beta2, float one_minus_beta2,
+        float bias_correction2_sqrt, float eps, float neg_step_size, int decoupled, int coupled),
+       adam_update(p, m, v, g, n, decay_factor, coupled_decay, lerp_weight, beta2,
+                   one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size, decoupled, coupled))

@@ -50,7 +50,7 @@ impl KernelDevice for CudaDevice {
                     guards.push(guard);
                     Value::Ptr(ptr + (*at * s.dtype().size_in_bytes()) as u64)
                 }
-                Arg::Out(s, at) => {
+                Arg::Out(s, at) | Arg::InPlace(s, at) => {
                     let offset = (*at * s.dtype().size_in_bytes()) as u64;
                     let (ptr, guard) = match s.dtype() {
                         DType::F32 => s.as_cuda_slice_mut::<f32>()?.device_ptr_mut(&stream),

@@ -186,7 +186,7 @@ impl KernelDevice for Emulator {
                 .iter()
                 .map(|arg| match arg {
                     Arg::In(s, _) => buffer(s),
-                    Arg::Out(s, _) => buffer(s),
+                    Arg::Out(s, _) | Arg::InPlace(s, _) => buffer(s),
                     Arg::I32(_) => 'i',
                     Arg::I64(_) => 'l',
                     Arg::F32(_) => 'f',
@@ -199,7 +199,7 @@ impl KernelDevice for Emulator {
                     Arg::In(s, at) => {
                         slot(&(element_address(s, *at, kernel)? as usize).to_ne_bytes())
                     }
-                    Arg::Out(s, at) => {
+                    Arg::Out(s, at) | Arg::InPlace(s, at) => {
                         slot(&(element_address(s, *at, kernel)? as usize).to_ne_bytes())
                     }
                     Arg::I32(v) => slot(&v.to_ne_bytes()),

@@ -17,6 +17,10 @@ pub(crate) enum Arg<'a, S> {
     In(&'a S, usize),
     /// A buffer the kernel writes, from element `start`.
     Out(&'a mut S, usize),
+    /// A caller's buffer the kernel updates in place, from element `start`
+    /// (an `Out` the op did not allocate: the emulator has no guard
+    /// elements after it to check).
+    InPlace(&'a mut S, usize),
     I32(i32),
     I64(i64),
     F32(f32),

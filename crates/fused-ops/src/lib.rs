@@ -20,6 +20,10 @@
 //! repository has the measurements). candle's own fused softmax and
 //! LayerNorm record no gradient, so they cannot train.
 //!
+//! [`adam_update`] is the exception: an optimizer step for GPUs (one kernel
+//! per parameter instead of a dozen tensor operations), with no CPU kernel
+//! of its own here (a CPU optimizer updates host memory directly).
+//!
 //! [`set_fused_cpu_kernels`]`(false)` makes the CPU run the composites too:
 //! a machine without a GPU can test the GPU's code path that way.
 //!
@@ -38,6 +42,7 @@
 #![warn(missing_docs)]
 
 mod activation;
+mod adam;
 mod attention;
 #[cfg(feature = "cuda")]
 mod cuda_device;
@@ -58,6 +63,7 @@ mod routing;
 mod rows;
 
 pub use activation::Activation;
+pub use adam::{adam_update, adam_update_fits, AdamScalars};
 pub use attention::attention;
 #[cfg(feature = "cuda-emulation")]
 pub use cuda_emulation::cuda_emulation_launches;

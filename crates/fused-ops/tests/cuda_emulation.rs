@@ -5,7 +5,8 @@
 //! (`common/mod.rs`), values and every gradient, in F32 and BF16, through
 //! the public API and the same host code a GPU runs. What a GPU adds
 //! (its arithmetic, timing, the memory model, launch limits) still needs
-//! `cuda_parity.rs` on one.
+//! `cuda_parity.rs` on one. The fused Adam step is checked against
+//! `torch.optim` itself, bit for bit.
 
 #![cfg(feature = "cuda-emulation")]
 
@@ -15,5 +16,7 @@ mod common;
 fn emulated_cuda_kernels_match_the_composites() -> anyhow::Result<()> {
     // The composites on the CPU, not this crate's fused CPU kernels.
     fused_ops::set_fused_cpu_kernels(false);
-    common::kernels_match_composites(&candle_core::Device::Cpu)
+    common::kernels_match_composites(&candle_core::Device::Cpu)?;
+    // In this test: the CUDA switch is process-wide.
+    common::adam::adam_matches_torch(&candle_core::Device::Cpu)
 }

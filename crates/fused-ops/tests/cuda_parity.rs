@@ -1,6 +1,7 @@
 //! This crate's CUDA kernels (`--features cuda`, GPU 0) against the candle
 //! composites they replace, on the same GPU and the same inputs: the cases
-//! of `common/mod.rs`, values and every gradient, in F32 and BF16.
+//! of `common/mod.rs`, values and every gradient, in F32 and BF16; and the
+//! fused Adam step against `torch.optim`, bit for bit.
 
 #![cfg(feature = "cuda")]
 
@@ -8,5 +9,8 @@ mod common;
 
 #[test]
 fn cuda_kernels_match_the_composites() -> anyhow::Result<()> {
-    common::kernels_match_composites(&candle_core::Device::new_cuda(0)?)
+    let gpu = candle_core::Device::new_cuda(0)?;
+    common::kernels_match_composites(&gpu)?;
+    // In this test: the CUDA switch is process-wide.
+    common::adam::adam_matches_torch(&gpu)
 }

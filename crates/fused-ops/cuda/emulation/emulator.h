@@ -144,6 +144,14 @@ T __shfl_sync(unsigned mask, T v, int lane, int width = 32) {
 }
 
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+// The correctly rounded intrinsics, which nvcc never contracts into fused
+// multiply-adds: single operations on floats round the same way in C++
+// (build.rs turns contraction off), and fmaf is fused in both.
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }

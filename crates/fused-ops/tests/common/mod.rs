@@ -8,6 +8,8 @@
 //! BF16. The caller runs them from one test, because the switch between
 //! kernels and composites is process-wide.
 
+pub mod adam;
+
 use candle_core::{DType, Device, Result, Tensor, Var};
 use fused_ops::{Activation, ExpertMlp};
 
