@@ -482,6 +482,7 @@ fn fused_update_portable(
     let bias_correction2_sqrt = c.bias_correction2_sqrt as f32;
     let eps = c.eps as f32;
     let neg_step_size = c.neg_step_size as f32;
+    let small_weight = lerp_weight.abs() < 0.5;
     let decoupled = c.decay_factor != 1.0;
     let coupled = c.coupled_decay != 0.0;
     for (((p, &g), m), v) in param
@@ -498,7 +499,13 @@ fn fused_update_portable(
         } else {
             g
         };
-        *m = lerp_weight.mul_add(g - *m, *m);
+        // PyTorch's lerp: from the start point for a weight below 0.5,
+        // from the end point otherwise (beta1 <= 0.5).
+        *m = if small_weight {
+            lerp_weight.mul_add(g - *m, *m)
+        } else {
+            (lerp_weight - 1.0).mul_add(g - *m, g)
+        };
         *v = (one_minus_beta2 * g).mul_add(g, *v * beta2);
         let denom = v.sqrt() / bias_correction2_sqrt + eps;
         *p += neg_step_size * *m / denom;

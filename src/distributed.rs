@@ -39,6 +39,13 @@ pub trait GradientSync: Send + Sync {
         let count = flag.to_vec1::<f32>()?;
         Ok(count.len() == 1 && count[0] == self.world_size() as f32)
     }
+
+    /// [`GradientSync::all_ok`] where the others may wait long for one
+    /// rank (rank 0 evaluating, writing a checkpoint, repairing a resumed
+    /// run): a group with a time limit on its waits lifts it here.
+    fn all_ok_patiently(&self, ok: bool, device: &Device) -> Result<bool> {
+        self.all_ok(ok, device)
+    }
 }
 
 /// A rank's buffer of a round, or why it could not be read.

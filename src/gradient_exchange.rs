@@ -38,6 +38,9 @@ const LOSS: usize = 1;
 const IMAGES: usize = 2;
 /// The header's fixed part; one presence count per parameter follows.
 const FIXED: usize = 3;
+/// 4-bit digits of a size [`GradientExchange::check_same_size`] sends: up
+/// to 2^48.
+const DIGITS: usize = 12;
 
 /// One step of one rank (what it brings), or of all ranks (what each takes
 /// away).
@@ -112,6 +115,46 @@ impl GradientExchange {
         FIXED + self.slots.len()
     }
 
+    /// Checks with the other ranks that each has a buffer of this length for
+    /// as many parameters: NCCL sums buffers of different lengths without
+    /// a word (its behaviour is undefined). A collective, made by every
+    /// rank at the same point; the outcome is the same on every rank.
+    ///
+    /// Each size is sent as 4-bit digits and their squares: `n` ranks'
+    /// digits are all equal exactly when `n·Σd² = (Σd)²`, and the sums stay
+    /// exact in F32 up to 65,536 ranks.
+    pub fn check_same_size(&self, sync: &dyn GradientSync) -> Result<()> {
+        let sizes = [self.buffer.elem_count(), self.slots.len()];
+        let mut digits = Vec::with_capacity(2 * 2 * DIGITS);
+        for size in sizes {
+            for k in 0..DIGITS {
+                let d = ((size as u64 >> (4 * k)) & 15) as f32;
+                digits.extend([d, d * d]);
+            }
+        }
+        let n = digits.len();
+        let sums = Tensor::from_vec(digits, n, self.buffer.device())?;
+        sync.all_reduce_sum(&sums)?;
+        let sums = sums.to_vec1::<f32>()?;
+        let world = sync.world_size() as u64;
+        let same = sums
+            .chunks(2)
+            .all(|pair| world * pair[1] as u64 == (pair[0] as u64).pow(2));
+        if !same {
+            return Err(Error::config(
+                "data parallel",
+                format!(
+                    "rank {}: the ranks' models differ in size (this rank's has {} parameters \
+                     in {} values): are they running the same model?",
+                    sync.rank(),
+                    self.slots.len(),
+                    self.buffer.elem_count() - self.header_len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Every rank's step, averaged: the mean gradients (views into this
     /// buffer, valid until the next exchange), the mean loss and all images.
     ///
@@ -123,6 +166,9 @@ impl GradientExchange {
     /// except for a failure of this rank reading its own buffer back.
     pub fn exchange(&self, sync: &dyn GradientSync, mine: Result<StepShare>) -> Result<StepShare> {
         let world = sync.world_size();
+        // A group of one logs its own loss, not its F32 rounding (a mean
+        // over micro-batches is an f64), as the plain run does.
+        let own_loss = mine.as_ref().map_or(f64::NAN, |mine| mine.loss);
         let written = mine.and_then(|mine| self.write(mine, world));
         // Whatever happened above: every rank makes the collective.
         let header = sync
@@ -165,7 +211,11 @@ impl GradientExchange {
         }
         Ok(StepShare {
             grads,
-            loss: f64::from(header[LOSS]) / world as f64,
+            loss: if world == 1 {
+                own_loss
+            } else {
+                f64::from(header[LOSS]) / world as f64
+            },
             images: header[IMAGES].round() as usize,
         })
     }
@@ -203,8 +253,8 @@ impl GradientExchange {
             let mut values = grad.to_dtype(DType::F32)?.flatten_all()?;
             if world > 1 {
                 // Divided before the sum, so the sum is the mean: nothing
-                // to divide (no copy) afterwards. Exact for a world of a
-                // power of two.
+                // to divide (no copy) afterwards. For a world of a power of
+                // two the division is exact (subnormal values aside).
                 values = values.affine(1.0 / world as f64, 0.0)?;
             }
             self.buffer
@@ -394,6 +444,27 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// Ranks whose models differ in size all learn it before a step (NCCL
+    /// would sum the buffers regardless); equal ones pass.
+    #[test]
+    fn ranks_of_models_of_different_sizes_all_fail_the_size_check() {
+        let results = on_ranks(3, |rank| {
+            let mut params = params();
+            if rank.rank() == 2 {
+                params.pop();
+            }
+            let exchange =
+                GradientExchange::new(params.iter().map(|(n, t)| (*n, t)), &Device::Cpu).unwrap();
+            exchange.check_same_size(rank).map_err(|e| e.to_string())
+        });
+        for result in results {
+            let err = result.expect_err("a size difference went unseen");
+            assert!(err.contains("differ in size"), "{err}");
+        }
+        let same = on_ranks(3, |rank| exchange().check_same_size(rank).is_ok());
+        assert_eq!(same, [true; 3]);
     }
 
     /// Three ranks: the mean is the sum of each gradient times f32(1/3),

@@ -16,6 +16,7 @@
 //! `scripts/device/gpu_checks.sh` is where a world of one must be checked
 //! against the plain run.
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -127,17 +128,11 @@ impl NcclGroup {
             }
             Id::uninit(internal)
         };
-        let comm = Comm::from_rank(cuda.cuda_stream(), rank, world, id)
-            .map_err(|e| nccl_error("cannot join the NCCL group", e))?;
-        if rank == 0 {
-            // Joining returns once every rank joined, so each has read the
-            // id. A file left behind would hand this group's id to the
-            // ranks of a later run started by hand, which would then wait
-            // for a group that is gone.
-            let _ = std::fs::remove_file(id_file);
-        }
         let watchdog = Watchdog::new(collective_timeout, move |what| {
-            eprintln!(
+            // Not eprintln!: a panic on a closed stderr would end this
+            // thread instead of the process.
+            let _ = writeln!(
+                std::io::stderr().lock(),
                 "error: rank {rank}: {what} waited more than {} s for the other ranks: one of \
                  them is stuck or gone (its own output may say why). This rank stops; \
                  --collective-timeout sets the limit",
@@ -147,6 +142,19 @@ impl NcclGroup {
             // woken; exit handlers could wait on it too.
             unsafe { libc::_exit(1) }
         });
+        // Joining waits for every rank: one that never starts (on another
+        // machine, say) would hold this one here.
+        let joining = watchdog.watch("joining the NCCL group");
+        let comm = Comm::from_rank(cuda.cuda_stream(), rank, world, id)
+            .map_err(|e| nccl_error("cannot join the NCCL group", e))?;
+        drop(joining);
+        if rank == 0 {
+            // Joining returns once every rank joined, so each has read the
+            // id. A file left behind would hand this group's id to the
+            // ranks of a later run started by hand, which would then wait
+            // for a group that is gone.
+            let _ = std::fs::remove_file(id_file);
+        }
         Ok(Self {
             comm: Arc::new(Mutex::new(CommCell(std::mem::ManuallyDrop::new(comm)))),
             device: device.clone(),
@@ -202,6 +210,21 @@ impl GradientSync for NcclGroup {
     }
 
     fn all_reduce_sum(&self, buffer: &Tensor) -> Result<()> {
+        self.sum(buffer, true)
+    }
+
+    fn all_ok(&self, ok: bool, _: &Device) -> Result<bool> {
+        self.agree(ok, true)
+    }
+
+    fn all_ok_patiently(&self, ok: bool, _: &Device) -> Result<bool> {
+        self.agree(ok, false)
+    }
+}
+
+impl NcclGroup {
+    /// [`GradientSync::all_reduce_sum`], under the watchdog when `watched`.
+    fn sum(&self, buffer: &Tensor, watched: bool) -> Result<()> {
         if buffer.dtype() != DType::F32 || buffer.rank() != 1 {
             return Err(Error::config(
                 "nccl",
@@ -216,22 +239,24 @@ impl GradientSync for NcclGroup {
         // the work, and the wait for the other ranks happens on the GPU.
         // The callers read the sum right away, so waiting here costs
         // nothing.
-        let _watch = self
-            .watchdog
-            .watch(format!("the all-reduce of {} values", buffer.elem_count()));
+        let _watch = watched.then(|| {
+            self.watchdog
+                .watch(format!("the all-reduce of {} values", buffer.elem_count()))
+        });
         buffer.inplace_op1(&AllReduceSum(Arc::clone(&self.comm)))?;
         self.device.synchronize()?;
         Ok(())
     }
 
-    /// The trait's agreement, without allocating on the GPU.
-    fn all_ok(&self, ok: bool, _: &Device) -> Result<bool> {
+    /// The trait's agreement, without allocating on the GPU; its wait
+    /// under the watchdog when `watched`.
+    fn agree(&self, ok: bool, watched: bool) -> Result<bool> {
         let written = self
             .flag
             .slice_set(if ok { &self.one } else { &self.zero }, 0, 0);
         // Made whatever happened above. A flag not written holds the last
         // sum, the world size, and the sum is then not the world size.
-        self.all_reduce_sum(&self.flag)?;
+        self.sum(&self.flag, watched)?;
         written?;
         let count = self.flag.to_vec1::<f32>()?;
         Ok(count.len() == 1 && count[0] == self.world as f32)

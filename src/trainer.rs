@@ -200,7 +200,15 @@ impl Trainer {
         let built = Self::build(cfg, options);
         match sync {
             None => built,
-            Some(sync) => all_ranks(&*sync.0, &device, built, "start"),
+            Some(sync) => {
+                // Patient: rank 0 may repair a resumed run's best
+                // checkpoint (an evaluation) while the others wait.
+                let trainer = all_ranks(&*sync.0, &device, built, "start", true)?;
+                if let Some(exchange) = &trainer.exchange {
+                    exchange.check_same_size(&*sync.0)?;
+                }
+                Ok(trainer)
+            }
         }
     }
 
@@ -663,11 +671,17 @@ impl Trainer {
                 // damaged image in its shard, rank 0's evaluation or
                 // checkpoint write) stops the others at the same point
                 // instead of leaving them waiting in a collective it skips.
+                // The others wait for rank 0's evaluation or checkpoint
+                // without a time limit (it may take long); every rank
+                // knows which steps those are.
+                let ends_epoch = first + group >= self.batches_per_epoch;
+                let patient =
+                    self.rank0_work(self.adam.step_count() + 1, ends_epoch) != Rank0Work::Nothing;
                 let gathered = self.gather(&mut batches, group);
                 let stepped = self
                     .share(gathered)
                     .and_then(|share| self.finish_step(share, first, group, epoch));
-                let epoch_done = self.all_ranks(stepped, "update")?;
+                let epoch_done = self.all_ranks(stepped, "update", patient)?;
                 if epoch_done {
                     break;
                 }
@@ -797,34 +811,47 @@ impl Trainer {
             self.progress.train(&record, self.total_steps);
         }
         let epoch_done = self.position.next_batch == 0;
+        // Only rank 0 evaluates and writes: the parameters are the same on
+        // every rank.
+        if self.rank() == 0 {
+            match self.rank0_work(step, epoch_done) {
+                Rank0Work::Evaluate => self.evaluate_and_checkpoint(false)?,
+                Rank0Work::Checkpoint => self.save_step_checkpoint()?,
+                Rank0Work::Nothing => {}
+            }
+        }
+        Ok(epoch_done)
+    }
+
+    /// What rank 0 does after optimizer step `step` (which ended an epoch
+    /// when `epoch_done`): every rank can tell, so the others know when
+    /// they will wait for it.
+    fn rank0_work(&self, step: u64, epoch_done: bool) -> Rank0Work {
         let last = step == self.total_steps;
         let eval_due = match self.cfg.eval.every {
             EvalEvery::Epoch => epoch_done || last,
             EvalEvery::Steps(n) => step.is_multiple_of(n) || last,
         };
-        // Only rank 0 evaluates and writes: the parameters are the same on
-        // every rank.
-        let writer = self.rank() == 0;
-        if writer && eval_due {
-            self.evaluate_and_checkpoint(false)?;
-        } else if writer
-            && self
-                .cfg
-                .training
-                .checkpoint_every
-                .is_some_and(|n| step.is_multiple_of(n))
+        if eval_due {
+            Rank0Work::Evaluate
+        } else if self
+            .cfg
+            .training
+            .checkpoint_every
+            .is_some_and(|n| step.is_multiple_of(n))
         {
-            self.save_step_checkpoint()?;
+            Rank0Work::Checkpoint
+        } else {
+            Rank0Work::Nothing
         }
-        Ok(epoch_done)
     }
 
     /// `result`, once every rank has said whether its own succeeded
     /// (nothing to agree on without data parallelism).
-    fn all_ranks<T>(&self, result: Result<T>, phase: &str) -> Result<T> {
+    fn all_ranks<T>(&self, result: Result<T>, phase: &str, patient: bool) -> Result<T> {
         match &self.sync {
             None => result,
-            Some(sync) => all_ranks(&*sync.0, &self.device, result, phase),
+            Some(sync) => all_ranks(&*sync.0, &self.device, result, phase, patient),
         }
     }
 
@@ -959,7 +986,10 @@ impl Trainer {
                 Error::config("batch", format!("epoch {epoch} has no batch {index}"))
             })??;
         let mut grads = vec![None; self.adam.vars().count()];
-        self.micro_batch(&batch, 1, &mut grads)?;
+        let computed = self.micro_batch(&batch, 1, &mut grads);
+        // Not a training step: its times stay out of the next step's.
+        self.step_phases.take();
+        computed?;
         Ok(self
             .adam
             .vars()
@@ -1302,6 +1332,14 @@ pub fn report_json(report: &EvalReport) -> Result<String> {
     })
 }
 
+/// What rank 0 does after an optimizer step, besides logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rank0Work {
+    Evaluate,
+    Checkpoint,
+    Nothing,
+}
+
 /// `result` of this rank's `phase`, once every rank has said whether its
 /// own succeeded: a rank that failed returns its own error, the others an
 /// error saying a rank failed. Every rank calls this at the same points of
@@ -1311,8 +1349,14 @@ fn all_ranks<T>(
     device: &Device,
     result: Result<T>,
     phase: &str,
+    patient: bool,
 ) -> Result<T> {
-    match (sync.all_ok(result.is_ok(), device), result) {
+    let agreed = if patient {
+        sync.all_ok_patiently(result.is_ok(), device)
+    } else {
+        sync.all_ok(result.is_ok(), device)
+    };
+    match (agreed, result) {
         (_, Err(e)) => Err(e),
         (Ok(true), Ok(value)) => Ok(value),
         (Ok(false), Ok(_)) => Err(Error::config(

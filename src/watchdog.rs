@@ -75,17 +75,21 @@ impl Watchdog {
     }
 
     /// Watches the wait described by `what` until the returned guard is
-    /// dropped. One wait at a time: a new watch replaces the last.
+    /// dropped. One wait at a time: a new watch replaces the last. A limit
+    /// too large to add to the clock (`u64::MAX` seconds, say) never ends
+    /// a wait.
     pub fn watch(&self, what: impl Into<String>) -> Watch<'_> {
         let (lock, wake) = &*self.shared;
         let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
         state.serial += 1;
         let serial = state.serial;
-        state.armed = Some(Armed {
-            what: what.into(),
-            deadline: Instant::now() + self.limit,
-            serial,
-        });
+        state.armed = Instant::now()
+            .checked_add(self.limit)
+            .map(|deadline| Armed {
+                what: what.into(),
+                deadline,
+                serial,
+            });
         wake.notify_all();
         Watch {
             watchdog: self,
@@ -189,6 +193,14 @@ mod tests {
             .recv_timeout(Duration::from_secs(10))
             .expect("the wait was not reported");
         assert_eq!(what, "a wait that did not end");
+    }
+
+    /// A limit past the clock's range never fires (and does not panic).
+    #[test]
+    fn a_limit_past_the_clocks_range_never_fires() {
+        let (dog, expired) = watchdog(Duration::from_secs(u64::MAX));
+        let _watch = dog.watch("a wait without limit");
+        assert!(expired.recv_timeout(Duration::from_millis(200)).is_err());
     }
 
     /// A watch that replaced another keeps its own deadline: dropping the

@@ -1,6 +1,7 @@
 //! `uniattack::Adam` against `torch.optim.Adam` / `torch.optim.AdamW`:
-//! four steps of four configurations (the paper's lr 1e-6 on CLIP-sized
-//! weights, plain Adam, coupled and decoupled weight decay), parameters and
+//! four steps of five configurations (the paper's lr 1e-6 on CLIP-sized
+//! weights, plain Adam, coupled and decoupled weight decay, and beta1 below
+//! 0.5, where PyTorch's lerp takes its other form), parameters and
 //! both moments after every step. Fixture: `tests/fixtures/adam_steps.*`,
 //! written by `scripts/uniattack/gen_adam_fixture.py`. The comparison is
 //! exact: every value equal to the bit.

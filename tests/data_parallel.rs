@@ -279,3 +279,84 @@ fn train_losses(run: &std::path::Path) -> Result<Vec<(u64, f64)>> {
     }
     Ok(losses)
 }
+
+/// A rank that records which agreements it was asked to make patiently.
+struct Recording {
+    rank: InProcessGroup,
+    agreements: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl GradientSync for Recording {
+    fn rank(&self) -> usize {
+        self.rank.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.rank.world_size()
+    }
+    fn all_reduce_sum(&self, buffer: &candle_core::Tensor) -> uniattack::Result<()> {
+        self.rank.all_reduce_sum(buffer)
+    }
+    fn all_ok(&self, ok: bool, device: &candle_core::Device) -> uniattack::Result<bool> {
+        self.agreements.lock().unwrap().push("limited");
+        self.rank.all_ok(ok, device)
+    }
+    fn all_ok_patiently(&self, ok: bool, device: &candle_core::Device) -> uniattack::Result<bool> {
+        self.agreements.lock().unwrap().push("patient");
+        self.rank.all_ok(ok, device)
+    }
+}
+
+/// The agreements after which the others may wait long for rank 0 (the
+/// start, whose resume may evaluate; each step rank 0 evaluates or writes
+/// a checkpoint after) are made patiently, lifting a time limit on waits
+/// (NCCL's watchdog); every other step's is limited.
+#[test]
+fn the_ranks_wait_patiently_where_rank_0_evaluates_or_writes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    // 3 epochs of 2 steps, an evaluation per epoch (steps 2, 4, 6), a
+    // step checkpoint every 3 steps (step 3; step 6 evaluates).
+    let mut cfg = config(&root, 16);
+    cfg.training.epochs = 3;
+    cfg.training.checkpoint_every = Some(3);
+    let sync = Arc::new(Recording {
+        rank: InProcessGroup::new(1).remove(0),
+        agreements: Default::default(),
+    });
+    let mut options = common::options(&dir.path().join("run"), false);
+    options.sync = Some(SyncHandle(sync.clone()));
+    let mut trainer = Trainer::new(cfg, options)?;
+    trainer.train()?;
+    assert_eq!(trainer.step(), 6);
+    let agreements = sync.agreements.lock().unwrap().clone();
+    let expected = [
+        "patient", // start
+        "limited", "patient", // steps 1, 2 (evaluation)
+        "patient", "patient", // steps 3 (checkpoint), 4 (evaluation)
+        "limited", "patient", // steps 5, 6 (evaluation)
+    ];
+    assert_eq!(agreements, expected);
+    Ok(())
+}
+
+/// With gradient accumulation a step's loss is an f64 mean over its
+/// micro-batches: a group of one still logs exactly the plain run's losses
+/// and ends with its parameters.
+#[test]
+fn a_group_of_one_with_accumulation_logs_the_plain_runs_losses() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = config(&root, 8);
+    cfg.training.accumulation = 2;
+    let mut plain = Trainer::new(cfg.clone(), common::options(&dir.path().join("one"), false))?;
+    plain.train()?;
+    let alone = run_ranks(&cfg, &dir.path().join("alone"), 1);
+    assert!(alone[0] == parameters(&plain), "a group of one differs");
+    let (one, group) = (
+        train_losses(&dir.path().join("one"))?,
+        train_losses(&dir.path().join("alone"))?,
+    );
+    assert!(!one.is_empty());
+    assert_eq!(one, group, "a group of one logs other losses");
+    Ok(())
+}

@@ -28,6 +28,9 @@ CASES = {
     # FLIP's Adam(weight_decay=1e-6), larger here so the term shows.
     "adam_coupled_wd": dict(cls="Adam", lr=1e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05, scale=1.0),
     "adamw_decoupled_wd": dict(cls="AdamW", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05, scale=1.0),
+    # beta1 <= 0.5: the lerp weight 1 - beta1 is at least 0.5, where
+    # PyTorch's lerp computes from the end point (end - (end - start)(1 - w)).
+    "adam_beta1_0.4": dict(cls="Adam", lr=1e-3, betas=(0.4, 0.999), eps=1e-8, weight_decay=0.0, scale=1.0),
 }
 
 

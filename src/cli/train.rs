@@ -61,10 +61,11 @@ pub struct TrainArgs {
     /// Multi-node: see docs/gpu.md.
     #[arg(long)]
     pub gpus: Option<usize>,
-    /// With data parallelism: how long a rank waits for the others in one
-    /// exchange before it stops with an error (a rank that hangs would
-    /// otherwise hold every GPU forever; NCCL itself waits without end).
-    /// Rank 0's evaluations and checkpoints happen while the others wait.
+    /// With data parallelism: how long a rank waits for the others (to
+    /// join, in a step's exchange) before it stops with an error (a rank
+    /// that hangs would otherwise hold every GPU forever; NCCL itself waits
+    /// without end). Waits for rank 0's evaluations and checkpoints, and
+    /// for the start, have no limit.
     #[arg(long, value_name = "SECONDS", default_value_t = 1800,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub collective_timeout: u64,

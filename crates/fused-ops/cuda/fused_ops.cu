@@ -700,7 +700,12 @@ __device__ void adam_update(float* p, float* m, float* v, const float* g, int64_
     if (decoupled) pi = __fmul_rn(pi, decay_factor);
     float gi = g[i];
     if (coupled) gi = fmaf(pi, coupled_decay, gi);
-    const float mi = fmaf(lerp_weight, __fsub_rn(gi, m[i]), m[i]);
+    // PyTorch's lerp: from the start point for a weight below 0.5, from
+    // the end point otherwise (beta1 <= 0.5).
+    const float diff = __fsub_rn(gi, m[i]);
+    const float mi = fabsf(lerp_weight) < 0.5f
+                         ? fmaf(lerp_weight, diff, m[i])
+                         : fmaf(__fsub_rn(lerp_weight, 1.0f), diff, gi);
     const float vi = fmaf(__fmul_rn(one_minus_beta2, gi), gi, __fmul_rn(v[i], beta2));
     const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bias_correction2_sqrt), eps);
     p[i] = __fadd_rn(pi, __fdiv_rn(__fmul_rn(neg_step_size, mi), denom));

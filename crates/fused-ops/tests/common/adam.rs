@@ -1,6 +1,6 @@
-//! The fused Adam kernel against `torch.optim`: four steps of four
+//! The fused Adam kernel against `torch.optim`: four steps of five
 //! configurations (the paper's lr 1e-6, plain Adam, coupled and decoupled
-//! weight decay) from the workspace's fixture
+//! weight decay, beta1 below 0.5) from the workspace's fixture
 //! (`tests/fixtures/adam_steps.*` at the repository's root, written by
 //! `scripts/uniattack/gen_adam_fixture.py` with `foreach=False`), every
 //! parameter and moment after every step equal to the bit.
