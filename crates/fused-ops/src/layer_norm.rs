@@ -19,9 +19,9 @@ use crate::dispatch::{f32_operand, fused_path_f32};
 /// LayerNorm over the last dimension with affine `weight` and `bias`
 /// (`torch.nn.LayerNorm`); statistics in F32.
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
-    // The kernel takes rows of the weight's length: only a 1-D weight and
-    // bias as long as the last dimension fit it (others go to the
-    // composite, which broadcasts them or says why it cannot).
+    // The kernels (CPU and CUDA) take rows of the weight's length: only a
+    // 1-D weight and bias as long as the last dimension fit them (others
+    // go to the composite, which broadcasts them or says why it cannot).
     let width = xs.dims().last().copied().unwrap_or(0);
     let fits = width > 0 && weight.dims() == [width] && bias.dims() == [width];
     if fits && fused_path_f32(xs) && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
@@ -32,7 +32,10 @@ pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Resu
         );
     }
     #[cfg(cuda_kernels)]
-    if crate::dispatch::cuda_path(xs) && weight.dtype() == xs.dtype() && bias.dtype() == xs.dtype()
+    if fits
+        && crate::dispatch::cuda_path(xs)
+        && weight.dtype() == xs.dtype()
+        && bias.dtype() == xs.dtype()
     {
         return crate::cuda_ops::layer_norm(xs, weight, bias, eps);
     }

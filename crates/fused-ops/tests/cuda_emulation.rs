@@ -18,5 +18,6 @@ fn emulated_cuda_kernels_match_the_composites() -> anyhow::Result<()> {
     fused_ops::set_fused_cpu_kernels(false);
     common::kernels_match_composites(&candle_core::Device::Cpu)?;
     // In this test: the CUDA switch is process-wide.
-    common::adam::adam_matches_torch(&candle_core::Device::Cpu)
+    common::adam::adam_matches_torch(&candle_core::Device::Cpu)?;
+    common::layer_norm_takes_the_composite_for_broadcast_weights(&candle_core::Device::Cpu)
 }

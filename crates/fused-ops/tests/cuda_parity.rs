@@ -12,5 +12,6 @@ fn cuda_kernels_match_the_composites() -> anyhow::Result<()> {
     let gpu = candle_core::Device::new_cuda(0)?;
     common::kernels_match_composites(&gpu)?;
     // In this test: the CUDA switch is process-wide.
-    common::adam::adam_matches_torch(&gpu)
+    common::adam::adam_matches_torch(&gpu)?;
+    common::layer_norm_takes_the_composite_for_broadcast_weights(&gpu)
 }

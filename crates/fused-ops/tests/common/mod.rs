@@ -162,6 +162,30 @@ fn experts_of(t: &[Tensor], activation: Activation) -> ExpertMlp<'_> {
     }
 }
 
+/// LayerNorm with a weight and bias that only broadcast to the input
+/// (here one per token, `(tokens, width)`) takes the composite with the
+/// kernels on, as the CPU path does: the kernel applies one row of
+/// weights to every row.
+pub fn layer_norm_takes_the_composite_for_broadcast_weights(gpu: &Device) -> anyhow::Result<()> {
+    let x = Tensor::randn(0f32, 1.0, (3, 5, 8), gpu)?;
+    let w = Tensor::randn(1f32, 0.5, (5, 8), gpu)?;
+    let b = Tensor::randn(0f32, 0.5, (5, 8), gpu)?;
+    fused_ops::set_fused_cuda_kernels(false);
+    let composite = fused_ops::layer_norm(&x, &w, &b, 1e-5)?;
+    fused_ops::set_fused_cuda_kernels(true);
+    let launched = emulated_launches(gpu);
+    let on = fused_ops::layer_norm(&x, &w, &b, 1e-5);
+    let after = emulated_launches(gpu);
+    fused_ops::set_fused_cuda_kernels(false);
+    let on = on?;
+    anyhow::ensure!(launched == after, "a kernel ran for a broadcast weight");
+    anyhow::ensure!(
+        max_diff(&composite, &on)? == 0.0,
+        "not the composite's values"
+    );
+    Ok(())
+}
+
 /// Every case, kernels against composites on `gpu` (a CUDA device, or the
 /// CPU under the emulator).
 pub fn kernels_match_composites(gpu: &Device) -> anyhow::Result<()> {
