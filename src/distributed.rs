@@ -99,14 +99,22 @@ fn poisoned() -> Error {
     Error::config("data parallel", "a rank panicked while summing")
 }
 
-/// `buffer`'s values, if it is what [`GradientSync::all_reduce_sum`] takes.
-fn values_of(buffer: &Tensor) -> Deposit {
-    if buffer.dtype() != DType::F32 || buffer.rank() != 1 || !buffer.is_contiguous() {
-        return Err(format!(
+/// Why `buffer` is not what [`GradientSync::all_reduce_sum`] takes, if it
+/// is not: every implementation's check.
+pub(crate) fn unsummable(buffer: &Tensor) -> Option<String> {
+    (buffer.dtype() != DType::F32 || buffer.rank() != 1 || !buffer.is_contiguous()).then(|| {
+        format!(
             "the buffer to sum must be a contiguous F32 vector, got {:?} {:?}",
             buffer.dtype(),
             buffer.shape()
-        ));
+        )
+    })
+}
+
+/// `buffer`'s values, if it is what [`GradientSync::all_reduce_sum`] takes.
+fn values_of(buffer: &Tensor) -> Deposit {
+    if let Some(reason) = unsummable(buffer) {
+        return Err(reason);
     }
     buffer.to_vec1::<f32>().map_err(|e| e.to_string())
 }

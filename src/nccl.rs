@@ -225,15 +225,8 @@ impl GradientSync for NcclGroup {
 impl NcclGroup {
     /// [`GradientSync::all_reduce_sum`], under the watchdog when `watched`.
     fn sum(&self, buffer: &Tensor, watched: bool) -> Result<()> {
-        if buffer.dtype() != DType::F32 || buffer.rank() != 1 {
-            return Err(Error::config(
-                "nccl",
-                format!(
-                    "the buffer to sum must be an F32 vector, got {:?} {:?}",
-                    buffer.dtype(),
-                    buffer.shape()
-                ),
-            ));
+        if let Some(reason) = crate::distributed::unsummable(buffer) {
+            return Err(Error::config("nccl", reason));
         }
         // Under watch until the sum is there: the all-reduce only queues
         // the work, and the wait for the other ranks happens on the GPU.
