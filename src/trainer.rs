@@ -679,8 +679,8 @@ impl Trainer {
                     self.rank0_work(self.adam.step_count() + 1, ends_epoch) != Rank0Work::Nothing;
                 let gathered = self.gather(&mut batches, group);
                 let stepped = self
-                    .share(gathered)
-                    .and_then(|share| self.finish_step(share, first, group, epoch));
+                    .share(gathered, self.adam.step_count() + 1)
+                    .and_then(|step| self.finish_step(step, first, group, epoch));
                 let epoch_done = self.all_ranks(stepped, "update", patient)?;
                 if epoch_done {
                     break;
@@ -702,10 +702,11 @@ impl Trainer {
     }
 
     /// Forward and backward of the `group` micro-batches of one step: the
-    /// summed gradients, the mean loss and the images.
-    fn gather(&self, batches: &mut fas_data::Epoch, group: usize) -> Result<StepShare> {
+    /// summed gradients, each micro-batch's loss (still on the device) and
+    /// the images.
+    fn gather(&self, batches: &mut fas_data::Epoch, group: usize) -> Result<Gathered> {
         let mut grads: Vec<Option<Tensor>> = vec![None; self.adam.vars().count()];
-        let mut loss_sum = 0.0;
+        let mut losses = Vec::with_capacity(group);
         let mut images = 0;
         for _ in 0..group {
             let waiting = Instant::now();
@@ -715,23 +716,37 @@ impl Trainer {
                 Error::config("loader", "the epoch ended before its last batch")
             })??;
             let (loss, n) = self.micro_batch(&batch, group, &mut grads)?;
-            loss_sum += loss;
+            losses.push(loss);
             images += n;
         }
-        Ok(StepShare {
+        Ok(Gathered {
             grads,
-            loss: loss_sum / group as f64,
+            loss: StepLoss::OnDevice(losses),
             images,
         })
     }
 
     /// This rank's step, or its failure, shared with the other ranks: the
-    /// step of all ranks (the mean gradients and loss, all images). Without
-    /// data parallelism, the step as it is.
-    fn share(&self, mine: Result<StepShare>) -> Result<StepShare> {
+    /// gradients and images of all ranks and their mean loss (read here:
+    /// the exchange carries it). Without data parallelism, the step as it
+    /// is, its losses still on the device.
+    fn share(&self, mine: Result<Gathered>, step: u64) -> Result<Gathered> {
         match (&self.sync, &self.exchange) {
             (Some(sync), Some(exchange)) => {
-                self.profiled(|p| &mut p.exchange, || exchange.exchange(&*sync.0, mine))
+                let mine = mine.and_then(|mine| {
+                    Ok(StepShare {
+                        loss: mine.loss.read(step)?,
+                        grads: mine.grads,
+                        images: mine.images,
+                    })
+                });
+                let all =
+                    self.profiled(|p| &mut p.exchange, || exchange.exchange(&*sync.0, mine))?;
+                Ok(Gathered {
+                    grads: all.grads,
+                    loss: StepLoss::Read(all.loss),
+                    images: all.images,
+                })
             }
             _ => mine,
         }
@@ -769,18 +784,21 @@ impl Trainer {
     /// ended the epoch.
     fn finish_step(
         &mut self,
-        share: StepShare,
+        gathered: Gathered,
         first: usize,
         group: usize,
         epoch: u64,
     ) -> Result<bool> {
         let step = self.adam.step_count() + 1;
-        let StepShare {
+        let Gathered {
             mut grads,
             loss,
             images,
-        } = share;
-        let grad_norm = self.profiled(|p| &mut p.clip, || self.clip_gradients(&mut grads, step))?;
+        } = gathered;
+        let (loss, grad_norm) = self.profiled(
+            |p| &mut p.clip,
+            || self.clip_gradients(&mut grads, loss, step),
+        )?;
         let cfg = &self.cfg;
         let lr = cfg.schedule.lr_at(cfg.optim.lr, step, self.total_steps);
         let start = Instant::now();
@@ -857,15 +875,19 @@ impl Trainer {
 
     /// Forward and backward of one micro-batch; its gradients, divided by
     /// `group` (the micro-batches of this step), are added into `grads`.
-    /// Returns the loss and the batch size.
+    /// Returns the loss (an F32 `[1]` on the device) and the batch size.
+    ///
+    /// The loss is not read here: a read waits for the device, which would
+    /// then idle while the backward's graph is sorted and its first kernels
+    /// launched. It is read with the step's gradient norms (or before the
+    /// exchange of a data-parallel step), and checked there.
     fn micro_batch(
         &self,
         batch: &fas_data::Batch,
         group: usize,
         grads: &mut [Option<Tensor>],
-    ) -> Result<(f64, usize)> {
-        let step = self.adam.step_count() + 1;
-        let (loss, value, n) = self.profiled(
+    ) -> Result<(Tensor, usize)> {
+        let (loss, n) = self.profiled(
             |p| &mut p.forward,
             || {
                 let pixels = batch
@@ -889,20 +911,13 @@ impl Trainer {
                     LossKind::Clip => clip_loss_with_prompts(&logits, &targets)?,
                     LossKind::CrossEntropy => prompt_cross_entropy(&logits, &targets)?,
                 };
-                let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
-                Ok((loss, value, n))
+                Ok((loss, n))
             },
         )?;
-        if !value.is_finite() {
-            return Err(Error::NonFinite {
-                step,
-                what: format!("the loss ({value})"),
-            });
-        }
         self.profiled(
             |p| &mut p.backward,
             || {
-                let backward = (loss / group as f64)?.backward()?;
+                let backward = (&loss / group as f64)?.backward()?;
                 for (slot, (_, var)) in grads.iter_mut().zip(self.adam.vars()) {
                     if let Some(grad) = backward.get(var.as_tensor()) {
                         let grad = grad.detach();
@@ -915,22 +930,36 @@ impl Trainer {
                 Ok(())
             },
         )?;
-        Ok((value, n))
+        Ok((loss.detach().to_dtype(DType::F32)?.reshape(1)?, n))
     }
 
-    /// The global gradient norm; errors naming the first non-finite
-    /// gradient; scales the gradients as `torch.nn.utils.clip_grad_norm_`
-    /// when clipping is on.
+    /// The step's loss and global gradient norm; errors naming the loss or
+    /// the first gradient that is not finite; scales the gradients as
+    /// `torch.nn.utils.clip_grad_norm_` when clipping is on.
     ///
     /// Each gradient's sum of squares stays on the device, and all of them
-    /// come back in one read: a read per parameter would wait for the GPU
+    /// come back in one read, with the micro-batches' losses when they are
+    /// still on the device: a read per parameter would wait for the GPU
     /// some 200 times a step. The sums are over flattened gradients: a
     /// scalar parameter's (`logit_scale`, the routers' `scale`) would be a
     /// reduction over no dimension, which candle's CUDA backend launches
     /// with an empty (zero-byte) shape buffer.
-    fn clip_gradients(&self, grads: &mut [Option<Tensor>], step: u64) -> Result<f64> {
+    fn clip_gradients(
+        &self,
+        grads: &mut [Option<Tensor>],
+        loss: StepLoss,
+        step: u64,
+    ) -> Result<(f64, f64)> {
         let mut names = Vec::new();
         let mut sums = Vec::new();
+        let (known, losses) = match loss {
+            StepLoss::Read(loss) => (Some(loss), 0),
+            StepLoss::OnDevice(losses) => {
+                let n = losses.len();
+                sums.extend(losses);
+                (None, n)
+            }
+        };
         for (grad, (name, _)) in grads.iter().zip(self.adam.vars()) {
             let Some(grad) = grad else { continue };
             names.push(name);
@@ -948,9 +977,13 @@ impl Trainer {
                 .to_device(&Device::Cpu)?
                 .to_vec1::<f32>()?
         };
+        let loss = match known {
+            Some(loss) => loss,
+            None => mean_loss(&sums[..losses], step)?,
+        };
         let mut sum_sq = 0.0f64;
-        for (name, sq) in names.into_iter().zip(sums) {
-            let sq = f64::from(sq);
+        for (name, sq) in names.into_iter().zip(&sums[losses..]) {
+            let sq = f64::from(*sq);
             if !sq.is_finite() {
                 return Err(Error::NonFinite {
                     step,
@@ -968,16 +1001,13 @@ impl Trainer {
                 }
             }
         }
-        Ok(norm)
+        Ok((loss, norm))
     }
 
-    /// The gradient of every trainable parameter (name order) on batch
-    /// `index` of `epoch`, without taking a step.
-    pub fn gradients_of_batch(
-        &self,
-        epoch: u64,
-        index: usize,
-    ) -> Result<Vec<(String, Option<Tensor>)>> {
+    /// The loss and the gradient of every trainable parameter on batch
+    /// `index` of `epoch`, without taking a step: what a step on that batch
+    /// alone would log and apply (before clipping).
+    pub fn gradients_of_batch(&self, epoch: u64, index: usize) -> Result<BatchGradients> {
         let batch = self
             .loader
             .epoch_from(epoch, index)
@@ -989,13 +1019,17 @@ impl Trainer {
         let computed = self.micro_batch(&batch, 1, &mut grads);
         // Not a training step: its times stay out of the next step's.
         self.step_phases.take();
-        computed?;
-        Ok(self
-            .adam
-            .vars()
-            .map(|(name, _)| name.to_string())
-            .zip(grads)
-            .collect())
+        let (loss, _) = computed?;
+        let loss = StepLoss::OnDevice(vec![loss]).read(self.adam.step_count() + 1)?;
+        Ok(BatchGradients {
+            loss,
+            grads: self
+                .adam
+                .vars()
+                .map(|(name, _)| name.to_string())
+                .zip(grads)
+                .collect(),
+        })
     }
 
     /// A detector over the current weights (no copy, no autograd graph).
@@ -1330,6 +1364,64 @@ pub fn report_json(report: &EvalReport) -> Result<String> {
         path: PathBuf::from("report.json"),
         source,
     })
+}
+
+/// The loss of one batch and its gradients: [`Trainer::gradients_of_batch`].
+#[derive(Debug)]
+pub struct BatchGradients {
+    /// The batch's loss, as a step logs it.
+    pub loss: f64,
+    /// Every trainable parameter's gradient (name order), `None` where no
+    /// gradient reached it.
+    pub grads: Vec<(String, Option<Tensor>)>,
+}
+
+/// One step's gradients (summed over its micro-batches), loss and images:
+/// a rank's, or after a data-parallel exchange all ranks'.
+struct Gathered {
+    grads: Vec<Option<Tensor>>,
+    loss: StepLoss,
+    images: usize,
+}
+
+/// A step's loss: each micro-batch's, still on the device, or their mean,
+/// read.
+enum StepLoss {
+    OnDevice(Vec<Tensor>),
+    Read(f64),
+}
+
+impl StepLoss {
+    /// The mean loss, read from the device in one read if it is still
+    /// there; an error if it is not finite.
+    fn read(self, step: u64) -> Result<f64> {
+        match self {
+            StepLoss::Read(loss) => Ok(loss),
+            StepLoss::OnDevice(losses) => {
+                let values = Tensor::cat(&losses, 0)?
+                    .to_device(&Device::Cpu)?
+                    .to_vec1::<f32>()?;
+                mean_loss(&values, step)
+            }
+        }
+    }
+}
+
+/// The mean of a step's micro-batch losses (summed in f64, in order); an
+/// error naming the step if one is not finite.
+fn mean_loss(losses: &[f32], step: u64) -> Result<f64> {
+    let mut sum = 0.0;
+    for &loss in losses {
+        let loss = f64::from(loss);
+        if !loss.is_finite() {
+            return Err(Error::NonFinite {
+                step,
+                what: format!("the loss ({loss})"),
+            });
+        }
+        sum += loss;
+    }
+    Ok(sum / losses.len() as f64)
 }
 
 /// What rank 0 does after an optimizer step, besides logging.

@@ -60,7 +60,7 @@ fn every_trainable_parameter_gets_a_gradient() -> Result<()> {
     cfg.training.max_steps = Some(1);
     let mut trainer = Trainer::new(cfg, common::options(&dir.path().join("run"), false))?;
     trainer.train()?;
-    let gradients = trainer.gradients_of_batch(0, 1)?;
+    let gradients = trainer.gradients_of_batch(0, 1)?.grads;
     assert!(gradients.len() > 50, "{} parameters", gradients.len());
     for (name, grad) in gradients {
         let grad = grad.unwrap_or_else(|| panic!("{name}: no gradient"));
@@ -70,6 +70,65 @@ fn every_trainable_parameter_gets_a_gradient() -> Result<()> {
             "{name}: gradient norm² {norm}"
         );
     }
+    Ok(())
+}
+
+/// A step of two accumulated micro-batches logs the mean of their losses
+/// and the norm of the mean of their gradients, each batch's computed on
+/// its own beforehand (at the same weights). The losses are read from the
+/// device in the same read as the gradient norms: a slip there mixes a
+/// loss into the norm or a norm into the loss.
+#[test]
+fn an_accumulated_step_logs_its_batches_mean_loss_and_gradient_norm() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = common::dataset(&dir.path().join("data"));
+    let mut cfg = common::experiment(&root);
+    cfg.loader.augment = None;
+    cfg.loader.batch_size = 8;
+    cfg.training.accumulation = 2;
+    cfg.training.max_steps = Some(1);
+    cfg.training.clip_grad_norm = None;
+    let out = dir.path().join("run");
+    let mut trainer = Trainer::new(cfg, common::options(&out, false))?;
+    let first = trainer.gradients_of_batch(0, 0)?;
+    let second = trainer.gradients_of_batch(0, 1)?;
+    let mut sum_sq = 0.0f64;
+    for ((name, a), (_, b)) in first.grads.iter().zip(&second.grads) {
+        let mean = match (a, b) {
+            (Some(a), Some(b)) => ((a + b)? * 0.5)?,
+            (Some(g), None) | (None, Some(g)) => (g * 0.5)?,
+            (None, None) => continue,
+        };
+        let sq = mean
+            .to_dtype(candle_core::DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        assert!(sq.is_finite(), "{name}: {sq}");
+        sum_sq += f64::from(sq);
+    }
+    let (loss, norm) = ((first.loss + second.loss) / 2.0, sum_sq.sqrt());
+    trainer.train()?;
+    let text = std::fs::read_to_string(out.join("metrics.jsonl"))?;
+    let logged: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| match serde_json::from_str::<MetricsRecord>(l).ok()? {
+            MetricsRecord::Train {
+                loss, grad_norm, ..
+            } => Some((loss, grad_norm)),
+            MetricsRecord::Eval { .. } => None,
+        })
+        .collect();
+    assert_eq!(logged.len(), 1, "{text}");
+    let (logged_loss, logged_norm) = logged[0];
+    assert_eq!(
+        logged_loss, loss,
+        "loss: logged {logged_loss}, batches' mean {loss}"
+    );
+    assert!(
+        (logged_norm - norm).abs() <= 1e-5 * norm,
+        "gradient norm: logged {logged_norm}, of the batches' mean {norm}"
+    );
     Ok(())
 }
 

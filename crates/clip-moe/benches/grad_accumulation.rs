@@ -132,6 +132,17 @@ fn measure(
         shares.push(replay / backward);
     }
     let (backward, replay, share) = (median(backwards), median(replays), median(shares));
+    // The host's work at the head of every backward, before its first
+    // launch: a GPU whose forward is done idles through it when the loss
+    // was read (a synchronisation) between the forward and the backward.
+    let sorts: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(loss.sorted_nodes());
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    let sort = median(sorts);
     println!(
         "{:<4} {:<4} {:<11} batch {batch:>2}: {:>5} graph nodes, {:>7.1} M elements ({:>5.1} M in parameters); \
          backward median {backward:>9.1} ms; zero-and-add replay median {replay:>8.1} ms \
@@ -144,6 +155,7 @@ fn measure(
         in_parameters as f64 / 1e6,
         100.0 * share,
     );
+    println!("     graph sort before the backward's first launch: median {sort:.2} ms (host)");
     // Where the elements are: the shapes holding the most, to aim fusion.
     let mut by_shape: Vec<(&Shape, usize, usize)> = Vec::new();
     for (shape, _) in &nodes {
