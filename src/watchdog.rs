@@ -9,6 +9,12 @@
 //! waiting thread cannot be interrupted (it is inside the CUDA driver), so
 //! what happens at expiry is the owner's callback, in production an
 //! immediate exit of the process.
+//!
+//! Time the process spends stopped does not count: a job suspended with
+//! Ctrl-Z or SIGSTOP (a scheduler's suspend) stops every rank, and none of
+//! them should give up on the others when it resumes. The clock does not
+//! say that a process was stopped, so the thread sleeps in short ticks, and
+//! a tick that ends much later than asked moves the deadline by the excess.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +25,13 @@ struct Armed {
     what: String,
     deadline: Instant,
     serial: u64,
+}
+
+/// The longest the thread sleeps at a time while a wait is armed: a tenth
+/// of the limit, from 10 ms to 10 s. A wake-up later than asked by more
+/// than a tick means the process was stopped (or starved) meanwhile.
+fn tick_of(limit: Duration) -> Duration {
+    (limit / 10).clamp(Duration::from_millis(10), Duration::from_secs(10))
 }
 
 struct State {
@@ -64,7 +77,7 @@ impl Watchdog {
         let watched = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("watchdog".into())
-            .spawn(move || watch_loop(&watched, &on_expiry))
+            .spawn(move || watch_loop(&watched, tick_of(limit), &on_expiry))
             .expect("cannot start the watchdog thread");
         Self { shared, limit }
     }
@@ -121,22 +134,36 @@ impl Drop for Watchdog {
     }
 }
 
-fn watch_loop(shared: &Shared, on_expiry: &dyn Fn(&str)) {
+fn watch_loop(shared: &Shared, tick: Duration, on_expiry: &dyn Fn(&str)) {
     let (lock, wake) = &**shared;
     let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
+    // The last timed sleep: when it began, for how long, and the wait
+    // armed then.
+    let mut slept: Option<(Instant, Duration, u64)> = None;
     loop {
         if state.closed {
             return;
         }
-        let Some(armed) = &state.armed else {
+        let now = Instant::now();
+        let last = slept.take();
+        let Some(armed) = &mut state.armed else {
             state = wake.wait(state).unwrap_or_else(|p| p.into_inner());
             continue;
         };
-        let now = Instant::now();
+        if let Some((began, asked, serial)) = last {
+            let late = now.saturating_duration_since(began).saturating_sub(asked);
+            if serial == armed.serial && late > tick {
+                // Stopped meanwhile (or starved): not the others' delay.
+                if let Some(later) = armed.deadline.checked_add(late) {
+                    armed.deadline = later;
+                }
+            }
+        }
         if now < armed.deadline {
-            let left = armed.deadline - now;
+            let asked = (armed.deadline - now).min(tick);
+            slept = Some((now, asked, armed.serial));
             state = wake
-                .wait_timeout(state, left)
+                .wait_timeout(state, asked)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
             continue;
@@ -215,5 +242,73 @@ mod tests {
             .recv_timeout(Duration::from_secs(10))
             .expect("the second wait was not reported");
         assert_eq!(what, "second");
+    }
+
+    const STOPPED_READY_FILE: &str = "UNIATTACK_TEST_WATCHDOG_READY_FILE";
+    /// The exit status of [`stopped_process`] when its watchdog fires.
+    const FIRED: i32 = 3;
+
+    /// Entry point of the process `time_stopped_does_not_count` stops:
+    /// arms a 4 s watch, says so through a file, runs 1 s (in short sleeps,
+    /// so a stop leaves most of them to do after it), and ends the watch.
+    /// Exits with [`FIRED`] if the watchdog fires.
+    #[test]
+    #[ignore = "run by time_stopped_does_not_count only"]
+    fn stopped_process() {
+        let Some(ready) = std::env::var_os(STOPPED_READY_FILE) else {
+            panic!("run by time_stopped_does_not_count only");
+        };
+        let dog = Watchdog::new(Duration::from_secs(4), |_| {
+            // SAFETY: ends the process at once, as the real callback does.
+            unsafe { libc::_exit(FIRED) }
+        });
+        let watch = dog.watch("a wait the test stops");
+        std::fs::write(ready, "armed").unwrap();
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(watch);
+    }
+
+    /// A process stopped (SIGSTOP, as Ctrl-Z or a scheduler's suspend
+    /// stops a job) for longer than the limit, while its wait has 1 s of
+    /// its 4 s used, is not timed out when it resumes: the stop is not the
+    /// others' delay. Without the ticks' accounting the watchdog fires at
+    /// once on resuming (the deadline passed during the stop).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn time_stopped_does_not_count() {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready");
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "watchdog::tests::stopped_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(STOPPED_READY_FILE, &ready)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "the watch was not armed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid = child.id() as i32;
+        // SAFETY: signalling the process this test started (not yet
+        // waited for, so its id is still its own).
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_secs(5));
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let status = child.wait().unwrap();
+        assert_ne!(
+            status.code(),
+            Some(FIRED),
+            "the watchdog counted the 5 s stop against a 4 s limit"
+        );
+        assert!(status.success(), "{status}");
     }
 }

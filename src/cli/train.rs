@@ -65,7 +65,8 @@ pub struct TrainArgs {
     /// join, in a step's exchange) before it stops with an error (a rank
     /// that hangs would otherwise hold every GPU forever; NCCL itself waits
     /// without end). Waits for rank 0's evaluations and checkpoints, and
-    /// for the start, have no limit.
+    /// for the start, have no limit; time the job spends suspended
+    /// (Ctrl-Z, SIGSTOP) does not count.
     #[arg(long, value_name = "SECONDS", default_value_t = 1800,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub collective_timeout: u64,
