@@ -33,7 +33,7 @@
 # runs it anyway); STEP_DEADLINE (default 180 s) bounds each timed training
 # run; BENCH_DEVICES (default cuda) leaves out the benches' CPU passes.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 BIN=.gpu/bin
@@ -273,7 +273,7 @@ if [ "${DETECT_BENCH:-1}" = 1 ]; then
     images="$data/UniAttackData/Data"
     one=$(find "$images" -name '*.jpg' | sort | head -n 1)
     wall() { "$PY" -c 'import subprocess, sys, time; s = time.perf_counter(); r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; print(time.perf_counter() - s if r == 0 else "nan")' "$@"; }
-    for round in 1 2; do
+    for _ in 1 2; do
         all=$(wall "$BIN/detect" --device cuda --checkpoint "$ck" --batch-size 64 --workers "$(nproc)" "$images")
         single=$(wall "$BIN/detect" --device cuda --checkpoint "$ck" "$one")
         "$PY" -c 'import json, math, sys; n, a, o = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]); r = n / (a - o) if a > o else float("nan"); print(json.dumps({"impl": "uniattack", "images": n, "seconds": a, "startup_seconds": o, "images_per_s": r})); sys.exit(0 if math.isfinite(r) else 1)' \
