@@ -1,6 +1,7 @@
 //! The fused Adam kernel against `torch.optim`: four steps of five
 //! configurations (the paper's lr 1e-6, plain Adam, coupled and decoupled
-//! weight decay, beta1 below 0.5) from the workspace's fixture
+//! weight decay, beta1 below 0.5), gradients on odd steps given as views
+//! at offsets into one buffer, from the workspace's fixture
 //! (`tests/fixtures/adam_steps.*` at the repository's root, written by
 //! `scripts/uniattack/gen_adam_fixture.py` with `foreach=False`), every
 //! parameter and moment after every step equal to the bit.
@@ -40,6 +41,32 @@ fn scalars(cfg: &serde_json::Value, t: u64) -> anyhow::Result<AdamScalars> {
     })
 }
 
+/// `tensors` copied one after another into one buffer, behind a header of
+/// 3 values, and handed back as views into it (contiguous, at offsets).
+fn views_into_one_buffer(tensors: &[Tensor]) -> anyhow::Result<Vec<Tensor>> {
+    const HEADER: usize = 3;
+    let first = tensors.first().context("no tensors")?;
+    let mut parts = vec![Tensor::full(f32::NAN, HEADER, first.device())?];
+    parts.extend(
+        tensors
+            .iter()
+            .map(|t| t.flatten_all())
+            .collect::<Result<Vec<_>, _>>()?,
+    );
+    let buffer = Tensor::cat(&parts, 0)?;
+    let mut offset = HEADER;
+    let mut views = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let view = buffer
+            .narrow(0, offset, t.elem_count())?
+            .reshape(t.shape())?;
+        anyhow::ensure!(view.is_contiguous() && offset > 0);
+        views.push(view);
+        offset += t.elem_count();
+    }
+    Ok(views)
+}
+
 /// Runs the fixture's steps through the kernel on `device` (the CUDA
 /// switch on) and compares every value; then checks that the switch off
 /// leaves the kernel out.
@@ -68,8 +95,18 @@ pub fn adam_matches_torch(device: &Device) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?;
         for step in 0..steps {
             let s = scalars(cfg, step + 1)?;
-            for (n, [p, m, v]) in names.iter().zip(&state) {
-                let g = &tensors[&format!("{case}/grad{step}/{n}")];
+            let grads: Vec<Tensor> = names
+                .iter()
+                .map(|n| tensors[&format!("{case}/grad{step}/{n}")].clone())
+                .collect();
+            // Odd steps hand each gradient as a view at an offset into one
+            // buffer, as uniattack's data-parallel exchange does.
+            let grads = if step % 2 == 1 {
+                views_into_one_buffer(&grads)?
+            } else {
+                grads
+            };
+            for ((n, [p, m, v]), g) in names.iter().zip(&state).zip(&grads) {
                 anyhow::ensure!(
                     adam_update_fits(p, g, m, v),
                     "{case}: the kernel refused {n}"
