@@ -128,7 +128,18 @@ impl NcclGroup {
             }
             Id::uninit(internal)
         };
+        // Rank 0 removes the id file when its join fails or times out, as
+        // when it succeeds: a file left behind would send the ranks of the
+        // next start by hand, those that read it before rank 0 writes a
+        // new one, to a group that is gone.
+        let joined = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stale_id = (rank == 0).then(|| (id_file.to_path_buf(), Arc::clone(&joined)));
         let watchdog = Watchdog::new(collective_timeout, move |what| {
+            if let Some((file, joined)) = &stale_id {
+                if !joined.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = std::fs::remove_file(file);
+                }
+            }
             // Not eprintln!: a panic on a closed stderr would end this
             // thread instead of the process.
             let _ = writeln!(
@@ -145,8 +156,25 @@ impl NcclGroup {
         // Joining waits for every rank: one that never starts (on another
         // machine, say) would hold this one here.
         let joining = watchdog.watch("joining the NCCL group");
-        let comm = Comm::from_rank(cuda.cuda_stream(), rank, world, id)
-            .map_err(|e| nccl_error("cannot join the NCCL group", e))?;
+        let comm = match Comm::from_rank(cuda.cuda_stream(), rank, world, id) {
+            Ok(comm) => comm,
+            Err(e) if rank == 0 => {
+                let _ = std::fs::remove_file(id_file);
+                return Err(nccl_error("cannot join the NCCL group", e));
+            }
+            Err(e) => {
+                return Err(nccl_error(
+                    &format!(
+                        "rank {rank} cannot join the NCCL group with the id in {} (if an earlier \
+                         start left that file, this rank may have read it before rank 0 wrote \
+                         a new one: delete it and start again)",
+                        id_file.display()
+                    ),
+                    e,
+                ))
+            }
+        };
+        joined.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(joining);
         if rank == 0 {
             // Joining returns once every rank joined, so each has read the
@@ -169,6 +197,12 @@ impl NcclGroup {
 }
 
 /// Sums a contiguous F32 CUDA tensor over the ranks, in place.
+///
+/// Ordered with the step's kernels only because both run on the thread
+/// that joined: candle computes on that thread's per-thread default
+/// stream, the communicator was made with it, and cudarc tracks no events
+/// between streams here. A collective made from another thread would race
+/// with the gradients it sums.
 struct AllReduceSum(Arc<Mutex<CommCell>>);
 
 impl InplaceOp1 for AllReduceSum {
