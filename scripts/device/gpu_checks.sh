@@ -29,6 +29,11 @@
 # detector's inference against PyTorch; LOADER_BENCH=0 the loader on every
 # core; BENCHES=0 the layer benches that follow them (the device call allows
 # 600 s in all: split the checks over calls with these switches).
+# The step comparison also times plain CLIP (no MoE branch) on both sides
+# (PLAIN_STEP=0 skips it), and every PyTorch step's peak GPU memory is read
+# from nvidia-smi as uniattack's is. The last lines judge the issue's
+# targets from this call's logs (scripts/device/gpu_targets.py, which also
+# joins several calls' fetched folders).
 # A bundle built from other sources than this tree is refused (RUN_STALE=1
 # runs it anyway); STEP_DEADLINE (default 180 s) bounds each timed training
 # run; BENCH_DEVICES (default cuda) leaves out the benches' CPU passes.
@@ -137,19 +142,26 @@ step_data() { # the synthetic 224 px set the timed training runs read
 # also the median seconds of each phase of a step (--profile-phases: the
 # device synchronised after each phase, so its images/s is not the
 # headline figure).
-rust_step() { # precision [kernels: 0 or 1] [profile: 0 or 1]
-    local out="$OUT/step-$1-k${2:-0}-p${3:-0}" peak=0 profile=()
+# The larger of $2 and the GPU memory (MiB) nvidia-smi sees for process $1:
+# the same measure for both sides (context, allocator cache and tensors).
+gpu_peak() {
+    local used
+    used=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null |
+        awk -F', ' -v p="$1" '$1 == p {print $2}')
+    if [ -n "$used" ] && [ "$used" -gt "$2" ]; then echo "$used"; else echo "$2"; fi
+}
+rust_step() { # precision [kernels: 0 or 1] [profile: 0 or 1] [moe: la or none]
+    local moe=${4:-la}
+    local out="$OUT/step-$1-k${2:-0}-p${3:-0}-$moe" peak=0 profile=()
     [ "${3:-0}" = 1 ] && profile=(--profile-phases)
     rm -rf "$out"
-    FUSED_OPS_CUDA=${2:-0} "$BIN/train_uniattack" --model random:vit-b16 --data "$data" --protocol p1 --device cuda \
+    FUSED_OPS_CUDA=${2:-0} "$BIN/train_uniattack" --model random:vit-b16 --moe "$moe" --data "$data" --protocol p1 --device cuda \
         --precision "$1" --batch-size 32 --workers "$(nproc)" --epochs 1000 --max-steps 23 \
         --log-every 1 --eval-every 100000 --no-test-during-training ${profile[@]+"${profile[@]}"} --output "$out" \
         >"$out.log" 2>&1 &
     local pid=$! deadline=$((SECONDS + ${STEP_DEADLINE:-180}))
     while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
-        used=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits |
-            awk -F', ' -v p="$pid" '$1 == p {print $2}')
-        [ -n "$used" ] && [ "$used" -gt "$peak" ] && peak=$used
+        peak=$(gpu_peak "$pid" "$peak")
         sleep 0.5
         [ -f "$out/metrics.jsonl" ] && [ "$(grep -c '"kind":"train"' "$out/metrics.jsonl")" -ge 23 ] && break
     done
@@ -159,17 +171,17 @@ rust_step() { # precision [kernels: 0 or 1] [profile: 0 or 1]
         echo "rust_step $1 k${2:-0}: deadline of ${STEP_DEADLINE:-180} s reached; stopped" >&2
     fi
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-    "$PY" - "$out/metrics.jsonl" "$1" "$peak" "${2:-0}" "$timed_out" <<'PY'
+    "$PY" - "$out/metrics.jsonl" "$1" "$peak" "${2:-0}" "$timed_out" "$moe" <<'PY'
 import json, os, statistics, sys
 path = sys.argv[1]
 records = list(map(json.loads, open(path))) if os.path.exists(path) else []
 train = [r for r in records if r["kind"] == "train"][3:]
 rates = [r["images_per_second"] for r in train]
-result = {"impl": "uniattack", "precision": sys.argv[2], "batch": 32,
+result = {"impl": "uniattack", "moe": sys.argv[6], "precision": sys.argv[2], "batch": 32,
           "fused_cuda_kernels": sys.argv[4] == "1",
           "images_per_s": statistics.median(rates) if rates else None,
           "steps": len(rates), "timed_out": sys.argv[5] == "1",
-          "peak_gpu_mib": int(sys.argv[3]),
+          "peak_gpu_mib": int(sys.argv[3]), "peak_gpu_mib_smi": int(sys.argv[3]),
           "data_wait_s": statistics.median(r.get("data_wait_s", 0.0) for r in train) if train else None}
 phases = [r["phases"] for r in train if r.get("phases")]
 if phases:
@@ -180,17 +192,51 @@ sys.exit(0 if rates else 1)
 PY
 }
 
+# PyTorch's step (bench_train_step_torch.py with these arguments), its
+# JSON line given the process's peak GPU memory as nvidia-smi sees it
+# (peak_gpu_mib_smi, measured as for uniattack; its own peak_gpu_mib counts
+# allocated tensors only).
+torch_step() {
+    local log="$OUT/torch_step.tmp" peak=0 pid rc
+    "$PY" scripts/uniattack/bench_train_step_torch.py "$@" >"$log" &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        peak=$(gpu_peak "$pid" "$peak")
+        sleep 0.5
+    done
+    wait "$pid"
+    rc=$?
+    "$PY" - "$log" "$peak" <<'PY'
+import json, sys
+for line in open(sys.argv[1]).read().splitlines():
+    try:
+        record = json.loads(line)
+    except ValueError:
+        print(line)
+        continue
+    record["peak_gpu_mib_smi"] = int(sys.argv[2])
+    print(json.dumps(record))
+PY
+    rm -f "$log"
+    return "$rc"
+}
+
 if [ "${STEP_BENCH:-1}" = 1 ]; then
     echo "== training step, ViT-B/16 + La-SoftMoE, 224 px, batch 32"
     step_data
-    for round in $(seq "${STEP_ROUNDS:-2}"); do
+    for _ in $(seq "${STEP_ROUNDS:-2}"); do
         for precision in f32 bf16; do
             rust_step "$precision" 0 || status=1
             if [ "$kernels_ok" = 1 ]; then rust_step "$precision" 1 || status=1; fi
             amp=none; [ "$precision" = bf16 ] && amp=bf16
-            "$PY" scripts/uniattack/bench_train_step_torch.py --device cuda --batch 32 --steps 20 \
-                --warmup 3 --tf32 --amp "$amp" || status=1
+            torch_step --device cuda --batch 32 --steps 20 --warmup 3 --tf32 --amp "$amp" || status=1
         done
+        # The same step of plain CLIP (no MoE branch), F32 + TF32: the
+        # issue's La-SoftMoE step is at most 1.5x it (PLAIN_STEP=0 skips).
+        if [ "${PLAIN_STEP:-1}" = 1 ]; then
+            rust_step f32 0 0 none || status=1
+            torch_step --device cuda --batch 32 --steps 20 --warmup 3 --tf32 --moe none || status=1
+        fi
     done >"$OUT/train_step.log" 2>&1 # not a pipe: a pipe's loop would set status in a subshell
     cat "$OUT/train_step.log"
 fi
@@ -207,8 +253,8 @@ if [ "${PHASE_PROFILE:-1}" = 1 ]; then
         rust_step "$precision" 0 1 || status=1
         if [ "$kernels_ok" = 1 ]; then rust_step "$precision" 1 1 || status=1; fi
         amp=none; [ "$precision" = bf16 ] && amp=bf16
-        "$PY" scripts/uniattack/bench_train_step_torch.py --device cuda --batch 32 --steps 10 \
-            --warmup 3 --tf32 --amp "$amp" --profile-phases || status=1
+        torch_step --device cuda --batch 32 --steps 10 --warmup 3 --tf32 --amp "$amp" \
+            --profile-phases || status=1
     done >"$OUT/step_phases.log" 2>&1 # not a pipe: status would be set in a subshell
     cat "$OUT/step_phases.log"
 fi
@@ -293,8 +339,15 @@ if [ "${LOADER_BENCH:-1}" = 1 ]; then
         awk '{printf "%-80s %s %s\n", $1, $(NF-3), $(NF-2)}'
 fi
 
+# The issue's targets, from this call's logs (run it on several calls'
+# fetched folders to join them): the last lines of the output.
+finish() {
+    echo "== targets (scripts/device/gpu_targets.py)"
+    "$PY" scripts/device/gpu_targets.py "$OUT" || true
+    exit "$status"
+}
 if [ "${BENCHES:-1}" = 0 ]; then
-    exit $status
+    finish
 fi
 echo "== candle benches (CUDA groups only)"
 "$BIN"/moe_throughput --bench "$MOE_GROUPS" 2>&1 |
@@ -313,4 +366,4 @@ case "$MOE_GROUPS" in *sweep* | "^cuda_") sweep=--sweep ;; esac
 if [ "$VISION" = 1 ]; then
     "$PY" scripts/clip_moe/bench_transformers.py --device cuda --runs 30 2>&1 | tee "$OUT/transformers.log"
 fi
-exit $status
+finish
