@@ -155,7 +155,15 @@ impl NcclGroup {
         });
         // Joining waits for every rank: one that never starts (on another
         // machine, say) would hold this one here.
-        let joining = watchdog.watch("joining the NCCL group");
+        let joining = watchdog.watch(if rank == 0 {
+            "joining the NCCL group".to_string()
+        } else {
+            format!(
+                "joining the NCCL group with the id in {} (an id an earlier start left there \
+                 would send this rank to a group that is gone: delete the file and start again)",
+                id_file.display()
+            )
+        });
         let comm = match Comm::from_rank(cuda.cuda_stream(), rank, world, id) {
             Ok(comm) => comm,
             Err(e) if rank == 0 => {

@@ -10,11 +10,13 @@
 //! what happens at expiry is the owner's callback, in production an
 //! immediate exit of the process.
 //!
-//! Time the process spends stopped does not count: a job suspended with
-//! Ctrl-Z or SIGSTOP (a scheduler's suspend) stops every rank, and none of
-//! them should give up on the others when it resumes. The clock does not
-//! say that a process was stopped, so the thread sleeps in short ticks, and
-//! a tick that ends much later than asked moves the deadline by the excess.
+//! Time the process spends stopped does not count (beyond one tick): a job
+//! suspended with Ctrl-Z or SIGSTOP (a scheduler's suspend) stops every
+//! rank, and none of them should give up on the others when it resumes.
+//! The clock does not say that a process was stopped, so the thread sleeps
+//! in short ticks, and a tick that ends much later than asked (or a first
+//! look at a wait much later than its arming) moves the deadline by the
+//! excess. A thread starved of the CPU gets the same credit.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +27,9 @@ struct Armed {
     what: String,
     deadline: Instant,
     serial: u64,
+    /// When it was armed: the watch thread may first see it late (the
+    /// process stopped in between).
+    since: Instant,
 }
 
 /// The longest the thread sleeps at a time while a wait is armed: a tenth
@@ -96,13 +101,13 @@ impl Watchdog {
         let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
         state.serial += 1;
         let serial = state.serial;
-        state.armed = Instant::now()
-            .checked_add(self.limit)
-            .map(|deadline| Armed {
-                what: what.into(),
-                deadline,
-                serial,
-            });
+        let now = Instant::now();
+        state.armed = now.checked_add(self.limit).map(|deadline| Armed {
+            what: what.into(),
+            deadline,
+            serial,
+            since: now,
+        });
         wake.notify_all();
         Watch {
             watchdog: self,
@@ -150,13 +155,17 @@ fn watch_loop(shared: &Shared, tick: Duration, on_expiry: &dyn Fn(&str)) {
             state = wake.wait(state).unwrap_or_else(|p| p.into_inner());
             continue;
         };
-        if let Some((began, asked, serial)) = last {
-            let late = now.saturating_duration_since(began).saturating_sub(asked);
-            if serial == armed.serial && late > tick {
-                // Stopped meanwhile (or starved): not the others' delay.
-                if let Some(later) = armed.deadline.checked_add(late) {
-                    armed.deadline = later;
-                }
+        // Since the thread last looked at this wait: its timed sleep, or
+        // (a wait it has not slept on yet) since the wait was armed.
+        let (began, asked) = match last {
+            Some((began, asked, serial)) if serial == armed.serial => (began, asked),
+            _ => (armed.since, Duration::ZERO),
+        };
+        let late = now.saturating_duration_since(began).saturating_sub(asked);
+        if late > tick {
+            // Stopped meanwhile (or starved): not the others' delay.
+            if let Some(later) = armed.deadline.checked_add(late) {
+                armed.deadline = later;
             }
         }
         if now < armed.deadline {
@@ -244,18 +253,55 @@ mod tests {
         assert_eq!(what, "second");
     }
 
+    /// A wait the watch thread first looks at late (the process stopped
+    /// between the arming and the thread's first look) gets the same
+    /// credit as one stopped during a tick: still watched, it expires a
+    /// limit after the arming plus the gap, not at once.
+    #[test]
+    fn a_wait_first_seen_late_gets_credit_for_the_gap() {
+        let (dog, expired) = watchdog(Duration::from_millis(400));
+        // Armed 1 s ago, as `watch` arms, and seen by the thread only now.
+        {
+            let (lock, wake) = &*dog.shared;
+            let mut state = lock.lock().unwrap();
+            state.serial += 1;
+            let since = Instant::now() - Duration::from_secs(1);
+            state.armed = Some(Armed {
+                what: "seen late".into(),
+                deadline: since + dog.limit(),
+                serial: state.serial,
+                since,
+            });
+            wake.notify_all();
+        }
+        assert!(
+            expired.recv_timeout(Duration::from_millis(200)).is_err(),
+            "the gap before the first look counted against the limit"
+        );
+        let what = expired
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the wait was no longer watched");
+        assert_eq!(what, "seen late");
+    }
+
     const STOPPED_READY_FILE: &str = "UNIATTACK_TEST_WATCHDOG_READY_FILE";
+    const STOPPED_AFTER_MS: &str = "UNIATTACK_TEST_WATCHDOG_STOP_AFTER_MS";
     /// The exit status of [`stopped_process`] when its watchdog fires.
     const FIRED: i32 = 3;
 
-    /// Entry point of the process `time_stopped_does_not_count` stops:
-    /// arms a 4 s watch, says so through a file, runs 1 s (in short sleeps,
-    /// so a stop leaves most of them to do after it), and ends the watch.
+    /// Entry point of the processes `time_stopped_does_not_count` stops:
+    /// arms a 4 s watch, runs for the time the test asks (the watch thread
+    /// then asleep in a tick) or not at all (the thread may not have seen
+    /// the watch yet), says so through a file, runs 1 s more (in short
+    /// sleeps, so a stop leaves them to do after it), and ends the watch.
     /// Exits with [`FIRED`] if the watchdog fires.
     #[test]
     #[ignore = "run by time_stopped_does_not_count only"]
     fn stopped_process() {
-        let Some(ready) = std::env::var_os(STOPPED_READY_FILE) else {
+        let (Some(ready), Some(after)) = (
+            std::env::var_os(STOPPED_READY_FILE),
+            std::env::var(STOPPED_AFTER_MS).ok(),
+        ) else {
             panic!("run by time_stopped_does_not_count only");
         };
         let dog = Watchdog::new(Duration::from_secs(4), |_| {
@@ -263,6 +309,7 @@ mod tests {
             unsafe { libc::_exit(FIRED) }
         });
         let watch = dog.watch("a wait the test stops");
+        std::thread::sleep(Duration::from_millis(after.parse().unwrap()));
         std::fs::write(ready, "armed").unwrap();
         for _ in 0..20 {
             std::thread::sleep(Duration::from_millis(50));
@@ -271,44 +318,72 @@ mod tests {
     }
 
     /// A process stopped (SIGSTOP, as Ctrl-Z or a scheduler's suspend
-    /// stops a job) for longer than the limit, while its wait has 1 s of
-    /// its 4 s used, is not timed out when it resumes: the stop is not the
-    /// others' delay. Without the ticks' accounting the watchdog fires at
-    /// once on resuming (the deadline passed during the stop).
+    /// stops a job) for longer than the limit is not timed out when it
+    /// resumes with the wait still to end: the stop is not the others'
+    /// delay. Two processes: one stopped right after arming its 4 s watch,
+    /// one 1 s into it; each is stopped for 5 s and needs 1 s after. Without
+    /// the accounting the watchdog fires at once on resuming (the deadline
+    /// passed during the stop).
     #[cfg(target_os = "linux")]
     #[test]
     fn time_stopped_does_not_count() {
         use std::process::{Command, Stdio};
         let dir = tempfile::tempdir().unwrap();
-        let ready = dir.path().join("ready");
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "watchdog::tests::stopped_process",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env(STOPPED_READY_FILE, &ready)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let children: Vec<_> = [0, 1000]
+            .into_iter()
+            .map(|after_ms| {
+                let ready = dir.path().join(format!("ready-{after_ms}"));
+                let child = Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "watchdog::tests::stopped_process",
+                        "--exact",
+                        "--ignored",
+                        "--nocapture",
+                    ])
+                    .env(STOPPED_READY_FILE, &ready)
+                    .env(STOPPED_AFTER_MS, after_ms.to_string())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                (after_ms, ready, child)
+            })
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready.exists() {
-            assert!(Instant::now() < deadline, "the watch was not armed");
+        let mut waiting: Vec<_> = children
+            .iter()
+            .map(|(_, ready, child)| (ready, child.id()))
+            .collect();
+        while !waiting.is_empty() {
+            assert!(Instant::now() < deadline, "a watch was not armed");
+            waiting.retain(|(ready, pid)| {
+                if !ready.exists() {
+                    return true;
+                }
+                // SAFETY: signalling a process this test started (not yet
+                // waited for, so its id is still its own).
+                unsafe { libc::kill(*pid as i32, libc::SIGSTOP) };
+                false
+            });
             std::thread::sleep(Duration::from_millis(10));
         }
-        let pid = child.id() as i32;
-        // SAFETY: signalling the process this test started (not yet
-        // waited for, so its id is still its own).
-        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        // The second child is stopped about 1 s after the first: 5 s for
+        // the second, 6 for the first.
         std::thread::sleep(Duration::from_secs(5));
-        unsafe { libc::kill(pid, libc::SIGCONT) };
-        let status = child.wait().unwrap();
-        assert_ne!(
-            status.code(),
-            Some(FIRED),
-            "the watchdog counted the 5 s stop against a 4 s limit"
-        );
-        assert!(status.success(), "{status}");
+        for (_, _, child) in &children {
+            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+        }
+        for (after_ms, _, mut child) in children {
+            let status = child.wait().unwrap();
+            assert_ne!(
+                status.code(),
+                Some(FIRED),
+                "stopped {after_ms} ms into its wait: the watchdog counted the stop against \
+                 a 4 s limit"
+            );
+            assert!(
+                status.success(),
+                "stopped {after_ms} ms into its wait: {status}"
+            );
+        }
     }
 }

@@ -197,13 +197,17 @@ PY
 # (peak_gpu_mib_smi, measured as for uniattack; its own peak_gpu_mib counts
 # allocated tensors only).
 torch_step() {
-    local log="$OUT/torch_step.tmp" peak=0 pid rc
+    local log="$OUT/torch_step.tmp" peak=0 pid rc deadline=$((SECONDS + ${STEP_DEADLINE:-180}))
     "$PY" scripts/uniattack/bench_train_step_torch.py "$@" >"$log" &
     pid=$!
-    while kill -0 "$pid" 2>/dev/null; do
+    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
         peak=$(gpu_peak "$pid" "$peak")
         sleep 0.5
     done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "torch_step $*: deadline of ${STEP_DEADLINE:-180} s reached; stopped" >&2
+        kill "$pid" 2>/dev/null
+    fi
     wait "$pid"
     rc=$?
     "$PY" - "$log" "$peak" <<'PY'

@@ -66,7 +66,7 @@ pub struct TrainArgs {
     /// that hangs would otherwise hold every GPU forever; NCCL itself waits
     /// without end). Waits for rank 0's evaluations and checkpoints, and
     /// for the start, have no limit; time the job spends suspended
-    /// (Ctrl-Z, SIGSTOP) does not count.
+    /// (Ctrl-Z, SIGSTOP) does not count, beyond a tick of at most 10 s.
     #[arg(long, value_name = "SECONDS", default_value_t = 1800,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub collective_timeout: u64,
