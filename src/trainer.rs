@@ -878,9 +878,9 @@ impl Trainer {
     /// Returns the loss (an F32 `[1]` on the device) and the batch size.
     ///
     /// The loss is not read here: a read waits for the device, which would
-    /// then idle while the backward's graph is sorted and its first kernels
-    /// launched. It is read with the step's gradient norms (or before the
-    /// exchange of a data-parallel step), and checked there.
+    /// then idle until the backward's first kernels are launched (and its
+    /// launch queue refilled). It is read with the step's gradient norms
+    /// (or before the exchange of a data-parallel step), and checked there.
     fn micro_batch(
         &self,
         batch: &fas_data::Batch,
