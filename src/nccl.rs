@@ -128,15 +128,15 @@ impl NcclGroup {
             }
             Id::uninit(internal)
         };
-        // Rank 0 removes the id file when its join fails or times out, as
-        // when it succeeds: a file left behind would send the ranks of the
-        // next start by hand, those that read it before rank 0 writes a
-        // new one, to a group that is gone.
-        let joined = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stale_id = (rank == 0).then(|| (id_file.to_path_buf(), Arc::clone(&joined)));
+        // Rank 0 removes the id file once the join is over, joined or not,
+        // and when the join times out: a file left behind would send the
+        // ranks of the next start by hand, those that read it before rank 0
+        // writes a new one, to a group that is gone.
+        let join_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stale_id = (rank == 0).then(|| (id_file.to_path_buf(), Arc::clone(&join_over)));
         let watchdog = Watchdog::new(collective_timeout, move |what| {
-            if let Some((file, joined)) = &stale_id {
-                if !joined.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Some((file, join_over)) = &stale_id {
+                if !join_over.load(std::sync::atomic::Ordering::SeqCst) {
                     let _ = std::fs::remove_file(file);
                 }
             }
@@ -164,14 +164,19 @@ impl NcclGroup {
                 id_file.display()
             )
         });
-        let comm = match Comm::from_rank(cuda.cuda_stream(), rank, world, id) {
-            Ok(comm) => comm,
-            Err(e) if rank == 0 => {
-                let _ = std::fs::remove_file(id_file);
-                return Err(nccl_error("cannot join the NCCL group", e));
-            }
-            Err(e) => {
-                return Err(nccl_error(
+        let comm = Comm::from_rank(cuda.cuda_stream(), rank, world, id);
+        join_over.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(joining);
+        if rank == 0 {
+            // A successful join returns once every rank joined, so each has
+            // read the id; a failed one leaves an id no rank can use.
+            let _ = std::fs::remove_file(id_file);
+        }
+        let comm = comm.map_err(|e| {
+            if rank == 0 {
+                nccl_error("cannot join the NCCL group", e)
+            } else {
+                nccl_error(
                     &format!(
                         "rank {rank} cannot join the NCCL group with the id in {} (if an earlier \
                          start left that file, this rank may have read it before rank 0 wrote \
@@ -179,18 +184,9 @@ impl NcclGroup {
                         id_file.display()
                     ),
                     e,
-                ))
+                )
             }
-        };
-        joined.store(true, std::sync::atomic::Ordering::SeqCst);
-        drop(joining);
-        if rank == 0 {
-            // Joining returns once every rank joined, so each has read the
-            // id. A file left behind would hand this group's id to the
-            // ranks of a later run started by hand, which would then wait
-            // for a group that is gone.
-            let _ = std::fs::remove_file(id_file);
-        }
+        })?;
         Ok(Self {
             comm: Arc::new(Mutex::new(CommCell(std::mem::ManuallyDrop::new(comm)))),
             device: device.clone(),
