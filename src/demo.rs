@@ -112,7 +112,12 @@ pub fn ensure_dataset(cache: &Path, config: &SynthConfig) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(cache).map_err(|e| Error::io("creating", cache, e))?;
     remove_abandoned_generations(cache);
-    let tmp = cache.join(format!(".{name}.tmp-{}", std::process::id()));
+    // One directory per call, not per process: two threads generating the
+    // same dataset (tests, a library's callers) each write their own.
+    static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cache.join(format!(".{name}.tmp-{}-{call}", std::process::id()));
+    // Left by an earlier process of this PID, killed while writing.
     let _ = std::fs::remove_dir_all(&tmp);
     write_dataset(&tmp, config)?;
     std::fs::write(tmp.join(COMPLETE), b"")
@@ -153,7 +158,8 @@ fn remove_abandoned_generations(cache: &Path) {
             .to_str()
             .filter(|name| name.starts_with(".synth-v"))
             .and_then(|name| name.rsplit_once(".tmp-"))
-            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            // `{pid}-{call}`, or `{pid}` alone as earlier versions named it.
+            .and_then(|(_, tail)| tail.split('-').next()?.parse::<u32>().ok())
         else {
             continue;
         };
@@ -240,33 +246,64 @@ pub fn experiment(root: &Path) -> ExperimentConfig {
 mod tests {
     use super::*;
 
-    /// A killed generation's directory is removed; a live process's (PID
-    /// 1's here), this process's own and anything else are left.
+    /// A killed generation's directory is removed (named as this version
+    /// names them, and as earlier ones did); a live process's (PID 1's
+    /// here), this process's own and anything else are left.
     #[cfg(target_os = "linux")]
     #[test]
     fn only_abandoned_generations_are_removed() {
         let cache = tempfile::tempdir().unwrap();
         // Above any PID Linux hands out (pid_max is at most 2^22).
-        let dead = cache.path().join(".synth-v1-seed0.tmp-4000000000");
-        let live = cache.path().join(".synth-v1-seed0.tmp-1");
+        let dead = cache.path().join(".synth-v1-seed0.tmp-4000000000-3");
+        let dead_earlier = cache.path().join(".synth-v1-seed2.tmp-4000000000");
+        let live = cache.path().join(".synth-v1-seed0.tmp-1-0");
         let own = cache
             .path()
-            .join(format!(".synth-v1-seed0.tmp-{}", std::process::id()));
+            .join(format!(".synth-v1-seed0.tmp-{}-7", std::process::id()));
         let other = cache.path().join(".notes.tmp-4000000000");
         // Another machine's, writing now into a shared cache.
-        let recent = cache.path().join(".synth-v1-seed1.tmp-4000000001");
-        for dir in [&dead, &live, &own, &other, &recent] {
+        let recent = cache.path().join(".synth-v1-seed1.tmp-4000000001-0");
+        for dir in [&dead, &dead_earlier, &live, &own, &other, &recent] {
             std::fs::create_dir_all(dir.join("UniAttackData")).unwrap();
         }
         let two_hours_ago = std::time::SystemTime::now() - 2 * ABANDONED_AFTER;
-        for dir in [&dead, &live, &own, &other] {
+        for dir in [&dead, &dead_earlier, &live, &own, &other] {
             std::fs::File::open(dir)
                 .unwrap()
                 .set_modified(two_hours_ago)
                 .unwrap();
         }
         remove_abandoned_generations(cache.path());
-        assert!(!dead.exists());
+        assert!(!dead.exists() && !dead_earlier.exists());
         assert!(live.exists() && own.exists() && other.exists() && recent.exists());
+    }
+
+    /// Two threads of one process generating the same dataset into an
+    /// empty cache at once both get it, complete: each writes its own
+    /// temporary directory (they once shared one per process, and the
+    /// second removed the first's files or refused its leftovers).
+    #[test]
+    fn concurrent_generations_in_one_process_both_succeed() {
+        let cache = tempfile::tempdir().unwrap();
+        let config = SynthConfig {
+            subjects: 5,
+            image_size: 32,
+            ..synth_config()
+        };
+        let roots: Vec<PathBuf> = std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..2)
+                .map(|_| scope.spawn(|| ensure_dataset(cache.path(), &config)))
+                .collect();
+            runs.into_iter()
+                .map(|run| run.join().unwrap().unwrap())
+                .collect()
+        });
+        assert_eq!(roots[0], roots[1]);
+        assert!(roots[0].join(COMPLETE).is_file());
+        let left: Vec<_> = std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "temporary directories left: {left:?}");
     }
 }
