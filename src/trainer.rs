@@ -940,10 +940,9 @@ impl Trainer {
     /// Each gradient's sum of squares stays on the device, and all of them
     /// come back in one read, with the micro-batches' losses when they are
     /// still on the device: a read per parameter would wait for the GPU
-    /// some 200 times a step. The sums are over flattened gradients: a
-    /// scalar parameter's (`logit_scale`, the routers' `scale`) would be a
-    /// reduction over no dimension, which candle's CUDA backend launches
-    /// with an empty (zero-byte) shape buffer.
+    /// some 200 times a step. With fused-ops' CUDA kernels on, the sums are
+    /// two launches for all gradients (`fused_ops::sums_of_squares`), not
+    /// three per gradient.
     fn clip_gradients(
         &self,
         grads: &mut [Option<Tensor>],
@@ -960,15 +959,14 @@ impl Trainer {
                 (None, n)
             }
         };
+        let mut present = Vec::new();
         for (grad, (name, _)) in grads.iter().zip(self.adam.vars()) {
             let Some(grad) = grad else { continue };
             names.push(name);
-            sums.push(
-                grad.to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .sqr()?
-                    .sum_keepdim(0)?,
-            );
+            present.push(grad);
+        }
+        if !present.is_empty() {
+            sums.push(fused_ops::sums_of_squares(&present)?);
         }
         let sums = if sums.is_empty() {
             Vec::new()

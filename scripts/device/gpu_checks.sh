@@ -17,7 +17,8 @@
 # pass, the step is also timed with them on (FUSED_OPS_CUDA=1), and
 # cuda_rows times each op (row ops, La-SoftMoE's combine ops, attention)
 # as composite and kernel (ROWS_BENCH=0 skips it), and grad_accumulation
-# measures candle's zero-and-add share of the backward (GRAD_BENCH=0 skips it).
+# measures candle's zero-and-add share of the backward and times the
+# gradient norm's sums of squares (GRAD_BENCH=0 skips it).
 # With a train_uniattack_nccl binary (build_gpu_binaries.sh builds one when
 # NCCL links), the demo runs again as rank 0 of an NCCL group of one, and
 # its losses are compared with the plain run's (NCCL_CHECK=0 skips it).
@@ -298,7 +299,9 @@ if [ "${GRAD_BENCH:-1}" = 1 ]; then
     # candle's zero-and-add gradient accumulation at batch 32: its replay
     # over the real graph's nodes against the timed backward (F32 + TF32 and
     # BF16, plain and La-SoftMoE, the largest shapes; about 40 s, and again
-    # with the fused kernels on when they passed).
+    # with the fused kernels on when they passed). Each case also times the
+    # gradient norm's sums of squares, candle's composite against fused-ops'
+    # two kernels.
     echo "== zero-and-add share of the backward, ViT-B/16, batch 32"
     timeout 180 "$BIN"/grad_accumulation --bench 2>&1 | tee "$OUT/grad_accumulation.log" || status=1
     if [ "$kernels_ok" = 1 ]; then

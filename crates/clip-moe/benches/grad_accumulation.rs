@@ -20,6 +20,10 @@
 //! So the replay is a lower bound of the avoidable part, not of everything
 //! the accumulation costs.
 //!
+//! It also times the step's gradient-norm phase on the same gradients:
+//! the per-gradient sums of squares as candle's composite and, on a GPU,
+//! as fused-ops' two-launch kernels.
+//!
 //! `cargo bench -p clip-moe --bench grad_accumulation` runs on the CPU at
 //! batch 2; with `--features cuda` also on GPU 0 at batch 32 (the training
 //! step's batch) in F32 with TF32 matmuls and in BF16.
@@ -143,6 +147,7 @@ fn measure(
         })
         .collect();
     let sort = median(sorts);
+    let norm = gradient_norm(device, &varmap, &loss, runs)?;
     println!(
         "{:<4} {:<4} {:<11} batch {batch:>2}: {:>5} graph nodes, {:>7.1} M elements ({:>5.1} M in parameters); \
          backward median {backward:>9.1} ms; zero-and-add replay median {replay:>8.1} ms \
@@ -156,6 +161,7 @@ fn measure(
         100.0 * share,
     );
     println!("     graph sort before the backward's first launch: median {sort:.2} ms (host)");
+    println!("{norm}");
     // Where the elements are: the shapes holding the most, to aim fusion.
     let mut by_shape: Vec<(&Shape, usize, usize)> = Vec::new();
     for (shape, _) in &nodes {
@@ -176,6 +182,51 @@ fn measure(
         );
     }
     Ok(())
+}
+
+/// The gradient norm's parts as the trainer computes them each step: the
+/// sums of squares of every parameter gradient (`fused_ops::sums_of_squares`)
+/// read back to the host, as candle's composite (a square and a sum per
+/// gradient, then a concatenation) and, on a GPU, as fused-ops' two
+/// kernels; medians of alternating runs. The switch is put back as found.
+fn gradient_norm(device: &Device, varmap: &VarMap, loss: &Tensor, runs: usize) -> Result<String> {
+    let grads = loss.backward()?;
+    let vars = varmap.all_vars();
+    let present: Vec<&Tensor> = vars.iter().filter_map(|v| grads.get(v)).collect();
+    let elements: usize = present.iter().map(|g| g.elem_count()).sum();
+    let was_on = fused_ops::fused_cuda_kernels();
+    let paths: &[bool] = if device.is_cuda() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    let mut times = vec![Vec::new(); paths.len()];
+    // One untimed run of each first: kernels loaded, pools warm.
+    for round in 0..=runs {
+        for (i, &kernels) in paths.iter().enumerate() {
+            fused_ops::set_fused_cuda_kernels(kernels);
+            let ms = time_ms(device, || {
+                fused_ops::sums_of_squares(&present)?
+                    .to_vec1::<f32>()
+                    .map(|_| ())
+            });
+            fused_ops::set_fused_cuda_kernels(was_on);
+            if round > 0 {
+                times[i].push(ms?);
+            }
+        }
+    }
+    let mut line = format!(
+        "     gradient norm's sums of squares, {} gradients ({:.1} M elements), read to the host: \
+         composite median {:.2} ms",
+        present.len(),
+        elements as f64 / 1e6,
+        median(times[0].clone()),
+    );
+    if let Some(kernels) = times.get(1) {
+        line += &format!("; kernels median {:.2} ms", median(kernels.clone()));
+    }
+    Ok(line)
 }
 
 fn device_name(device: &Device) -> &'static str {

@@ -713,6 +713,78 @@ __device__ void adam_update(float* p, float* m, float* v, const float* g, int64_
     v[i] = vi;
 }
 
+// Sums of squares of many F32 buffers at once (a global gradient norm's
+// parts) in two launches, deterministically. `table` holds, for `tensors`
+// buffers: their addresses, their element counts, and the running count of
+// their chunks of SUM_SQUARES_CHUNK elements (tensors + 1 entries, the last
+// the total). The first launch has one block per chunk and writes each
+// chunk's sum to `partial`; the second has one thread per buffer and adds
+// its chunks' sums in order. Each thread's strided squares are fused
+// multiply-adds, on a GPU and on the emulator alike.
+#define SUM_SQUARES_CHUNK 16384
+
+// The buffer that chunk `chunk` belongs to: the last whose first chunk is
+// at or before it (buffers with no chunks share their successor's first
+// chunk and are passed over). `first` has `tensors` + 1 entries.
+__device__ __forceinline__ int chunk_owner(const int64_t* first, int tensors, int64_t chunk) {
+    int lo = 0, hi = tensors - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (first[mid] <= chunk) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+__device__ void sum_squares_chunks(const int64_t* table, int tensors, float* partial) {
+    __shared__ float shared[32];
+    const int64_t* lens = table + tensors;
+    const int64_t* first = table + 2 * tensors;
+    const int64_t chunk = blockIdx.x;
+    const int lo = chunk_owner(first, tensors, chunk);
+    const float* x = (const float*)table[lo];
+    const int64_t start = (chunk - first[lo]) * SUM_SQUARES_CHUNK;
+    const int64_t end =
+        start + SUM_SQUARES_CHUNK < lens[lo] ? start + SUM_SQUARES_CHUNK : lens[lo];
+    float acc = 0.0f;
+    for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
+        const float v = x[i];
+        acc = fmaf(v, v, acc);
+    }
+    acc = block_reduce<false>(acc, shared);
+    if (threadIdx.x == 0) partial[chunk] = acc;
+}
+
+__device__ void sum_squares_finish(const int64_t* table, int tensors, const float* partial,
+                                   float* out) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= tensors) return;
+    const int64_t* first = table + 2 * tensors;
+    float acc = 0.0f;
+    for (int64_t c = first[t]; c < first[t + 1]; ++c) acc = __fadd_rn(acc, partial[c]);
+    out[t] = acc;
+}
+
+// Many F32 buffers copied into one, each at its own offset and multiplied
+// by `scale` (one rounding; a scale of 1 copies exactly): a data-parallel
+// rank's gradients into its exchange buffer, divided by the world size.
+// `table` holds, for `parts` buffers: their addresses, their element
+// counts, their offsets in `dst`, and the running count of their chunks
+// of SUM_SQUARES_CHUNK elements (`parts` + 1 entries). One block per chunk.
+__device__ void copy_scaled(const int64_t* table, int parts, float* dst, float scale) {
+    const int64_t* lens = table + parts;
+    const int64_t* offsets = table + 2 * parts;
+    const int64_t* first = table + 3 * parts;
+    const int64_t chunk = blockIdx.x;
+    const int p = chunk_owner(first, parts, chunk);
+    const float* x = (const float*)table[p];
+    const int64_t start = (chunk - first[p]) * SUM_SQUARES_CHUNK;
+    const int64_t end =
+        start + SUM_SQUARES_CHUNK < lens[p] ? start + SUM_SQUARES_CHUNK : lens[p];
+    float* y = dst + offsets[p];
+    for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) y[i] = __fmul_rn(x[i], scale);
+}
+
 // Every entry point is defined through KERNEL(name, (parameters), call);
 // the CPU emulator (emulation/emulator.h) defines it first to also register
 // the kernel under its name.
@@ -809,3 +881,11 @@ KERNEL(adam_update_f32,
         float bias_correction2_sqrt, float eps, float neg_step_size, int decoupled, int coupled),
        adam_update(p, m, v, g, n, decay_factor, coupled_decay, lerp_weight, beta2,
                    one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size, decoupled, coupled))
+
+KERNEL(sum_squares_chunks_f32, (const int64_t* table, int tensors, float* partial),
+       sum_squares_chunks(table, tensors, partial))
+KERNEL(sum_squares_finish_f32,
+       (const int64_t* table, int tensors, const float* partial, float* out),
+       sum_squares_finish(table, tensors, partial, out))
+KERNEL(copy_scaled_f32, (const int64_t* table, int parts, float* dst, float scale),
+       copy_scaled(table, parts, dst, scale))

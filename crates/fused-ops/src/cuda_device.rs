@@ -45,6 +45,7 @@ impl KernelDevice for CudaDevice {
                     let (ptr, guard) = match s.dtype() {
                         DType::F32 => s.as_cuda_slice::<f32>()?.device_ptr(&stream),
                         DType::BF16 => s.as_cuda_slice::<bf16>()?.device_ptr(&stream),
+                        DType::I64 => s.as_cuda_slice::<i64>()?.device_ptr(&stream),
                         other => candle_core::bail!("{kernel}: a {other:?} operand"),
                     };
                     guards.push(guard);
@@ -85,5 +86,32 @@ impl KernelDevice for CudaDevice {
         unsafe { builder.launch(cfg) }.w()?;
         drop(guards);
         Ok(())
+    }
+
+    fn upload_i64(&self, values: &[i64]) -> Result<CudaStorage> {
+        BackendDevice::storage_from_slice(self, values)
+    }
+
+    fn with_addresses(
+        &self,
+        buffers: &[(&CudaStorage, usize)],
+        f: &mut dyn FnMut(&[i64]) -> Result<()>,
+    ) -> Result<()> {
+        let stream = self.cuda_stream();
+        let mut guards = Vec::with_capacity(buffers.len());
+        let mut addresses = Vec::with_capacity(buffers.len());
+        for (s, at) in buffers {
+            let (ptr, guard) = match s.dtype() {
+                DType::F32 => s.as_cuda_slice::<f32>()?.device_ptr(&stream),
+                DType::BF16 => s.as_cuda_slice::<bf16>()?.device_ptr(&stream),
+                other => candle_core::bail!("a table of buffers given a {other:?} buffer"),
+            };
+            guards.push(guard);
+            addresses.push((ptr + (*at * s.dtype().size_in_bytes()) as u64) as i64);
+        }
+        let result = f(&addresses);
+        // After the launches in `f`: each buffer's use recorded behind them.
+        drop(guards);
+        result
     }
 }

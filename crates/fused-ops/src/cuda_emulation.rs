@@ -126,6 +126,7 @@ fn element_address(s: &CpuStorage, at: usize, kernel: &str) -> Result<*const u8>
     let (ptr, len, size) = match s {
         CpuStorage::F32(v) => (v.as_ptr() as *const u8, v.len(), 4),
         CpuStorage::BF16(v) => (v.as_ptr() as *const u8, v.len(), 2),
+        CpuStorage::I64(v) => (v.as_ptr() as *const u8, v.len(), 8),
         other => candle_core::bail!("emulator: {kernel} given a {:?} buffer", other.dtype()),
     };
     if at > len {
@@ -180,6 +181,7 @@ impl KernelDevice for Emulator {
             let buffer = |s: &CpuStorage| match s.dtype() {
                 DType::F32 => 'F',
                 DType::BF16 => 'B',
+                DType::I64 => 'L',
                 _ => '?',
             };
             let signature: String = args
@@ -245,6 +247,46 @@ impl KernelDevice for Emulator {
         #[cfg(not(feature = "cuda-emulation"))]
         {
             let _ = (kernel, grid, args);
+            refused()
+        }
+    }
+
+    fn upload_i64(&self, values: &[i64]) -> Result<CpuStorage> {
+        #[cfg(feature = "cuda-emulation")]
+        {
+            Ok(CpuStorage::I64(values.to_vec()))
+        }
+        #[cfg(not(feature = "cuda-emulation"))]
+        {
+            let _ = values;
+            refused()
+        }
+    }
+
+    fn with_addresses(
+        &self,
+        buffers: &[(&CpuStorage, usize)],
+        f: &mut dyn FnMut(&[i64]) -> Result<()>,
+    ) -> Result<()> {
+        #[cfg(feature = "cuda-emulation")]
+        {
+            let mut addresses = Vec::with_capacity(buffers.len());
+            for (s, at) in buffers {
+                if !matches!(s.dtype(), DType::F32 | DType::BF16) {
+                    candle_core::bail!(
+                        "emulator: a table of buffers given a {:?} buffer",
+                        s.dtype()
+                    )
+                }
+                addresses.push(element_address(s, *at, "a table of buffers")? as usize as i64);
+            }
+            // The kernels only read through these addresses, and `buffers`
+            // stays borrowed while they run (each launch runs to its end).
+            f(&addresses)
+        }
+        #[cfg(not(feature = "cuda-emulation"))]
+        {
+            let _ = (buffers, f);
             refused()
         }
     }

@@ -44,6 +44,22 @@ pub(crate) trait KernelDevice {
 
     /// Runs `kernel` (its full name, dtype suffix included) over `grid`.
     fn launch(&self, kernel: &str, grid: Grid, args: &mut [Arg<'_, Self::Storage>]) -> Result<()>;
+
+    /// A buffer holding `values`: a table of counts and buffer addresses
+    /// for a kernel that reads many buffers in one launch.
+    fn upload_i64(&self, values: &[i64]) -> Result<Self::Storage>;
+
+    /// Runs `f` with the address at which a kernel finds element `at` of
+    /// each F32 or BF16 buffer, for a table that `f` uploads and launches
+    /// kernels on. The buffers stay borrowed until `f` returns, and on a
+    /// GPU their use is recorded on candle's stream once the launches are
+    /// queued, as for a launch's own buffer arguments. Kernels only read
+    /// through these addresses.
+    fn with_addresses(
+        &self,
+        buffers: &[(&Self::Storage, usize)],
+        f: &mut dyn FnMut(&[i64]) -> Result<()>,
+    ) -> Result<()>;
 }
 
 /// The kernel name for `dtype`: `{kernel}_f32` or `{kernel}_bf16`.
@@ -73,6 +89,32 @@ pub(crate) fn row_launch(rows: usize, cols: usize) -> Grid {
 pub(crate) fn elementwise_launch(n: usize) -> Grid {
     Grid {
         grid: (n.div_ceil(256) as u32, 1, 1),
+        block: (256, 1, 1),
+    }
+}
+
+/// Elements per block of the kernels that walk many buffers through a table
+/// (`SUM_SQUARES_CHUNK` in `cuda/fused_ops.cu`).
+pub(crate) const TABLE_CHUNK: usize = 16_384;
+
+/// Each buffer's first chunk of [`TABLE_CHUNK`] elements, for buffers of
+/// `lens` elements, and the total after the last (`lens.len() + 1`
+/// entries): the part of a table that maps a block to its buffer.
+pub(crate) fn chunk_starts(lens: &[usize]) -> Vec<i64> {
+    let mut first = Vec::with_capacity(lens.len() + 1);
+    let mut chunks = 0usize;
+    for len in lens {
+        first.push(chunks as i64);
+        chunks += len.div_ceil(TABLE_CHUNK);
+    }
+    first.push(chunks as i64);
+    first
+}
+
+/// One block of 256 threads per chunk: `chunks` blocks.
+pub(crate) fn chunk_launch(chunks: usize) -> Grid {
+    Grid {
+        grid: (chunks as u32, 1, 1),
         block: (256, 1, 1),
     }
 }

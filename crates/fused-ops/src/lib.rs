@@ -20,9 +20,14 @@
 //! repository has the measurements). candle's own fused softmax and
 //! LayerNorm record no gradient, so they cannot train.
 //!
-//! [`adam_update`] is the exception: an optimizer step for GPUs (one kernel
-//! per parameter instead of a dozen tensor operations), with no CPU kernel
-//! of its own here (a CPU optimizer updates host memory directly).
+//! [`adam_update`], [`sums_of_squares`] and [`copy_scaled_into`] are the
+//! exceptions, for the end of a training step on a GPU: an optimizer step
+//! (one kernel per parameter instead of a dozen tensor operations), the
+//! parts of a global gradient norm (two kernels for all gradients instead
+//! of three per gradient) and a data-parallel rank's gradients written
+//! into its exchange buffer (one kernel instead of two per gradient), with
+//! no CPU kernels of their own here (a CPU optimizer updates host memory
+//! directly; the CPU runs the composites of the other two).
 //!
 //! [`set_fused_cpu_kernels`]`(false)` makes the CPU run the composites too:
 //! a machine without a GPU can test the GPU's code path that way.
@@ -44,6 +49,7 @@
 mod activation;
 mod adam;
 mod attention;
+mod copy_scaled;
 #[cfg(feature = "cuda")]
 mod cuda_device;
 #[cfg(cuda_kernels)]
@@ -61,10 +67,12 @@ mod layer_norm;
 mod matmul;
 mod routing;
 mod rows;
+mod sum_squares;
 
 pub use activation::Activation;
 pub use adam::{adam_update, adam_update_fits, AdamScalars};
 pub use attention::attention;
+pub use copy_scaled::copy_scaled_into;
 #[cfg(feature = "cuda-emulation")]
 pub use cuda_emulation::cuda_emulation_launches;
 pub use dispatch::{
@@ -75,3 +83,4 @@ pub use expert_mlp::ExpertMlp;
 pub use layer_norm::layer_norm;
 pub use matmul::matmul;
 pub use routing::{elu_plus_one, l2_normalize, softmax, standardize};
+pub use sum_squares::sums_of_squares;

@@ -6,7 +6,9 @@
 //! the public API and the same host code a GPU runs. What a GPU adds
 //! (its arithmetic, timing, the memory model, launch limits) still needs
 //! `cuda_parity.rs` on one. The fused Adam step is checked against
-//! `torch.optim` itself, bit for bit.
+//! `torch.optim` itself, bit for bit, and the sums of squares of many
+//! tensors against f64 sums on the host, and their scaled copy into one
+//! vector against the host's products.
 
 #![cfg(feature = "cuda-emulation")]
 
@@ -19,5 +21,7 @@ fn emulated_cuda_kernels_match_the_composites() -> anyhow::Result<()> {
     common::kernels_match_composites(&candle_core::Device::Cpu)?;
     // In this test: the CUDA switch is process-wide.
     common::adam::adam_matches_torch(&candle_core::Device::Cpu)?;
+    common::sums::sums_of_squares_match(&candle_core::Device::Cpu)?;
+    common::copy_scaled::copy_scaled_matches(&candle_core::Device::Cpu)?;
     common::layer_norm_takes_the_composite_for_broadcast_weights(&candle_core::Device::Cpu)
 }

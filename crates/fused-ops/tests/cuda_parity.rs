@@ -1,7 +1,9 @@
 //! This crate's CUDA kernels (`--features cuda`, GPU 0) against the candle
 //! composites they replace, on the same GPU and the same inputs: the cases
-//! of `common/mod.rs`, values and every gradient, in F32 and BF16; and the
-//! fused Adam step against `torch.optim`, bit for bit.
+//! of `common/mod.rs`, values and every gradient, in F32 and BF16; the
+//! fused Adam step against `torch.optim`, bit for bit; and the sums of
+//! squares of many tensors against f64 sums on the host, and their scaled copy into one
+//! vector against the host's products.
 
 #![cfg(feature = "cuda")]
 
@@ -13,5 +15,7 @@ fn cuda_kernels_match_the_composites() -> anyhow::Result<()> {
     common::kernels_match_composites(&gpu)?;
     // In this test: the CUDA switch is process-wide.
     common::adam::adam_matches_torch(&gpu)?;
+    common::sums::sums_of_squares_match(&gpu)?;
+    common::copy_scaled::copy_scaled_matches(&gpu)?;
     common::layer_norm_takes_the_composite_for_broadcast_weights(&gpu)
 }

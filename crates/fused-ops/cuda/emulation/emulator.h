@@ -70,7 +70,7 @@ struct Registration {
 // the kernel's parameter list (a GPU reads an i32 passed for an int64_t,
 // or a bf16 buffer passed for a float*, as garbage; the emulator's 8-byte
 // argument slots would not): F float*, B bfloat16*, i int, l int64_t, f
-// float, ? anything else.
+// float, L int64_t* (a table of counts or addresses), ? anything else.
 template <typename T>
 struct ParamCode {
     static constexpr char value = '?';
@@ -95,9 +95,11 @@ struct ParamCode<float> {
 template <typename T>
 struct ParamCode<T*> {
     using E = std::remove_const_t<T>;
-    static constexpr char value = std::is_same_v<E, float>           ? 'F'
-                                  : std::is_same_v<E, __nv_bfloat16> ? 'B'
-                                                                     : '?';
+    static constexpr char value =
+        std::is_same_v<E, float>           ? 'F'
+        : std::is_same_v<E, __nv_bfloat16> ? 'B'
+        : std::is_same_v<E, long long> || (std::is_same_v<E, long> && sizeof(long) == 8) ? 'L'
+                                                                                        : '?';
 };
 
 template <typename... A>

@@ -5,10 +5,16 @@
 //! LayerNorm, the L2 normalisation of the last axis, elu + 1, attention
 //! (whose softmax is the kernel), and the bias + activation of a dense
 //! linear and of stacked experts, values and every gradient, in F32 and
-//! BF16. The caller runs them from one test, because the switch between
-//! kernels and composites is process-wide.
+//! BF16; also the fused Adam step against `torch.optim` (`adam.rs`), the
+//! sums of squares of many tensors against their f64 definition
+//! (`sums.rs`) and the scaled copy of many tensors into one vector against
+//! the host's products (`copy_scaled.rs`). The caller runs them from one
+//! test, because the switch between kernels and composites is
+//! process-wide.
 
 pub mod adam;
+pub mod copy_scaled;
+pub mod sums;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use fused_ops::{Activation, ExpertMlp};
