@@ -104,23 +104,12 @@ fn buffer_address(t: &Tensor) -> usize {
     &*storage as *const candle_core::Storage as usize
 }
 
-/// Whether the kernel takes the copy: the switch on, `dst` on a CUDA
-/// device (the CPU under emulation), every part contiguous F32, and a
-/// chunk count the grid holds.
+/// Whether the kernel takes the copy: `dst` on a CUDA device (the CPU
+/// under emulation) and the parts as the table kernels take them.
 #[cfg(cuda_kernels)]
 fn kernels_take(dst: &Tensor, parts: &[(&Tensor, usize)]) -> bool {
-    let device = dst.device();
-    let chunks: usize = parts
-        .iter()
-        .map(|(t, _)| t.elem_count().div_ceil(crate::kernel_launch::TABLE_CHUNK))
-        .sum();
-    crate::fused_cuda_kernels()
-        && (device.is_cuda() || (cfg!(feature = "cuda-emulation") && device.is_cpu()))
-        && parts.len() <= i32::MAX as usize
-        && chunks <= i32::MAX as usize
-        && parts
-            .iter()
-            .all(|(t, _)| t.dtype() == DType::F32 && t.is_contiguous())
+    let tensors: Vec<&Tensor> = parts.iter().map(|(t, _)| *t).collect();
+    crate::kernel_launch::table_kernels_take(dst.device(), &tensors)
 }
 
 #[cfg(cuda_kernels)]

@@ -111,6 +111,26 @@ pub(crate) fn chunk_starts(lens: &[usize]) -> Vec<i64> {
     first
 }
 
+/// Whether the table kernels take `tensors` on `device`: the switch on, a
+/// CUDA device (the CPU under emulation), every tensor contiguous F32, and
+/// a tensor count and chunk count the kernels' 32-bit index and grid hold.
+pub(crate) fn table_kernels_take(
+    device: &candle_core::Device,
+    tensors: &[&candle_core::Tensor],
+) -> bool {
+    let chunks: usize = tensors
+        .iter()
+        .map(|t| t.elem_count().div_ceil(TABLE_CHUNK))
+        .sum();
+    crate::fused_cuda_kernels()
+        && (device.is_cuda() || (cfg!(feature = "cuda-emulation") && device.is_cpu()))
+        && tensors.len() <= i32::MAX as usize
+        && chunks <= i32::MAX as usize
+        && tensors
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.is_contiguous())
+}
+
 /// One block of 256 threads per chunk: `chunks` blocks.
 pub(crate) fn chunk_launch(chunks: usize) -> Grid {
     Grid {

@@ -41,7 +41,7 @@ pub fn sums_of_squares(tensors: &[&Tensor]) -> Result<Tensor> {
         }
     }
     #[cfg(cuda_kernels)]
-    if kernels_take(tensors) {
+    if crate::kernel_launch::table_kernels_take(first.device(), tensors) {
         return kernel::run(tensors);
     }
     composite(tensors)
@@ -62,25 +62,6 @@ fn composite(tensors: &[&Tensor]) -> Result<Tensor> {
         })
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&sums, 0)
-}
-
-/// Whether the kernels take `tensors`: the switch on, contiguous F32 on a
-/// CUDA device (the CPU under emulation), and counts the kernels' 32-bit
-/// grid and tensor index hold.
-#[cfg(cuda_kernels)]
-fn kernels_take(tensors: &[&Tensor]) -> bool {
-    let device = tensors[0].device();
-    let chunks: usize = tensors
-        .iter()
-        .map(|t| t.elem_count().div_ceil(crate::kernel_launch::TABLE_CHUNK))
-        .sum();
-    crate::fused_cuda_kernels()
-        && (device.is_cuda() || (cfg!(feature = "cuda-emulation") && device.is_cpu()))
-        && tensors.len() <= i32::MAX as usize
-        && chunks <= i32::MAX as usize
-        && tensors
-            .iter()
-            .all(|t| t.dtype() == DType::F32 && t.is_contiguous())
 }
 
 #[cfg(cuda_kernels)]
