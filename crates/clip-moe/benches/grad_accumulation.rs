@@ -21,8 +21,8 @@
 //! the accumulation costs.
 //!
 //! It also times the step's gradient-norm phase on the same gradients:
-//! the per-gradient sums of squares as candle's composite and, on a GPU,
-//! as fused-ops' two-launch kernels.
+//! the per-gradient sums of squares as candle's composite and as
+//! fused-ops' own path (two kernel launches on a GPU, one pass on the CPU).
 //!
 //! `cargo bench -p clip-moe --bench grad_accumulation` runs on the CPU at
 //! batch 2; with `--features cuda` also on GPU 0 at batch 32 (the training
@@ -187,46 +187,53 @@ fn measure(
 /// The gradient norm's parts as the trainer computes them each step: the
 /// sums of squares of every parameter gradient (`fused_ops::sums_of_squares`)
 /// read back to the host, as candle's composite (a square and a sum per
-/// gradient, then a concatenation) and, on a GPU, as fused-ops' two
-/// kernels; medians of alternating runs. The switch is put back as found.
+/// gradient, then a concatenation) and as fused-ops' own path (two kernels
+/// on a GPU, one fused pass on the CPU); medians of alternating runs. The
+/// switches are put back as found.
 fn gradient_norm(device: &Device, varmap: &VarMap, loss: &Tensor, runs: usize) -> Result<String> {
     let grads = loss.backward()?;
     let vars = varmap.all_vars();
     let present: Vec<&Tensor> = vars.iter().filter_map(|v| grads.get(v)).collect();
     let elements: usize = present.iter().map(|g| g.elem_count()).sum();
-    let was_on = fused_ops::fused_cuda_kernels();
-    let paths: &[bool] = if device.is_cuda() {
-        &[false, true]
-    } else {
-        &[false]
-    };
-    let mut times = vec![Vec::new(); paths.len()];
+    let (cpu_was, cuda_was) = (
+        fused_ops::fused_cpu_kernels(),
+        fused_ops::fused_cuda_kernels(),
+    );
+    let mut times = [Vec::new(), Vec::new()];
     // One untimed run of each first: kernels loaded, pools warm.
     for round in 0..=runs {
-        for (i, &kernels) in paths.iter().enumerate() {
-            fused_ops::set_fused_cuda_kernels(kernels);
+        for (fused, times) in [false, true].into_iter().zip(&mut times) {
+            if device.is_cuda() {
+                fused_ops::set_fused_cuda_kernels(fused);
+            } else {
+                fused_ops::set_fused_cpu_kernels(fused);
+            }
             let ms = time_ms(device, || {
                 fused_ops::sums_of_squares(&present)?
                     .to_vec1::<f32>()
                     .map(|_| ())
             });
-            fused_ops::set_fused_cuda_kernels(was_on);
+            fused_ops::set_fused_cpu_kernels(cpu_was);
+            fused_ops::set_fused_cuda_kernels(cuda_was);
             if round > 0 {
-                times[i].push(ms?);
+                times.push(ms?);
             }
         }
     }
-    let mut line = format!(
+    let [composite, fused] = times;
+    Ok(format!(
         "     gradient norm's sums of squares, {} gradients ({:.1} M elements), read to the host: \
-         composite median {:.2} ms",
+         composite median {:.2} ms; {} median {:.2} ms",
         present.len(),
         elements as f64 / 1e6,
-        median(times[0].clone()),
-    );
-    if let Some(kernels) = times.get(1) {
-        line += &format!("; kernels median {:.2} ms", median(kernels.clone()));
-    }
-    Ok(line)
+        median(composite),
+        if device.is_cuda() {
+            "kernels"
+        } else {
+            "fused CPU pass"
+        },
+        median(fused),
+    ))
 }
 
 fn device_name(device: &Device) -> &'static str {

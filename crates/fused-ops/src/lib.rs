@@ -20,14 +20,14 @@
 //! repository has the measurements). candle's own fused softmax and
 //! LayerNorm record no gradient, so they cannot train.
 //!
-//! [`adam_update`], [`sums_of_squares`] and [`copy_scaled_into`] are the
-//! exceptions, for the end of a training step on a GPU: an optimizer step
-//! (one kernel per parameter instead of a dozen tensor operations), the
-//! parts of a global gradient norm (two kernels for all gradients instead
-//! of three per gradient) and a data-parallel rank's gradients written
-//! into its exchange buffer (one kernel instead of two per gradient), with
-//! no CPU kernels of their own here (a CPU optimizer updates host memory
-//! directly; the CPU runs the composites of the other two).
+//! [`adam_update`], [`sums_of_squares`] and [`copy_scaled_into`] serve the
+//! end of a training step rather than a layer: an optimizer step (one
+//! kernel per parameter instead of a dozen tensor operations), the parts of
+//! a global gradient norm (two kernels for all gradients instead of three
+//! per gradient; one pass per gradient on the CPU) and a data-parallel
+//! rank's gradients written into its exchange buffer (one kernel instead of
+//! two per gradient). The first and last are for GPUs only (a CPU optimizer
+//! updates host memory directly; the CPU copies with the composite).
 //!
 //! [`set_fused_cpu_kernels`]`(false)` makes the CPU run the composites too:
 //! a machine without a GPU can test the GPU's code path that way.
