@@ -112,13 +112,18 @@ pub fn ensure_dataset(cache: &Path, config: &SynthConfig) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(cache).map_err(|e| Error::io("creating", cache, e))?;
     remove_abandoned_generations(cache);
-    // One directory per call, not per process: two threads generating the
-    // same dataset (tests, a library's callers) each write their own.
+    // One directory per call: two threads generating the same dataset
+    // (tests, a library's callers) each write their own, and so do two
+    // machines whose processes share a PID in a shared cache. It goes when
+    // the call ends, whether the generation failed or was renamed.
     static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let call = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = cache.join(format!(".{name}.tmp-{}-{call}", std::process::id()));
-    // Left by an earlier process of this PID, killed while writing.
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = cache.join(format!(
+        ".{name}.tmp-{}-{call}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let _scratch = Scratch(tmp.clone());
     write_dataset(&tmp, config)?;
     std::fs::write(tmp.join(COMPLETE), b"")
         .map_err(|e| Error::io("writing", tmp.join(COMPLETE), e))?;
@@ -126,15 +131,23 @@ pub fn ensure_dataset(cache: &Path, config: &SynthConfig) -> Result<PathBuf> {
         Ok(()) => Ok(root),
         // Another process finished first (or a stale incomplete copy is in
         // the way): use a complete one, else replace the stale one.
-        Err(_) if root.join(COMPLETE).is_file() => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Ok(root)
-        }
+        Err(_) if root.join(COMPLETE).is_file() => Ok(root),
         Err(_) => {
             let _ = std::fs::remove_dir_all(&root);
             std::fs::rename(&tmp, &root).map_err(|e| Error::io("renaming into", &root, e))?;
             Ok(root)
         }
+    }
+}
+
+/// A generation's temporary directory, removed when dropped (after a
+/// failure, or once renamed into place, when nothing is left there).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Best effort: a directory that cannot be removed costs disk.
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -158,7 +171,8 @@ fn remove_abandoned_generations(cache: &Path) {
             .to_str()
             .filter(|name| name.starts_with(".synth-v"))
             .and_then(|name| name.rsplit_once(".tmp-"))
-            // `{pid}-{call}`, or `{pid}` alone as earlier versions named it.
+            // `{pid}-{call}-{random}`, or `{pid}` alone as earlier versions
+            // named it.
             .and_then(|(_, tail)| tail.split('-').next()?.parse::<u32>().ok())
         else {
             continue;
@@ -254,15 +268,20 @@ mod tests {
     fn only_abandoned_generations_are_removed() {
         let cache = tempfile::tempdir().unwrap();
         // Above any PID Linux hands out (pid_max is at most 2^22).
-        let dead = cache.path().join(".synth-v1-seed0.tmp-4000000000-3");
-        let dead_earlier = cache.path().join(".synth-v1-seed2.tmp-4000000000");
-        let live = cache.path().join(".synth-v1-seed0.tmp-1-0");
-        let own = cache
+        let dead = cache
             .path()
-            .join(format!(".synth-v1-seed0.tmp-{}-7", std::process::id()));
+            .join(".synth-v1-seed0.tmp-4000000000-3-0badf00d");
+        let dead_earlier = cache.path().join(".synth-v1-seed2.tmp-4000000000");
+        let live = cache.path().join(".synth-v1-seed0.tmp-1-0-12345678");
+        let own = cache.path().join(format!(
+            ".synth-v1-seed0.tmp-{}-7-00000000",
+            std::process::id()
+        ));
         let other = cache.path().join(".notes.tmp-4000000000");
         // Another machine's, writing now into a shared cache.
-        let recent = cache.path().join(".synth-v1-seed1.tmp-4000000001-0");
+        let recent = cache
+            .path()
+            .join(".synth-v1-seed1.tmp-4000000001-0-ffffffff");
         for dir in [&dead, &dead_earlier, &live, &own, &other, &recent] {
             std::fs::create_dir_all(dir.join("UniAttackData")).unwrap();
         }

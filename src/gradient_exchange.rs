@@ -257,7 +257,8 @@ impl GradientExchange {
         // Divided before the sum, so the sum is the mean: nothing to divide
         // (no copy) afterwards. For a world of a power of two the division
         // is exact (subnormal values aside). One launch for all gradients
-        // with fused-ops' CUDA kernels on, two per gradient otherwise.
+        // with fused-ops' CUDA kernels on; otherwise a scale and a copy per
+        // gradient (a copy alone in a group of one).
         fused_ops::copy_scaled_into(&self.buffer, &parts, 1.0 / world as f64)?;
         let header = Tensor::from_vec(header, self.header_len(), self.buffer.device())?;
         self.buffer.slice_set(&header, 0, 0)?;

@@ -299,9 +299,9 @@ if [ "${GRAD_BENCH:-1}" = 1 ]; then
     # candle's zero-and-add gradient accumulation at batch 32: its replay
     # over the real graph's nodes against the timed backward (F32 + TF32 and
     # BF16, plain and La-SoftMoE, the largest shapes; about 40 s, and again
-    # with the fused kernels on when they passed). Each case also times the
-    # gradient norm's sums of squares, candle's composite against fused-ops'
-    # two kernels.
+    # with the fused kernels on when they passed). Each F32 case also times
+    # the gradient norm's sums of squares, candle's composite against
+    # fused-ops' two kernels (BF16 gradients have the composite only).
     echo "== zero-and-add share of the backward, ViT-B/16, batch 32"
     timeout 180 "$BIN"/grad_accumulation --bench 2>&1 | tee "$OUT/grad_accumulation.log" || status=1
     if [ "$kernels_ok" = 1 ]; then

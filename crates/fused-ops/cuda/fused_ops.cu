@@ -729,7 +729,7 @@ __device__ void adam_update(float* p, float* m, float* v, const float* g, int64_
 __device__ __forceinline__ int chunk_owner(const int64_t* first, int tensors, int64_t chunk) {
     int lo = 0, hi = tensors - 1;
     while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
+        const int mid = lo + (hi - lo + 1) / 2;
         if (first[mid] <= chunk) lo = mid;
         else hi = mid - 1;
     }

@@ -16,9 +16,10 @@ use candle_core::{DType, Result, Tensor};
 /// Writes each `(part, offset)`'s elements, in row-major order, times
 /// `scale`, into `dst` from element `offset`, leaving the rest of `dst` as
 /// it was. `dst` is a contiguous F32 vector; the parts are converted to
-/// F32 first. A scale of 1 copies exactly; another rounds each product
-/// once, as candle's `affine(scale, 0)` does (which turns -0 into +0;
-/// the kernel keeps -0).
+/// F32 first. A scale of 1 copies exactly (a NaN's payload aside: a GPU's
+/// product gives the canonical NaN); another rounds each product once, as
+/// candle's `affine(scale, 0)` does (which turns -0 into +0; the kernel
+/// keeps -0).
 ///
 /// A part that does not fit in `dst`, parts that overlap, a part on
 /// another device or in `dst`'s own buffer is an error (nothing is
@@ -53,13 +54,13 @@ fn check(dst: &Tensor, parts: &[(&Tensor, usize)]) -> Result<()> {
         )
     }
     let len = dst.elem_count();
-    let own = buffer_address(dst);
+    let own = crate::dispatch::buffer_address(dst);
     for (i, (part, offset)) in parts.iter().enumerate() {
         // The kernel holds the destination's buffer for writing while it
         // reads the parts' (a second lock on one buffer would wait for
         // ever), and the composite's copies would read what earlier parts
         // wrote.
-        if buffer_address(part) == own {
+        if crate::dispatch::buffer_address(part) == own {
             candle_core::bail!("copy_scaled_into: part {i} is a view of the destination")
         }
         if !part.device().same_device(dst.device()) {
@@ -97,13 +98,6 @@ fn check(dst: &Tensor, parts: &[(&Tensor, usize)]) -> Result<()> {
     Ok(())
 }
 
-/// The address of `t`'s buffer, its lock taken and released: two tensors
-/// with one address share a buffer.
-fn buffer_address(t: &Tensor) -> usize {
-    let (storage, _) = t.storage_and_layout();
-    &*storage as *const candle_core::Storage as usize
-}
-
 /// Whether the kernel takes the copy: `dst` on a CUDA device (the CPU
 /// under emulation) and the parts as the table kernels take them.
 #[cfg(cuda_kernels)]
@@ -117,7 +111,7 @@ mod kernel {
     use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Storage, StorageRef, Tensor};
 
     use crate::cuda_emulation::Emulator;
-    use crate::kernel_launch::{chunk_launch, chunk_starts, Arg, KernelDevice};
+    use crate::kernel_launch::{chunk_launch, chunk_starts, hold_buffers, Arg, KernelDevice};
 
     const NAME: &str = "copy_scaled_into";
 
@@ -129,28 +123,28 @@ mod kernel {
     }
 
     /// The in-place op on the destination: its buffer held for writing,
-    /// the parts' for reading (other buffers, checked before). Parts that
-    /// share a buffer take its read lock once each: readers share it, and
-    /// no other thread writes them meanwhile.
+    /// the parts' for reading (other buffers, checked before), each buffer
+    /// locked once however many parts view it.
     struct Pack<'a> {
         parts: &'a [(&'a Tensor, usize)],
         scale: f32,
     }
 
-    impl Pack<'_> {
-        /// Read locks on the parts' buffers, with each part's first element.
-        fn held(&self) -> Result<(Vec<StorageRef<'_>>, Vec<usize>)> {
-            let mut held = Vec::with_capacity(self.parts.len());
-            let mut starts = Vec::with_capacity(self.parts.len());
-            for (part, _) in self.parts {
-                let (storage, layout) = part.storage_and_layout();
-                match layout.contiguous_offsets() {
+    impl<'a> Pack<'a> {
+        /// Read locks on the parts' buffers (one per buffer), which lock
+        /// each part's buffer is, and each part's first element.
+        #[allow(clippy::type_complexity)]
+        fn held(&self) -> Result<(Vec<StorageRef<'a>>, Vec<usize>, Vec<usize>)> {
+            let tensors: Vec<&'a Tensor> = self.parts.iter().map(|(t, _)| *t).collect();
+            let (held, which) = hold_buffers(&tensors);
+            let mut starts = Vec::with_capacity(tensors.len());
+            for t in &tensors {
+                match t.layout().contiguous_offsets() {
                     Some((start, _)) => starts.push(start),
                     None => candle_core::bail!("{NAME}: a non-contiguous part"),
                 }
-                held.push(storage);
             }
-            Ok((held, starts))
+            Ok((held, which, starts))
         }
 
         fn start(layout: &Layout) -> Result<usize> {
@@ -168,10 +162,10 @@ mod kernel {
 
         fn cpu_fwd(&self, dst: &mut CpuStorage, layout: &Layout) -> Result<()> {
             let at = Self::start(layout)?;
-            let (held, starts) = self.held()?;
-            let mut buffers = Vec::with_capacity(held.len());
-            for (storage, start) in held.iter().zip(&starts) {
-                match &**storage {
+            let (held, which, starts) = self.held()?;
+            let mut buffers = Vec::with_capacity(starts.len());
+            for (&i, start) in which.iter().zip(&starts) {
+                match &*held[i] {
                     Storage::Cpu(s) => buffers.push((s, *start)),
                     _ => candle_core::bail!("{NAME}: parts on two devices"),
                 }
@@ -182,10 +176,10 @@ mod kernel {
         #[cfg(feature = "cuda")]
         fn cuda_fwd(&self, dst: &mut candle_core::CudaStorage, layout: &Layout) -> Result<()> {
             let at = Self::start(layout)?;
-            let (held, starts) = self.held()?;
-            let mut buffers = Vec::with_capacity(held.len());
-            for (storage, start) in held.iter().zip(&starts) {
-                match &**storage {
+            let (held, which, starts) = self.held()?;
+            let mut buffers = Vec::with_capacity(starts.len());
+            for (&i, start) in which.iter().zip(&starts) {
+                match &*held[i] {
                     Storage::Cuda(s) => buffers.push((s, *start)),
                     _ => candle_core::bail!("{NAME}: parts on two devices"),
                 }

@@ -15,6 +15,15 @@ use crate::kernel_launch::{Arg, Grid, KernelDevice};
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused_ops.ptx"));
 const MODULE: &str = "fused_ops_rows";
 
+static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// This crate's kernel launches on CUDA devices in this process (not
+/// candle's own): how a test on a GPU sees that the kernels, not the
+/// composites, computed a result.
+pub fn cuda_kernel_launches() -> u64 {
+    LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A launch argument's value: a device address or a scalar.
 enum Value {
     Ptr(u64),
@@ -84,6 +93,7 @@ impl KernelDevice for CudaDevice {
         // types of its signature in `cuda/fused_ops.cu`, buffers of the
         // kernel's element type with the elements it reads and writes.
         unsafe { builder.launch(cfg) }.w()?;
+        LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         drop(guards);
         Ok(())
     }

@@ -97,6 +97,13 @@ pub(crate) fn cuda_path(x: &Tensor) -> bool {
         && fused_cuda_kernels()
 }
 
+/// The address of `t`'s buffer, its lock taken and released: two tensors
+/// with one address share a buffer.
+pub(crate) fn buffer_address(t: &Tensor) -> usize {
+    let (storage, _) = t.storage_and_layout();
+    &*storage as *const Storage as usize
+}
+
 /// Whether `x` takes the fused CPU kernels that run in F32 and F64 (else
 /// candle's composites run).
 pub(crate) fn fused_path(x: &Tensor) -> bool {

@@ -112,8 +112,9 @@ pub(crate) fn chunk_starts(lens: &[usize]) -> Vec<i64> {
 }
 
 /// Whether the table kernels take `tensors` on `device`: the switch on, a
-/// CUDA device (the CPU under emulation), every tensor contiguous F32, and
-/// a tensor count and chunk count the kernels' 32-bit index and grid hold.
+/// CUDA device (the CPU under emulation), every tensor contiguous F32, at
+/// most 2^30 tensors (the kernels' 32-bit indices) and a chunk count the
+/// grid holds.
 pub(crate) fn table_kernels_take(
     device: &candle_core::Device,
     tensors: &[&candle_core::Tensor],
@@ -124,11 +125,45 @@ pub(crate) fn table_kernels_take(
         .sum();
     crate::fused_cuda_kernels()
         && (device.is_cuda() || (cfg!(feature = "cuda-emulation") && device.is_cpu()))
-        && tensors.len() <= i32::MAX as usize
+        && tensors.len() <= 1 << 30
         && chunks <= i32::MAX as usize
         && tensors
             .iter()
             .all(|t| t.dtype() == DType::F32 && t.is_contiguous())
+}
+
+/// Read locks on the buffers of `tensors`, one per distinct buffer, taken
+/// in the order of their addresses (as candle orders the locks of an
+/// in-place op), and for each tensor the index of its buffer's lock.
+///
+/// candle's read lock is not re-entrant: a second read of one buffer from
+/// one thread waits behind any writer waiting on another thread. Tensors
+/// that view one buffer (a data-parallel exchange's gradients) therefore
+/// take its lock once.
+pub(crate) fn hold_buffers<'a>(
+    tensors: &[&'a candle_core::Tensor],
+) -> (Vec<candle_core::StorageRef<'a>>, Vec<usize>) {
+    let addresses: Vec<usize> = tensors
+        .iter()
+        .map(|t| crate::dispatch::buffer_address(t))
+        .collect();
+    let mut distinct: Vec<(usize, usize)> = addresses.iter().copied().zip(0..).collect();
+    distinct.sort_unstable();
+    distinct.dedup_by_key(|(address, _)| *address);
+    let held = distinct
+        .iter()
+        .map(|&(_, i)| tensors[i].storage_and_layout().0)
+        .collect();
+    let which = addresses
+        .iter()
+        .map(|a| {
+            // Every address is in the list: the search cannot miss.
+            distinct
+                .binary_search_by_key(a, |&(address, _)| address)
+                .unwrap_or_else(|at| at)
+        })
+        .collect();
+    (held, which)
 }
 
 /// One block of 256 threads per chunk: `chunks` blocks.

@@ -73,6 +73,8 @@ pub use activation::Activation;
 pub use adam::{adam_update, adam_update_fits, AdamScalars};
 pub use attention::attention;
 pub use copy_scaled::copy_scaled_into;
+#[cfg(feature = "cuda")]
+pub use cuda_device::cuda_kernel_launches;
 #[cfg(feature = "cuda-emulation")]
 pub use cuda_emulation::cuda_emulation_launches;
 pub use dispatch::{

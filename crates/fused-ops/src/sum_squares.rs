@@ -124,34 +124,32 @@ fn composite(tensors: &[&Tensor]) -> Result<Tensor> {
 #[cfg(cuda_kernels)]
 mod kernel {
     use candle_core::op::BackpropOp;
-    use candle_core::{DType, Layout, Result, Shape, Storage, StorageRef, Tensor};
+    use candle_core::{DType, Result, Shape, Storage, Tensor};
 
     use crate::cuda_emulation::Emulator;
-    use crate::kernel_launch::{chunk_launch, chunk_starts, elementwise_launch, Arg, KernelDevice};
+    use crate::kernel_launch::{
+        chunk_launch, chunk_starts, elementwise_launch, hold_buffers, Arg, KernelDevice,
+    };
 
     pub(super) fn run(tensors: &[&Tensor]) -> Result<Tensor> {
-        // Read locks on every tensor's buffer, held through the launches.
-        // Gradients that are views of one buffer (a data-parallel exchange)
-        // take its lock once per view: readers share it, and no thread
-        // writes gradients while a step reads them.
-        let held: Vec<(StorageRef<'_>, &Layout)> =
-            tensors.iter().map(|t| t.storage_and_layout()).collect();
+        // Read locks on the tensors' buffers, held through the launches.
+        let (held, which) = hold_buffers(tensors);
         let mut starts = Vec::with_capacity(tensors.len());
-        for (_, layout) in &held {
-            match layout.contiguous_offsets() {
+        for t in tensors {
+            match t.layout().contiguous_offsets() {
                 Some((start, _)) => starts.push(start),
                 None => candle_core::bail!("sums_of_squares: a non-contiguous tensor"),
             }
         }
         let lens: Vec<usize> = tensors.iter().map(|t| t.elem_count()).collect();
         let shape = Shape::from(tensors.len());
-        let storage = match &*held[0].0 {
+        let storage = match &*held[which[0]] {
             Storage::Cuda(first) => {
                 #[cfg(feature = "cuda")]
                 {
-                    let mut buffers = Vec::with_capacity(held.len());
-                    for ((storage, _), at) in held.iter().zip(&starts) {
-                        match &**storage {
+                    let mut buffers = Vec::with_capacity(tensors.len());
+                    for (&i, at) in which.iter().zip(&starts) {
+                        match &*held[i] {
                             Storage::Cuda(s) => buffers.push((s, *at)),
                             _ => candle_core::bail!("sums_of_squares: tensors on two devices"),
                         }
@@ -165,9 +163,9 @@ mod kernel {
                 }
             }
             Storage::Cpu(_) => {
-                let mut buffers = Vec::with_capacity(held.len());
-                for ((storage, _), at) in held.iter().zip(&starts) {
-                    match &**storage {
+                let mut buffers = Vec::with_capacity(tensors.len());
+                for (&i, at) in which.iter().zip(&starts) {
+                    match &*held[i] {
                         Storage::Cpu(s) => buffers.push((s, *at)),
                         _ => candle_core::bail!("sums_of_squares: tensors on two devices"),
                     }

@@ -26,9 +26,14 @@ fn expected(len: usize, parts: &[(&Tensor, usize)], scale: f64) -> Result<Vec<f3
     Ok(dst)
 }
 
+/// Elements of the destination's buffer before and after the window the
+/// copy writes (a view at an offset, as the kernel's `at` must honour).
+const MARGIN: usize = 17;
+
 /// The copy with the kernels on into a fresh destination of `len`
-/// elements: equal to the bit to [`expected`], and on the emulator
-/// `launches` kernels run.
+/// elements (a view into a larger buffer): equal to the bit to
+/// [`expected`], the buffer around it untouched, and `launches` of this
+/// crate's kernels run (counted on the emulator and on a GPU).
 fn check(
     name: &str,
     len: usize,
@@ -37,18 +42,21 @@ fn check(
     launches: u64,
 ) -> anyhow::Result<()> {
     let dev = parts[0].0.device().clone();
-    let dst = Tensor::full(UNTOUCHED, len, &dev)?;
+    let buffer = Tensor::full(UNTOUCHED, len + 2 * MARGIN, &dev)?;
+    let dst = buffer.narrow(0, MARGIN, len)?;
     fused_ops::set_fused_cuda_kernels(true);
-    let before = super::emulated_launches(&dev);
+    let before = super::kernel_launches(&dev);
     let copied = fused_ops::copy_scaled_into(&dst, parts, scale);
-    let after = super::emulated_launches(&dev);
+    let after = super::kernel_launches(&dev);
     fused_ops::set_fused_cuda_kernels(false);
     copied?;
     if let (Some(before), Some(after)) = (before, after) {
         assert_eq!(after - before, launches, "{name}: kernels launched");
     }
-    let ours = dst.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
-    let theirs = expected(len, parts, scale)?;
+    let ours = buffer.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+    let mut theirs = vec![UNTOUCHED; MARGIN];
+    theirs.extend(expected(len, parts, scale)?);
+    theirs.extend([UNTOUCHED; MARGIN]);
     for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         assert_eq!(
             a.to_bits(),
@@ -71,6 +79,9 @@ pub fn copy_scaled_matches(gpu: &Device) -> anyhow::Result<()> {
     let scalar = Tensor::new(-3.5f32, gpu)?;
     let matrix = Tensor::randn(0f32, 1.0, (65, 33), gpu)?;
     let empty = Tensor::zeros(0, DType::F32, gpu)?;
+    // Signed zeros: the kernel keeps -0 (x 0.25 is -0), where candle's
+    // affine, the composite, gives +0.
+    let signed = Tensor::new(&[-0.0f32, 1.5, -0.0], gpu)?;
     // A view at an offset into another buffer.
     let flat = randn(CHUNK + 500)?;
     let view = flat.narrow(0, 300, CHUNK + 100)?;
@@ -87,6 +98,7 @@ pub fn copy_scaled_matches(gpu: &Device) -> anyhow::Result<()> {
         &view,
         &vectors[1],
         &vectors[3],
+        &signed,
     ] {
         parts.push((t, offset));
         offset += t.elem_count() + 3;

@@ -97,13 +97,12 @@ fn compare(
         fused_ops::fused_cuda_kernels(),
         "the switch did not turn the kernels on"
     );
-    let launched = emulated_launches(probe.device());
+    let launched = kernel_launches(probe.device());
     let fused = run(&rounded, dtype, &probe, f)?;
     fused_ops::set_fused_cuda_kernels(false);
-    // On the emulator, the kernels must have run (else both sides were
-    // composites).
+    // The kernels must have run (else both sides were composites).
     assert!(
-        launched.is_none() || emulated_launches(probe.device()) > launched,
+        launched.is_none() || kernel_launches(probe.device()) > launched,
         "{name} {dtype:?}: no kernel ran"
     );
     for (i, (a, b)) in composite.iter().zip(&fused).enumerate() {
@@ -126,12 +125,17 @@ fn compare(
     Ok(())
 }
 
-/// Kernel launches the CPU emulator has run so far when `dev` is the CPU;
-/// `None` on a GPU.
-fn emulated_launches(dev: &Device) -> Option<u64> {
+/// This crate's kernel launches so far on `dev`'s kind of device: the CPU
+/// emulator's for the CPU, the CUDA devices' for a GPU; `None` where the
+/// build cannot count them.
+fn kernel_launches(dev: &Device) -> Option<u64> {
     #[cfg(feature = "cuda-emulation")]
     if dev.is_cpu() {
         return Some(fused_ops::cuda_emulation_launches());
+    }
+    #[cfg(feature = "cuda")]
+    if dev.is_cuda() {
+        return Some(fused_ops::cuda_kernel_launches());
     }
     let _ = dev;
     None
@@ -179,9 +183,9 @@ pub fn layer_norm_takes_the_composite_for_broadcast_weights(gpu: &Device) -> any
     fused_ops::set_fused_cuda_kernels(false);
     let composite = fused_ops::layer_norm(&x, &w, &b, 1e-5)?;
     fused_ops::set_fused_cuda_kernels(true);
-    let launched = emulated_launches(gpu);
+    let launched = kernel_launches(gpu);
     let on = fused_ops::layer_norm(&x, &w, &b, 1e-5);
-    let after = emulated_launches(gpu);
+    let after = kernel_launches(gpu);
     fused_ops::set_fused_cuda_kernels(false);
     let on = on?;
     anyhow::ensure!(launched == after, "a kernel ran for a broadcast weight");

@@ -29,19 +29,20 @@ fn reference(tensors: &[&Tensor]) -> Result<Vec<f64>> {
         .collect()
 }
 
-/// Launches the emulator ran during `f` (`None` on a GPU), and its result.
+/// This crate's kernel launches during `f` (`None` where the build cannot
+/// count them), and its result.
 fn counting<T>(dev: &Device, f: impl FnOnce() -> Result<T>) -> Result<(Option<u64>, T)> {
-    let before = super::emulated_launches(dev);
+    let before = super::kernel_launches(dev);
     let out = f()?;
     Ok((
-        before.map(|b| super::emulated_launches(dev).unwrap_or(b) - b),
+        before.map(|b| super::kernel_launches(dev).unwrap_or(b) - b),
         out,
     ))
 }
 
 /// `tensors`' sums with the kernels on: within `tol` (relative) of the f64
-/// reference, the same bits on a second run, and, on the emulator,
-/// `launches` kernels run.
+/// reference, the same bits on a second run, and `launches` of this
+/// crate's kernels run.
 fn check(name: &str, tensors: &[&Tensor], launches: u64, tol: f64) -> anyhow::Result<()> {
     let dev = tensors[0].device().clone();
     fused_ops::set_fused_cuda_kernels(true);
