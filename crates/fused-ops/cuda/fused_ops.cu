@@ -3,9 +3,13 @@
 // normalisation over the last axis (one thread block per row), softmax and
 // the instance norm over another axis (one thread per column), a linear
 // layer's bias + activation and La-SoftMoE's elu + 1 feature map (one
-// thread per element), and memory-efficient attention.
+// thread per element), and memory-efficient attention. For the end of a
+// training step: Adam's update, and two kernels that walk many buffers
+// through a table of their addresses (each buffer's sum of squares, and a
+// scaled copy of many buffers into one).
 // Statistics and accumulation in F32 for F32 and BF16 storage. Compiled to
-// PTX by build.rs (`--features cuda`), loaded by src/cuda_ops.rs.
+// PTX by build.rs (`--features cuda`), loaded by src/cuda_ops.rs,
+// src/adam.rs, src/sum_squares.rs and src/copy_scaled.rs.
 
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -766,7 +770,8 @@ __device__ void sum_squares_finish(const int64_t* table, int tensors, const floa
 }
 
 // Many F32 buffers copied into one, each at its own offset and multiplied
-// by `scale` (one rounding; a scale of 1 copies exactly): a data-parallel
+// by `scale` (one rounding; a scale of 1 copies exactly, NaN payloads
+// aside): a data-parallel
 // rank's gradients into its exchange buffer, divided by the world size.
 // `table` holds, for `parts` buffers: their addresses, their element
 // counts, their offsets in `dst`, and the running count of their chunks
