@@ -294,6 +294,14 @@ mod tests {
         Ok(())
     }
 
+    /// An empty list has no device to put its sums on: an error, not an
+    /// empty tensor on a guessed device.
+    #[test]
+    fn an_empty_list_is_an_error() {
+        let err = sums_of_squares(&[]).unwrap_err().to_string();
+        assert!(err.contains("no tensors"), "{err}");
+    }
+
     /// A NaN or an infinity shows in its own tensor's sum only, and a
     /// finite value whose square passes F32's range gives infinity.
     #[test]
