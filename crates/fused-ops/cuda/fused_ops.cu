@@ -740,23 +740,34 @@ __device__ __forceinline__ int chunk_owner(const int64_t* first, int tensors, in
     return lo;
 }
 
+// This block's chunk: its buffer and the buffer's elements [start, end).
+struct ChunkSpan {
+    int owner;
+    int64_t start, end;
+};
+
+__device__ __forceinline__ ChunkSpan block_chunk(const int64_t* first, const int64_t* lens,
+                                                 int tensors) {
+    const int64_t chunk = blockIdx.x;
+    ChunkSpan span;
+    span.owner = chunk_owner(first, tensors, chunk);
+    span.start = (chunk - first[span.owner]) * SUM_SQUARES_CHUNK;
+    const int64_t len = lens[span.owner];
+    span.end = span.start + SUM_SQUARES_CHUNK < len ? span.start + SUM_SQUARES_CHUNK : len;
+    return span;
+}
+
 __device__ void sum_squares_chunks(const int64_t* table, int tensors, float* partial) {
     __shared__ float shared[32];
-    const int64_t* lens = table + tensors;
-    const int64_t* first = table + 2 * tensors;
-    const int64_t chunk = blockIdx.x;
-    const int lo = chunk_owner(first, tensors, chunk);
-    const float* x = (const float*)table[lo];
-    const int64_t start = (chunk - first[lo]) * SUM_SQUARES_CHUNK;
-    const int64_t end =
-        start + SUM_SQUARES_CHUNK < lens[lo] ? start + SUM_SQUARES_CHUNK : lens[lo];
+    const ChunkSpan span = block_chunk(table + 2 * tensors, table + tensors, tensors);
+    const float* x = (const float*)table[span.owner];
     float acc = 0.0f;
-    for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
+    for (int64_t i = span.start + threadIdx.x; i < span.end; i += blockDim.x) {
         const float v = x[i];
         acc = fmaf(v, v, acc);
     }
     acc = block_reduce<false>(acc, shared);
-    if (threadIdx.x == 0) partial[chunk] = acc;
+    if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
 __device__ void sum_squares_finish(const int64_t* table, int tensors, const float* partial,
@@ -777,17 +788,11 @@ __device__ void sum_squares_finish(const int64_t* table, int tensors, const floa
 // counts, their offsets in `dst`, and the running count of their chunks
 // of SUM_SQUARES_CHUNK elements (`parts` + 1 entries). One block per chunk.
 __device__ void copy_scaled(const int64_t* table, int parts, float* dst, float scale) {
-    const int64_t* lens = table + parts;
-    const int64_t* offsets = table + 2 * parts;
-    const int64_t* first = table + 3 * parts;
-    const int64_t chunk = blockIdx.x;
-    const int p = chunk_owner(first, parts, chunk);
-    const float* x = (const float*)table[p];
-    const int64_t start = (chunk - first[p]) * SUM_SQUARES_CHUNK;
-    const int64_t end =
-        start + SUM_SQUARES_CHUNK < lens[p] ? start + SUM_SQUARES_CHUNK : lens[p];
-    float* y = dst + offsets[p];
-    for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) y[i] = __fmul_rn(x[i], scale);
+    const ChunkSpan span = block_chunk(table + 3 * parts, table + parts, parts);
+    const float* x = (const float*)table[span.owner];
+    float* y = dst + table[2 * parts + span.owner];
+    for (int64_t i = span.start + threadIdx.x; i < span.end; i += blockDim.x)
+        y[i] = __fmul_rn(x[i], scale);
 }
 
 // Every entry point is defined through KERNEL(name, (parameters), call);

@@ -108,10 +108,14 @@ fn kernels_take(dst: &Tensor, parts: &[(&Tensor, usize)]) -> bool {
 
 #[cfg(cuda_kernels)]
 mod kernel {
-    use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Storage, StorageRef, Tensor};
+    use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Tensor};
 
     use crate::cuda_emulation::Emulator;
-    use crate::kernel_launch::{chunk_launch, chunk_starts, hold_buffers, Arg, KernelDevice};
+    #[cfg(feature = "cuda")]
+    use crate::kernel_launch::cuda_storage;
+    use crate::kernel_launch::{
+        chunk_launch, chunk_starts, cpu_storage, Arg, HeldBuffers, KernelDevice,
+    };
 
     const NAME: &str = "copy_scaled_into";
 
@@ -131,20 +135,10 @@ mod kernel {
     }
 
     impl<'a> Pack<'a> {
-        /// Read locks on the parts' buffers (one per buffer), which lock
-        /// each part's buffer is, and each part's first element.
-        #[allow(clippy::type_complexity)]
-        fn held(&self) -> Result<(Vec<StorageRef<'a>>, Vec<usize>, Vec<usize>)> {
+        /// Read locks on the parts' buffers, one per buffer.
+        fn held(&self) -> Result<HeldBuffers<'a>> {
             let tensors: Vec<&'a Tensor> = self.parts.iter().map(|(t, _)| *t).collect();
-            let (held, which) = hold_buffers(&tensors);
-            let mut starts = Vec::with_capacity(tensors.len());
-            for t in &tensors {
-                match t.layout().contiguous_offsets() {
-                    Some((start, _)) => starts.push(start),
-                    None => candle_core::bail!("{NAME}: a non-contiguous part"),
-                }
-            }
-            Ok((held, which, starts))
+            HeldBuffers::new(&tensors, NAME)
         }
 
         fn start(layout: &Layout) -> Result<usize> {
@@ -162,28 +156,16 @@ mod kernel {
 
         fn cpu_fwd(&self, dst: &mut CpuStorage, layout: &Layout) -> Result<()> {
             let at = Self::start(layout)?;
-            let (held, which, starts) = self.held()?;
-            let mut buffers = Vec::with_capacity(starts.len());
-            for (&i, start) in which.iter().zip(&starts) {
-                match &*held[i] {
-                    Storage::Cpu(s) => buffers.push((s, *start)),
-                    _ => candle_core::bail!("{NAME}: parts on two devices"),
-                }
-            }
+            let held = self.held()?;
+            let buffers = held.buffers(cpu_storage, NAME)?;
             launch(&Emulator, (dst, at), &buffers, self.parts, self.scale)
         }
 
         #[cfg(feature = "cuda")]
         fn cuda_fwd(&self, dst: &mut candle_core::CudaStorage, layout: &Layout) -> Result<()> {
             let at = Self::start(layout)?;
-            let (held, which, starts) = self.held()?;
-            let mut buffers = Vec::with_capacity(starts.len());
-            for (&i, start) in which.iter().zip(&starts) {
-                match &*held[i] {
-                    Storage::Cuda(s) => buffers.push((s, *start)),
-                    _ => candle_core::bail!("{NAME}: parts on two devices"),
-                }
-            }
+            let held = self.held()?;
+            let buffers = held.buffers(cuda_storage, NAME)?;
             let device = dst.device.clone();
             launch(&device, (dst, at), &buffers, self.parts, self.scale)
         }

@@ -127,55 +127,33 @@ mod kernel {
     use candle_core::{DType, Result, Shape, Storage, Tensor};
 
     use crate::cuda_emulation::Emulator;
+    #[cfg(feature = "cuda")]
+    use crate::kernel_launch::cuda_storage;
     use crate::kernel_launch::{
-        chunk_launch, chunk_starts, elementwise_launch, hold_buffers, Arg, KernelDevice,
+        chunk_launch, chunk_starts, cpu_storage, elementwise_launch, Arg, HeldBuffers, KernelDevice,
     };
+
+    const NAME: &str = "sums_of_squares";
 
     pub(super) fn run(tensors: &[&Tensor]) -> Result<Tensor> {
         // Read locks on the tensors' buffers, held through the launches.
-        let (held, which) = hold_buffers(tensors);
-        let mut starts = Vec::with_capacity(tensors.len());
-        for t in tensors {
-            match t.layout().contiguous_offsets() {
-                Some((start, _)) => starts.push(start),
-                None => candle_core::bail!("sums_of_squares: a non-contiguous tensor"),
-            }
-        }
+        let held = HeldBuffers::new(tensors, NAME)?;
         let lens: Vec<usize> = tensors.iter().map(|t| t.elem_count()).collect();
         let shape = Shape::from(tensors.len());
-        let storage = match &*held[which[0]] {
-            Storage::Cuda(first) => {
-                #[cfg(feature = "cuda")]
-                {
-                    let mut buffers = Vec::with_capacity(tensors.len());
-                    for (&i, at) in which.iter().zip(&starts) {
-                        match &*held[i] {
-                            Storage::Cuda(s) => buffers.push((s, *at)),
-                            _ => candle_core::bail!("sums_of_squares: tensors on two devices"),
-                        }
-                    }
-                    Storage::Cuda(launch(&first.device, &buffers, &lens)?)
-                }
-                #[cfg(not(feature = "cuda"))]
-                {
-                    let _ = first;
-                    unreachable!("CUDA storage without the cuda feature")
-                }
+        let storage = match held.first() {
+            #[cfg(feature = "cuda")]
+            Some(Storage::Cuda(first)) => {
+                let buffers = held.buffers(cuda_storage, NAME)?;
+                Storage::Cuda(launch(&first.device, &buffers, &lens)?)
             }
-            Storage::Cpu(_) => {
-                let mut buffers = Vec::with_capacity(tensors.len());
-                for (&i, at) in which.iter().zip(&starts) {
-                    match &*held[i] {
-                        Storage::Cpu(s) => buffers.push((s, *at)),
-                        _ => candle_core::bail!("sums_of_squares: tensors on two devices"),
-                    }
-                }
+            Some(Storage::Cpu(_)) => {
+                let buffers = held.buffers(cpu_storage, NAME)?;
                 Storage::Cpu(Emulator::finish(
                     launch(&Emulator, &buffers, &lens)?,
                     &shape,
                 )?)
             }
-            Storage::Metal(_) => candle_core::bail!("sums_of_squares: no Metal kernels"),
+            _ => candle_core::bail!("{NAME}: no kernels for these tensors' device"),
         };
         drop(held);
         Ok(Tensor::from_storage(
