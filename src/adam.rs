@@ -15,9 +15,10 @@
 //!   `tests/adam_pytorch.rs` checks it against `torch.optim` on a fixture.
 //! * On the CPU the step is one fused pass per parameter, in place (the
 //!   moments are host vectors). On a GPU with fused-ops' CUDA kernels on
-//!   (`FUSED_OPS_CUDA=1`) it is one kernel per parameter, in place, in the
-//!   same order and roundings (`fused_ops::adam_update`, checked bit for bit
-//!   against `torch.optim` on the emulator); otherwise it is composed of
+//!   (`FUSED_OPS_CUDA=1`) it is one kernel launch for every 64 parameters,
+//!   in place, in the same order and roundings
+//!   (`fused_ops::adam_update_many`, checked bit for bit against
+//!   `torch.optim` on the emulator); otherwise it is composed of
 //!   tensor operations, about a dozen kernels per parameter. Parameters stay
 //!   F32 (master weights) whatever precision the forward pass runs in.
 
@@ -200,7 +201,9 @@ impl Adam {
         }
         self.step += 1;
         let coefficients = Coefficients::new(&self.config, lr, self.step);
-        for (slot, grad) in self.slots.iter_mut().zip(grads) {
+        // The parameters whose moments are tensors, updated after the loop.
+        let mut on_device = Vec::new();
+        for (i, (slot, grad)) in self.slots.iter_mut().zip(grads).enumerate() {
             let Some(grad) = grad else { continue };
             if grad.dims() != slot.var.dims() {
                 return Err(Error::config(
@@ -222,20 +225,44 @@ impl Adam {
                         moments: std::sync::Mutex::new((m, v)),
                     })?;
                 }
-                Moments::Tensors { m, v } => {
-                    let param = slot.var.as_tensor();
-                    if fused_ops::adam_update_fits(param, grad, m, v) {
-                        // One kernel, in place, bit-equal to the CPU path
-                        // (with fused-ops' CUDA kernels on).
-                        fused_ops::adam_update(param, grad, m, v, &coefficients.scalars())?;
-                    } else {
-                        let (new_param, new_m, new_v) =
-                            composite_step(&coefficients, param, grad, m, v)?;
-                        slot.var.set(&new_param)?;
-                        *m = new_m;
-                        *v = new_v;
-                    }
-                }
+                Moments::Tensors { .. } => on_device.push(i),
+            }
+        }
+        // With fused-ops' CUDA kernels on: one kernel launch for every 64
+        // parameters, in place, bit-equal to the CPU path.
+        let items: Vec<fused_ops::AdamTensors> = on_device
+            .iter()
+            .filter_map(|&i| match (&self.slots[i].moments, &grads[i]) {
+                (Moments::Tensors { m, v }, Some(grad)) => Some(fused_ops::AdamTensors {
+                    param: self.slots[i].var.as_tensor(),
+                    grad,
+                    m,
+                    v,
+                }),
+                _ => None,
+            })
+            .collect();
+        if items.len() == on_device.len() && fused_ops::adam_update_many_fits(&items) {
+            fused_ops::adam_update_many(&items, &coefficients.scalars())?;
+            return Ok(());
+        }
+        drop(items);
+        for i in on_device {
+            let (slot, Some(grad)) = (&mut self.slots[i], &grads[i]) else {
+                continue;
+            };
+            let Moments::Tensors { m, v } = &mut slot.moments else {
+                continue;
+            };
+            let param = slot.var.as_tensor();
+            if fused_ops::adam_update_fits(param, grad, m, v) {
+                // One kernel for this parameter.
+                fused_ops::adam_update(param, grad, m, v, &coefficients.scalars())?;
+            } else {
+                let (new_param, new_m, new_v) = composite_step(&coefficients, param, grad, m, v)?;
+                slot.var.set(&new_param)?;
+                *m = new_m;
+                *v = new_v;
             }
         }
         Ok(())

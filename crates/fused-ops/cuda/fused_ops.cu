@@ -4,9 +4,9 @@
 // the instance norm over another axis (one thread per column), a linear
 // layer's bias + activation and La-SoftMoE's elu + 1 feature map (one
 // thread per element), and memory-efficient attention. For the end of a
-// training step: Adam's update, and two kernels that walk many buffers
-// through a table of their addresses (each buffer's sum of squares, and a
-// scaled copy of many buffers into one).
+// training step, three kernels that walk many buffers through a table of
+// their addresses: Adam's update of many parameters, each buffer's sum of
+// squares, and a scaled copy of many buffers into one.
 // Statistics and accumulation in F32 for F32 and BF16 storage. Compiled to
 // PTX by build.rs (`--features cuda`), loaded by src/cuda_ops.rs,
 // src/adam.rs, src/sum_squares.rs and src/copy_scaled.rs.
@@ -688,18 +688,18 @@ __device__ void attention_bwd_dkv(const T* q, const T* k, const T* v, const T* d
     }
 }
 
-// One Adam step of one parameter, element by element, in place: the update
-// of PyTorch's single-tensor implementation (torch.optim.Adam/AdamW with
+// Adam's step of one element `i` of one parameter, in place: the update of
+// PyTorch's single-tensor implementation (torch.optim.Adam/AdamW with
 // foreach=False, as uniattack's CPU path computes it), in its order and
 // roundings. Every rounding is spelled out (`__f*_rn`, `fmaf` where PyTorch's
 // CPU kernels fuse a multiply-add), so nvcc contracts nothing and the result
 // is the CPU's to the bit.
-__device__ void adam_update(float* p, float* m, float* v, const float* g, int64_t n,
-                            float decay_factor, float coupled_decay, float lerp_weight,
-                            float beta2, float one_minus_beta2, float bias_correction2_sqrt,
-                            float eps, float neg_step_size, int decoupled, int coupled) {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
+__device__ __forceinline__ void adam_element(float* p, float* m, float* v, const float* g,
+                                             int64_t i, float decay_factor, float coupled_decay,
+                                             float lerp_weight, float beta2,
+                                             float one_minus_beta2, float bias_correction2_sqrt,
+                                             float eps, float neg_step_size, int decoupled,
+                                             int coupled) {
     float pi = p[i];
     if (decoupled) pi = __fmul_rn(pi, decay_factor);
     float gi = g[i];
@@ -717,15 +717,11 @@ __device__ void adam_update(float* p, float* m, float* v, const float* g, int64_
     v[i] = vi;
 }
 
-// Sums of squares of many F32 buffers at once (a global gradient norm's
-// parts) in two launches, deterministically. `table` holds, for `tensors`
-// buffers: their addresses, their element counts, and the running count of
-// their chunks of SUM_SQUARES_CHUNK elements (tensors + 1 entries, the last
-// the total). The first launch has one block per chunk and writes each
-// chunk's sum to `partial`; the second has one thread per buffer and adds
-// its chunks' sums in order. Each thread's strided squares are fused
-// multiply-adds, on a GPU and on the emulator alike.
-#define SUM_SQUARES_CHUNK 16384
+// The kernels below walk many buffers through a table of their addresses,
+// one block per chunk of TABLE_CHUNK elements of one buffer. Each table
+// ends with the buffers' element counts and the running count of their
+// chunks (one entry more than buffers, the last the total).
+#define TABLE_CHUNK 16384
 
 // The buffer that chunk `chunk` belongs to: the last whose first chunk is
 // at or before it (buffers with no chunks share their successor's first
@@ -751,12 +747,19 @@ __device__ __forceinline__ ChunkSpan block_chunk(const int64_t* first, const int
     const int64_t chunk = blockIdx.x;
     ChunkSpan span;
     span.owner = chunk_owner(first, tensors, chunk);
-    span.start = (chunk - first[span.owner]) * SUM_SQUARES_CHUNK;
+    span.start = (chunk - first[span.owner]) * TABLE_CHUNK;
     const int64_t len = lens[span.owner];
-    span.end = span.start + SUM_SQUARES_CHUNK < len ? span.start + SUM_SQUARES_CHUNK : len;
+    span.end = span.start + TABLE_CHUNK < len ? span.start + TABLE_CHUNK : len;
     return span;
 }
 
+// Sums of squares of many F32 buffers at once (a global gradient norm's
+// parts) in two launches, deterministically. `table` holds, for `tensors`
+// buffers: their addresses, their element counts and their chunks' running
+// count. The first launch has one block per chunk and writes each chunk's
+// sum to `partial`; the second has one thread per buffer and adds its
+// chunks' sums in order. Each thread's strided squares are fused
+// multiply-adds, on a GPU and on the emulator alike.
 __device__ void sum_squares_chunks(const int64_t* table, int tensors, float* partial) {
     __shared__ float shared[32];
     const ChunkSpan span = block_chunk(table + 2 * tensors, table + tensors, tensors);
@@ -782,17 +785,37 @@ __device__ void sum_squares_finish(const int64_t* table, int tensors, const floa
 
 // Many F32 buffers copied into one, each at its own offset and multiplied
 // by `scale` (one rounding; a scale of 1 copies exactly, NaN payloads
-// aside): a data-parallel
-// rank's gradients into its exchange buffer, divided by the world size.
+// aside): a data-parallel rank's gradients into its exchange buffer,
+// divided by the world size.
 // `table` holds, for `parts` buffers: their addresses, their element
-// counts, their offsets in `dst`, and the running count of their chunks
-// of SUM_SQUARES_CHUNK elements (`parts` + 1 entries). One block per chunk.
+// counts, their offsets in `dst`, and their chunks' running count.
 __device__ void copy_scaled(const int64_t* table, int parts, float* dst, float scale) {
     const ChunkSpan span = block_chunk(table + 3 * parts, table + parts, parts);
     const float* x = (const float*)table[span.owner];
     float* y = dst + table[2 * parts + span.owner];
     for (int64_t i = span.start + threadIdx.x; i < span.end; i += blockDim.x)
         y[i] = __fmul_rn(x[i], scale);
+}
+
+// Adam's step of many F32 parameters in one launch, in place, each element
+// as adam_element computes it. `table` holds, for `tensors` parameters: the
+// addresses of the parameters, of their first moments, of their second
+// moments and of their gradients, the element counts, and their chunks'
+// running count. No two of the written buffers overlap, and no gradient
+// overlaps them (the host checks).
+__device__ void adam_update_many(const int64_t* table, int tensors, float decay_factor,
+                                 float coupled_decay, float lerp_weight, float beta2,
+                                 float one_minus_beta2, float bias_correction2_sqrt, float eps,
+                                 float neg_step_size, int decoupled, int coupled) {
+    const ChunkSpan span = block_chunk(table + 5 * tensors, table + 4 * tensors, tensors);
+    float* p = (float*)table[span.owner];
+    float* m = (float*)table[tensors + span.owner];
+    float* v = (float*)table[2 * tensors + span.owner];
+    const float* g = (const float*)table[3 * tensors + span.owner];
+    for (int64_t i = span.start + threadIdx.x; i < span.end; i += blockDim.x)
+        adam_element(p, m, v, g, i, decay_factor, coupled_decay, lerp_weight, beta2,
+                     one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size, decoupled,
+                     coupled);
 }
 
 // Every entry point is defined through KERNEL(name, (parameters), call);
@@ -885,12 +908,13 @@ ROW_KERNELS(__nv_bfloat16, bf16)
 ATTENTION_WIDTHS(float, f32)
 ATTENTION_WIDTHS(__nv_bfloat16, bf16)
 
-KERNEL(adam_update_f32,
-       (float* p, float* m, float* v, const float* g, int64_t n, float decay_factor,
-        float coupled_decay, float lerp_weight, float beta2, float one_minus_beta2,
-        float bias_correction2_sqrt, float eps, float neg_step_size, int decoupled, int coupled),
-       adam_update(p, m, v, g, n, decay_factor, coupled_decay, lerp_weight, beta2,
-                   one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size, decoupled, coupled))
+KERNEL(adam_update_many_f32,
+       (const int64_t* table, int tensors, float decay_factor, float coupled_decay,
+        float lerp_weight, float beta2, float one_minus_beta2, float bias_correction2_sqrt,
+        float eps, float neg_step_size, int decoupled, int coupled),
+       adam_update_many(table, tensors, decay_factor, coupled_decay, lerp_weight, beta2,
+                        one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size, decoupled,
+                        coupled))
 
 KERNEL(sum_squares_chunks_f32, (const int64_t* table, int tensors, float* partial),
        sum_squares_chunks(table, tensors, partial))

@@ -1,11 +1,16 @@
-//! One Adam step of a parameter and its two moments, in place, in one CUDA
-//! kernel launch (`adam_update_f32` in `cuda/fused_ops.cu`).
+//! Adam's step of many parameters and their moments, in place, in one CUDA
+//! kernel launch per group of up to 64 parameters (`adam_update_many_f32`
+//! in `cuda/fused_ops.cu`).
 //!
 //! Composed of tensor operations, the same update launches about a dozen
 //! kernels per parameter and allocates a buffer for each: thousands of
 //! launches per step for a ViT with Soft MoE experts, each reading and
-//! writing whole parameters. The kernel reads the parameter, gradient and
-//! moments once and writes them back once.
+//! writing whole parameters. One kernel per parameter still leaves some 470
+//! launches for ViT-B/16 with La-SoftMoE and CLIP's text tower, each a few
+//! microseconds of the host's time while the GPU waits (the step reads the
+//! gradient norm back first, so nothing else is queued). The kernel reads
+//! the parameters, gradients and moments once and writes them back once,
+//! for 64 parameters a launch, through a table of their addresses.
 //!
 //! It computes PyTorch's single-tensor update (`torch.optim.Adam`/`AdamW`
 //! with `foreach=False`) in that implementation's order and roundings, as
@@ -14,7 +19,13 @@
 //! a GPU. Like the crate's other CUDA kernels it is off until
 //! [`crate::set_fused_cuda_kernels`] or `FUSED_OPS_CUDA=1` turns it on.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
+
+/// Parameters per launch. candle hands out one writable buffer per in-place
+/// op, so a launch holds its 3 x 64 written buffers through as many nested
+/// ops (a unit test holds them on a 512 KiB stack); the ~470 parameters of
+/// ViT-B/16 with La-SoftMoE and the text tower take eight launches.
+pub const ADAM_GROUP: usize = 64;
 
 /// Adam's per-step scalars as PyTorch's kernels receive them (rounded to
 /// F32 from the double-precision values Python computes), and which weight
@@ -43,41 +54,33 @@ pub struct AdamScalars {
     pub coupled: bool,
 }
 
-/// Whether [`adam_update`] takes these tensors: the CUDA kernels on, all
-/// four F32, contiguous, of one element count (at most `i32::MAX`), on one
-/// CUDA device (or the CPU under `cuda-emulation`), and four separate
-/// buffers. Otherwise the caller composes the update itself.
+/// One parameter's tensors for an Adam step: the parameter, its gradient,
+/// and its first (`m`) and second (`v`) moments.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamTensors<'a> {
+    /// The parameter, updated in place.
+    pub param: &'a Tensor,
+    /// Its gradient, read.
+    pub grad: &'a Tensor,
+    /// The first moment, updated in place.
+    pub m: &'a Tensor,
+    /// The second moment, updated in place.
+    pub v: &'a Tensor,
+}
+
+impl AdamTensors<'_> {
+    fn all(&self) -> [&Tensor; 4] {
+        [self.param, self.grad, self.m, self.v]
+    }
+}
+
+/// Whether [`adam_update`] takes these tensors: [`adam_update_many_fits`]
+/// for one parameter.
 pub fn adam_update_fits(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor) -> bool {
-    let all = [param, grad, m, v];
-    crate::dispatch::cuda_path(param)
-        && all.iter().all(|t| {
-            t.dtype() == DType::F32
-                && t.is_contiguous()
-                && t.elem_count() == param.elem_count()
-                && t.device().same_device(param.device())
-        })
-        && distinct_storages(&all)
+    adam_update_many_fits(&[AdamTensors { param, grad, m, v }])
 }
 
-/// Whether no two of `tensors` share a buffer: each is locked in turn, and
-/// a second lock on one buffer would wait for ever.
-fn distinct_storages(tensors: &[&Tensor]) -> bool {
-    let addresses: Vec<usize> = tensors
-        .iter()
-        .map(|t| {
-            let (storage, _) = t.storage_and_layout();
-            &*storage as *const candle_core::Storage as usize
-        })
-        .collect();
-    addresses
-        .iter()
-        .enumerate()
-        .all(|(i, a)| !addresses[..i].contains(a))
-}
-
-/// One Adam step: `param`, `m` (the first moment) and `v` (the second)
-/// updated in place from `grad`, as [`adam_update_fits`] accepts them
-/// (an error otherwise).
+/// One Adam step of one parameter: [`adam_update_many`] for one.
 pub fn adam_update(
     param: &Tensor,
     grad: &Tensor,
@@ -85,190 +88,188 @@ pub fn adam_update(
     v: &Tensor,
     scalars: &AdamScalars,
 ) -> Result<()> {
-    if !adam_update_fits(param, grad, m, v) {
+    adam_update_many(&[AdamTensors { param, grad, m, v }], scalars)
+}
+
+/// Whether [`adam_update_many`] takes `items`: the CUDA kernels on, every
+/// tensor F32 and contiguous on the first parameter's CUDA device (or the
+/// CPU under `cuda-emulation`), each parameter's four tensors of one
+/// element count, and every parameter and moment in a buffer of its own
+/// that no gradient shares (gradients may share one buffer: the views of a
+/// data-parallel exchange). Otherwise (or for no items) the caller composes
+/// the update itself.
+pub fn adam_update_many_fits(items: &[AdamTensors<'_>]) -> bool {
+    let Some(first) = items.first() else {
+        return false;
+    };
+    let device = first.param.device();
+    #[cfg(cuda_kernels)]
+    let switch_and_types = {
+        let all: Vec<&Tensor> = items.iter().flat_map(|i| i.all()).collect();
+        crate::kernel_launch::table_kernels_take(device, &all)
+    };
+    #[cfg(not(cuda_kernels))]
+    let switch_and_types = false;
+    switch_and_types
+        && items.iter().all(|item| {
+            let n = item.param.elem_count();
+            item.all()
+                .iter()
+                .all(|t| t.elem_count() == n && t.device().same_device(device))
+        })
+        && buffers_apart(items)
+}
+
+/// Whether every parameter and moment has a buffer of its own that no
+/// gradient views: each written buffer is locked for writing once, and a
+/// second lock on one buffer would wait for ever.
+fn buffers_apart(items: &[AdamTensors<'_>]) -> bool {
+    use crate::dispatch::buffer_address;
+    let mut written: Vec<usize> = items
+        .iter()
+        .flat_map(|i| [i.param, i.m, i.v])
+        .map(buffer_address)
+        .collect();
+    written.sort_unstable();
+    let n = written.len();
+    written.dedup();
+    n == written.len()
+        && items
+            .iter()
+            .all(|i| written.binary_search(&buffer_address(i.grad)).is_err())
+}
+
+/// One Adam step of every parameter in `items`: each `param`, `m` and `v`
+/// updated in place from its `grad`, one kernel launch per
+/// [`ADAM_GROUP`] parameters, as [`adam_update_many_fits`] accepts them
+/// (an error otherwise; nothing for no items).
+pub fn adam_update_many(items: &[AdamTensors<'_>], scalars: &AdamScalars) -> Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    if !adam_update_many_fits(items) {
         candle_core::bail!(
-            "fused-adam: the CUDA kernels are off, or the parameter, gradient and moments are \
-             not four separate contiguous F32 tensors of one size on one CUDA device"
+            "fused-adam: the CUDA kernels are off, or a parameter, gradient or moment is not \
+             contiguous F32 on the first parameter's CUDA device, of its parameter's size, in a \
+             buffer of its own"
         )
     }
     #[cfg(cuda_kernels)]
     {
-        kernel::run(param, grad, m, v, scalars)
+        items
+            .chunks(ADAM_GROUP)
+            .try_for_each(|group| kernel::run(group, scalars))
     }
     #[cfg(not(cuda_kernels))]
     {
         let _ = scalars;
-        unreachable!("adam_update_fits is false without the CUDA kernels")
+        unreachable!("adam_update_many_fits is false without the CUDA kernels")
     }
 }
 
-/// The launch, from inside three nested in-place ops: candle hands an
-/// in-place op one writable buffer, so the first moment's op holds its
-/// buffer while the second moment's runs, which holds both while the
-/// parameter's launches the kernel.
+/// The launch: the group's parameters and moments held for writing, its
+/// gradients for reading, one table of their addresses.
 #[cfg(cuda_kernels)]
 mod kernel {
-    use std::cell::RefCell;
+    use candle_core::{Result, Tensor};
 
-    use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Tensor};
-
-    use super::AdamScalars;
+    use super::{AdamScalars, AdamTensors};
     use crate::cuda_emulation::Emulator;
-    use crate::kernel_launch::{elementwise_launch, Arg, KernelDevice};
+    #[cfg(feature = "cuda")]
+    use crate::held_buffers::cuda_storage;
+    use crate::held_buffers::{cpu_storage, with_held_mut, HeldBuffers, HeldMut};
+    use crate::kernel_launch::{chunk_launch, chunk_starts, Arg, KernelDevice};
 
     const NAME: &str = "fused-adam";
 
-    /// A buffer an enclosing op holds, with its first element.
-    enum Held<'a> {
-        Cpu(&'a mut CpuStorage, usize),
-        #[cfg(feature = "cuda")]
-        Cuda(&'a mut candle_core::CudaStorage, usize),
+    pub(super) fn run(items: &[AdamTensors<'_>], scalars: &AdamScalars) -> Result<()> {
+        let lens: Vec<usize> = items.iter().map(|i| i.param.elem_count()).collect();
+        if lens.iter().all(|&n| n == 0) {
+            return Ok(());
+        }
+        // Parameter, first and second moment of each item in turn.
+        let written: Vec<&Tensor> = items.iter().flat_map(|i| [i.param, i.m, i.v]).collect();
+        let grads: Vec<&Tensor> = items.iter().map(|i| i.grad).collect();
+        with_held_mut(&written, NAME, &mut |held| {
+            let reads = HeldBuffers::new(&grads, NAME)?;
+            match held.first() {
+                Some(HeldMut::Cpu(..)) => {
+                    let mut writes = Vec::with_capacity(held.len());
+                    for h in held.iter_mut() {
+                        match h {
+                            HeldMut::Cpu(s, at) => writes.push((&mut **s, *at)),
+                            #[cfg(feature = "cuda")]
+                            HeldMut::Cuda(..) => on_two_devices()?,
+                        }
+                    }
+                    let reads = reads.buffers(cpu_storage, NAME)?;
+                    launch(&Emulator, &mut writes, &reads, &lens, scalars)
+                }
+                #[cfg(feature = "cuda")]
+                Some(HeldMut::Cuda(first, _)) => {
+                    let device = first.device.clone();
+                    let mut writes = Vec::with_capacity(held.len());
+                    for h in held.iter_mut() {
+                        match h {
+                            HeldMut::Cuda(s, at) => writes.push((&mut **s, *at)),
+                            HeldMut::Cpu(..) => on_two_devices()?,
+                        }
+                    }
+                    let reads = reads.buffers(cuda_storage, NAME)?;
+                    launch(&device, &mut writes, &reads, &lens, scalars)
+                }
+                None => Ok(()),
+            }
+        })
     }
 
-    fn start(layout: &Layout) -> Result<usize> {
-        match layout.contiguous_offsets() {
-            Some((start, _)) => Ok(start),
-            None => candle_core::bail!("{NAME}: a non-contiguous operand"),
-        }
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn on_two_devices() -> Result<()> {
+        candle_core::bail!("{NAME}: operands on two devices")
     }
 
-    fn taken<'a>(cell: &RefCell<Option<Held<'a>>>) -> Result<Held<'a>> {
-        match cell.borrow_mut().take() {
-            Some(held) => Ok(held),
-            None => candle_core::bail!("{NAME}: a moment's buffer was used twice"),
-        }
-    }
-
-    pub(super) fn run(
-        param: &Tensor,
-        grad: &Tensor,
-        m: &Tensor,
-        v: &Tensor,
-        scalars: &AdamScalars,
-    ) -> Result<()> {
-        m.inplace_op1(&Holding(|m: Held<'_>| {
-            let m = RefCell::new(Some(m));
-            v.inplace_op1(&Holding(|v: Held<'_>| {
-                let update = Update {
-                    m: RefCell::new(Some(taken(&m)?)),
-                    v: RefCell::new(Some(v)),
-                    scalars: *scalars,
-                };
-                param.inplace_op2(grad, &update)
-            }))
-        }))
-    }
-
-    /// An in-place op that holds its tensor's buffer while `.0` runs.
-    struct Holding<F>(F);
-
-    impl<F: Fn(Held<'_>) -> Result<()>> InplaceOp1 for Holding<F> {
-        fn name(&self) -> &'static str {
-            NAME
-        }
-
-        fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-            let at = start(layout)?;
-            (self.0)(Held::Cpu(storage, at))
-        }
-
-        #[cfg(feature = "cuda")]
-        fn cuda_fwd(&self, storage: &mut candle_core::CudaStorage, layout: &Layout) -> Result<()> {
-            let at = start(layout)?;
-            (self.0)(Held::Cuda(storage, at))
-        }
-    }
-
-    /// The parameter's op: launches the kernel on all four buffers.
-    struct Update<'m, 'v> {
-        m: RefCell<Option<Held<'m>>>,
-        v: RefCell<Option<Held<'v>>>,
-        scalars: AdamScalars,
-    }
-
-    impl InplaceOp2 for Update<'_, '_> {
-        fn name(&self) -> &'static str {
-            NAME
-        }
-
-        fn cpu_fwd(
-            &self,
-            param: &mut CpuStorage,
-            layout: &Layout,
-            grad: &CpuStorage,
-            grad_layout: &Layout,
-        ) -> Result<()> {
-            // Irrefutable without the `cuda` feature.
-            #[allow(irrefutable_let_patterns)]
-            let (Held::Cpu(m, m_at), Held::Cpu(v, v_at)) = (taken(&self.m)?, taken(&self.v)?) else {
-                candle_core::bail!("{NAME}: the moments are not on the parameter's device")
-            };
-            let n = layout.shape().elem_count();
-            let buffers = (param, start(layout)?, m, m_at, v, v_at);
-            launch(
-                &Emulator,
-                buffers,
-                (grad, start(grad_layout)?),
-                n,
-                &self.scalars,
-            )
-        }
-
-        #[cfg(feature = "cuda")]
-        fn cuda_fwd(
-            &self,
-            param: &mut candle_core::CudaStorage,
-            layout: &Layout,
-            grad: &candle_core::CudaStorage,
-            grad_layout: &Layout,
-        ) -> Result<()> {
-            let (Held::Cuda(m, m_at), Held::Cuda(v, v_at)) = (taken(&self.m)?, taken(&self.v)?)
-            else {
-                candle_core::bail!("{NAME}: the moments are not on the parameter's device")
-            };
-            let n = layout.shape().elem_count();
-            let device = param.device.clone();
-            let buffers = (param, start(layout)?, m, m_at, v, v_at);
-            launch(
-                &device,
-                buffers,
-                (grad, start(grad_layout)?),
-                n,
-                &self.scalars,
-            )
-        }
-    }
-
-    /// The parameter, first and second moments, each with its first element.
-    type Buffers<'a, S> = (&'a mut S, usize, &'a mut S, usize, &'a mut S, usize);
-
+    /// One launch over parameters of `lens` elements: `writes` holds each
+    /// parameter's, first and second moment's buffer in turn, `grads` each
+    /// gradient's, each with its first element.
     fn launch<D: KernelDevice>(
         dev: &D,
-        (p, p_at, m, m_at, v, v_at): Buffers<'_, D::Storage>,
-        (g, g_at): (&D::Storage, usize),
-        n: usize,
+        writes: &mut [(&mut D::Storage, usize)],
+        grads: &[(&D::Storage, usize)],
+        lens: &[usize],
         s: &AdamScalars,
     ) -> Result<()> {
-        dev.launch(
-            "adam_update_f32",
-            elementwise_launch(n),
-            &mut [
-                Arg::InPlace(p, p_at),
-                Arg::InPlace(m, m_at),
-                Arg::InPlace(v, v_at),
-                Arg::In(g, g_at),
-                Arg::I64(n as i64),
-                Arg::F32(s.decay_factor),
-                Arg::F32(s.coupled_decay),
-                Arg::F32(s.lerp_weight),
-                Arg::F32(s.beta2),
-                Arg::F32(s.one_minus_beta2),
-                Arg::F32(s.bias_correction2_sqrt),
-                Arg::F32(s.eps),
-                Arg::F32(s.neg_step_size),
-                Arg::I32(i32::from(s.decoupled)),
-                Arg::I32(i32::from(s.coupled)),
-            ],
-        )
+        let n = lens.len();
+        let first = chunk_starts(lens);
+        let chunks = first[n] as usize;
+        dev.with_write_addresses(writes, &mut |written| {
+            dev.with_addresses(grads, &mut |grads| {
+                let mut table = Vec::with_capacity(6 * n + 1);
+                for which in 0..3 {
+                    table.extend((0..n).map(|i| written[3 * i + which]));
+                }
+                table.extend_from_slice(grads);
+                table.extend(lens.iter().map(|&len| len as i64));
+                table.extend_from_slice(&first);
+                let table = dev.upload_i64(&table)?;
+                dev.launch(
+                    "adam_update_many_f32",
+                    chunk_launch(chunks),
+                    &mut [
+                        Arg::In(&table, 0),
+                        Arg::I32(n as i32),
+                        Arg::F32(s.decay_factor),
+                        Arg::F32(s.coupled_decay),
+                        Arg::F32(s.lerp_weight),
+                        Arg::F32(s.beta2),
+                        Arg::F32(s.one_minus_beta2),
+                        Arg::F32(s.bias_correction2_sqrt),
+                        Arg::F32(s.eps),
+                        Arg::F32(s.neg_step_size),
+                        Arg::I32(i32::from(s.decoupled)),
+                        Arg::I32(i32::from(s.coupled)),
+                    ],
+                )
+            })
+        })
     }
 }

@@ -124,4 +124,27 @@ impl KernelDevice for CudaDevice {
         drop(guards);
         result
     }
+
+    fn with_write_addresses(
+        &self,
+        buffers: &mut [(&mut CudaStorage, usize)],
+        f: &mut dyn FnMut(&[i64]) -> Result<()>,
+    ) -> Result<()> {
+        let stream = self.cuda_stream();
+        let mut guards = Vec::with_capacity(buffers.len());
+        let mut addresses = Vec::with_capacity(buffers.len());
+        for (s, at) in buffers.iter_mut() {
+            let offset = (*at * s.dtype().size_in_bytes()) as u64;
+            let (ptr, guard) = match s.dtype() {
+                DType::F32 => s.as_cuda_slice_mut::<f32>()?.device_ptr_mut(&stream),
+                other => candle_core::bail!("a table of written buffers given a {other:?} buffer"),
+            };
+            guards.push(guard);
+            addresses.push((ptr + offset) as i64);
+        }
+        let result = f(&addresses);
+        // After the launches in `f`: each buffer's write recorded behind them.
+        drop(guards);
+        result
+    }
 }

@@ -290,6 +290,42 @@ impl KernelDevice for Emulator {
             refused()
         }
     }
+
+    fn with_write_addresses(
+        &self,
+        buffers: &mut [(&mut CpuStorage, usize)],
+        f: &mut dyn FnMut(&[i64]) -> Result<()>,
+    ) -> Result<()> {
+        #[cfg(feature = "cuda-emulation")]
+        {
+            let mut addresses = Vec::with_capacity(buffers.len());
+            for (s, at) in buffers.iter_mut() {
+                let CpuStorage::F32(values) = s else {
+                    candle_core::bail!(
+                        "emulator: a table of written buffers given a {:?} buffer",
+                        s.dtype()
+                    )
+                };
+                if *at > values.len() {
+                    candle_core::bail!(
+                        "emulator: a table of written buffers given element {at} of a {}-element \
+                         buffer",
+                        values.len()
+                    )
+                }
+                // In or one past the buffer, from its exclusive borrow.
+                addresses.push(values[*at..].as_mut_ptr() as usize as i64);
+            }
+            // `buffers` stays borrowed exclusively while the kernels in `f`
+            // write through these addresses (each launch runs to its end).
+            f(&addresses)
+        }
+        #[cfg(not(feature = "cuda-emulation"))]
+        {
+            let _ = (buffers, f);
+            refused()
+        }
+    }
 }
 
 /// The emulator against kernels that break CUDA's rules on purpose

@@ -60,6 +60,15 @@ pub(crate) trait KernelDevice {
         buffers: &[(&Self::Storage, usize)],
         f: &mut dyn FnMut(&[i64]) -> Result<()>,
     ) -> Result<()>;
+
+    /// [`KernelDevice::with_addresses`] for F32 buffers that the kernels in
+    /// `f` write through the table: held exclusively until `f` returns, and
+    /// on a GPU their use recorded as a write.
+    fn with_write_addresses(
+        &self,
+        buffers: &mut [(&mut Self::Storage, usize)],
+        f: &mut dyn FnMut(&[i64]) -> Result<()>,
+    ) -> Result<()>;
 }
 
 /// The kernel name for `dtype`: `{kernel}_f32` or `{kernel}_bf16`.
@@ -94,7 +103,7 @@ pub(crate) fn elementwise_launch(n: usize) -> Grid {
 }
 
 /// Elements per block of the kernels that walk many buffers through a table
-/// (`SUM_SQUARES_CHUNK` in `cuda/fused_ops.cu`).
+/// (`TABLE_CHUNK` in `cuda/fused_ops.cu`).
 pub(crate) const TABLE_CHUNK: usize = 16_384;
 
 /// Each buffer's first chunk of [`TABLE_CHUNK`] elements, for buffers of
@@ -130,101 +139,6 @@ pub(crate) fn table_kernels_take(
         && tensors
             .iter()
             .all(|t| t.dtype() == DType::F32 && t.is_contiguous())
-}
-
-/// Read locks on the buffers of many tensors, held while kernels read them
-/// through a table, with each tensor's first element.
-///
-/// One lock per distinct buffer, taken in the order of their addresses (as
-/// candle orders the locks of an in-place op): candle's read lock is not
-/// re-entrant, and a second read of one buffer from one thread waits
-/// behind any writer waiting on another thread. Tensors that view one
-/// buffer (a data-parallel exchange's gradients) take its lock once.
-pub(crate) struct HeldBuffers<'a> {
-    guards: Vec<candle_core::StorageRef<'a>>,
-    /// For each tensor, the index of its buffer's guard.
-    which: Vec<usize>,
-    /// For each tensor, its first element in its buffer.
-    starts: Vec<usize>,
-}
-
-impl<'a> HeldBuffers<'a> {
-    /// The locks on `tensors`' buffers; an error naming `op` if one of them
-    /// is not contiguous.
-    pub(crate) fn new(tensors: &[&'a candle_core::Tensor], op: &str) -> Result<Self> {
-        let mut starts = Vec::with_capacity(tensors.len());
-        for t in tensors {
-            match t.layout().contiguous_offsets() {
-                Some((start, _)) => starts.push(start),
-                None => candle_core::bail!("{op}: a non-contiguous operand"),
-            }
-        }
-        let addresses: Vec<usize> = tensors
-            .iter()
-            .map(|t| crate::dispatch::buffer_address(t))
-            .collect();
-        let mut distinct: Vec<(usize, usize)> = addresses.iter().copied().zip(0..).collect();
-        distinct.sort_unstable();
-        distinct.dedup_by_key(|(address, _)| *address);
-        let guards = distinct
-            .iter()
-            .map(|&(_, i)| tensors[i].storage_and_layout().0)
-            .collect();
-        let which = addresses
-            .iter()
-            .map(|a| {
-                // Every address is in the list: the search cannot miss.
-                distinct
-                    .binary_search_by_key(a, |&(address, _)| address)
-                    .unwrap_or_else(|at| at)
-            })
-            .collect();
-        Ok(Self {
-            guards,
-            which,
-            starts,
-        })
-    }
-
-    /// The first tensor's buffer; `None` for no tensors.
-    pub(crate) fn first(&self) -> Option<&candle_core::Storage> {
-        self.which.first().map(|&i| &*self.guards[i])
-    }
-
-    /// Each tensor's buffer as `pick` takes it (candle's storage of one
-    /// device), with its first element; an error naming `op` for a buffer
-    /// `pick` refuses (a tensor on another device).
-    pub(crate) fn buffers<S>(
-        &self,
-        pick: impl Fn(&candle_core::Storage) -> Option<&S>,
-        op: &str,
-    ) -> Result<Vec<(&S, usize)>> {
-        self.which
-            .iter()
-            .zip(&self.starts)
-            .map(|(&i, &start)| match pick(&self.guards[i]) {
-                Some(s) => Ok((s, start)),
-                None => candle_core::bail!("{op}: operands on two devices"),
-            })
-            .collect()
-    }
-}
-
-/// The CPU storage of a buffer, for [`HeldBuffers::buffers`].
-pub(crate) fn cpu_storage(s: &candle_core::Storage) -> Option<&candle_core::CpuStorage> {
-    match s {
-        candle_core::Storage::Cpu(s) => Some(s),
-        _ => None,
-    }
-}
-
-/// The CUDA storage of a buffer, for [`HeldBuffers::buffers`].
-#[cfg(feature = "cuda")]
-pub(crate) fn cuda_storage(s: &candle_core::Storage) -> Option<&candle_core::CudaStorage> {
-    match s {
-        candle_core::Storage::Cuda(s) => Some(s),
-        _ => None,
-    }
 }
 
 /// One block of 256 threads per chunk: `chunks` blocks.

@@ -20,9 +20,10 @@
 //! repository has the measurements). candle's own fused softmax and
 //! LayerNorm record no gradient, so they cannot train.
 //!
-//! [`adam_update`], [`sums_of_squares`] and [`copy_scaled_into`] serve the
-//! end of a training step rather than a layer: an optimizer step (one
-//! kernel per parameter instead of a dozen tensor operations), the parts of
+//! [`adam_update_many`], [`sums_of_squares`] and [`copy_scaled_into`] serve
+//! the end of a training step rather than a layer: an optimizer step (one
+//! kernel for up to 64 parameters instead of a dozen tensor operations per
+//! parameter), the parts of
 //! a global gradient norm (two kernels for all gradients instead of three
 //! per gradient; one pass per gradient on the CPU) and a data-parallel
 //! rank's gradients written into its exchange buffer (one kernel instead of
@@ -62,6 +63,8 @@ mod expert_mlp;
 mod fast_math;
 mod gemm;
 #[cfg(cuda_kernels)]
+mod held_buffers;
+#[cfg(cuda_kernels)]
 mod kernel_launch;
 mod layer_norm;
 mod matmul;
@@ -70,7 +73,10 @@ mod rows;
 mod sum_squares;
 
 pub use activation::Activation;
-pub use adam::{adam_update, adam_update_fits, AdamScalars};
+pub use adam::{
+    adam_update, adam_update_fits, adam_update_many, adam_update_many_fits, AdamScalars,
+    AdamTensors, ADAM_GROUP,
+};
 pub use attention::attention;
 pub use copy_scaled::copy_scaled_into;
 #[cfg(feature = "cuda")]

@@ -128,10 +128,9 @@ mod kernel {
 
     use crate::cuda_emulation::Emulator;
     #[cfg(feature = "cuda")]
-    use crate::kernel_launch::cuda_storage;
-    use crate::kernel_launch::{
-        chunk_launch, chunk_starts, cpu_storage, elementwise_launch, Arg, HeldBuffers, KernelDevice,
-    };
+    use crate::held_buffers::cuda_storage;
+    use crate::held_buffers::{cpu_storage, HeldBuffers};
+    use crate::kernel_launch::{chunk_launch, chunk_starts, elementwise_launch, Arg, KernelDevice};
 
     const NAME: &str = "sums_of_squares";
 

@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-/// Elements per block of the kernel (`SUM_SQUARES_CHUNK`).
+/// Elements per block of the kernel (`TABLE_CHUNK`).
 const CHUNK: usize = 16_384;
 /// What the destination holds before the copy.
 const UNTOUCHED: f32 = -7.25;

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-/// Elements per block of the first kernel (`SUM_SQUARES_CHUNK`).
+/// Elements per block of the first kernel (`TABLE_CHUNK`).
 const CHUNK: usize = 16_384;
 
 /// The kernels' error against the f64 sums: F32 rounding over chains of at
