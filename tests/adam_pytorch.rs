@@ -2,8 +2,9 @@
 //! four steps of five configurations (the paper's lr 1e-6 on CLIP-sized
 //! weights, plain Adam, coupled and decoupled weight decay, and beta1 below
 //! 0.5, where PyTorch's lerp takes its other form), parameters and
-//! both moments after every step. Fixture: `tests/fixtures/adam_steps.*`,
-//! written by `scripts/uniattack/gen_adam_fixture.py`. The comparison is
+//! both moments after every step. Fixture: fused-ops' (whose Adam kernel it
+//! also checks), `crates/fused-ops/tests/fixtures/adam_steps.*`, written by
+//! `scripts/fused_ops/gen_adam_fixture.py`. The comparison is
 //! exact: every value equal to the bit.
 
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use candle_core::{Device, Tensor, Var};
 use uniattack::adam::{exp_avg_name, exp_avg_sq_name, Adam, AdamConfig, WeightDecay};
 
 fn fixture() -> Result<(HashMap<String, Tensor>, serde_json::Value)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/fused-ops/tests/fixtures");
     let tensors = candle_core::safetensors::load(dir.join("adam_steps.safetensors"), &Device::Cpu)?;
     let meta = serde_json::from_str(&std::fs::read_to_string(dir.join("adam_steps.json"))?)?;
     Ok((tensors, meta))

@@ -1,9 +1,9 @@
 //! The fused Adam kernel against `torch.optim`: four steps of five
 //! configurations (the paper's lr 1e-6, plain Adam, coupled and decoupled
 //! weight decay, beta1 below 0.5), gradients on odd steps given as views
-//! at offsets into one buffer, from the workspace's fixture
-//! (`tests/fixtures/adam_steps.*` at the repository's root, written by
-//! `scripts/uniattack/gen_adam_fixture.py` with `foreach=False`), every
+//! at offsets into one buffer, from this crate's fixture
+//! (`tests/fixtures/adam_steps.*`, written by
+//! `scripts/fused_ops/gen_adam_fixture.py` with `foreach=False`), every
 //! parameter and moment after every step equal to the bit; the fixture's
 //! parameters one launch at a time and all in one.
 //!
@@ -80,7 +80,7 @@ fn views_into_one_buffer(tensors: &[Tensor]) -> anyhow::Result<Vec<Tensor>> {
 /// switch on) and compares every value; then checks that the switch off
 /// leaves the kernel out.
 pub fn adam_matches_torch(device: &Device) -> anyhow::Result<()> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let tensors: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("adam_steps.safetensors"), device)?;
     let meta: serde_json::Value =

@@ -1,13 +1,16 @@
-"""Reference steps of torch.optim.Adam / AdamW for `tests/adam_pytorch.rs`.
+"""Reference steps of torch.optim.Adam / AdamW for fused-ops' Adam kernel
+(`crates/fused-ops/tests/common/adam.rs`) and uniattack's `Adam`
+(`tests/adam_pytorch.rs`).
 
-Writes `tests/fixtures/adam_steps.safetensors` and `adam_steps.json`: for
+Writes `crates/fused-ops/tests/fixtures/adam_steps.safetensors` and
+`adam_steps.json`: for
 each case (hyper-parameters below), the initial parameters, the gradient of
 every step, and PyTorch's parameters and moments after every step. Shapes
 include odd sizes so PyTorch's scalar tails (not only its vectorised body)
 are covered.
 
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch safetensors numpy
-    /tmp/venv/bin/python scripts/uniattack/gen_adam_fixture.py
+    /tmp/venv/bin/python scripts/fused_ops/gen_adam_fixture.py
 
 Generated with torch 2.15.0 (CPU, AVX-512 kernels).
 """
@@ -18,7 +21,7 @@ import pathlib
 import torch
 from safetensors.torch import save_file
 
-OUT = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+OUT = pathlib.Path(__file__).resolve().parents[2] / "crates" / "fused-ops" / "tests" / "fixtures"
 SHAPES = {"w": (8, 16), "b": (37,), "t": (3, 5, 7)}
 STEPS = 4
 CASES = {
