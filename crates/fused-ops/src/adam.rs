@@ -177,7 +177,7 @@ mod kernel {
     use crate::cuda_emulation::Emulator;
     #[cfg(feature = "cuda")]
     use crate::held_buffers::cuda_storage;
-    use crate::held_buffers::{cpu_storage, with_held_mut, HeldBuffers, HeldMut};
+    use crate::held_buffers::{buffers_mut, cpu_storage, with_held_mut, HeldBuffers, HeldMut};
     use crate::kernel_launch::{chunk_launch, chunk_starts, Arg, KernelDevice};
 
     const NAME: &str = "fused-adam";
@@ -194,38 +194,20 @@ mod kernel {
             let reads = HeldBuffers::new(&grads, NAME)?;
             match held.first() {
                 Some(HeldMut::Cpu(..)) => {
-                    let mut writes = Vec::with_capacity(held.len());
-                    for h in held.iter_mut() {
-                        match h {
-                            HeldMut::Cpu(s, at) => writes.push((&mut **s, *at)),
-                            #[cfg(feature = "cuda")]
-                            HeldMut::Cuda(..) => on_two_devices()?,
-                        }
-                    }
+                    let mut writes = buffers_mut(held, HeldMut::cpu, NAME)?;
                     let reads = reads.buffers(cpu_storage, NAME)?;
                     launch(&Emulator, &mut writes, &reads, &lens, scalars)
                 }
                 #[cfg(feature = "cuda")]
                 Some(HeldMut::Cuda(first, _)) => {
                     let device = first.device.clone();
-                    let mut writes = Vec::with_capacity(held.len());
-                    for h in held.iter_mut() {
-                        match h {
-                            HeldMut::Cuda(s, at) => writes.push((&mut **s, *at)),
-                            HeldMut::Cpu(..) => on_two_devices()?,
-                        }
-                    }
+                    let mut writes = buffers_mut(held, HeldMut::cuda, NAME)?;
                     let reads = reads.buffers(cuda_storage, NAME)?;
                     launch(&device, &mut writes, &reads, &lens, scalars)
                 }
                 None => Ok(()),
             }
         })
-    }
-
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    fn on_two_devices() -> Result<()> {
-        candle_core::bail!("{NAME}: operands on two devices")
     }
 
     /// One launch over parameters of `lens` elements: `writes` holds each

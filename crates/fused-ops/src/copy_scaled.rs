@@ -114,7 +114,7 @@ mod kernel {
     #[cfg(feature = "cuda")]
     use crate::held_buffers::cuda_storage;
     use crate::held_buffers::{cpu_storage, HeldBuffers};
-    use crate::kernel_launch::{chunk_launch, chunk_starts, Arg, KernelDevice};
+    use crate::kernel_launch::{chunk_launch, chunk_starts, start, Arg, KernelDevice};
 
     const NAME: &str = "copy_scaled_into";
 
@@ -139,13 +139,6 @@ mod kernel {
             let tensors: Vec<&'a Tensor> = self.parts.iter().map(|(t, _)| *t).collect();
             HeldBuffers::new(&tensors, NAME)
         }
-
-        fn start(layout: &Layout) -> Result<usize> {
-            match layout.contiguous_offsets() {
-                Some((start, _)) => Ok(start),
-                None => candle_core::bail!("{NAME}: a non-contiguous destination"),
-            }
-        }
     }
 
     impl InplaceOp1 for Pack<'_> {
@@ -154,7 +147,7 @@ mod kernel {
         }
 
         fn cpu_fwd(&self, dst: &mut CpuStorage, layout: &Layout) -> Result<()> {
-            let at = Self::start(layout)?;
+            let at = start(layout, NAME, "the destination")?;
             let held = self.held()?;
             let buffers = held.buffers(cpu_storage, NAME)?;
             launch(&Emulator, (dst, at), &buffers, self.parts, self.scale)
@@ -162,7 +155,7 @@ mod kernel {
 
         #[cfg(feature = "cuda")]
         fn cuda_fwd(&self, dst: &mut candle_core::CudaStorage, layout: &Layout) -> Result<()> {
-            let at = Self::start(layout)?;
+            let at = start(layout, NAME, "the destination")?;
             let held = self.held()?;
             let buffers = held.buffers(cuda_storage, NAME)?;
             let device = dst.device.clone();

@@ -27,7 +27,7 @@ use candle_core::{
 use crate::activation::Activation;
 use crate::cuda_emulation::Emulator;
 use crate::kernel_launch::{
-    chunked_launch, elementwise_launch, kernel_name, row_launch, rows_per_chunk, Arg, Grid,
+    chunked_launch, elementwise_launch, kernel_name, row_launch, rows_per_chunk, start, Arg, Grid,
     KernelDevice,
 };
 
@@ -158,14 +158,6 @@ fn axis_split(l: &Layout, axis: usize, op: &str) -> Result<(usize, usize, usize)
         candle_core::bail!("{op}: a {dims:?} tensor is too long along axis {axis} or after it")
     }
     Ok((outer, len, inner))
-}
-
-/// The first element of operand `what` of `op`, which must be contiguous.
-fn start(l: &Layout, op: &str, what: &str) -> Result<usize> {
-    match l.contiguous_offsets() {
-        Some((start, _)) => Ok(start),
-        None => candle_core::bail!("{op}: {what} must be contiguous"),
-    }
 }
 
 /// Rows and row length of a contiguous layout.

@@ -7,6 +7,8 @@ use std::cell::RefCell;
 
 use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Tensor};
 
+use crate::kernel_launch::start;
+
 /// Read locks on the buffers of many tensors, held while kernels read them
 /// through a table, with each tensor's first element.
 ///
@@ -27,13 +29,10 @@ impl<'a> HeldBuffers<'a> {
     /// The locks on `tensors`' buffers; an error naming `op` if one of them
     /// is not contiguous.
     pub(crate) fn new(tensors: &[&'a Tensor], op: &str) -> Result<Self> {
-        let mut starts = Vec::with_capacity(tensors.len());
-        for t in tensors {
-            match t.layout().contiguous_offsets() {
-                Some((start, _)) => starts.push(start),
-                None => candle_core::bail!("{op}: a non-contiguous operand"),
-            }
-        }
+        let starts = tensors
+            .iter()
+            .map(|t| start(t.layout(), op, "an operand"))
+            .collect::<Result<Vec<_>>>()?;
         let addresses: Vec<usize> = tensors
             .iter()
             .map(|t| crate::dispatch::buffer_address(t))
@@ -110,6 +109,42 @@ pub(crate) enum HeldMut<'a> {
     Cuda(&'a mut candle_core::CudaStorage, usize),
 }
 
+impl HeldMut<'_> {
+    /// The CPU storage held, with its first element, for [`buffers_mut`].
+    pub(crate) fn cpu(&mut self) -> Option<(&mut CpuStorage, usize)> {
+        #[allow(unreachable_patterns)] // without the `cuda` feature
+        match self {
+            HeldMut::Cpu(s, at) => Some((&mut **s, *at)),
+            _ => None,
+        }
+    }
+
+    /// The CUDA storage held, with its first element, for [`buffers_mut`].
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda(&mut self) -> Option<(&mut candle_core::CudaStorage, usize)> {
+        match self {
+            HeldMut::Cuda(s, at) => Some((&mut **s, *at)),
+            HeldMut::Cpu(..) => None,
+        }
+    }
+}
+
+/// Each held buffer as `pick` takes it (the storage of one device), with
+/// its first element; an error naming `op` for a buffer `pick` refuses (a
+/// tensor on another device). The writing twin of [`HeldBuffers::buffers`].
+pub(crate) fn buffers_mut<'h, 's, S>(
+    held: &'h mut [HeldMut<'s>],
+    pick: fn(&'h mut HeldMut<'s>) -> Option<(&'h mut S, usize)>,
+    op: &str,
+) -> Result<Vec<(&'h mut S, usize)>> {
+    held.iter_mut()
+        .map(|h| match pick(h) {
+            Some(buffer) => Ok(buffer),
+            None => candle_core::bail!("{op}: operands on two devices"),
+        })
+        .collect()
+}
+
 /// Runs `f` with the buffers of `tensors` held for writing, in the order
 /// of `tensors`; errors name `op`.
 ///
@@ -182,28 +217,19 @@ struct Holding<F> {
     then: F,
 }
 
-impl<F> Holding<F> {
-    fn start(&self, layout: &Layout) -> Result<usize> {
-        match layout.contiguous_offsets() {
-            Some((start, _)) => Ok(start),
-            None => candle_core::bail!("{}: a non-contiguous operand", self.op),
-        }
-    }
-}
-
 impl<F: Fn(HeldMut<'_>) -> Result<()>> InplaceOp1 for Holding<F> {
     fn name(&self) -> &'static str {
         self.op
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let at = self.start(layout)?;
+        let at = start(layout, self.op, "a written operand")?;
         (self.then)(HeldMut::Cpu(storage, at))
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, storage: &mut candle_core::CudaStorage, layout: &Layout) -> Result<()> {
-        let at = self.start(layout)?;
+        let at = start(layout, self.op, "a written operand")?;
         (self.then)(HeldMut::Cuda(storage, at))
     }
 }

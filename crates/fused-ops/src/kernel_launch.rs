@@ -71,6 +71,14 @@ pub(crate) trait KernelDevice {
     ) -> Result<()>;
 }
 
+/// The first element of operand `what` of `op`, which must be contiguous.
+pub(crate) fn start(l: &candle_core::Layout, op: &str, what: &str) -> Result<usize> {
+    match l.contiguous_offsets() {
+        Some((start, _)) => Ok(start),
+        None => candle_core::bail!("{op}: {what} must be contiguous"),
+    }
+}
+
 /// The kernel name for `dtype`: `{kernel}_f32` or `{kernel}_bf16`.
 pub(crate) fn kernel_name(kernel: &str, dtype: DType, op: &str) -> Result<String> {
     let suffix = match dtype {
