@@ -39,10 +39,11 @@ fn matches_torch_optim_step_by_step() -> Result<()> {
     check_against_torch(&Device::Cpu)
 }
 
-/// On a GPU with fused-ops' CUDA kernels on, each parameter's step is one
-/// kernel (`fused_ops::adam_update`): bit-equal to `torch.optim` too (the
-/// composite of tensor operations, with the kernels off, is not: it rounds
-/// in other places).
+/// On a GPU with fused-ops' CUDA kernels on, a step updates its parameters
+/// in one launch per [`fused_ops::ADAM_GROUP`] of them
+/// (`fused_ops::adam_update_many`), counted: bit-equal to `torch.optim`
+/// too (the composite of tensor operations, with the kernels off, is not:
+/// it rounds in other places).
 #[cfg(feature = "cuda")]
 #[test]
 fn on_a_gpu_the_fused_step_matches_torch_optim() -> Result<()> {
@@ -93,7 +94,20 @@ fn check_against_torch(device: &Device) -> Result<()> {
                         .map(Some)
                 })
                 .collect::<candle_core::Result<_>>()?;
+            #[cfg(feature = "cuda")]
+            let launches = fused_ops::cuda_kernel_launches();
             adam.step(&grads, config.lr)?;
+            #[cfg(feature = "cuda")]
+            if device.is_cuda() {
+                let launched = fused_ops::cuda_kernel_launches() - launches;
+                let expected = names.len().div_ceil(fused_ops::ADAM_GROUP) as u64;
+                assert_eq!(
+                    launched,
+                    expected,
+                    "{case} step {step}: {launched} launches for {} parameters",
+                    names.len()
+                );
+            }
             let state: HashMap<String, Tensor> = adam.state_tensors()?.into_iter().collect();
             for (n, var) in &vars {
                 for (what, ours) in [

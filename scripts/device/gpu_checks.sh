@@ -90,8 +90,9 @@ if [ "${TESTS:-1}" = 1 ]; then
     timeout 120 "$BIN/fused_ops_cuda" --test-threads 1 --nocapture >"$OUT/fused_ops_cuda.log" 2>&1 &&
         kernels_ok=1 || status=1
     grep -E "max diff|fused Adam|^test |test result|panicked|rror" "$OUT/fused_ops_cuda.log" | tail -n 40
-    # uniattack's optimizer on the GPU with the kernels on: one fused
-    # kernel per parameter, bit-equal to torch.optim.
+    # uniattack's optimizer on the GPU with the kernels on: one launch per
+    # group of up to 64 parameters (fused_ops::adam_update_many), counted,
+    # bit-equal to torch.optim.
     timeout 120 "$BIN/adam_cuda" --test-threads 1 >"$OUT/adam_cuda.log" 2>&1 || { status=1; kernels_ok=0; }
     grep -E "^test |test result|panicked|rror" "$OUT/adam_cuda.log"
     for t in softmoe_parity clip_moe_parity clip_moe_cuda; do

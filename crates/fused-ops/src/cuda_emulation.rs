@@ -15,6 +15,11 @@
 //! Buffers are filled with NaN, so an element no kernel wrote shows up,
 //! and end in guard elements that every launch checks, so a kernel writing
 //! past its buffer is an error naming it rather than silent corruption.
+//! A caller's buffer (an operand, a buffer updated in place, one reached
+//! through a table of addresses) is handed to a kernel as a copy ahead of
+//! guard elements, copied back where the kernel writes it: reading past
+//! its end reads NaN, and writing past it is an error, not a write into
+//! the heap.
 
 #[cfg(feature = "cuda-emulation")]
 use candle_core::backend::BackendStorage;
@@ -45,6 +50,10 @@ const GUARD: usize = 64;
 const GUARD_F32: u32 = 0x7fc0_dead;
 #[cfg(feature = "cuda-emulation")]
 const GUARD_BF16: u16 = 0x7fde;
+/// The guard elements of a table of counts or addresses: no count and no
+/// address a kernel could use.
+#[cfg(feature = "cuda-emulation")]
+const GUARD_I64: i64 = 0x7fc0_dead_7fc0_dead;
 
 impl Emulator {
     /// `storage` without its guard elements, once they are checked: the
@@ -91,10 +100,53 @@ fn check_guard(s: &CpuStorage, what: &str) -> Result<()> {
         CpuStorage::BF16(v) => v[v.len() - GUARD..]
             .iter()
             .all(|x| x.to_bits() == GUARD_BF16),
+        CpuStorage::I64(v) => v[v.len() - GUARD..].iter().all(|&x| x == GUARD_I64),
         other => candle_core::bail!("emulator: {what} is {:?}", other.dtype()),
     };
     if !intact {
         candle_core::bail!("emulator: a kernel wrote past the end of {what}")
+    }
+    Ok(())
+}
+
+/// What a kernel is handed for a caller's buffer `s` from element `at`:
+/// a copy of `s[at..]` followed by guard elements, which the caller's
+/// buffer lacks (see the module docs).
+#[cfg(feature = "cuda-emulation")]
+fn shadow(s: &CpuStorage, at: usize, what: &str) -> Result<CpuStorage> {
+    fn guarded<T: Copy>(v: &[T], at: usize, guard: T, what: &str) -> Result<Vec<T>> {
+        let Some(tail) = v.get(at..) else {
+            candle_core::bail!(
+                "emulator: {what} given element {at} of a {}-element buffer",
+                v.len()
+            )
+        };
+        let mut copy = Vec::with_capacity(tail.len() + GUARD);
+        copy.extend_from_slice(tail);
+        copy.resize(tail.len() + GUARD, guard);
+        Ok(copy)
+    }
+    Ok(match s {
+        CpuStorage::F32(v) => CpuStorage::F32(guarded(v, at, f32::from_bits(GUARD_F32), what)?),
+        CpuStorage::BF16(v) => CpuStorage::BF16(guarded(v, at, bf16::from_bits(GUARD_BF16), what)?),
+        CpuStorage::I64(v) => CpuStorage::I64(guarded(v, at, GUARD_I64, what)?),
+        other => candle_core::bail!("emulator: {what} given a {:?} buffer", other.dtype()),
+    })
+}
+
+/// Checks the guard elements of `copy`, made by [`shadow`] from `s` at
+/// `at` and written by a kernel, then copies what the kernel wrote back
+/// into `s`.
+#[cfg(feature = "cuda-emulation")]
+fn write_back(copy: &CpuStorage, s: &mut CpuStorage, at: usize, what: &str) -> Result<()> {
+    check_guard(copy, what)?;
+    match (copy, s) {
+        (CpuStorage::F32(c), CpuStorage::F32(v)) => v[at..].copy_from_slice(&c[..c.len() - GUARD]),
+        (CpuStorage::BF16(c), CpuStorage::BF16(v)) => {
+            v[at..].copy_from_slice(&c[..c.len() - GUARD])
+        }
+        (CpuStorage::I64(c), CpuStorage::I64(v)) => v[at..].copy_from_slice(&c[..c.len() - GUARD]),
+        _ => candle_core::bail!("emulator: {what} changed its type"),
     }
     Ok(())
 }
@@ -195,18 +247,31 @@ impl KernelDevice for Emulator {
                 })
                 .collect();
             let signature = CString::new(signature).map_err(candle_core::Error::wrap)?;
+            // The caller's buffers as guarded copies; the op's own outputs
+            // (`Out`, from `alloc`) have their guard elements already.
+            let mut copies = Vec::with_capacity(args.len());
+            for arg in args.iter() {
+                copies.push(match arg {
+                    Arg::In(s, at) => Some(shadow(s, *at, kernel)?),
+                    Arg::InPlace(s, at) => Some(shadow(s, *at, kernel)?),
+                    _ => None,
+                });
+            }
             let mut slots = Vec::with_capacity(args.len());
-            for arg in args.iter_mut() {
-                slots.push(match arg {
-                    Arg::In(s, at) => {
+            for (arg, copy) in args.iter_mut().zip(&copies) {
+                slots.push(match (arg, copy) {
+                    (_, Some(copy)) => {
+                        slot(&(element_address(copy, 0, kernel)? as usize).to_ne_bytes())
+                    }
+                    (Arg::In(s, at), None) => {
                         slot(&(element_address(s, *at, kernel)? as usize).to_ne_bytes())
                     }
-                    Arg::Out(s, at) | Arg::InPlace(s, at) => {
+                    (Arg::Out(s, at) | Arg::InPlace(s, at), None) => {
                         slot(&(element_address(s, *at, kernel)? as usize).to_ne_bytes())
                     }
-                    Arg::I32(v) => slot(&v.to_ne_bytes()),
-                    Arg::I64(v) => slot(&v.to_ne_bytes()),
-                    Arg::F32(v) => slot(&v.to_ne_bytes()),
+                    (Arg::I32(v), None) => slot(&v.to_ne_bytes()),
+                    (Arg::I64(v), None) => slot(&v.to_ne_bytes()),
+                    (Arg::F32(v), None) => slot(&v.to_ne_bytes()),
                 });
             }
             let mut params: Vec<*mut c_void> = slots
@@ -237,9 +302,18 @@ impl KernelDevice for Emulator {
                 let end = error.iter().position(|&c| c == 0).unwrap_or(error.len());
                 candle_core::bail!("emulator: {}", String::from_utf8_lossy(&error[..end]))
             }
-            for arg in args.iter() {
-                if let Arg::Out(s, _) = arg {
-                    check_guard(s, &format!("an output buffer of {kernel}"))?;
+            for (arg, copy) in args.iter_mut().zip(&copies) {
+                match (arg, copy) {
+                    (Arg::Out(s, _), _) => {
+                        check_guard(s, &format!("an output buffer of {kernel}"))?
+                    }
+                    (Arg::In(..), Some(copy)) => {
+                        check_guard(copy, &format!("an input buffer of {kernel}"))?
+                    }
+                    (Arg::InPlace(s, at), Some(copy)) => {
+                        write_back(copy, s, *at, &format!("a buffer {kernel} updates in place"))?
+                    }
+                    _ => {}
                 }
             }
             Ok(())
@@ -270,19 +344,25 @@ impl KernelDevice for Emulator {
     ) -> Result<()> {
         #[cfg(feature = "cuda-emulation")]
         {
-            let mut addresses = Vec::with_capacity(buffers.len());
+            const WHAT: &str = "a table of buffers";
+            let mut copies = Vec::with_capacity(buffers.len());
             for (s, at) in buffers {
                 if !matches!(s.dtype(), DType::F32 | DType::BF16) {
-                    candle_core::bail!(
-                        "emulator: a table of buffers given a {:?} buffer",
-                        s.dtype()
-                    )
+                    candle_core::bail!("emulator: {WHAT} given a {:?} buffer", s.dtype())
                 }
-                addresses.push(element_address(s, *at, "a table of buffers")? as usize as i64);
+                copies.push(shadow(s, *at, WHAT)?);
             }
-            // The kernels only read through these addresses, and `buffers`
-            // stays borrowed while they run (each launch runs to its end).
-            f(&addresses)
+            let addresses = copies
+                .iter()
+                .map(|c| Ok(element_address(c, 0, WHAT)? as usize as i64))
+                .collect::<Result<Vec<_>>>()?;
+            // The kernels only read through these addresses, and `copies`
+            // lives while they run (each launch runs to its end).
+            f(&addresses)?;
+            for copy in &copies {
+                check_guard(copy, "a buffer read through a table")?;
+            }
+            Ok(())
         }
         #[cfg(not(feature = "cuda-emulation"))]
         {
@@ -298,27 +378,26 @@ impl KernelDevice for Emulator {
     ) -> Result<()> {
         #[cfg(feature = "cuda-emulation")]
         {
-            let mut addresses = Vec::with_capacity(buffers.len());
-            for (s, at) in buffers.iter_mut() {
-                let CpuStorage::F32(values) = s else {
-                    candle_core::bail!(
-                        "emulator: a table of written buffers given a {:?} buffer",
-                        s.dtype()
-                    )
-                };
-                if *at > values.len() {
-                    candle_core::bail!(
-                        "emulator: a table of written buffers given element {at} of a {}-element \
-                         buffer",
-                        values.len()
-                    )
+            const WHAT: &str = "a table of written buffers";
+            let mut copies = Vec::with_capacity(buffers.len());
+            for (s, at) in buffers.iter() {
+                if s.dtype() != DType::F32 {
+                    candle_core::bail!("emulator: {WHAT} given a {:?} buffer", s.dtype())
                 }
-                // In or one past the buffer, from its exclusive borrow.
-                addresses.push(values[*at..].as_mut_ptr() as usize as i64);
+                copies.push(shadow(s, *at, WHAT)?);
             }
-            // `buffers` stays borrowed exclusively while the kernels in `f`
-            // write through these addresses (each launch runs to its end).
-            f(&addresses)
+            let addresses = copies
+                .iter()
+                .map(|c| Ok(element_address(c, 0, WHAT)? as usize as i64))
+                .collect::<Result<Vec<_>>>()?;
+            // The kernels in `f` write the copies through these addresses
+            // (each launch runs to its end); `buffers`, borrowed exclusively,
+            // get what they wrote.
+            f(&addresses)?;
+            for ((s, at), copy) in buffers.iter_mut().zip(&copies) {
+                write_back(copy, s, *at, "a buffer written through a table")?;
+            }
+            Ok(())
         }
         #[cfg(not(feature = "cuda-emulation"))]
         {
@@ -386,6 +465,49 @@ mod tests {
             &mut [Arg::Out(&mut y, 0), Arg::I32(10)],
         );
         assert!(err.contains("wrote past the end"), "{err}");
+        Ok(())
+    }
+
+    /// A caller's buffer (not the emulator's own, so without guard
+    /// elements of its own) updated in place, and one written through a
+    /// table: a write one past the end is reported, a write to the end
+    /// lands in the caller's buffer.
+    #[test]
+    fn a_write_past_the_end_of_a_callers_buffer_is_reported() -> Result<()> {
+        let mut y = CpuStorage::F32(vec![0.0; 12]);
+        let err = failed_launch(
+            "emulator_test_write_one_past",
+            grid(1, 32),
+            &mut [Arg::InPlace(&mut y, 2), Arg::I32(10)],
+        );
+        assert!(err.contains("wrote past the end of a buffer"), "{err}");
+        Emulator.launch(
+            "emulator_test_write_one_past",
+            grid(1, 32),
+            &mut [Arg::InPlace(&mut y, 3), Arg::I32(8)],
+        )?;
+        let mut expected = [1.0; 12];
+        expected[..3].fill(0.0);
+        assert_eq!(values(&y, 12), expected);
+
+        let table_launch = |y: &mut CpuStorage, at: usize, n: i32| {
+            Emulator.with_write_addresses(&mut [(y, at)], &mut |addresses| {
+                let table = Emulator.upload_i64(addresses)?;
+                Emulator.launch(
+                    "emulator_test_table_write_one_past",
+                    grid(1, 32),
+                    &mut [Arg::In(&table, 0), Arg::I32(n)],
+                )
+            })
+        };
+        let mut y = CpuStorage::F32(vec![0.0; 12]);
+        let err = table_launch(&mut y, 2, 10).unwrap_err().to_string();
+        assert!(
+            err.contains("wrote past the end of a buffer written through a table"),
+            "{err}"
+        );
+        table_launch(&mut y, 3, 8)?;
+        assert_eq!(values(&y, 12), expected);
         Ok(())
     }
 

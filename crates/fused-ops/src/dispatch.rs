@@ -47,7 +47,9 @@ pub fn fused_cpu_kernels() -> bool {
 static FUSED_CUDA_KERNELS: AtomicU8 = AtomicU8::new(0);
 
 /// Turns this crate's CUDA kernels (softmax, LayerNorm, the routing norms,
-/// elu + 1, bias + activation, attention; forward and backward, `--features
+/// elu + 1, bias + activation, attention, forward and backward; and the
+/// training step's end: [`crate::adam_update_many`],
+/// [`crate::sums_of_squares`], [`crate::copy_scaled_into`]; `--features
 /// cuda`) on or off for the whole process. Off by default, or on with
 /// `FUSED_OPS_CUDA=1`: they have been checked against
 /// the composites they replace on the CPU emulator

@@ -155,6 +155,13 @@ pub(crate) fn buffers_mut<'h, 's, S>(
 /// candle orders an in-place op's locks. The tensors must be contiguous
 /// and view distinct buffers: a second write lock on one buffer would wait
 /// for ever.
+///
+/// A caller that also reads buffers ([`HeldBuffers`] inside `f`) takes
+/// those locks after all of these, where candle's in-place ops take
+/// writes and reads in one address order. The two orders can only meet
+/// if another thread writes one of the read buffers while this one reads
+/// them, which callers must not do in any case (fused Adam reads the
+/// gradients the step has finished computing).
 pub(crate) fn with_held_mut(
     tensors: &[&Tensor],
     op: &'static str,

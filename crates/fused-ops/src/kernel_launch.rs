@@ -18,8 +18,8 @@ pub(crate) enum Arg<'a, S> {
     /// A buffer the kernel writes, from element `start`.
     Out(&'a mut S, usize),
     /// A caller's buffer the kernel updates in place, from element `start`
-    /// (an `Out` the op did not allocate: the emulator has no guard
-    /// elements after it to check).
+    /// (an `Out` the op did not allocate, so without guard elements of its
+    /// own: the emulator hands the kernel a guarded copy).
     InPlace(&'a mut S, usize),
     I32(i32),
     I64(i64),

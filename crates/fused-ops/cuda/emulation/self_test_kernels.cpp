@@ -24,6 +24,12 @@ __device__ void write_one_past(float* y, int n) {
         for (int i = 0; i <= n; ++i) y[i] = 1.0f;
 }
 
+// write_one_past on the buffer whose address is the table's first entry,
+// as the table kernels reach their buffers.
+__device__ void table_write_one_past(const int64_t* table, int n) {
+    write_one_past(reinterpret_cast<float*>(table[0]), n);
+}
+
 // A full-warp shuffle that only the first `lanes` threads reach.
 __device__ void diverged_shuffle(float* y, int lanes) {
     float v = threadIdx.x;
@@ -39,5 +45,7 @@ __device__ void swap_pairs(float* y) {
 KERNEL(emulator_test_synced_sum, (const float* x, float* out), block_sum<true>(x, out))
 KERNEL(emulator_test_unsynced_sum, (const float* x, float* out), block_sum<false>(x, out))
 KERNEL(emulator_test_write_one_past, (float* y, int n), write_one_past(y, n))
+KERNEL(emulator_test_table_write_one_past, (const int64_t* table, int n),
+       table_write_one_past(table, n))
 KERNEL(emulator_test_diverged_shuffle, (float* y, int lanes), diverged_shuffle(y, lanes))
 KERNEL(emulator_test_swap_pairs, (float* y), swap_pairs(y))

@@ -245,7 +245,9 @@ fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 /// from empty to past two chunks of 16,384, two steps of two
 /// configurations (AdamW with beta1 below 0.5, Adam with coupled decay),
 /// each gradient in a buffer of its own on the first step and all views
-/// into one on the second; every value against `host_step`.
+/// into one on the second; every value against `host_step`. In the second
+/// configuration parameters and moments are views at an offset into
+/// buffers with elements on both sides, which must keep their values.
 fn many_parameters_match_the_host(device: &Device) -> anyhow::Result<()> {
     const COUNT: usize = 150;
     let sizes: Vec<usize> = (0..COUNT)
@@ -300,11 +302,29 @@ fn many_parameters_match_the_host(device: &Device) -> anyhow::Result<()> {
                 ]
             })
             .collect();
-        let state: Vec<[Tensor; 3]> = host
+        const PAD: f32 = 7.0;
+        let (head, tail) = if c == 1 { (5, 3) } else { (0, 0) };
+        let backing: Vec<[Tensor; 3]> = host
             .iter()
             .map(|pmv| {
-                let t = |x: &Vec<f32>| Tensor::from_slice(x, x.len(), device);
+                let t = |x: &Vec<f32>| {
+                    let mut padded = vec![PAD; head];
+                    padded.extend_from_slice(x);
+                    padded.resize(head + x.len() + tail, PAD);
+                    Tensor::from_vec(padded, head + x.len() + tail, device)
+                };
                 Ok([t(&pmv[0])?, t(&pmv[1])?, t(&pmv[2])?])
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let state: Vec<[Tensor; 3]> = backing
+            .iter()
+            .zip(&sizes)
+            .map(|([p, m, v], &n)| {
+                Ok([
+                    p.narrow(0, head, n)?,
+                    m.narrow(0, head, n)?,
+                    v.narrow(0, head, n)?,
+                ])
             })
             .collect::<anyhow::Result<_>>()?;
         for step in 0..2u64 {
@@ -355,6 +375,16 @@ fn many_parameters_match_the_host(device: &Device) -> anyhow::Result<()> {
                             "config {c} step {step} {what} {k}[{i}]: kernel {a:e}, host {b:e}"
                         );
                     }
+                }
+            }
+            for (k, buffers) in backing.iter().enumerate() {
+                for (what, buffer) in ["param", "m", "v"].iter().zip(buffers) {
+                    let all = buffer.to_vec1::<f32>()?;
+                    let outside = all[..head].iter().chain(&all[all.len() - tail..]);
+                    anyhow::ensure!(
+                        outside.into_iter().all(|&x| x == PAD),
+                        "config {c} step {step}: {what} {k}'s buffer changed outside its view"
+                    );
                 }
             }
         }
