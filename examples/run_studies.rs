@@ -1,6 +1,7 @@
 //! The paper's ablations: MoE none / Soft / La (Table 6) or prompts T-1 to
-//! T-8 (Table 5), each trained with the same flags as `train_uniattack`,
-//! collected into `<output>/table.md`.
+//! T-8 (Table 5), each trained with the same flags as `train_uniattack`
+//! (except `--resume`, `--report` and `--gpus`), collected into
+//! `<output>/table.md`.
 //!
 //! ```text
 //! cargo run --release --example run_studies -- --study moe --demo --output runs/moe-study

@@ -6,7 +6,7 @@
 # gradient accumulation, the loader), and the application (train_uniattack,
 # also with NCCL, eval_uniattack, detect, fas-data's synth_dataset), copied
 # with stable names to .gpu/bin (ignored by git) and packed into
-# .gpu/bin.tar.xz: 14 binaries, 39 MB packed on 2026-12-06 (the device call
+# .gpu/bin.tar.xz: 15 binaries (14 without NCCL), 40 MB packed on 2026-12-07 (the device call
 # carries at most 64 MiB; xz -9's window shares the PTX every binary
 # embeds). About 17 minutes from a cold release target on 2 cores, plus
 # about 9 for the NCCL build of candle; 18 minutes in all on 2026-12-06 with
