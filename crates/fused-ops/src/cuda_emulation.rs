@@ -134,6 +134,29 @@ fn shadow(s: &CpuStorage, at: usize, what: &str) -> Result<CpuStorage> {
     })
 }
 
+/// Guarded copies ([`shadow`]) of a table's buffers, each of one of
+/// `dtypes`, with the addresses at which a kernel finds them.
+#[cfg(feature = "cuda-emulation")]
+fn table_copies<'s>(
+    buffers: impl Iterator<Item = (&'s CpuStorage, usize)>,
+    dtypes: &[DType],
+    what: &str,
+) -> Result<(Vec<CpuStorage>, Vec<i64>)> {
+    let copies = buffers
+        .map(|(s, at)| {
+            if !dtypes.contains(&s.dtype()) {
+                candle_core::bail!("emulator: {what} given a {:?} buffer", s.dtype())
+            }
+            shadow(s, at, what)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let addresses = copies
+        .iter()
+        .map(|c| Ok(element_address(c, 0, what)? as usize as i64))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((copies, addresses))
+}
+
 /// Checks the guard elements of `copy`, made by [`shadow`] from `s` at
 /// `at` and written by a kernel, then copies what the kernel wrote back
 /// into `s`.
@@ -344,18 +367,11 @@ impl KernelDevice for Emulator {
     ) -> Result<()> {
         #[cfg(feature = "cuda-emulation")]
         {
-            const WHAT: &str = "a table of buffers";
-            let mut copies = Vec::with_capacity(buffers.len());
-            for (s, at) in buffers {
-                if !matches!(s.dtype(), DType::F32 | DType::BF16) {
-                    candle_core::bail!("emulator: {WHAT} given a {:?} buffer", s.dtype())
-                }
-                copies.push(shadow(s, *at, WHAT)?);
-            }
-            let addresses = copies
-                .iter()
-                .map(|c| Ok(element_address(c, 0, WHAT)? as usize as i64))
-                .collect::<Result<Vec<_>>>()?;
+            let (copies, addresses) = table_copies(
+                buffers.iter().map(|(s, at)| (*s, *at)),
+                &[DType::F32, DType::BF16],
+                "a table of buffers",
+            )?;
             // The kernels only read through these addresses, and `copies`
             // lives while they run (each launch runs to its end).
             f(&addresses)?;
@@ -378,18 +394,11 @@ impl KernelDevice for Emulator {
     ) -> Result<()> {
         #[cfg(feature = "cuda-emulation")]
         {
-            const WHAT: &str = "a table of written buffers";
-            let mut copies = Vec::with_capacity(buffers.len());
-            for (s, at) in buffers.iter() {
-                if s.dtype() != DType::F32 {
-                    candle_core::bail!("emulator: {WHAT} given a {:?} buffer", s.dtype())
-                }
-                copies.push(shadow(s, *at, WHAT)?);
-            }
-            let addresses = copies
-                .iter()
-                .map(|c| Ok(element_address(c, 0, WHAT)? as usize as i64))
-                .collect::<Result<Vec<_>>>()?;
+            let (copies, addresses) = table_copies(
+                buffers.iter().map(|(s, at)| (&**s, *at)),
+                &[DType::F32],
+                "a table of written buffers",
+            )?;
             // The kernels in `f` write the copies through these addresses
             // (each launch runs to its end); `buffers`, borrowed exclusively,
             // get what they wrote.
