@@ -191,7 +191,8 @@ impl Adam {
     /// One update with learning rate `lr` (the schedule's value for this
     /// step). `grads[i]` is the gradient of the `i`-th variable (same shape);
     /// `None` (no gradient reached it) skips that variable, as PyTorch skips
-    /// parameters whose `.grad` is `None`, but still counts the step.
+    /// parameters whose `.grad` is `None`, but still counts the step. A
+    /// step refused for its gradients' number or shapes changes nothing.
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
         if grads.len() != self.slots.len() {
             return Err(Error::config(
@@ -199,13 +200,11 @@ impl Adam {
                 format!("{} given for {} parameters", grads.len(), self.slots.len()),
             ));
         }
-        self.step += 1;
-        let coefficients = Coefficients::new(&self.config, lr, self.step);
-        // The parameters whose moments are tensors, updated after the loop.
-        let mut on_device = Vec::new();
-        for (i, (slot, grad)) in self.slots.iter_mut().zip(grads).enumerate() {
-            let Some(grad) = grad else { continue };
-            if grad.dims() != slot.var.dims() {
+        // Every gradient is checked before anything changes: a refused step
+        // leaves the parameters, their moments and the step count as they
+        // were, so a caller may correct it and step again.
+        for (slot, grad) in self.slots.iter().zip(grads) {
+            if let Some(grad) = grad.as_ref().filter(|g| g.dims() != slot.var.dims()) {
                 return Err(Error::config(
                     "gradients",
                     format!(
@@ -216,6 +215,13 @@ impl Adam {
                     ),
                 ));
             }
+        }
+        self.step += 1;
+        let coefficients = Coefficients::new(&self.config, lr, self.step);
+        // The parameters whose moments are tensors, updated after the loop.
+        let mut on_device = Vec::new();
+        for (i, (slot, grad)) in self.slots.iter_mut().zip(grads).enumerate() {
+            let Some(grad) = grad else { continue };
             match &mut slot.moments {
                 Moments::Host { m, v } => {
                     let grad = grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -637,6 +643,57 @@ mod tests {
             for (x, y) in a.iter().zip(&b) {
                 assert!((f64::from(*x) - y).abs() < 1e-6, "{decay:?}: {x} vs {y}");
             }
+        }
+        Ok(())
+    }
+
+    /// A step refused for a gradient of the wrong shape (the last
+    /// parameter's) changes nothing: the optimizer that was refused and
+    /// one that never saw the call end bit-equal after the same good steps.
+    #[test]
+    fn a_refused_step_changes_nothing() -> Result<()> {
+        let dev = Device::Cpu;
+        let optimizer = || -> Result<(Adam, Vec<Var>)> {
+            let a = Var::from_tensor(&Tensor::new(&[0.5f32, -0.25, 2.0], &dev)?)?;
+            let b = Var::from_tensor(&Tensor::new(&[1f32, -1.0], &dev)?)?;
+            let adam = Adam::new(
+                vec![("a".into(), a.clone()), ("b".into(), b.clone())],
+                AdamConfig::default(),
+            )?;
+            Ok((adam, vec![a, b]))
+        };
+        let good = |k: f32| -> Result<Vec<Option<Tensor>>> {
+            Ok(vec![
+                Some(Tensor::new(&[0.3f32 * k, -2.0, 1e-3], &dev)?),
+                Some(Tensor::new(&[k, 0.5], &dev)?),
+            ])
+        };
+        let (mut refused, refused_vars) = optimizer()?;
+        let (mut plain, plain_vars) = optimizer()?;
+        refused.step(&good(1.0)?, 1e-3)?;
+        plain.step(&good(1.0)?, 1e-3)?;
+        let bad = vec![
+            Some(Tensor::new(&[9f32, 9.0, 9.0], &dev)?),
+            Some(Tensor::new(&[9f32, 9.0, 9.0], &dev)?),
+        ];
+        let err = refused.step(&bad, 1e-3).unwrap_err().to_string();
+        assert!(err.contains("gradient of b"), "{err}");
+        refused.step(&good(2.0)?, 1e-3)?;
+        plain.step(&good(2.0)?, 1e-3)?;
+        assert_eq!(refused.step_count(), plain.step_count());
+        for (x, y) in refused_vars.iter().zip(&plain_vars) {
+            assert_eq!(
+                x.as_tensor().to_vec1::<f32>()?,
+                y.as_tensor().to_vec1::<f32>()?
+            );
+        }
+        let state: HashMap<String, Tensor> = refused.state_tensors()?.into_iter().collect();
+        for (name, tensor) in plain.state_tensors()? {
+            assert_eq!(
+                tensor.to_vec1::<f32>()?,
+                state[&name].to_vec1::<f32>()?,
+                "{name}"
+            );
         }
         Ok(())
     }

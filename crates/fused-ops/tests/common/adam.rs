@@ -435,6 +435,23 @@ fn refusals(device: &Device) -> anyhow::Result<()> {
         !adam_update_many_fits(&[item(&half, &g, &m, &v)]),
         "taken: a BF16 parameter"
     );
+    // A 2 x 2 parameter and moments, each transposed in turn (the kernel
+    // walks elements in memory order, the gradient's in its own).
+    let square = |x: &Tensor| x.reshape((2, 2));
+    let (ps, gs, ms, vs) = (square(&p)?, square(&g)?, square(&m)?, square(&v)?);
+    anyhow::ensure!(
+        adam_update_many_fits(&[item(&ps, &gs, &ms, &vs)]),
+        "a 2 x 2 parameter refused"
+    );
+    for (what, transposed) in [("parameter", 0), ("m", 1), ("v", 2), ("gradient", 3)] {
+        let mut four = [ps.clone(), ms.clone(), vs.clone(), gs.clone()];
+        four[transposed] = four[transposed].t()?;
+        let [param, m, v, grad] = &four;
+        anyhow::ensure!(
+            !adam_update_many_fits(&[AdamTensors { param, grad, m, v }]),
+            "taken: a transposed {what}"
+        );
+    }
     // A refused list is an error, and nothing is written.
     let err = adam_update_many(&cases[1].1, &scalars_for_refusals()).unwrap_err();
     anyhow::ensure!(err.to_string().contains("buffer of its own"), "{err}");
