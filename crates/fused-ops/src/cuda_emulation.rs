@@ -286,11 +286,11 @@ impl KernelDevice for Emulator {
                     (_, Some(copy)) => {
                         slot(&(element_address(copy, 0, kernel)? as usize).to_ne_bytes())
                     }
-                    (Arg::In(s, at), None) => {
+                    (Arg::Out(s, at), None) => {
                         slot(&(element_address(s, *at, kernel)? as usize).to_ne_bytes())
                     }
-                    (Arg::Out(s, at) | Arg::InPlace(s, at), None) => {
-                        slot(&(element_address(s, *at, kernel)? as usize).to_ne_bytes())
+                    (Arg::In(..) | Arg::InPlace(..), None) => {
+                        candle_core::bail!("emulator: {kernel} given a caller's buffer uncopied")
                     }
                     (Arg::I32(v), None) => slot(&v.to_ne_bytes()),
                     (Arg::I64(v), None) => slot(&v.to_ne_bytes()),
